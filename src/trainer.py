@@ -1,0 +1,188 @@
+"""Training loop on in-memory tensors with early stopping on the validation split."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, fields
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from src.checkpoint import atomic_write
+from src.data import Dataset
+from src.validator import evaluate_split
+
+TRAIN_COLUMNS = ("Epoch", "TrainLoss", "TrainAccuracy", "ValLoss", "ValAccuracy",
+                 "TestLoss", "TestAccuracy", "Seconds")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train; the command lines map their flags onto these fields."""
+
+    epochs: int = 30  # maximum number of epochs (the cosine schedule spans them)
+    batch_size: int = 128  # mini-batch size
+    lr: float = 2e-3  # peak AdamW learning rate
+    weight_decay: float = 1e-4  # AdamW decoupled weight decay
+    schedule: Literal["cosine", "constant"] = "cosine"  # learning rate over the epochs
+    warmup_epochs: float = 1.0  # linear warm-up before the schedule (fraction allowed)
+    patience: int = 5  # stop after this many epochs without a lower validation loss
+    seed: int = 0  # seeds the batch order: the same seed gives the same run
+    distill: float = 0.0  # weight of the distillation loss when a teacher is given (0..1)
+    temperature: float = 4.0  # softmax temperature of the distillation loss
+
+    def __post_init__(self):
+        if self.epochs < 0 or self.batch_size < 1 or self.patience < 1:
+            raise ValueError("epochs must be >= 0, batch_size >= 1 and patience >= 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"learning rate must be a positive number, got {self.lr}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose cosine or constant")
+        if not 0.0 <= self.distill <= 1.0 or self.temperature <= 0:
+            raise ValueError("distill must be in [0, 1] and temperature > 0")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """Build from a dict; an unknown key is an error."""
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown training settings: {sorted(unknown)}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One row of train_results.txt."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    test_loss: float
+    test_accuracy: float
+    seconds: float
+
+    def row(self) -> str:
+        return (f"{self.epoch} {self.train_loss:.6f} {self.train_accuracy:.4f} "
+                f"{self.val_loss:.6f} {self.val_accuracy:.4f} {self.test_loss:.6f} "
+                f"{self.test_accuracy:.4f} {self.seconds:.3f}")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The epochs run and the one kept (lowest validation loss)."""
+
+    history: list[EpochRecord]
+    best: EpochRecord | None  # None when no epoch was run
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history)
+
+
+def learning_rate(step: int, total: int, warmup: int, config: TrainConfig) -> float:
+    """The learning rate at optimizer step `step` of `total` (warm-up, then cosine or flat)."""
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    if config.schedule == "constant":
+        return config.lr
+    progress = (step - warmup) / max(1, total - warmup)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def write_history(path: str | os.PathLike, history: list[EpochRecord]) -> None:
+    """Write train_results.txt (header + one row per epoch), atomically."""
+    atomic_write(path, "\n".join([" ".join(TRAIN_COLUMNS)] + [r.row() for r in history]) + "\n")
+
+
+def _distill_loss(logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """Hinton et al.'s soft-target loss: T^2 * KL(softmax(t/T) || softmax(s/T))."""
+    t = temperature
+    return F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(teacher_logits / t, 1),
+                    reduction="batchmean", log_target=True) * (t * t)
+
+
+def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), *,
+          teacher: nn.Module | None = None, log_path: str | os.PathLike | None = None,
+          quiet: bool = False, desc: str = "train") -> TrainResult:
+    """Train `model` in place and leave it holding the weights of its lowest-validation-loss epoch.
+
+    A fresh AdamW optimizer is made on every call, so a model that was shrunk never sees
+    optimizer state of its former shape. The test split is reported, never used to choose.
+    """
+    x, y = data.train.x, data.train.y  # (n, n_features), (n,)
+    n = len(y)
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    warmup = min(total_steps, round(config.warmup_epochs * steps_per_epoch))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    use_teacher = teacher is not None and config.distill > 0
+    if use_teacher:  # the teacher is frozen: its logits are computed once, not per batch
+        with torch.no_grad():
+            teacher.eval()
+            teacher_logits = torch.cat([teacher(x[i:i + 8192]) for i in range(0, n, 8192)])
+
+    history: list[EpochRecord] = []
+    best, best_state, stale = None, copy.deepcopy(model.state_dict()), 0
+    bar = tqdm(range(1, config.epochs + 1), desc=desc, unit="epoch", leave=False,
+               disable=quiet or not sys.stderr.isatty(), dynamic_ncols=True)
+    step = 0
+    for epoch in bar:
+        started = time.perf_counter()
+        model.train()
+        # One permutation gather per epoch, then contiguous slices: no per-sample Python work.
+        perm = torch.randperm(n, generator=generator)
+        xs, ys = x[perm], y[perm]
+        ts = teacher_logits[perm] if use_teacher else None
+        loss_sum = torch.zeros(())
+        correct = torch.zeros((), dtype=torch.long)
+        for start in range(0, n, config.batch_size):
+            for group in optimizer.param_groups:  # set the lr first, as nanoGPT does
+                group["lr"] = learning_rate(step, total_steps, warmup, config)
+            xb, yb = xs[start:start + config.batch_size], ys[start:start + config.batch_size]
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
+            if use_teacher:
+                soft = _distill_loss(logits, ts[start:start + config.batch_size],
+                                     config.temperature)
+                loss = (1 - config.distill) * loss + config.distill * soft
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            with torch.no_grad():
+                loss_sum += loss.detach() * len(yb)
+                correct += (logits.argmax(1) == yb).sum()
+        train_loss = loss_sum.item() / n
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss}); "
+                                     "try a lower --lr")
+        val_loss, val_acc = evaluate_split(model, data.val)
+        test_loss, test_acc = evaluate_split(model, data.test)
+        record = EpochRecord(epoch, train_loss, 100.0 * correct.item() / n, val_loss, val_acc,
+                             test_loss, test_acc, time.perf_counter() - started)
+        history.append(record)
+        if log_path is not None:
+            write_history(log_path, history)
+        # Keep the best epoch by validation loss; the test split never chooses anything.
+        if best is None or record.val_loss < best.val_loss:
+            best, best_state, stale = record, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+        bar.set_postfix(val_acc=f"{val_acc:.2f}", best=best.epoch)
+        if stale >= config.patience:
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(history, best)

@@ -1,0 +1,95 @@
+"""Evaluate a model or a checkpoint: loss and accuracy on the train, validation and test splits."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src import cli
+from src.checkpoint import load_model
+from src.data import DATASETS, Dataset, Split, load_dataset
+from src.model import hidden_label
+
+EVAL_BATCH = 8192  # large batches: evaluation has no backward pass, memory stays small
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Losses (mean cross-entropy) and accuracies (percent) of one model on the three splits."""
+
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    test_loss: float
+    test_accuracy: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def evaluate_split(model: nn.Module, split: Split) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy in percent) of `model` on one split."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(split), EVAL_BATCH):
+        x, y = split.x[start:start + EVAL_BATCH], split.y[start:start + EVAL_BATCH]
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    model.train(was_training)
+    if not torch.isfinite(torch.tensor(loss_sum)):
+        raise FloatingPointError("the model's loss is not finite (NaN or inf)")
+    return loss_sum / len(split), 100.0 * correct / len(split)
+
+
+def evaluate(model: nn.Module, data: Dataset) -> Metrics:
+    """Train/val/test loss and accuracy of `model` on `data`."""
+    train, val, test = (evaluate_split(model, s) for s in (data.train, data.val, data.test))
+    return Metrics(*train, *val, *test)
+
+
+def format_metrics(metrics: Metrics) -> str:
+    """A small aligned table of the metrics (accuracy to 2 decimals, as in the result tables)."""
+    rows = [("train", metrics.train_loss, metrics.train_accuracy),
+            ("val", metrics.val_loss, metrics.val_accuracy),
+            ("test", metrics.test_loss, metrics.test_accuracy)]
+    lines = [f"{'split':<6}{'loss':>10}{'accuracy %':>12}"]
+    lines += [f"{name:<6}{loss:>10.4f}{acc:>12.2f}" for name, loss, acc in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m src.validator",
+        description="Re-evaluate a best_model.pth on the train, validation and test splits.")
+    parser.add_argument("checkpoint", help="path to a best_model.pth")
+    parser.add_argument("--dataset", choices=DATASETS,
+                        help="dataset to evaluate on (default: the one recorded in the checkpoint)")
+    parser.add_argument("--data-root", help="folder holding MNIST/raw/ etc. "
+                        "(default: $IAPRUNE_DATA, else data/)")
+    parser.add_argument("--val-size", type=int, help="validation split size "
+                        "(default: the one recorded in the checkpoint)")
+    args = parser.parse_args(argv)
+
+    model, checkpoint = load_model(args.checkpoint)
+    name = args.dataset or checkpoint.get("dataset", "mnist")
+    val_size = args.val_size or checkpoint.get("val_size")
+    data = load_dataset(name, args.data_root, val_size=val_size,
+                        seed=checkpoint.get("split_seed", 0))
+    if model.sizes[0] != data.n_features or model.sizes[-1] != data.num_classes:
+        raise ValueError(f"{args.checkpoint}: model {model.sizes} does not fit {name} "
+                         f"({data.n_features} inputs, {data.num_classes} classes)")
+    print(f"{args.checkpoint}: {name}, sizes {model.sizes} (hidden {hidden_label(model.hidden)})")
+    print(format_metrics(evaluate(model, data)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli.run(main))
