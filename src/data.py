@@ -192,7 +192,7 @@ def load_idx(name: str, root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray,
             arrays.append(read_idx_file(raw, stem, source))
         except MissingDataError as exc:
             files = ", ".join(f"{s}.gz" for s in source.gz_md5)
-            raise DatasetError(
+            raise MissingDataError(
                 f"{name} files not found in {raw} and the download failed ({exc}); "
                 f"put {files} there (or set {ROOT_ENV} / --data-root to the folder holding "
                 f"{source.folder}/raw/)"

@@ -35,6 +35,8 @@ class TrainConfig:
     warmup_epochs: float = 1.0  # linear warm-up before the schedule (fraction allowed)
     patience: int = 5  # stop after this many epochs without a lower validation loss
     seed: int = 0  # seeds the batch order: the same seed gives the same run
+    label_smoothing: float = 0.0  # cross-entropy label smoothing while training (0 = off)
+    shift: int = 0  # random translation of image inputs by up to this many pixels (0 = off)
     distill: float = 0.0  # weight of the distillation loss when a teacher is given (0..1)
     temperature: float = 4.0  # softmax temperature of the distillation loss
 
@@ -45,6 +47,8 @@ class TrainConfig:
             raise ValueError(f"learning rate must be a positive number, got {self.lr}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"unknown schedule {self.schedule!r}; choose cosine or constant")
+        if not 0.0 <= self.label_smoothing < 1.0 or self.shift < 0:
+            raise ValueError("label_smoothing must be in [0, 1) and shift >= 0")
         if not 0.0 <= self.distill <= 1.0 or self.temperature <= 0:
             raise ValueError("distill must be in [0, 1] and temperature > 0")
 
@@ -110,6 +114,20 @@ def _distill_loss(logits: Tensor, teacher_logits: Tensor, temperature: float) ->
                     reduction="batchmean", log_target=True) * (t * t)
 
 
+def random_shift(x: Tensor, shape: tuple[int, ...], max_shift: int, generator) -> Tensor:
+    """Translate each flattened image by a random (dy, dx) in [-max_shift, max_shift], zero fill."""
+    b = len(x)
+    h, w = shape[-2], shape[-1]
+    images = x.view(b, -1, h, w)  # (b, c, h, w)
+    padded = F.pad(images, (max_shift,) * 4)
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, b, 1, 1), generator=generator)
+    rows = torch.arange(h).view(1, h, 1) + dy  # (b, h, 1)
+    cols = torch.arange(w).view(1, 1, w) + dx  # (b, 1, w)
+    batch = torch.arange(b).view(b, 1, 1)
+    shifted = padded.permute(0, 2, 3, 1)[batch, rows, cols]  # (b, h, w, c)
+    return shifted.permute(0, 3, 1, 2).reshape(b, -1)
+
+
 def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), *,
           teacher: nn.Module | None = None, log_path: str | os.PathLike | None = None,
           quiet: bool = False, desc: str = "train") -> TrainResult:
@@ -150,8 +168,10 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
             for group in optimizer.param_groups:  # set the lr first, as nanoGPT does
                 group["lr"] = learning_rate(step, total_steps, warmup, config)
             xb, yb = xs[start:start + config.batch_size], ys[start:start + config.batch_size]
+            if config.shift and len(data.input_shape) >= 2:
+                xb = random_shift(xb, data.input_shape, config.shift, generator)
             logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
+            loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
             if use_teacher:
                 soft = _distill_loss(logits, ts[start:start + config.batch_size],
                                      config.temperature)

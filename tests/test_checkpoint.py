@@ -1,0 +1,120 @@
+"""Checkpoints: self-describing, atomic, loaded safely."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from src.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
+from src.model import build_model
+
+
+def test_round_trip_restores_architecture_weights_and_meta(tmp_path):
+    """A saved model reloads with its sizes, activation, weights and metadata."""
+    model = build_model([8, 5, 3, 2], "sigmoid", seed=0)
+    path = save_checkpoint(tmp_path / "best_model.pth", model, dataset="blobs", iteration=3)
+    loaded, meta = load_model(path)
+    assert loaded.sizes == [8, 5, 3, 2] and loaded.activation == "sigmoid"
+    assert meta["iteration"] == 3 and meta["dataset"] == "blobs"
+    x = torch.rand(4, 8)
+    torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_checkpoint_is_plain_data_loadable_with_weights_only(tmp_path):
+    """best_model.pth loads with torch.load(weights_only=True) into a dict: no classes pickled."""
+    path = save_checkpoint(tmp_path / "m.pth", build_model([4, 3, 2], seed=0))
+    payload = torch.load(path, weights_only=True)
+    assert payload["format"] == "ia-prune/1" and payload["sizes"] == [4, 3, 2]
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_pickle_payload_is_refused(tmp_path):
+    """A file carrying an arbitrary pickled object is refused, naming the file."""
+    path = tmp_path / "evil.pth"
+    torch.save({"format": "ia-prune/1", "payload": Evil()}, path)
+    with pytest.raises(CheckpointError, match="evil.pth"):
+        load_checkpoint(path)
+
+
+def test_truncated_file_is_reported_as_corrupt(tmp_path):
+    """A checkpoint cut short (a killed copy) gives a clear error naming the file."""
+    path = save_checkpoint(tmp_path / "m.pth", build_model([4, 3, 2], seed=0))
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="m.pth: truncated or corrupt"):
+        load_checkpoint(path)
+
+
+def test_foreign_file_is_refused(tmp_path):
+    """A torch file that is not an IA-Prune checkpoint is refused."""
+    path = tmp_path / "other.pth"
+    torch.save({"weights": torch.zeros(3)}, path)
+    with pytest.raises(CheckpointError, match="not an IA-Prune checkpoint"):
+        load_checkpoint(path)
+
+
+def test_text_file_is_refused(tmp_path):
+    """A file that is not a torch file at all is refused."""
+    path = tmp_path / "notes.pth"
+    path.write_text("hello")
+    with pytest.raises(CheckpointError, match="notes.pth"):
+        load_checkpoint(path)
+
+
+def test_missing_file_is_named(tmp_path):
+    """A missing checkpoint names the path."""
+    with pytest.raises(CheckpointError, match="nope.pth"):
+        load_checkpoint(tmp_path / "nope.pth")
+
+
+def test_mismatched_weights_are_refused(tmp_path):
+    """Weights that do not fit the recorded sizes are refused (strict loading)."""
+    path = save_checkpoint(tmp_path / "m.pth", build_model([4, 3, 2], seed=0))
+    payload = torch.load(path, weights_only=True)
+    payload["sizes"] = [4, 5, 2]
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_model(path)
+
+
+def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):
+    """atomic_write creates folders, replaces content whole, and leaves no temp file behind."""
+    target = tmp_path / "a" / "b.txt"
+    atomic_write(target, "first")
+    atomic_write(target, b"second")
+    assert target.read_text() == "second"
+    assert os.listdir(target.parent) == ["b.txt"]
+
+
+def test_atomic_write_failure_keeps_old_content(tmp_path, monkeypatch):
+    """If the rename fails, the previous file is intact and the temp file is removed."""
+    target = tmp_path / "keep.txt"
+    atomic_write(target, "old")
+
+    def boom(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        atomic_write(target, "new")
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["keep.txt"]
+
+
+def test_pickle_module_not_used_for_loading(tmp_path):
+    """Loading never falls back to unrestricted unpickling (weights_only errors stay errors)."""
+    path = tmp_path / "plain.pkl"
+    path.write_bytes(pickle.dumps({"format": "ia-prune/1", "x": Evil()}))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)

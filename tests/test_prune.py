@@ -1,0 +1,110 @@
+"""Structural shrinking: the plan, the surgery and bias compensation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from src.model import build_model
+from src.prune import keep_indices, post_activations, shrink
+
+
+def test_plan_keeps_highest_scores_in_order():
+    """keep_indices picks the top-k per layer and returns them ascending."""
+    plan = keep_indices([torch.tensor([0.1, 0.9, 0.5, 0.7]), torch.tensor([3.0, 1.0])], [2, 1])
+    assert plan[0].tolist() == [1, 3] and plan[1].tolist() == [0]
+
+
+def test_plan_breaks_ties_by_position():
+    """Equal scores keep the earlier neurons, so plans are deterministic."""
+    assert keep_indices([torch.zeros(5)], [2])[0].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("count", [0, 5])
+def test_plan_rejects_impossible_counts(count):
+    """At least one neuron survives and no layer can grow."""
+    with pytest.raises(ValueError, match="cannot keep"):
+        keep_indices([torch.rand(4)], [count])
+
+
+def test_plan_rejects_nan_scores():
+    """A NaN significance is an error, never a silent ranking."""
+    with pytest.raises(ValueError, match="NaN"):
+        keep_indices([torch.tensor([1.0, float("nan")])], [1])
+
+
+def test_shrunk_model_has_the_planned_sizes_and_weights():
+    """Rows of layer l and columns of layer l+1 are kept by index; in/out are untouched."""
+    model = build_model([6, 5, 4, 3], seed=0)
+    keep = [torch.tensor([0, 2, 4]), torch.tensor([1, 3])]
+    small = shrink(model, keep, bias_fold="none")
+    assert small.sizes == [6, 3, 2, 3]
+    torch.testing.assert_close(small[0].weight, model[0].weight[[0, 2, 4]])
+    torch.testing.assert_close(small[2].weight, model[2].weight[[1, 3]][:, [0, 2, 4]])
+    torch.testing.assert_close(small[4].weight, model[4].weight[:, [1, 3]])
+    torch.testing.assert_close(small[4].bias, model[4].bias)
+
+
+def test_original_model_is_not_modified():
+    """shrink returns a new model and leaves its input alone."""
+    model = build_model([6, 5, 3], seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    shrink(model, [torch.tensor([1, 2])], bias_fold="none")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_removing_dead_neurons_leaves_outputs_unchanged():
+    """Neurons whose ReLU is always 0 on the data can be removed without changing anything."""
+    model = build_model([4, 6, 3], seed=0).double()
+    with torch.no_grad():  # make neurons 1 and 4 dead: large negative bias, inputs in [0, 1]
+        model[0].weight[[1, 4]] = model[0].weight[[1, 4]].abs().neg()
+        model[0].bias[[1, 4]] = -5.0
+    x = torch.rand(64, 4, dtype=torch.float64)
+    small = shrink(model, [torch.tensor([0, 2, 3, 5])], bias_fold="none")
+    torch.testing.assert_close(small(x), model(x))
+
+
+def test_mean_fold_is_exact_for_constant_neurons():
+    """Neurons with constant activation are removed exactly when their mean is folded in."""
+    model = build_model([4, 6, 5, 3], seed=1).double()
+    with torch.no_grad():  # neurons 0 and 3 of layer 1 ignore the input: constant ReLU(b) > 0
+        model[0].weight[[0, 3]] = 0.0
+        model[0].bias[[0, 3]] = torch.tensor([0.7, 1.3], dtype=torch.float64)
+    x = torch.rand(50, 4, dtype=torch.float64)
+    keep = [torch.tensor([1, 2, 4, 5]), torch.arange(5)]
+    folded = shrink(model, keep, bias_fold="mean", data=x)
+    torch.testing.assert_close(folded(x), model(x))
+    unfolded = shrink(model, keep, bias_fold="none")
+    assert not torch.allclose(unfolded(x), model(x))
+
+
+def test_mean_fold_preserves_the_mean_output():
+    """With mean folding, the mean pre-activation of the next layer is unchanged (linearity)."""
+    model = build_model([5, 8, 3], seed=2).double()
+    x = torch.rand(200, 5, dtype=torch.float64)
+    small = shrink(model, [torch.tensor([0, 1, 2])], bias_fold="mean", data=x)
+    torch.testing.assert_close(small(x).mean(0), model(x).mean(0))
+
+
+def test_mean_fold_needs_data():
+    """bias_fold='mean' without data is a clear error."""
+    with pytest.raises(ValueError, match="training inputs"):
+        shrink(build_model([3, 4, 2], seed=0), [torch.tensor([0])], bias_fold="mean")
+
+
+def test_unknown_fold_and_bad_indices_are_rejected():
+    """An unknown fold or out-of-range / duplicate indices raise ValueError."""
+    model = build_model([3, 4, 2], seed=0)
+    with pytest.raises(ValueError, match="bias_fold"):
+        shrink(model, [torch.tensor([0])], bias_fold="median")
+    for idx in ([0, 0], [4], []):
+        with pytest.raises(ValueError, match="keep-indices"):
+            shrink(model, [torch.tensor(idx, dtype=torch.long)], bias_fold="none")
+
+
+def test_post_activations_match_a_manual_forward():
+    """post_activations(l) is ReLU(W_l ... ReLU(W_1 x)) for hidden layer l."""
+    model = build_model([4, 5, 3, 2], seed=0)
+    x = torch.rand(7, 4)
+    expected = torch.relu(model[2](torch.relu(model[0](x))))
+    torch.testing.assert_close(post_activations(model, x, 1), expected)

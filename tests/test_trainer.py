@@ -1,0 +1,109 @@
+"""The training loop: learns, keeps the best epoch, stops early, is reproducible."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from src.model import build_model
+from src.trainer import TRAIN_COLUMNS, TrainConfig, learning_rate, train
+from src.validator import evaluate_split
+
+
+def test_training_learns_a_separable_problem(blobs):
+    """A small MLP reaches high validation accuracy on well-separated blobs."""
+    model = build_model([12, 16, 3], seed=0)
+    result = train(model, blobs, TrainConfig(epochs=15, batch_size=32, lr=1e-2), quiet=True)
+    assert result.best.val_accuracy > 95.0
+
+
+def test_model_holds_best_validation_loss_epoch(blobs):
+    """After training, the model's weights are those of the lowest-validation-loss epoch."""
+    model = build_model([12, 16, 3], seed=0)
+    result = train(model, blobs, TrainConfig(epochs=8, batch_size=32, lr=5e-2), quiet=True)
+    best = min(result.history, key=lambda r: r.val_loss)
+    assert result.best == best
+    val_loss, _ = evaluate_split(model, blobs.val)
+    assert val_loss == pytest.approx(best.val_loss, rel=1e-5)
+
+
+def test_early_stopping_respects_patience(blobs):
+    """Training stops `patience` epochs after the last improvement of validation loss."""
+    model = build_model([12, 16, 3], seed=0)
+    result = train(model, blobs, TrainConfig(epochs=200, batch_size=400, lr=0.5, patience=2,
+                                             schedule="constant", warmup_epochs=0), quiet=True)
+    assert result.epochs_run < 200
+    assert result.epochs_run - result.best.epoch == 2
+
+
+def test_same_seed_gives_identical_runs(blobs):
+    """Training is deterministic for a given seed (same history, same weights)."""
+    runs = []
+    for _ in range(2):
+        model = build_model([12, 8, 3], seed=1)
+        result = train(model, blobs, TrainConfig(epochs=3, batch_size=50, seed=4), quiet=True)
+        runs.append(([r.val_loss for r in result.history], model.state_dict()))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+
+
+def test_train_results_file_has_design_columns(blobs, tmp_path):
+    """train_results.txt has the DESIGN.md header and one row per epoch."""
+    path = tmp_path / "train_results.txt"
+    model = build_model([12, 8, 3], seed=0)
+    result = train(model, blobs, TrainConfig(epochs=3, patience=5), log_path=path, quiet=True)
+    lines = path.read_text().splitlines()
+    assert lines[0].split() == list(TRAIN_COLUMNS)
+    assert len(lines) == 1 + result.epochs_run
+    assert all(len(line.split()) == len(TRAIN_COLUMNS) for line in lines[1:])
+
+
+def test_zero_epochs_leaves_model_untouched(blobs):
+    """epochs=0 trains nothing and keeps the weights."""
+    model = build_model([12, 8, 3], seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = train(model, blobs, TrainConfig(epochs=0), quiet=True)
+    assert result.best is None and result.epochs_run == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_distillation_from_teacher_trains(blobs):
+    """With a teacher and distill>0 the student still learns the task."""
+    teacher = build_model([12, 16, 3], seed=0)
+    train(teacher, blobs, TrainConfig(epochs=10, batch_size=32, lr=1e-2), quiet=True)
+    student = build_model([12, 4, 3], seed=1)
+    result = train(student, blobs, TrainConfig(epochs=10, batch_size=32, lr=1e-2, distill=0.5),
+                   teacher=teacher, quiet=True)
+    assert result.best.val_accuracy > 90.0
+
+
+def test_cosine_schedule_warms_up_then_decays():
+    """The learning rate rises linearly during warm-up, peaks, then decays towards 0."""
+    config = TrainConfig(lr=1.0)
+    rates = [learning_rate(s, 100, 10, config) for s in range(100)]
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:], strict=False))
+    assert rates[-1] < 0.01
+
+
+@pytest.mark.parametrize("bad", [dict(epochs=-1), dict(lr=0.0), dict(batch_size=0),
+                                 dict(patience=0), dict(schedule="step"), dict(distill=2.0)])
+def test_bad_settings_are_rejected(bad):
+    """Invalid training settings raise ValueError at construction."""
+    with pytest.raises(ValueError):
+        TrainConfig(**bad)
+
+
+def test_unknown_setting_key_is_an_error():
+    """from_dict refuses keys it does not know (e.g. a typo in config.json)."""
+    with pytest.raises(ValueError, match="epoch"):
+        TrainConfig.from_dict({"epoch": 3})
+
+
+def test_divergence_is_an_error_not_a_warning(blobs):
+    """A NaN loss stops training with a clear error."""
+    model = build_model([12, 8, 3], seed=0)
+    with torch.no_grad():
+        model[0].weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="diverged"):
+        train(model, blobs, TrainConfig(epochs=2), quiet=True)
