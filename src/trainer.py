@@ -27,15 +27,15 @@ TRAIN_COLUMNS = ("Epoch", "TrainLoss", "TrainAccuracy", "ValLoss", "ValAccuracy"
 class TrainConfig:
     """How to train; the command lines map their flags onto these fields."""
 
-    epochs: int = 30  # maximum number of epochs (the cosine schedule spans them)
+    epochs: int = 20  # maximum number of epochs (the cosine schedule spans them)
     batch_size: int = 128  # mini-batch size
     lr: float = 2e-3  # peak AdamW learning rate
-    weight_decay: float = 1e-4  # AdamW decoupled weight decay
+    weight_decay: float = 0.05  # AdamW decoupled weight decay
     schedule: Literal["cosine", "constant"] = "cosine"  # learning rate over the epochs
     warmup_epochs: float = 1.0  # linear warm-up before the schedule (fraction allowed)
     patience: int = 5  # stop after this many epochs without a lower validation loss
     seed: int = 0  # seeds the batch order: the same seed gives the same run
-    label_smoothing: float = 0.0  # cross-entropy label smoothing while training (0 = off)
+    label_smoothing: float = 0.1  # cross-entropy label smoothing while training (0 = off)
     shift: int = 0  # random translation of image inputs by up to this many pixels (0 = off)
     distill: float = 0.0  # weight of the distillation loss when a teacher is given (0..1)
     temperature: float = 4.0  # softmax temperature of the distillation loss

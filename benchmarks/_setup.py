@@ -1,0 +1,51 @@
+"""Shared benchmark helpers: repo root on the path, data, and the reference-epoch timer."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # benchmarks run as scripts: make `src` importable
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from src.data import Dataset  # noqa: E402
+from src.model import build_model  # noqa: E402
+
+REFERENCE_SIZES = [784, 256, 64, 10]
+
+
+def reference_epoch(data: Dataset, seed: int = 0) -> float:
+    """Seconds for one epoch of the dense 784-256-64-10 with a plain DataLoader at batch 64.
+
+    This is the "reference epoch" of the issues: the way the thesis code trained.
+    """
+    model = build_model(REFERENCE_SIZES, seed=seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(TensorDataset(data.train.x, data.train.y), batch_size=64, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))
+    started = time.perf_counter()
+    model.train()
+    for xb, yb in loader:
+        loss = F.cross_entropy(model(xb), yb)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - started
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
