@@ -86,3 +86,26 @@ def count_params(model: nn.Module) -> int:
 def hidden_label(hidden: list[int]) -> str:
     """Hidden sizes written like '205-51' (the Hidden column of validation_results.txt)."""
     return "-".join(str(h) for h in hidden)
+
+
+def layer_table(model: MLP) -> tuple[str, int, int]:
+    """Per-layer table (in, out, params, MACs) for summary.txt; returns (text, params, MACs).
+
+    MACs per sample are counted by thop (a Linear costs in*out multiply-accumulates); the
+    per-layer rows use the same rule and their sum is checked against thop's total.
+    """
+    import copy
+
+    from thop import profile  # imported here: only the engine's summaries need it
+
+    rows = [(i + 1, lin.in_features, lin.out_features,
+             lin.weight.numel() + lin.bias.numel(), lin.in_features * lin.out_features)
+            for i, lin in enumerate(model.linears)]
+    probe = copy.deepcopy(model).float()  # thop adds buffers to the modules it profiles
+    macs, params = profile(probe, inputs=(torch.zeros(1, model.sizes[0]),), verbose=False)
+    total_params, total_macs = sum(r[3] for r in rows), sum(r[4] for r in rows)
+    assert int(macs) == total_macs and int(params) == total_params, (macs, params)
+    lines = [f"{'Layer':>5} {'In':>6} {'Out':>6} {'Params':>10} {'MACs':>10}"]
+    lines += [f"{i:>5} {n_in:>6} {n_out:>6} {p:>10} {m:>10}" for i, n_in, n_out, p, m in rows]
+    lines.append(f"{'Total':>5} {'':>6} {'':>6} {total_params:>10} {total_macs:>10}")
+    return "\n".join(lines) + "\n", total_params, total_macs

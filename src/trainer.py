@@ -151,6 +151,8 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
             teacher_logits = torch.cat([teacher(x[i:i + 8192]) for i in range(0, n, 8192)])
 
     history: list[EpochRecord] = []
+    if log_path is not None:
+        write_history(log_path, history)  # the header, even when no epoch runs
     best, best_state, stale = None, copy.deepcopy(model.state_dict()), 0
     bar = tqdm(range(1, config.epochs + 1), desc=desc, unit="epoch", leave=False,
                disable=quiet or not sys.stderr.isatty(), dynamic_ncols=True)
