@@ -1,0 +1,237 @@
+"""Deploy bundles: a folder with model.pth, manifest.json (sha256-checked) and maybe model.onnx."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .inputs import InputSpec
+from .model import (
+    BundleError,
+    DeployedMLP,
+    copy_into,
+    count_macs,
+    count_params,
+    load_checkpoint_file,
+    model_from_checkpoint,
+    read_checkpoint,
+)
+from .onnx_export import OnnxUnavailable, check_onnx, export_onnx
+
+__version__ = "0.1.0"
+BUNDLE_FORMAT = "ia-prune-bundle/1"
+MANIFEST, MODEL_FILE, ONNX_FILE = "manifest.json", "model.pth", "model.onnx"
+RESULTS = Path("prune_w_retrain_results") / "recommended.txt"  # under a session's mode folder
+MODES = ("iterative_pruning", "one_shot_pruning")
+ONNX_CHECK_ROWS = 64  # random inputs the ONNX export is compared on
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write `data` to `path` via a temp file in its folder + os.replace (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def sha256(data: bytes) -> str:
+    """Hex sha256 of bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a bundle folder; BundleError when the folder is not a bundle."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: no such bundle folder")
+    if not path.is_file():
+        raise BundleError(f"{folder}: not an IA-Prune bundle (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path}: not an IA-Prune bundle manifest "
+                          f"(expected format {BUNDLE_FORMAT!r})")
+    for key in ("sha256", "sizes", "activation"):
+        if key not in manifest:
+            raise BundleError(f"{path}: manifest lacks {key!r}")
+    return manifest
+
+
+def checked_file(folder: Path, name: str, expected: str) -> bytes:
+    """The bytes of a bundle file whose sha256 must equal the manifest's."""
+    path = folder / name
+    if not path.is_file():
+        raise BundleError(f"{path}: missing from the bundle")
+    data = path.read_bytes()
+    if sha256(data) != expected:
+        raise BundleError(f"{path}: sha256 does not match {MANIFEST} (expected {expected[:12]}..., "
+                          f"got {sha256(data)[:12]}...): the file was modified or replaced; "
+                          f"refusing it (rebuild the bundle with python -m deploy bundle)")
+    return data
+
+
+def _attach(model: DeployedMLP, info: dict[str, Any]) -> DeployedMLP:
+    """Record the preprocessing, class names and metadata on a loaded model."""
+    model.input_spec = InputSpec.from_dict(info.get("input"), model.sizes[0])
+    classes = info.get("classes")
+    if isinstance(classes, list) and len(classes) == model.sizes[-1]:
+        model.classes = [str(c) for c in classes]
+    model.info = info
+    return model
+
+
+def load(path: str | os.PathLike) -> DeployedMLP:
+    """An nn.Module in eval mode from a bundle folder (sha256-checked) or a best_model.pth."""
+    path = Path(path)
+    if path.is_file() and path.name == MANIFEST:
+        path = path.parent
+    if path.is_dir():
+        manifest = read_manifest(path)
+        source = path / MODEL_FILE
+        checkpoint = read_checkpoint(checked_file(path, MODEL_FILE, manifest["sha256"]), source)
+        if (list(checkpoint["sizes"]) != list(manifest["sizes"])
+                or checkpoint["activation"] != manifest["activation"]):
+            raise BundleError(f"{source}: architecture differs from {MANIFEST}")
+        return _attach(model_from_checkpoint(checkpoint, source), manifest)
+    checkpoint, _ = load_checkpoint_file(path)
+    meta = {k: v for k, v in checkpoint.items() if k != "state_dict"}
+    return _attach(model_from_checkpoint(checkpoint, path), meta)
+
+
+def load_pruned_model(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Resize the nn.Linear layers of your own model in place to a checkpoint's and load it.
+
+    `path` is a bundle folder or a best_model.pth. The i-th Linear of `model` gets the i-th
+    layer of the checkpoint; a different layer count or input/output size is a ValueError.
+    The model is put in eval mode and gets `input_spec`, so predict(model, raw) works.
+    """
+    reference = load(path)
+    copy_into(model, reference)
+    model.input_spec = reference.input_spec
+    return model
+
+
+def build_manifest(checkpoint: dict[str, Any], model: DeployedMLP, data: bytes,
+                   source: str) -> dict[str, Any]:
+    """The manifest of a bundle for `checkpoint` (rebuilt as `model`, file bytes `data`)."""
+    metrics = checkpoint.get("metrics") if isinstance(checkpoint.get("metrics"), dict) else {}
+    spec = InputSpec.from_dict(checkpoint.get("input"), model.sizes[0])
+    classes = checkpoint.get("classes") or [str(c) for c in range(model.sizes[-1])]
+    return {
+        "format": BUNDLE_FORMAT,
+        "model_file": MODEL_FILE,
+        "sha256": sha256(data),
+        "sizes": model.sizes,
+        "hidden": model.sizes[1:-1],
+        "activation": model.activation,
+        "dataset": checkpoint.get("dataset"),
+        "val_size": checkpoint.get("val_size"),
+        "split_seed": checkpoint.get("split_seed"),
+        "input": spec.as_dict(),
+        "classes": [str(c) for c in classes],
+        "iteration": checkpoint.get("iteration"),
+        "percent_retained": checkpoint.get("percent_retained"),
+        "criterion": checkpoint.get("criterion"),
+        "test_accuracy": metrics.get("test_accuracy"),
+        "val_accuracy": metrics.get("val_accuracy"),
+        "metrics": metrics,
+        "params": count_params(model),
+        "macs": int(checkpoint.get("macs") or count_macs(model.sizes)),
+        "project_version": checkpoint.get("version"),
+        "deploy_version": __version__,
+        "source": source,
+        "onnx": None,
+    }
+
+
+def write_bundle(checkpoint_path: str | os.PathLike, out: str | os.PathLike,
+                 onnx: bool = True) -> dict[str, Any]:
+    """Write model.pth, model.onnx (when onnx/onnxruntime are installed) and manifest.json.
+
+    Returns the manifest; manifest['onnx'] is the ONNX entry or {'skipped': reason}.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder")
+    checkpoint, data = load_checkpoint_file(checkpoint_path)
+    model = model_from_checkpoint(checkpoint, checkpoint_path)
+    manifest = build_manifest(checkpoint, model, data, str(checkpoint_path))
+    onnx_entry: dict[str, Any] = {"skipped": "disabled (--no-onnx)"}
+    onnx_bytes = None
+    if onnx:
+        try:
+            onnx_bytes = export_onnx(model, model.sizes[0])
+        except OnnxUnavailable as exc:
+            onnx_entry = {"skipped": str(exc)}
+    if onnx_bytes is not None:
+        x = torch.rand(ONNX_CHECK_ROWS, model.sizes[0], generator=torch.Generator().manual_seed(0))
+        diff = check_onnx(onnx_bytes, model, x)
+        onnx_entry = {"file": ONNX_FILE, "sha256": sha256(onnx_bytes), "input": "input",
+                      "output": "logits", "max_abs_diff": diff}
+    manifest["onnx"] = onnx_entry
+
+    # model files first, manifest last: until the manifest is replaced the folder is refused
+    atomic_write(out / MODEL_FILE, data)
+    if onnx_bytes is not None:
+        atomic_write(out / ONNX_FILE, onnx_bytes)
+    else:
+        (out / ONNX_FILE).unlink(missing_ok=True)  # never leave a stale export behind
+    atomic_write(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _resolve(recorded: str, anchor: Path) -> Path:
+    """A path written in recommended.txt: absolute, or relative to the cwd (the repo root) or to
+    a folder above recommended.txt."""
+    path = Path(recorded)
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path] + [
+        folder / path for folder in anchor.parents]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{anchor}: the recommended checkpoint {recorded!r} does not exist")
+
+
+def find_recommended(path: str | os.PathLike, mode: str | None = None) -> Path:
+    """The best_model.pth named by recommended.txt of a session folder (or a mode folder)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such session folder")
+    if (path / RESULTS).is_file():  # a mode folder given directly
+        found = [path / RESULTS]
+    elif mode is not None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {list(MODES)}")
+        found = [path / mode / RESULTS] if (path / mode / RESULTS).is_file() else []
+    else:
+        found = [path / m / RESULTS for m in MODES if (path / m / RESULTS).is_file()]
+    if not found:
+        where = f"{path}/{mode or '<mode>'}/{RESULTS}"
+        raise FileNotFoundError(f"{where}: missing (has the session finished?)")
+    if len(found) > 1:
+        raise ValueError(f"{path}: both modes have a recommendation; choose one with --mode "
+                         f"({' or '.join(MODES)})")
+    lines = [line.strip() for line in found[0].read_text().splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{found[0]}: empty")
+    return _resolve(lines[0], found[0])

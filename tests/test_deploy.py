@@ -1,0 +1,531 @@
+"""deploy/: bundles, torch-only loading, loading into a user's class, preprocessing, PNG, CLI."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import deploy
+from deploy.__main__ import main, run
+from deploy.bundle import find_recommended, write_bundle
+from deploy.idx import load_test_split, parse_idx
+from deploy.inputs import InputSpec, preprocess, read_image, to_gray
+from deploy.png import SIGNATURE, decode_png
+from src.checkpoint import load_model, save_checkpoint
+from src.data import load_dataset
+from src.model import build_model
+from src.validator import evaluate_split
+
+DEPLOY_DIR = Path(deploy.__file__).parent
+MNIST_INPUT = {"shape": [1, 28, 28], "scale": 1 / 255, "flatten": True, "dtype": "uint8",
+               "range": [0.0, 1.0]}
+METRICS = {"train_loss": 0.1, "train_accuracy": 98.0, "val_loss": 0.12, "val_accuracy": 97.5,
+           "test_loss": 0.11, "test_accuracy": 97.3}
+
+
+def engine_checkpoint(path: Path, sizes: list[int], seed: int = 0, **overrides) -> Path:
+    """A best_model.pth with the fields the engine writes."""
+    meta = dict(dataset="mnist", val_size=5000, split_seed=0, input=MNIST_INPUT,
+                classes=[str(d) for d in range(10)], iteration=3, hidden=sizes[1:-1],
+                percent_retained=25.0, metrics=METRICS, params=1, macs=2,
+                criterion="interval_adjoint", version="0.1.0")
+    meta.update(overrides)
+    return save_checkpoint(path, build_model(sizes, seed=seed), **meta)
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> Path:
+    return engine_checkpoint(tmp_path / "best_model.pth", [784, 20, 8, 10])
+
+
+@pytest.fixture
+def bundle(tmp_path, checkpoint) -> Path:
+    write_bundle(checkpoint, tmp_path / "bundle", onnx=False)
+    return tmp_path / "bundle"
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    """Raw MNIST-like uint8 images (n, 28, 28)."""
+    return np.random.default_rng(seed).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+
+
+class SimpleNN(nn.Module):
+    """A hand-written 3-layer MLP, as a thesis user would define it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(784, 256), nn.Linear(256, 64), nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.fc1(x.flatten(1)))
+        return self.fc3(torch.relu(self.fc2(x)))
+
+
+# ---- bundles and load ------------------------------------------------------------------------
+
+def test_bundle_round_trip_gives_identical_outputs(checkpoint, bundle):
+    """A model loaded from a bundle computes exactly what the engine's checkpoint model computes."""
+    reference, _ = load_model(checkpoint)
+    model = deploy.load(bundle)
+    x = torch.rand(32, 784)
+    assert torch.equal(model(x), reference(x))
+    assert not model.training
+
+
+def test_load_reads_a_best_model_pth_directly(checkpoint):
+    """load() also takes a best_model.pth and rebuilds it with its recorded preprocessing."""
+    reference, _ = load_model(checkpoint)
+    model = deploy.load(checkpoint)
+    x = torch.rand(8, 1, 28, 28)
+    assert torch.equal(model(x), reference(x))
+    assert model.input_spec == InputSpec() and model.classes[7] == "7"
+
+
+def test_manifest_records_architecture_data_metrics_and_checksum(checkpoint, bundle):
+    """manifest.json carries sizes, activation, dataset, input, classes, iteration, accuracies,
+    params, MACs, the sha256 of model.pth and the project version."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["sha256"] == hashlib.sha256((bundle / "model.pth").read_bytes()).hexdigest()
+    assert manifest["sizes"] == [784, 20, 8, 10] and manifest["activation"] == "relu"
+    assert manifest["dataset"] == "mnist" and manifest["input"] == MNIST_INPUT
+    assert manifest["classes"] == [str(d) for d in range(10)] and manifest["iteration"] == 3
+    assert manifest["test_accuracy"] == 97.3 and manifest["val_accuracy"] == 97.5
+    assert manifest["params"] == 784 * 20 + 20 + 20 * 8 + 8 + 8 * 10 + 10
+    assert manifest["macs"] == 2  # the recorded value wins
+    assert manifest["project_version"] == "0.1.0" and manifest["deploy_version"]
+
+
+def test_manifest_falls_back_for_a_minimal_checkpoint(tmp_path):
+    """Only format/sizes/activation/state_dict are required: MACs, params and MNIST input are
+    derived."""
+    path = save_checkpoint(tmp_path / "m.pth", build_model([784, 6, 10], seed=0))
+    manifest = write_bundle(path, tmp_path / "b", onnx=False)
+    assert manifest["macs"] == 784 * 6 + 6 * 10 and manifest["params"] == 784 * 6 + 6 + 6 * 10 + 10
+    assert manifest["input"] == MNIST_INPUT and manifest["test_accuracy"] is None
+    assert deploy.load(tmp_path / "b").sizes == [784, 6, 10]
+
+
+# ---- load_pruned_model -----------------------------------------------------------------------
+
+def test_load_pruned_model_resizes_a_hand_written_class(checkpoint):
+    """SimpleNN (784-256-64-10) shrinks to the checkpoint's 784-20-8-10 and computes the same."""
+    model = SimpleNN()
+    assert deploy.load_pruned_model(model, checkpoint) is model
+    assert (model.fc1.out_features, model.fc2.in_features, model.fc2.out_features) == (20, 20, 8)
+    assert model.fc2.weight.shape == (8, 20) and model.fc3.weight.shape == (10, 8)
+    x = torch.rand(16, 784)
+    assert torch.equal(model(x), deploy.load(checkpoint)(x))
+
+
+def test_load_pruned_model_from_a_bundle_supports_predict(bundle):
+    """After load_pruned_model, predict(model, raw uint8) gives the bundle model's classes."""
+    model = deploy.load_pruned_model(SimpleNN(), bundle)
+    raw = images(20)
+    expected = deploy.predict(deploy.load(bundle), raw).logits
+    assert torch.equal(deploy.predict(model, raw).logits, expected)
+
+
+def test_load_pruned_model_refuses_a_different_layer_count(checkpoint):
+    """A class with 2 Linear layers for a 3-layer checkpoint is a clear error; it is left as is."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+    with pytest.raises(ValueError, match="has 2 nn.Linear layers but the checkpoint has 3"):
+        deploy.load_pruned_model(model, checkpoint)
+    assert model[1].weight.shape == (32, 784)
+
+
+def test_load_pruned_model_refuses_a_different_input_size(checkpoint):
+    """A class whose first Linear takes 100 inputs cannot receive a 784-input checkpoint."""
+    model = nn.Sequential(nn.Linear(100, 32), nn.ReLU(), nn.Linear(32, 16), nn.Linear(16, 10))
+    with pytest.raises(ValueError, match="maps 100 inputs to 10 outputs"):
+        deploy.load_pruned_model(model, checkpoint)
+
+
+def test_load_pruned_model_refuses_parameters_the_checkpoint_lacks(checkpoint):
+    """Extra parameters (here a LayerNorm) would stay untrained: refused, not silently kept."""
+    model = nn.Sequential(nn.Linear(784, 32), nn.LayerNorm(32), nn.Linear(32, 16),
+                          nn.Linear(16, 10))
+    with pytest.raises(ValueError, match="does not provide"):
+        deploy.load_pruned_model(model, checkpoint)
+
+
+# ---- the copied-alone case --------------------------------------------------------------------
+
+def test_copied_deploy_folder_predicts_without_src(tmp_path, bundle):
+    """deploy/ copied next to a bundle, without src, runs `python -m deploy predict` alone."""
+    alone = tmp_path / "alone"
+    shutil.copytree(DEPLOY_DIR, alone / "deploy",
+                    ignore=shutil.ignore_patterns("__pycache__", "bundle"))
+    shutil.copytree(bundle, alone / "bundle")
+    raw = images(3)
+    np.save(alone / "digits.npy", raw)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-m", "deploy", "predict", "--bundle", "bundle",
+                           "digits.npy"], cwd=alone, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert not (alone / "src").exists()
+    pred = deploy.predict(deploy.load(bundle), raw)
+    expected = [f"digits.npy[{i}]: {label} (p={p:.4f})"
+                for i, (label, p) in enumerate(zip(pred.labels.tolist(), pred.confidence.tolist(),
+                                                   strict=True))]
+    assert proc.stdout.splitlines() == expected
+
+
+def test_deploy_imports_only_torch_numpy_and_the_standard_library():
+    """No module of deploy/ imports src (or anything beyond torch, numpy, stdlib, optional onnx)."""
+    allowed = set(sys.stdlib_module_names) | {"torch", "numpy", "onnx", "onnxruntime"}
+    for path in DEPLOY_DIR.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                roots = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                roots = [node.module.split(".")[0]]
+            else:
+                continue
+            assert set(roots) <= allowed, f"{path.name} imports {roots}"
+
+
+# ---- preprocessing ----------------------------------------------------------------------------
+
+def test_raw_uint8_images_are_scaled_like_the_engines_data_loader(checkpoint):
+    """predict on raw uint8 gives bit-identical logits to the evaluation's float32(raw) * scale."""
+    model, raw = deploy.load(checkpoint), images(10)
+    engine_x = torch.from_numpy(raw.reshape(10, -1).astype(np.float32) * (1 / 255))  # src/data.py
+    assert torch.equal(deploy.predict(model, raw).logits, model(engine_x))
+
+
+def test_single_and_batched_shapes_agree(checkpoint):
+    """(28, 28), (1, 28, 28), (n, 28, 28), (n, 1, 28, 28) and (n, 784) all classify the same."""
+    model, raw = deploy.load(checkpoint), images(4)
+    batched = deploy.predict(model, raw).logits
+    assert torch.equal(deploy.predict(model, raw[:, None]).logits, batched)
+    assert torch.equal(deploy.predict(model, raw.reshape(4, 784)).logits, batched)
+    # batch 1 vs batch 4 may round differently inside the matrix product
+    torch.testing.assert_close(deploy.predict(model, raw[0]).logits, batched[:1])
+    assert torch.equal(deploy.predict(model, raw[0]).logits, deploy.predict(model, raw[:1]).logits)
+
+
+def test_float_inputs_are_taken_as_already_scaled(checkpoint):
+    """Float images in [0, 1] are used as they are; the same images as uint8 get scaled."""
+    model, raw = deploy.load(checkpoint), images(3)
+    scaled = raw.astype(np.float32) * (1 / 255)
+    assert torch.equal(deploy.predict(model, scaled).logits, deploy.predict(model, raw).logits)
+
+
+def test_out_of_range_floats_are_refused(checkpoint):
+    """Float inputs 0..255 (forgotten scaling) would be silently wrong: refused."""
+    with pytest.raises(ValueError, match="outside the model's input range"):
+        deploy.predict(deploy.load(checkpoint), images(2).astype(np.float32))
+
+
+def test_wrong_shape_is_refused(checkpoint):
+    """A 27x27 image does not fit a 784-input model."""
+    with pytest.raises(ValueError, match=r"shape \[2, 27, 27\] do not fit"):
+        deploy.predict(deploy.load(checkpoint), np.zeros((2, 27, 27), np.uint8))
+
+
+def test_nan_inputs_are_refused(checkpoint):
+    """NaN inputs are an error, not a prediction."""
+    x = np.full((1, 784), np.nan, np.float32)
+    with pytest.raises(ValueError, match="NaN"):
+        preprocess(x, InputSpec())
+
+
+def test_predict_needs_a_known_preprocessing():
+    """A plain module without input_spec and no spec= is refused."""
+    with pytest.raises(ValueError, match="no input preprocessing known"):
+        deploy.predict(nn.Linear(784, 10), images(1))
+
+
+# ---- refusals ---------------------------------------------------------------------------------
+
+def test_tampered_model_file_is_refused(bundle):
+    """A model.pth whose sha256 differs from the manifest's is refused by load."""
+    path = bundle / "model.pth"
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(deploy.BundleError, match="sha256 does not match"):
+        deploy.load(bundle)
+
+
+def test_replaced_model_file_is_refused_by_the_command_line(tmp_path, bundle, capsys):
+    """predict on a bundle whose model.pth was swapped prints one `error:` line, exit code 2."""
+    other = engine_checkpoint(tmp_path / "other.pth", [784, 20, 8, 10], seed=1)
+    shutil.copy(other, bundle / "model.pth")
+    np.save(tmp_path / "x.npy", images(1))
+    assert run(main, ["predict", "--bundle", str(bundle), str(tmp_path / "x.npy")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "sha256" in err and err.count("\n") == 1
+
+
+def test_folder_without_manifest_is_not_a_bundle(tmp_path):
+    """An ordinary folder is refused as not a bundle."""
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(deploy.BundleError, match="not an IA-Prune bundle"):
+        deploy.load(tmp_path / "notes")
+
+
+def test_foreign_manifest_is_refused(tmp_path):
+    """A manifest.json of some other tool is refused."""
+    (tmp_path / "manifest.json").write_text('{"name": "something else"}')
+    with pytest.raises(deploy.BundleError, match="not an IA-Prune bundle manifest"):
+        deploy.load(tmp_path)
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    """A .pth carrying arbitrary pickled objects is refused (weights_only=True)."""
+    path = tmp_path / "evil.pth"
+    torch.save({"format": "ia-prune/1", "payload": SimpleNN()}, path)
+    with pytest.raises(deploy.BundleError, match="refused to load"):
+        deploy.load(path)
+
+
+def test_weights_that_do_not_fit_the_sizes_are_refused(tmp_path):
+    """strict loading: a state_dict inconsistent with the recorded sizes is refused."""
+    path = tmp_path / "m.pth"
+    torch.save({"format": "ia-prune/1", "sizes": [784, 5, 10], "activation": "relu",
+                "state_dict": build_model([784, 6, 10], seed=0).state_dict()}, path)
+    with pytest.raises(deploy.BundleError, match="do not fit the recorded architecture"):
+        deploy.load(path)
+
+
+# ---- ONNX -------------------------------------------------------------------------------------
+
+def test_onnx_export_matches_torch(tmp_path, checkpoint):
+    """With onnx and onnxruntime installed, model.onnx is written, checksummed and matches torch."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from deploy.onnx_export import onnx_logits
+
+    manifest = write_bundle(checkpoint, tmp_path / "b")
+    data = (tmp_path / "b" / "model.onnx").read_bytes()
+    assert manifest["onnx"]["sha256"] == hashlib.sha256(data).hexdigest()
+    x = preprocess(images(50), InputSpec())
+    torch.testing.assert_close(onnx_logits(data, x), deploy.load(tmp_path / "b")(x).detach(),
+                               atol=1e-5, rtol=0)
+
+
+def test_bundle_without_onnx_installed_says_why_and_leaves_no_stale_export(tmp_path, checkpoint,
+                                                                          monkeypatch):
+    """Without onnx/onnxruntime the bundle has no model.onnx (an old one is removed) and the
+    manifest records why."""
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "model.onnx").write_bytes(b"old export")
+    monkeypatch.setattr("deploy.onnx_export.onnx_missing", lambda: "onnx not installed")
+    manifest = write_bundle(checkpoint, tmp_path / "b")
+    assert manifest["onnx"] == {"skipped": "onnx not installed"}
+    assert not (tmp_path / "b" / "model.onnx").exists()
+
+
+# ---- PNG --------------------------------------------------------------------------------------
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    crc = struct.pack(">I", zlib.crc32(kind + payload))
+    return struct.pack(">I", len(payload)) + kind + payload + crc
+
+
+def encode_png(img: np.ndarray, filter_type: int, interlace: int = 0) -> bytes:
+    """A minimal 8-bit PNG encoder using one filter type for every row (test oracle)."""
+    h, w = img.shape[:2]
+    c = 1 if img.ndim == 2 else img.shape[2]
+    rows, prev, out = img.reshape(h, w * c).astype(np.int64), np.zeros(w * c, np.int64), bytearray()
+    for x in rows:
+        left = np.concatenate([np.zeros(c, np.int64), x[:-c]])
+        upleft = np.concatenate([np.zeros(c, np.int64), prev[:-c]])
+        p = left + prev - upleft
+        pa, pb, pc = abs(p - left), abs(p - prev), abs(p - upleft)
+        paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prev, upleft))
+        predictor = [0, left, prev, (left + prev) // 2, paeth][filter_type]
+        out += bytes([filter_type]) + ((x - predictor) % 256).astype(np.uint8).tobytes()
+        prev = x
+    colour = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    header = struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, interlace)
+    return (SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(bytes(out)))
+            + _chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("filter_type", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_png_decoder_undoes_every_filter_type(filter_type, channels):
+    """Rows written with filters None/Sub/Up/Average/Paeth decode to the original pixels."""
+    img = np.random.default_rng(filter_type).integers(0, 256, (9, 7, channels), dtype=np.uint8)
+    assert np.array_equal(decode_png(encode_png(img, filter_type)), img)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA", "P", "P+tRNS", "1", "I;16"])
+def test_png_decoder_agrees_with_pillow(tmp_path, mode):
+    """Files written by Pillow in each mode decode to the pixels Pillow reads back (palettes as
+    RGB, or RGBA when transparent; 16-bit as the high byte)."""
+    image_mod = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (13, 11, 4), dtype=np.uint8)
+    if mode == "I;16":
+        values = rng.integers(0, 65536, (13, 11), dtype=np.uint16)
+        image_mod.fromarray(values).save(tmp_path / "x.png")
+        expected = (values >> 8).astype(np.uint8)[..., None]
+    else:
+        source = rgba if mode in ("LA", "RGBA", "P+tRNS") else rgba[..., :3]
+        image_mod.fromarray(source).convert(mode[0] if mode == "P+tRNS" else mode).save(
+            tmp_path / "x.png")
+        back = image_mod.open(tmp_path / "x.png")
+        back = back.convert({"P": "RGB", "P+tRNS": "RGBA"}.get(mode, back.mode))
+        expected = (np.asarray(back).astype(np.uint8) * (255 if mode == "1" else 1)
+                    ).reshape(13, 11, -1)
+    assert np.array_equal(decode_png((tmp_path / "x.png").read_bytes()), expected)
+
+
+def test_interlaced_png_is_refused():
+    """Adam7-interlaced images are a documented limitation, refused with a clear message."""
+    data = encode_png(np.zeros((4, 4), np.uint8), 0, interlace=1)
+    with pytest.raises(ValueError, match="interlaced"):
+        decode_png(data)
+
+
+def test_corrupt_png_is_refused():
+    """A flipped byte fails the chunk CRC check."""
+    data = bytearray(encode_png(np.zeros((4, 4), np.uint8), 0))
+    data[40] ^= 0x01
+    with pytest.raises(ValueError, match="CRC mismatch"):
+        decode_png(bytes(data))
+
+
+def test_colour_and_alpha_become_mnist_grayscale():
+    """Equal RGB channels keep their value; a fully transparent pixel becomes black background."""
+    rgba = np.array([[[90, 90, 90, 255], [200, 10, 30, 0]]], np.uint8)
+    assert to_gray(rgba).tolist() == [[90, 0]]
+
+
+def test_large_png_is_area_resized_to_28x28(tmp_path):
+    """A 56x56 image becomes the 2x2-block mean 28x28 image the model expects."""
+    big = np.random.default_rng(1).integers(0, 256, (56, 56), dtype=np.uint8)
+    (tmp_path / "big.png").write_bytes(encode_png(big, 4))
+    expected = np.rint(big.reshape(28, 2, 28, 2).astype(np.float64).mean((1, 3))).astype(np.uint8)
+    got = read_image(tmp_path / "big.png", InputSpec())
+    assert got.shape == (1, 28, 28) and np.abs(got[0].astype(int) - expected).max() <= 1
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+def test_predict_command_prints_class_and_probability_per_input(tmp_path, bundle, capsys):
+    """predict takes .png and .npy files and prints `FILE: class (p=...)` for each sample."""
+    raw = images(2)
+    (tmp_path / "a.png").write_bytes(encode_png(raw[0], 1))
+    np.save(tmp_path / "b.npy", raw[1])
+    assert main(["predict", "--bundle", str(bundle), str(tmp_path / "a.png"),
+                 str(tmp_path / "b.npy")]) == 0
+    pred = deploy.predict(deploy.load(bundle), raw)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"{tmp_path / name}: {label} (p={p:.4f})" for name, label, p in
+                     zip(["a.png", "b.npy"], pred.labels.tolist(), pred.confidence.tolist(),
+                         strict=True)]
+
+
+def make_session(root: Path, checkpoint: Path, modes=("iterative_pruning",)) -> Path:
+    """A session folder whose recommended.txt names a checkpoint relative to `root`."""
+    session = root / "sessions" / "s1"
+    for mode in modes:
+        target = session / mode / "3" / "prune_w_retrain" / "best_model.pth"
+        target.parent.mkdir(parents=True)
+        shutil.copy(checkpoint, target)
+        rec = session / mode / "prune_w_retrain_results" / "recommended.txt"
+        rec.parent.mkdir(parents=True)
+        rec.write_text(f"{target.relative_to(root)}\n")
+    return session
+
+
+def test_recommended_checkpoint_is_found_from_a_session_or_mode_folder(tmp_path, checkpoint):
+    """recommended.txt (relative to the repo root) is resolved from a session or mode folder."""
+    session = make_session(tmp_path, checkpoint)
+    expected = session / "iterative_pruning" / "3" / "prune_w_retrain" / "best_model.pth"
+    assert find_recommended(session).resolve() == expected.resolve()
+    assert find_recommended(session / "iterative_pruning").resolve() == expected.resolve()
+
+
+def test_two_recommendations_need_a_mode(tmp_path, checkpoint):
+    """With both modes finished, --mode must choose one."""
+    session = make_session(tmp_path, checkpoint, ("iterative_pruning", "one_shot_pruning"))
+    with pytest.raises(ValueError, match="--mode"):
+        find_recommended(session)
+    assert find_recommended(session, "one_shot_pruning").parts[-4] == "one_shot_pruning"
+
+
+def test_missing_recommendation_is_reported(tmp_path):
+    """A session without recommended.txt names the file it looked for."""
+    with pytest.raises(FileNotFoundError, match="recommended.txt"):
+        find_recommended(tmp_path)
+
+
+def test_bundle_command_uses_a_sessions_recommendation(tmp_path, checkpoint, capsys):
+    """`bundle --recommended SESSION --out DIR` bundles the recommended checkpoint."""
+    session = make_session(tmp_path, checkpoint)
+    out = tmp_path / "out"
+    assert main(["bundle", "--recommended", str(session), "--out", str(out), "--no-onnx"]) == 0
+    assert deploy.load(out).sizes == [784, 20, 8, 10]
+    assert "skipped" in capsys.readouterr().out and not (out / "model.onnx").exists()
+
+
+def test_bundle_command_needs_exactly_one_source(tmp_path, checkpoint):
+    """Both a CHECKPOINT and --recommended is a usage error (exit 2)."""
+    assert run(main, ["bundle", str(checkpoint), "--recommended", str(tmp_path)]) == 2
+
+
+def test_verify_without_data_files_names_the_data_root(tmp_path, bundle, capsys):
+    """verify with no MNIST files under --data-root fails with a hint, exit code 2."""
+    assert run(main, ["verify", "--bundle", str(bundle), "--data-root", str(tmp_path)]) == 2
+    assert "--data-root" in capsys.readouterr().err
+
+
+def test_idx_reader_refuses_truncated_files():
+    """An IDX payload shorter than its header says is refused."""
+    payload = b"\x00\x00\x08\x03" + struct.pack(">III", 2, 28, 28) + bytes(100)
+    with pytest.raises(ValueError, match="does not match its header"):
+        parse_idx(payload, "x")
+
+
+# ---- real MNIST (skipped when the files are absent) ------------------------------------------
+
+@pytest.fixture(scope="module")
+def mnist():
+    for candidate in (os.environ.get("IAPRUNE_DATA"), "../shared/data"):
+        if candidate and (Path(candidate) / "MNIST" / "raw").is_dir():
+            return Path(candidate), load_dataset("mnist", candidate)
+    pytest.skip("MNIST files not found (set IAPRUNE_DATA)")
+
+
+@pytest.mark.realdata
+def test_test_split_preprocessing_is_identical_to_the_engines(mnist):
+    """deploy's IDX reader + preprocess reproduce the engine's MNIST test tensors bit for bit."""
+    root, data = mnist
+    raw, labels = load_test_split("mnist", root)
+    assert torch.equal(preprocess(raw, InputSpec()), data.test.x)
+    assert torch.equal(torch.from_numpy(labels.astype(np.int64)), data.test.y)
+
+
+@pytest.mark.realdata
+def test_verify_confirms_the_recorded_accuracy_and_catches_a_wrong_one(tmp_path, mnist, capsys):
+    """verify re-evaluates the full test split: the engine's accuracy passes, 0.05 off fails."""
+    root, data = mnist
+    model = build_model([784, 16, 10], seed=0)
+    accuracy = evaluate_split(model, data.test)[1]
+    path = save_checkpoint(tmp_path / "m.pth", model, dataset="mnist", input=MNIST_INPUT,
+                           metrics={"test_accuracy": accuracy})
+    write_bundle(path, tmp_path / "b", onnx=False)
+    assert main(["verify", "--bundle", str(tmp_path / "b"), "--data-root", str(root)]) == 0
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    manifest["test_accuracy"] = accuracy + 0.05
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["verify", "--bundle", str(tmp_path / "b"), "--data-root", str(root)]) == 1
+    assert "MISMATCH" in capsys.readouterr().out
