@@ -21,7 +21,7 @@ class CheckpointError(ValueError):
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write `data` to `path` via a temp file in the same folder + os.replace (never half-written)."""
+    """Write `data` to `path` via a temp file in its folder + os.replace (never half-written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode() if isinstance(data, str) else data
@@ -47,6 +47,11 @@ def save_checkpoint(path: str | os.PathLike, model: MLP, **meta: Any) -> Path:
     return atomic_write(path, buffer.getvalue())
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load and validate a best_model.pth with weights_only=True; errors name the file."""
     path = Path(path)
@@ -55,10 +60,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: refused to load (not plain tensors/values): {first}") from None
+        raise CheckpointError(f"{path}: refused to load (not plain tensors/values): "
+                              f"{_first_line(exc)}") from None
     except Exception as exc:  # torch raises many kinds (RuntimeError, KeyError, EOFError...)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = _first_line(exc)
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({first})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an IA-Prune checkpoint (expected format {FORMAT!r})")
@@ -74,8 +79,8 @@ def model_from_checkpoint(checkpoint: dict[str, Any], source: str | os.PathLike 
         model = MLP(checkpoint["sizes"], checkpoint["activation"])
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except (RuntimeError, ValueError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{source}: weights do not fit the recorded architecture ({first})")
+        raise CheckpointError(f"{source}: weights do not fit the recorded architecture "
+                              f"({_first_line(exc)})") from None
     return model.eval()
 
 

@@ -163,7 +163,7 @@ def _download(source: IdxSource, stem: str, target: Path) -> None:
 
 
 def read_idx_file(raw: Path, stem: str, source: IdxSource, download: bool = True) -> np.ndarray:
-    """Read `stem` from `raw` (.gz preferred, else uncompressed), md5-verified; download if absent."""
+    """Read `stem` from `raw` (.gz, else uncompressed), md5-verified; downloaded if absent."""
     gz, plain = raw / f"{stem}.gz", raw / stem
     if not gz.exists() and not plain.exists() and download:
         _download(source, stem, gz)

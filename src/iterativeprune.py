@@ -352,7 +352,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add = p.add_argument
     add("--dataset", help=f"{', '.join(DATASETS)} [{d.dataset}]")
     add("--data-root", help="folder holding MNIST/raw/ etc. [$IAPRUNE_DATA, else data/]")
-    add("--hidden", type=int, nargs="+", help=f"hidden layer sizes [{' '.join(map(str, d.hidden))}]")
+    add("--hidden", type=int, nargs="+",
+        help=f"hidden layer sizes [{' '.join(map(str, d.hidden))}]")
     add("--activation", help=f"{', '.join(ACTIVATIONS)} [{d.activation}]")
     add("--retain", help=f"schedule file [{DEFAULT_RETAIN}; the default geometric schedule "
                          "for --hidden if absent or of other sizes]")
@@ -445,8 +446,8 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
             f"{'test%':>7} {'val%':>7}")
     lines = [head] + [
         f"{r['iteration']:>3} {r['Hidden']:>9} {r['PercentageRetain']:>8.2f} {r['Params']:>8} "
-        f"{r['NoRetrain_Test_Accuracy']:>12.2f} {r['Test_Accuracy']:>7.2f} {r['Val_Accuracy']:>7.2f}"
-        for r in rows]
+        f"{r['NoRetrain_Test_Accuracy']:>12.2f} {r['Test_Accuracy']:>7.2f} "
+        f"{r['Val_Accuracy']:>7.2f}" for r in rows]
     return "\n".join(lines)
 
 
