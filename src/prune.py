@@ -13,7 +13,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from src.adjoint import interval_sweep
+from src.interval import Interval
 from src.model import MLP
+from src.significance import data_box
 
 BiasFold = Literal["mean", "mid", "none"]
 
@@ -46,30 +49,33 @@ def post_activations(model: MLP, x: Tensor, layer: int) -> Tensor:
     return h
 
 
-def _fold_mean(model: MLP, layer: int, x: Tensor | None, box) -> Tensor:
+def _fold_mean(model: MLP, layer: int, x: Tensor | None, box: Interval | None) -> Tensor:
     """Mean post-activation over the training inputs."""
     if x is None:
         raise ValueError("bias_fold='mean' needs the training inputs (data=...)")
     return post_activations(model, x, layer).mean(0)
 
 
-def _fold_mid(model: MLP, layer: int, x: Tensor | None, box) -> Tensor:
-    """Midpoint of the post-activation interval over the input box."""
-    from src.adjoint import activation_interval, forward_intervals
+def _fold_mid(model: MLP, layer: int, x: Tensor | None, box: Interval | None) -> Tensor:
+    """Midpoint of the post-activation interval over the input box (default: the data box)."""
     if box is None:
         if x is None:
             raise ValueError("bias_fold='mid' needs an input box or the training inputs")
-        box = (x.min(0).values, x.max(0).values)
-    return activation_interval(model, forward_intervals(model, box)[layer]).mid
+        box = data_box(x)
+    value = interval_sweep(model, box, seed="sum")[layer].value
+    return POST_ACTIVATION[model.activation](value).mid
 
 
-FOLDS: dict[str, Callable[[MLP, int, Tensor | None, object], Tensor] | None] = {
+POST_ACTIVATION = {"relu": Interval.relu, "sigmoid": Interval.sigmoid, "tanh": Interval.tanh}
+
+
+FOLDS: dict[str, Callable[[MLP, int, Tensor | None, Interval | None], Tensor] | None] = {
     "mean": _fold_mean, "mid": _fold_mid, "none": None}
 
 
 @torch.no_grad()
 def shrink(model: MLP, keep: Sequence[Tensor], bias_fold: BiasFold = "mean",
-           data: Tensor | None = None, box=None) -> MLP:
+           data: Tensor | None = None, box: Interval | None = None) -> MLP:
     """A new, smaller MLP keeping neurons `keep[l]` of each hidden layer l (order preserved).
 
     The removed neurons' expected contribution is folded into the next layer's bias:

@@ -108,3 +108,17 @@ def test_post_activations_match_a_manual_forward():
     x = torch.rand(7, 4)
     expected = torch.relu(model[2](torch.relu(model[0](x))))
     torch.testing.assert_close(post_activations(model, x, 1), expected)
+
+
+def test_mid_fold_uses_the_interval_midpoint():
+    """bias_fold='mid' adds W[:, removed] @ mid(ReLU([z])) over the data box to the next bias."""
+    from src.adjoint import interval_sweep
+    from src.significance import data_box
+
+    model = build_model([3, 4, 2], seed=0).double()
+    x = torch.rand(30, 3, dtype=torch.float64)
+    small = shrink(model, [torch.tensor([0, 1])], bias_fold="mid", data=x)
+    value = interval_sweep(model, data_box(x), seed="sum")[0].value
+    mid = (value.lower.clamp(min=0) + value.upper.clamp(min=0)) / 2
+    expected = model[2].bias + model[2].weight[:, [2, 3]] @ mid[[2, 3]]
+    torch.testing.assert_close(small[2].bias, expected)
