@@ -33,6 +33,7 @@ from src.model import ACTIVATIONS, MLP, build_model, check_sizes, hidden_label, 
 from src.prune import FOLDS, keep_indices, shrink
 from src.retain import ScheduleRow, geometric_schedule, read_schedule, write_schedule
 from src.significance import CRITERIA, ScoreData, score
+from src.tracking import NullTracker, Tracker, make_tracker
 from src.trainer import TrainConfig, train
 from src.validator import Metrics, evaluate, evaluate_split
 
@@ -162,9 +163,10 @@ class IterativePruning:
     """Runs the schedule's iterations for one session; see the module docstring."""
 
     def __init__(self, config: PruneConfig, session: Session, schedule: list[ScheduleRow],
-                 data: Dataset, quiet: bool = False, log=print):
+                 data: Dataset, quiet: bool = False, log=print, tracker: Tracker | None = None):
         self.config, self.session, self.schedule, self.data = config, session, schedule, data
         self.quiet, self.log = quiet, log
+        self.tracker = tracker or NullTracker()
         self._base: MLP | None = None
         self._base_scores: list[torch.Tensor] | None = None
 
@@ -318,6 +320,7 @@ class IterativePruning:
                 raise
             rows.append(row)
             self.log(progress_line(row, len(self.schedule) - 1))
+            self.tracker.iteration(i, row, self.session.final(i))
             base_val = row["Val_Accuracy"] if i == 0 else self.base_val_accuracy()
             if c.max_accuracy_drop is not None and row["Val_Accuracy"] < base_val - \
                     c.max_accuracy_drop:
@@ -381,6 +384,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                       "checkpoint [continue after the last complete one]")
     add("--max-accuracy-drop", type=float, help="stop when validation accuracy falls more than "
                                                 "this many points below the base model's")
+    add("--mlflow", nargs="?", const="", metavar="TRACKING_URI",
+        help="track the run in MLflow (parent run + one child per iteration); without a URI, "
+             "a local sqlite:///mlflow.db beside the sessions folder [off]")
+    add("--mlflow-experiment", help="MLflow experiment name [the session name]")
     add("--quiet", action="store_true", help="no progress bars")
     p.formatter_class = argparse.HelpFormatter  # defaults are written in the help texts
     return p.parse_args(argv)
@@ -480,7 +487,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     data = load_dataset(config.dataset, args.data_root, val_size=config.val_size)
-    engine = IterativePruning(config, session, schedule, data, quiet=args.quiet, log=log)
+    tracker = make_tracker(args.mlflow, args.mlflow_experiment, session.root)
+    engine = IterativePruning(config, session, schedule, data, quiet=args.quiet, log=log,
+                              tracker=tracker)
     if begin > 0:
         engine.load(begin - 1)  # a missing or invalid checkpoint is an error before any write
         engine.base()
@@ -495,13 +504,19 @@ def main(argv: list[str] | None = None) -> int:
     log(f"session {session.root} ({config.mode}, {config.criterion}): iterations {begin}.."
         f"{len(schedule) - 1}" + (" (resumed)" if resumed else ""))
     started = time.perf_counter()
+    tracker.start(session.config, config.to_json(), begin)
     try:
         rows = engine.run(begin)
     except KeyboardInterrupt:
+        tracker.finish(None, status="KILLED")
         print(f"\ninterrupted; the unfinished iteration was discarded. Resume with:\n"
               f"  python -m src.iterativeprune --session {session.root}", file=sys.stderr)
         return cli.EXIT_INTERRUPTED
+    except BaseException:
+        tracker.finish(None, status="FAILED")
+        raise
     result = concatenate(session.mode_dir, quiet=True)
+    tracker.finish(result.outputs[0].parent)
     log(f"\n{summary_table(rows)}\n")
     log(f"done in {time.perf_counter() - started:.0f}s; results in "
         f"{session.mode_dir / 'prune_w_retrain_results'}; recommended model: "
