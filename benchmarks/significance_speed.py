@@ -1,11 +1,14 @@
 """Time every significance criterion on a 784-256-64-10 ReLU MLP with MNIST-sized inputs.
 
-    .venv/bin/python benchmarks/significance_speed.py [--data auto|mnist|random] [--threads 1,2]
-                                                      [--budget 2.0] [--out table.md]
+    .venv/bin/python benchmarks/significance_speed.py [--data auto|mnist|random]
+                                 [--threads 1,2,2p] [--budget 2.0] [--out table.md]
 
 Prints a markdown table of median wall-clock times per call (each call does the full work from
-model + box or model + data; nothing is cached across calls). Targets from issue 3: the
-interval-adjoint scores over a given box take <= 1 ms (seed="sum") and <= 2 ms ("per_output").
+model + box or model + data; nothing is cached across calls). Each column runs in its own
+process; a column like "2p" runs with OMP_WAIT_POLICY=PASSIVE, which on a machine whose cores
+are busy with other work avoids OpenMP's spinning workers stalling every parallel op.
+Targets from issue 3: the interval-adjoint scores over a given box take <= 1 ms (seed="sum") and
+<= 2 ms ("per_output").
 """
 
 from __future__ import annotations
@@ -79,6 +82,12 @@ def cases(model, x, y) -> list[tuple[str, str, Callable[[], object]]]:
     return rows
 
 
+def label(column: str) -> str:
+    """'2p' -> '2 threads, passive OMP wait'."""
+    n = int(column.removesuffix("p"))
+    return f"{n} thread{'s' * (n > 1)}" + (", passive OMP wait" if column.endswith("p") else "")
+
+
 def measure(data: str, budget: float) -> dict:
     """Median ms of every case under the current torch thread count."""
     x, y, described = training_inputs(data)
@@ -92,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", choices=["auto", "mnist", "random"], default="auto",
                         help="MNIST train split (auto: if found) or random [0, 1] inputs")
-    parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
+    parser.add_argument("--threads", default="1,2,2p",
+                        help="comma-separated torch thread counts; a trailing p runs that column "
+                             "with OMP_WAIT_POLICY=PASSIVE")
     parser.add_argument("--budget", type=float, default=2.0, help="seconds of timing per cell")
     parser.add_argument("--out", help="also write the table (markdown) to this file")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # one thread count, JSON out
@@ -101,17 +112,21 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.child)  # before any parallel work: a fresh thread pool
         print(json.dumps(measure(args.data, args.budget)))
         return 0
-    threads = [int(t) for t in args.threads.split(",")]
-    if any(t < 1 for t in threads) or args.budget <= 0:
-        raise ValueError("--threads must be positive integers and --budget > 0")
+    threads = [t.strip() for t in args.threads.split(",")]
+    if not all(t.removesuffix("p").isdigit() and int(t.removesuffix("p")) >= 1 for t in threads):
+        raise ValueError(f"--threads takes counts >= 1, each maybe with a p, got {args.threads!r}")
+    if args.budget <= 0:
+        raise ValueError(f"--budget must be > 0, got {args.budget}")
 
-    # One process per thread count: switching torch's thread count inside a process that has
-    # already run parallel work left 2-thread timings stalled at ~20 ms per call on our machine.
+    # One process per column: switching torch's thread count inside a process that has already
+    # run parallel work left 2-thread timings stalled at ~20 ms per call on our machine, and
+    # OMP_WAIT_POLICY is read once when the OpenMP runtime starts.
     results = {}
     for t in threads:
+        env = dict(os.environ, **({"OMP_WAIT_POLICY": "PASSIVE"} if t.endswith("p") else {}))
         child = subprocess.run([sys.executable, __file__, "--data", args.data, "--budget",
-                                str(args.budget), "--child", str(t)],
-                               capture_output=True, text=True, check=False)
+                                str(args.budget), "--child", t.removesuffix("p")],
+                               capture_output=True, text=True, check=False, env=env)
         if child.returncode != 0:
             raise RuntimeError(f"benchmark child ({t} threads) failed:\n{child.stderr}")
         results[t] = json.loads(child.stdout.strip().splitlines()[-1])
@@ -120,15 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"Model {'-'.join(map(str, SIZES))} ReLU (random init), data: {first['described']};"
              f" torch {torch.__version__}, {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} logical CPUs. Median ms per call.", "",
-             markdown_table(["criterion", "one call", *(f"ms, {t} thread{'s' * (t > 1)}"
-                                                        for t in threads)],
+             markdown_table(["criterion", "one call", *(f"ms, {label(t)}" for t in threads)],
                             [[name, what, *(f"{results[t]['medians'][i]:.3f}" for t in threads)]
                              for i, (name, what) in enumerate(first["rows"])]), ""]
     for i, seed in enumerate(("sum", "per_output")):
         for t in threads:
             ms = results[t]["medians"][i]
             verdict = "meets" if ms <= TARGETS_MS[seed] else "MISSES"
-            lines.append(f"seed={seed}, {t} thread{'s' * (t > 1)}: median {ms:.3f} ms, "
+            lines.append(f"seed={seed}, {label(t)}: median {ms:.3f} ms, "
                          f"target <= {TARGETS_MS[seed]} ms: {verdict}")
     table = "\n".join(lines)
     print(table)

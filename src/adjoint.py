@@ -115,8 +115,8 @@ def interval_sweep(model: nn.Module, box: Interval, seed: Seed = "per_output") -
         return []
 
     n_out = values[-1].shape[-1]
-    eye = torch.eye(n_out, dtype=dtype)
-    start = eye if seed == "per_output" else torch.ones(1, n_out, dtype=dtype)  # (k, n_out)
+    start = (torch.eye(n_out, dtype=dtype) if seed == "per_output"  # (k, n_out): row k seeds y_k
+             else torch.ones(1, n_out, dtype=dtype))  # one row seeding every output with 1
     out_adjoints = {len(modules) - 1: Interval.point(start)}  # adjoint of module i's output
     for i in range(len(modules) - 1, hidden[0], -1):  # no need to go below the first hidden layer
         out_adjoints[i - 1] = RULES[type(modules[i])].backward(modules[i], values[i],

@@ -213,6 +213,12 @@ def test_unsupported_module_is_a_type_error_naming_it():
         interval_sweep(model, Interval(torch.zeros(3), torch.ones(3)))
 
 
+def test_model_without_linear_layers_is_a_value_error():
+    """A chain of activations alone has nothing to sweep."""
+    with pytest.raises(ValueError, match="no Linear"):
+        interval_sweep(nn.Sequential(nn.ReLU()), Interval(torch.zeros(3), torch.ones(3)))
+
+
 def test_non_sequential_model_is_a_type_error():
     """Only chains (MLP / nn.Sequential) can be swept."""
     with pytest.raises(TypeError, match="Linear"):

@@ -278,9 +278,11 @@ def test_score_data_validates_its_settings(kwargs):
 
 
 def test_score_data_validates_its_tensors():
-    """x must be 2-D floats and y one label per row."""
+    """x must be 2-D floats with at least one row, and y one label per row."""
     x, y = small_data()
     with pytest.raises(ValueError):
         ScoreData(x[0], y)
     with pytest.raises(ValueError):
         ScoreData(x, y[:-1])
+    with pytest.raises(ValueError):
+        ScoreData(x[:0], y[:0])
