@@ -8,7 +8,7 @@ l+1's Linear are kept. No masks, no hooks.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -18,7 +18,7 @@ from src.interval import Interval
 from src.model import MLP
 from src.significance import data_box
 
-BiasFold = Literal["mean", "mid", "none"]
+BiasFold = Literal["linear", "mean", "mid", "none"]
 
 
 def keep_indices(scores: Sequence[Tensor], counts: Sequence[int]) -> list[Tensor]:
@@ -49,40 +49,69 @@ def post_activations(model: MLP, x: Tensor, layer: int) -> Tensor:
     return h
 
 
-def _fold_mean(model: MLP, layer: int, x: Tensor | None, box: Interval | None) -> Tensor:
-    """Mean post-activation over the training inputs."""
+class Fold(NamedTuple):
+    """Removed activations a_R are replaced by offset + coef @ a_K (coef None: offset only)."""
+
+    offset: Tensor  # (r,) for the r removed neurons
+    coef: Tensor | None = None  # (r, k) on the k kept neurons' activations
+
+
+def _needs_data(x: Tensor | None, fold: str) -> Tensor:
     if x is None:
-        raise ValueError("bias_fold='mean' needs the training inputs (data=...)")
-    return post_activations(model, x, layer).mean(0)
+        raise ValueError(f"bias_fold={fold!r} needs the training inputs (data=...)")
+    return x
 
 
-def _fold_mid(model: MLP, layer: int, x: Tensor | None, box: Interval | None) -> Tensor:
+def _fold_mean(model: MLP, layer: int, keep: Tensor, removed: Tensor, x: Tensor | None,
+               box: Interval | None) -> Fold:
+    """Mean post-activation over the training inputs."""
+    return Fold(post_activations(model, _needs_data(x, "mean"), layer).mean(0)[removed])
+
+
+def _fold_mid(model: MLP, layer: int, keep: Tensor, removed: Tensor, x: Tensor | None,
+              box: Interval | None) -> Fold:
     """Midpoint of the post-activation interval over the input box (default: the data box)."""
     if box is None:
-        if x is None:
-            raise ValueError("bias_fold='mid' needs an input box or the training inputs")
-        box = data_box(x)
+        box = data_box(_needs_data(x, "mid"))
     value = interval_sweep(model, box, seed="sum")[layer].value
-    return POST_ACTIVATION[model.activation](value).mid
+    return Fold(POST_ACTIVATION[model.activation](value).mid[removed])
 
 
+def _fold_linear(model: MLP, layer: int, keep: Tensor, removed: Tensor, x: Tensor | None,
+                 box: Interval | None) -> Fold:
+    """Least-squares prediction of the removed activations from the kept ones (ridge-damped).
+
+    Centred ridge regression a_R - mean_R ≈ coef (a_K - mean_K), so constant neurons are folded
+    exactly (coef = 0, offset = their value) and `mean` is the special case coef = 0.
+    """
+    a = post_activations(model, _needs_data(x, "linear"), layer).double()  # (n, h)
+    centred = a - a.mean(0)
+    kept, gone = centred[:, keep], centred[:, removed]  # (n, k), (n, r)
+    gram = kept.T @ kept + RIDGE * len(a) * torch.eye(len(keep), dtype=a.dtype)
+    coef = torch.linalg.solve(gram, kept.T @ gone).T  # (r, k)
+    offset = a.mean(0)[removed] - coef @ a.mean(0)[keep]
+    return Fold(offset, coef)
+
+
+RIDGE = 1e-3  # per-sample ridge of the linear fold: keeps the solve stable for dead neurons
 POST_ACTIVATION = {"relu": Interval.relu, "sigmoid": Interval.sigmoid, "tanh": Interval.tanh}
-
-
-FOLDS: dict[str, Callable[[MLP, int, Tensor | None, Interval | None], Tensor] | None] = {
-    "mean": _fold_mean, "mid": _fold_mid, "none": None}
+FoldFn = Callable[[MLP, int, Tensor, Tensor, Tensor | None, Interval | None], Fold]
+FOLDS: dict[str, FoldFn | None] = {
+    "linear": _fold_linear, "mean": _fold_mean, "mid": _fold_mid, "none": None}
 
 
 @torch.no_grad()
-def shrink(model: MLP, keep: Sequence[Tensor], bias_fold: BiasFold = "mean",
+def shrink(model: MLP, keep: Sequence[Tensor], bias_fold: BiasFold = "linear",
            data: Tensor | None = None, box: Interval | None = None) -> MLP:
     """A new, smaller MLP keeping neurons `keep[l]` of each hidden layer l (order preserved).
 
-    The removed neurons' expected contribution is folded into the next layer's bias:
-    b_{l+1} += W_{l+1}[:, removed] @ c_removed, with c the mean post-activation over `data`
-    ("mean"), the midpoint of the post-activation interval over `box` ("mid"), or nothing
-    ("none"). Layers are cut one after another, so each fold sees the layers before it already
-    pruned. Inputs and outputs are never pruned; the input model is not modified.
+    The removed neurons' contribution is folded into the next layer: their activations a_R
+    are replaced by an estimate from the data and W_{l+1}[:, R] a_R moves into the next layer's
+    bias (and, for "linear", onto the kept neurons' weights):
+    "linear": least-squares a_R ≈ offset + coef a_K over `data`; "mean": the mean
+    post-activation over `data`; "mid": the midpoint of the post-activation interval over `box`;
+    "none": nothing. Layers are cut one after another, so each fold sees the layers before it
+    already pruned. Inputs and outputs are never pruned; the input model is not modified.
     """
     if bias_fold not in FOLDS:
         raise ValueError(f"unknown bias_fold {bias_fold!r}; choose from {list(FOLDS)}")
@@ -97,14 +126,18 @@ def shrink(model: MLP, keep: Sequence[Tensor], bias_fold: BiasFold = "mean",
             raise ValueError(f"hidden layer {layer + 1}: keep-indices must be distinct, in "
                              f"[0, {n}) and at least one")
         idx = idx.sort().values
+        removed = torch.ones(n, dtype=torch.bool)
+        removed[idx] = False
         fold = FOLDS[bias_fold]
-        centre = fold(current, layer, data, box) if fold is not None else None
-        current = _cut(current, layer, idx, centre)
+        estimate = None
+        if fold is not None and removed.any():
+            estimate = fold(current, layer, idx, removed, data, box)
+        current = _cut(current, layer, idx, removed, estimate)
     return current
 
 
-def _cut(model: MLP, layer: int, idx: Tensor, centre: Tensor | None) -> MLP:
-    """Remove all but `idx` from hidden layer `layer`, folding `centre` of the removed ones."""
+def _cut(model: MLP, layer: int, idx: Tensor, removed: Tensor, fold: Fold | None) -> MLP:
+    """Remove all but `idx` from hidden layer `layer`, folding the removed ones' estimate."""
     sizes = model.sizes
     sizes[layer + 1] = len(idx)
     smaller = MLP(sizes, model.activation).to(model.linears[0].weight.dtype)
@@ -114,11 +147,12 @@ def _cut(model: MLP, layer: int, idx: Tensor, centre: Tensor | None) -> MLP:
         if i == layer:  # rows of the pruned layer
             weight, bias = weight[idx], bias[idx]
         elif i == layer + 1:  # columns of the next layer, plus the folded contribution
-            removed = torch.ones(weight.shape[1], dtype=torch.bool)
-            removed[idx] = False
-            if centre is not None and removed.any():
-                bias = bias + weight[:, removed] @ centre[removed].to(weight.dtype)
+            gone = weight[:, removed].double()  # (n_out, r)
             weight = weight[:, idx]
+            if fold is not None:
+                bias = bias + (gone @ fold.offset.double()).to(bias.dtype)
+                if fold.coef is not None:
+                    weight = weight + (gone @ fold.coef.double()).to(weight.dtype)
         fresh.weight.copy_(weight)
         fresh.bias.copy_(bias)
     return smaller

@@ -122,3 +122,29 @@ def test_mid_fold_uses_the_interval_midpoint():
     mid = (value.lower.clamp(min=0) + value.upper.clamp(min=0)) / 2
     expected = model[2].bias + model[2].weight[:, [2, 3]] @ mid[[2, 3]]
     torch.testing.assert_close(small[2].bias, expected)
+
+
+def test_linear_fold_is_exact_for_neurons_that_are_combinations_of_kept_ones():
+    """A removed ReLU neuron equal to a sum of kept ones is folded (almost) exactly."""
+    model = build_model([4, 3, 2], seed=0).double()
+    with torch.no_grad():  # neuron 2 = ReLU(z0) + ReLU(z1) when z0, z1 > 0 on all inputs
+        model[0].weight[:2] = model[0].weight[:2].abs()
+        model[0].bias[:2] = 0.1
+        model[0].weight[2] = model[0].weight[0] + model[0].weight[1]
+        model[0].bias[2] = 0.2
+    x = torch.rand(500, 4, dtype=torch.float64)
+    small = shrink(model, [torch.tensor([0, 1])], bias_fold="linear", data=x)
+    torch.testing.assert_close(small(x), model(x), atol=1e-2, rtol=0)
+    mean_only = shrink(model, [torch.tensor([0, 1])], bias_fold="mean", data=x)
+    assert (mean_only(x) - model(x)).abs().max() > 5 * (small(x) - model(x)).abs().max()
+
+
+def test_linear_fold_is_exact_for_constant_neurons():
+    """Constant neurons are folded exactly by the linear fold too (it generalises mean)."""
+    model = build_model([4, 6, 3], seed=1).double()
+    with torch.no_grad():
+        model[0].weight[[0, 3]] = 0.0
+        model[0].bias[[0, 3]] = torch.tensor([0.7, 1.3], dtype=torch.float64)
+    x = torch.rand(80, 4, dtype=torch.float64)
+    small = shrink(model, [torch.tensor([1, 2, 4, 5])], bias_fold="linear", data=x)
+    torch.testing.assert_close(small(x), model(x))
