@@ -65,8 +65,10 @@ class PruneConfig:
     lr: float = 2e-3  # peak AdamW learning rate of base training
     retrain_lr: float = 1e-3  # peak learning rate of retraining (a pruned model is nearly done)
     batch_size: int = 128  # mini-batch size
+    shift: int = 0  # augment image inputs by random shifts of up to this many pixels (0 = off)
     distill: float = 0.5  # weight of knowledge distillation while retraining (0 = plain CE)
     teacher: str = "base"  # distillation teacher: base, previous (the model pruned) or none
+    temperature: float = 4.0  # distillation softmax temperature
     seed: int = 0  # every random stream is derived from (seed, iteration)
     val_size: int | None = None  # validation split size (None: the dataset's default)
     max_accuracy_drop: float | None = None  # stop once val accuracy falls this far below base
@@ -95,11 +97,12 @@ class PruneConfig:
         seed = iteration_seed(self.seed, iteration)
         if iteration == 0:
             return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                               patience=self.patience, seed=seed)
+                               patience=self.patience, seed=seed, shift=self.shift)
         return TrainConfig(epochs=self.retrain_epochs, batch_size=self.batch_size,
                            lr=self.retrain_lr, patience=self.retrain_patience, seed=seed,
-                           warmup_epochs=0.0, distill=self.distill if self.teacher != "none"
-                           else 0.0)
+                           shift=self.shift,
+                           warmup_epochs=0.0, temperature=self.temperature,
+                           distill=self.distill if self.teacher != "none" else 0.0)
 
     def to_json(self) -> dict[str, Any]:
         values = asdict(self)
@@ -375,8 +378,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--lr", type=float, help=f"peak learning rate, base training [{d.lr}]")
     add("--retrain-lr", type=float, help=f"peak learning rate, retraining [{d.retrain_lr}]")
     add("--batch-size", type=int, help=f"mini-batch size [{d.batch_size}]")
+    add("--shift", type=int, help="augment images by random shifts of up to this many pixels "
+                                   f"while training [{d.shift}]")
     add("--distill", type=float, help=f"distillation weight while retraining [{d.distill}]")
     add("--teacher", help=f"distillation teacher: base, previous or none [{d.teacher}]")
+    add("--temperature", type=float, help=f"distillation temperature [{d.temperature}]")
     add("--seed", type=int, help=f"random seed [{d.seed}]")
     add("--val-size", type=int, help="validation split size [5000; 180 for digits]")
     add("--base-model", help="use this best_model.pth as iteration 0 instead of training")

@@ -1,0 +1,100 @@
+"""Engine benchmark (issue 5): the full default MNIST workflow, its accuracy targets, its cost in
+"reference epochs" and its peak memory, measured in one run.
+
+Usage: python benchmarks/prune_mnist.py [--data-root DIR] [--session DIR] [--seed 0]
+A reference epoch is one epoch of the dense 784-256-64-10 over 55,000 images with a plain
+DataLoader at batch size 64 (the way the thesis code trained), timed in this same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import time
+
+from _setup import ROOT, markdown_table, median, reference_epoch
+
+from src.checkpoint import atomic_write
+from src.concatenate import read_validation_results
+from src.data import load_dataset
+from src.iterativeprune import main as prune_main
+
+# hidden sizes -> minimum test accuracy (issue 5); thesis reference values for comparison
+TARGETS = {"256-64": 98.0, "54-13": 97.5, "34-9": 97.0, "22-5": 96.0, "11-3": 90.0}
+THESIS = {"256-64": 97.61, "54-13": 97.26, "27-7": 92.02, "22-5": 11.35, "11-3": 11.35}
+BUDGET_REFERENCE_EPOCHS = 40
+FIRST_STEP_MAX_LOSS = 0.3  # points of test accuracy lost by the first prune, before retraining
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root")
+    parser.add_argument("--session", default=str(ROOT / "benchmarks/results/cache/prune_mnist"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--keep", action="store_true", help="resume an existing session "
+                        "instead of starting afresh (its wall time is then not the whole run)")
+    args = parser.parse_args()
+    data = load_dataset("mnist", args.data_root)
+    reference = [reference_epoch(data, seed=s) for s in range(2)]
+
+    if not args.keep:
+        shutil.rmtree(args.session, ignore_errors=True)
+    argv = ["--session", args.session, "--seed", str(args.seed), "--quiet"]
+    if args.data_root:
+        argv += ["--data-root", args.data_root]
+    started = time.perf_counter()
+    code = prune_main(argv)
+    wall = time.perf_counter() - started
+    if code != 0:
+        raise SystemExit(f"the pruning run failed with exit code {code}")
+    reference.append(reference_epoch(data, seed=2))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    mode_dir = f"{args.session}/iterative_pruning"
+    rows = []
+    i = 0
+    while True:
+        try:
+            rows.append(read_validation_results(
+                f"{mode_dir}/{i}/prune_w_retrain/validation_results.txt"))
+        except (FileNotFoundError, ValueError):
+            break
+        i += 1
+    table_rows, failures = [], []
+    for i, r in enumerate(rows):
+        target = TARGETS.get(r["Hidden"])
+        ok = "" if target is None else ("yes" if r["Test_Accuracy"] >= target else "NO")
+        if ok == "NO":
+            failures.append(r["Hidden"])
+        table_rows.append([i, r["Hidden"], f"{r['PercentageRetain']:.2f}", r["Params"],
+                           f"{r['NoRetrain_Test_Accuracy']:.2f}", f"{r['Test_Accuracy']:.2f}",
+                           "" if target is None else f">= {target} {ok}",
+                           THESIS.get(r["Hidden"], "")])
+    table = markdown_table(["itr", "hidden", "% hidden kept", "params", "no-retrain test %",
+                            "test %", "target", "thesis"], table_rows)
+    constant = [r["Hidden"] for r in rows if r["PercentageRetain"] > 20 and
+                r["Test_Accuracy"] < 20]
+    first_loss = rows[0]["Test_Accuracy"] - rows[1]["NoRetrain_Test_Accuracy"]
+    ref = median(reference)
+    cost = wall / ref
+    lines = [
+        table, "",
+        f"first prune step (205-51) before retraining: -{first_loss:.2f} points (target <= "
+        f"{FIRST_STEP_MAX_LOSS}): {'yes' if first_loss <= FIRST_STEP_MAX_LOSS else 'NO'}",
+        f"constant predictors above 20% retained: {constant or 'none'}",
+        f"reference epoch (DataLoader, batch 64, dense): median {ref:.2f} s of "
+        f"{', '.join(f'{t:.2f}' for t in reference)}",
+        f"whole run: {wall:.1f} s = {cost:.1f} reference epochs (budget "
+        f"{BUDGET_REFERENCE_EPOCHS}): {'yes' if cost <= BUDGET_REFERENCE_EPOCHS else 'NO'}",
+        f"peak memory (max RSS of this process): {peak_mb:.0f} MB (budget 2048)",
+        f"accuracy targets missed: {failures or 'none'}",
+    ]
+    report = "\n".join(lines) + "\n"
+    print(report)
+    atomic_write(f"{args.out}/prune_mnist.md", report)
+
+
+if __name__ == "__main__":
+    main()
