@@ -65,7 +65,8 @@ class PruneConfig:
     lr: float = 2e-3  # peak AdamW learning rate of base training
     retrain_lr: float = 1e-3  # peak learning rate of retraining (a pruned model is nearly done)
     batch_size: int = 128  # mini-batch size
-    shift: int = 0  # augment image inputs by random shifts of up to this many pixels (0 = off)
+    shift: int = 0  # base training: augment images by random shifts of up to this many pixels
+    retrain_shift: int = 0  # the same augmentation while retraining (0 = off)
     distill: float = 0.5  # weight of knowledge distillation while retraining (0 = plain CE)
     teacher: str = "base"  # distillation teacher: base, previous (the model pruned) or none
     temperature: float = 4.0  # distillation softmax temperature
@@ -100,7 +101,7 @@ class PruneConfig:
                                patience=self.patience, seed=seed, shift=self.shift)
         return TrainConfig(epochs=self.retrain_epochs, batch_size=self.batch_size,
                            lr=self.retrain_lr, patience=self.retrain_patience, seed=seed,
-                           shift=self.shift,
+                           shift=self.retrain_shift,
                            warmup_epochs=0.0, temperature=self.temperature,
                            distill=self.distill if self.teacher != "none" else 0.0)
 
@@ -379,7 +380,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--retrain-lr", type=float, help=f"peak learning rate, retraining [{d.retrain_lr}]")
     add("--batch-size", type=int, help=f"mini-batch size [{d.batch_size}]")
     add("--shift", type=int, help="augment images by random shifts of up to this many pixels "
-                                   f"while training [{d.shift}]")
+                                   f"during base training [{d.shift}]")
+    add("--retrain-shift", type=int, help=f"the same while retraining [{d.retrain_shift}]")
     add("--distill", type=float, help=f"distillation weight while retraining [{d.distill}]")
     add("--teacher", help=f"distillation teacher: base, previous or none [{d.teacher}]")
     add("--temperature", type=float, help=f"distillation temperature [{d.temperature}]")
@@ -489,7 +491,10 @@ def main(argv: list[str] | None = None) -> int:
     if begin >= len(schedule):
         log(f"{session.mode_dir}: all {len(schedule)} iterations are complete; "
             "use --begin-itr K to redo from K")
-        concatenate(session.mode_dir, quiet=args.quiet)
+        tracker = make_tracker(args.mlflow, args.mlflow_experiment, session.root)
+        tracker.start(session.config, config.to_json(), begin)  # lets tracking catch up
+        result = concatenate(session.mode_dir, quiet=args.quiet)
+        tracker.finish(result.outputs[0].parent)
         return 0
 
     data = load_dataset(config.dataset, args.data_root, val_size=config.val_size)
