@@ -90,7 +90,7 @@ class Variant:
     criterion: str  # a name in src.significance.CRITERIA
     seed_mode: str = "per_output"  # interval-adjoint seeding (baselines: unused)
     box: str = "data"  # interval-adjoint input box (baselines: unused)
-    bias_fold: str = "mean"  # how removed neurons are folded into the next bias
+    bias_fold: str = "linear"  # how removed neurons are folded into the next layer
 
     @property
     def settings(self) -> dict[str, str]:
@@ -116,11 +116,12 @@ class Variant:
 def registry() -> dict[str, Variant]:
     """The study's variants by name; baselines use the engine's default bias fold."""
     engine = PruneConfig()
-    ia = [Variant("ia-per_output", "interval_adjoint", "per_output", "data", "mean"),
+    ia = [Variant("ia-per_output", "interval_adjoint", "per_output", "data", "linear"),
+          Variant("ia-per_output-meanfold", "interval_adjoint", "per_output", "data", "mean"),
           Variant("ia-per_output-nofold", "interval_adjoint", "per_output", "data", "none"),
-          Variant("ia-sum", "interval_adjoint", "sum", "data", "mean"),
+          Variant("ia-sum", "interval_adjoint", "sum", "data", "linear"),
           Variant("ia-sum-nofold", "interval_adjoint", "sum", "data", "none"),
-          Variant("ia-per_output-samples", "interval_adjoint", "per_output", "samples", "mean")]
+          Variant("ia-per_output-samples", "interval_adjoint", "per_output", "samples", "linear")]
     baselines = [Variant(name, name, engine.seed_mode, engine.box, engine.bias_fold)
                  for name in ("magnitude", "taylor", "apoz", "fpgm", "random")]
     return {v.name: v for v in ia + baselines}

@@ -57,17 +57,17 @@ class PruneConfig:
     criterion: str = "interval_adjoint"  # a name in significance.CRITERIA
     seed_mode: str = "per_output"  # interval-adjoint reverse-sweep seeding: per_output or sum
     box: str = "data"  # interval-adjoint input box: data (min/max) or samples
-    bias_fold: str = "mean"  # fold removed neurons into the next bias: mean, mid or none
-    epochs: int = 20  # maximum epochs of base training
-    retrain_epochs: int = 5  # maximum epochs of retraining per iteration (0 = no retraining)
-    patience: int = 5  # early-stopping patience of base training (epochs)
+    bias_fold: str = "linear"  # fold removed neurons into the next layer: linear, mean, mid, none
+    epochs: int = TrainConfig.epochs  # maximum epochs of base training
+    retrain_epochs: int = 8  # maximum epochs of retraining per iteration (0 = no retraining)
+    patience: int = TrainConfig.patience  # early-stopping patience of base training (epochs)
     retrain_patience: int = 2  # early-stopping patience of retraining (epochs)
-    lr: float = 2e-3  # peak AdamW learning rate of base training
-    retrain_lr: float = 1e-3  # peak learning rate of retraining (a pruned model is nearly done)
-    batch_size: int = 128  # mini-batch size
-    shift: int = 0  # base training: augment images by random shifts of up to this many pixels
-    retrain_shift: int = 0  # the same augmentation while retraining (0 = off)
-    distill: float = 0.5  # weight of knowledge distillation while retraining (0 = plain CE)
+    lr: float = TrainConfig.lr  # peak AdamW learning rate of base training
+    retrain_lr: float = 3e-3  # peak learning rate of retraining
+    batch_size: int = TrainConfig.batch_size  # mini-batch size
+    shift: int = TrainConfig.shift  # base training: random image shifts of up to this many px
+    retrain_shift: int = 1  # the same augmentation while retraining (0 = off)
+    distill: float = 0.0  # weight of knowledge distillation while retraining (0 = plain CE)
     teacher: str = "base"  # distillation teacher: base, previous (the model pruned) or none
     temperature: float = 4.0  # distillation softmax temperature
     seed: int = 0  # every random stream is derived from (seed, iteration)
@@ -255,9 +255,13 @@ class IterativePruning:
         model = shrink(source, keep, bias_fold=c.bias_fold, data=self.data.train.x)
         _, no_retrain = evaluate_split(model, self.data.test)
         teacher = {"base": self.base, "previous": lambda: source, "none": lambda: None}[c.teacher]
+        # Retraining stops early once the pruned model is back at the accuracy of the model it
+        # was pruned from: most of the budget goes where pruning did damage.
+        parent_val = float(load_checkpoint(self.session.checkpoint(
+            i - 1 if c.mode == "iterative" else 0))["metrics"]["val_accuracy"])
         result = train(model, self.data, c.train_config(i), teacher=teacher(), quiet=self.quiet,
                        log_path=self.session.partial(i) / "train_results.txt",
-                       desc=f"retrain {hidden_label(row.neurons)}")
+                       desc=f"retrain {hidden_label(row.neurons)}", stop_at_accuracy=parent_val)
         metrics = evaluate(model, self.data)
         return self.write_iteration(i, model, metrics, no_retrain, result.epochs_run,
                                     time.perf_counter() - started)

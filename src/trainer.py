@@ -27,16 +27,16 @@ TRAIN_COLUMNS = ("Epoch", "TrainLoss", "TrainAccuracy", "ValLoss", "ValAccuracy"
 class TrainConfig:
     """How to train; the command lines map their flags onto these fields."""
 
-    epochs: int = 20  # maximum number of epochs (the cosine schedule spans them)
-    batch_size: int = 128  # mini-batch size
-    lr: float = 2e-3  # peak AdamW learning rate
+    epochs: int = 15  # maximum number of epochs (the cosine schedule spans them)
+    batch_size: int = 256  # mini-batch size
+    lr: float = 3e-3  # peak AdamW learning rate
     weight_decay: float = 0.05  # AdamW decoupled weight decay
     schedule: Literal["cosine", "constant"] = "cosine"  # learning rate over the epochs
     warmup_epochs: float = 1.0  # linear warm-up before the schedule (fraction allowed)
     patience: int = 5  # stop after this many epochs without a lower validation loss
     seed: int = 0  # seeds the batch order: the same seed gives the same run
     label_smoothing: float = 0.1  # cross-entropy label smoothing while training (0 = off)
-    shift: int = 0  # random translation of image inputs by up to this many pixels (0 = off)
+    shift: int = 1  # random translation of image inputs by up to this many pixels (0 = off)
     distill: float = 0.0  # weight of the distillation loss when a teacher is given (0..1)
     temperature: float = 4.0  # softmax temperature of the distillation loss
 
@@ -115,34 +115,35 @@ def _distill_loss(logits: Tensor, teacher_logits: Tensor, temperature: float) ->
 
 
 def random_shift(x: Tensor, shape: tuple[int, ...], max_shift: int, generator) -> Tensor:
-    """Translate each flattened image by a random (dy, dx) in [-max_shift, max_shift], zero fill."""
-    b = len(x)
+    """Translate a batch of flattened images by one random (dy, dx) in [-max_shift, max_shift],
+    zero-filled. One offset per batch keeps it nearly free; over an epoch every image still sees
+    a fresh random offset, because batches are reshuffled."""
     h, w = shape[-2], shape[-1]
-    images = x.view(b, -1, h, w)  # (b, c, h, w)
+    images = x.view(len(x), -1, h, w)  # (b, c, h, w)
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2,), generator=generator).tolist()
     padded = F.pad(images, (max_shift,) * 4)
-    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, b, 1, 1), generator=generator)
-    rows = torch.arange(h).view(1, h, 1) + dy  # (b, h, 1)
-    cols = torch.arange(w).view(1, 1, w) + dx  # (b, 1, w)
-    batch = torch.arange(b).view(b, 1, 1)
-    shifted = padded.permute(0, 2, 3, 1)[batch, rows, cols]  # (b, h, w, c)
-    return shifted.permute(0, 3, 1, 2).reshape(b, -1)
+    return padded[:, :, dy:dy + h, dx:dx + w].reshape(len(x), -1)
 
 
 def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), *,
           teacher: nn.Module | None = None, log_path: str | os.PathLike | None = None,
-          quiet: bool = False, desc: str = "train") -> TrainResult:
+          quiet: bool = False, desc: str = "train",
+          stop_at_accuracy: float | None = None) -> TrainResult:
     """Train `model` in place and leave it holding the weights of its lowest-validation-loss epoch.
 
     A fresh AdamW optimizer is made on every call, so a model that was shrunk never sees
     optimizer state of its former shape. The test split is reported, never used to choose.
+    With `stop_at_accuracy`, training also stops once the validation accuracy reaches it (a
+    pruned model that has recovered its parent's accuracy needs no more epochs).
     """
     x, y = data.train.x, data.train.y  # (n, n_features), (n,)
     n = len(y)
     steps_per_epoch = math.ceil(n / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     warmup = min(total_steps, round(config.warmup_epochs * steps_per_epoch))
+    # fused: one kernel per step for all parameters (~25% faster epochs for these small MLPs)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay)
+                                  weight_decay=config.weight_decay, fused=True)
     generator = torch.Generator().manual_seed(config.seed)
     use_teacher = teacher is not None and config.distill > 0
     if use_teacher:  # the teacher is frozen: its logits are computed once, not per batch
@@ -160,23 +161,22 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
     for epoch in bar:
         started = time.perf_counter()
         model.train()
-        # One permutation gather per epoch, then contiguous slices: no per-sample Python work.
+        # One permutation per epoch; each batch is one index gather (no per-sample Python work,
+        # and cheaper than copying the whole shuffled set at once).
         perm = torch.randperm(n, generator=generator)
-        xs, ys = x[perm], y[perm]
-        ts = teacher_logits[perm] if use_teacher else None
         loss_sum = torch.zeros(())
         correct = torch.zeros((), dtype=torch.long)
         for start in range(0, n, config.batch_size):
             for group in optimizer.param_groups:  # set the lr first, as nanoGPT does
                 group["lr"] = learning_rate(step, total_steps, warmup, config)
-            xb, yb = xs[start:start + config.batch_size], ys[start:start + config.batch_size]
+            idx = perm[start:start + config.batch_size]
+            xb, yb = x[idx], y[idx]
             if config.shift and len(data.input_shape) >= 2:
                 xb = random_shift(xb, data.input_shape, config.shift, generator)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
             if use_teacher:
-                soft = _distill_loss(logits, ts[start:start + config.batch_size],
-                                     config.temperature)
+                soft = _distill_loss(logits, teacher_logits[idx], config.temperature)
                 loss = (1 - config.distill) * loss + config.distill * soft
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -203,6 +203,8 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
             stale += 1
         bar.set_postfix(val_acc=f"{val_acc:.2f}", best=best.epoch)
         if stale >= config.patience:
+            break
+        if stop_at_accuracy is not None and record.val_accuracy >= stop_at_accuracy:
             break
     bar.close()
     model.load_state_dict(best_state)

@@ -111,7 +111,7 @@ def test_cells_are_mean_and_sample_std_over_seeds(study):
     for name, curve, column in cases:
         text = (study.out / name).read_text()
         for row in (1, 2):
-            values = seed_values(study.cache, curve, "magnitude-fold_mean", row, column)
+            values = seed_values(study.cache, curve, "magnitude-fold_linear", row, column)
             expected = f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
             assert table_cell(text, row, "magnitude").strip("*") == expected
 
