@@ -120,9 +120,11 @@ def random_shift(x: Tensor, shape: tuple[int, ...], max_shift: int, generator) -
     a fresh random offset, because batches are reshuffled."""
     h, w = shape[-2], shape[-1]
     images = x.view(len(x), -1, h, w)  # (b, c, h, w)
-    dy, dx = torch.randint(0, 2 * max_shift + 1, (2,), generator=generator).tolist()
-    padded = F.pad(images, (max_shift,) * 4)
-    return padded[:, :, dy:dy + h, dx:dx + w].reshape(len(x), -1)
+    dy, dx = (torch.randint(0, 2 * max_shift + 1, (2,), generator=generator) - max_shift).tolist()
+    out = torch.zeros_like(images)  # out[i, j] = images[i + dy, j + dx] where that exists
+    out[:, :, max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)] = \
+        images[:, :, max(dy, 0):h - max(-dy, 0), max(dx, 0):w - max(-dx, 0)]
+    return out.reshape(len(x), -1)
 
 
 def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), *,

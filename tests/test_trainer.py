@@ -107,3 +107,34 @@ def test_divergence_is_an_error_not_a_warning(blobs):
         model[0].weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="diverged"):
         train(model, blobs, TrainConfig(epochs=2), quiet=True)
+
+
+def test_random_shift_translates_with_zero_fill():
+    """random_shift moves every image of the batch by the same offset and fills with zeros."""
+    from src.trainer import random_shift
+
+    images = torch.arange(2 * 16, dtype=torch.float32).view(2, 16) + 1
+    for seed in range(20):
+        out = random_shift(images, (1, 4, 4), 1, torch.Generator().manual_seed(seed)).view(2, 4, 4)
+        src = images.view(2, 4, 4)
+        # find the offset from the first image and check it against both
+        found = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                 if torch.equal(out[0], torch.roll(src[0], (-dy, -dx), (0, 1)) *
+                                _mask(dy, dx))]
+        assert len(found) == 1
+        dy, dx = found[0]
+        assert torch.equal(out[1], torch.roll(src[1], (-dy, -dx), (0, 1)) * _mask(dy, dx))
+
+
+def _mask(dy: int, dx: int) -> torch.Tensor:
+    """Where a (dy, dx)-shifted 4x4 image still has source pixels."""
+    mask = torch.ones(4, 4)
+    if dy > 0:
+        mask[4 - dy:] = 0
+    if dy < 0:
+        mask[:-dy] = 0
+    if dx > 0:
+        mask[:, 4 - dx:] = 0
+    if dx < 0:
+        mask[:, :-dx] = 0
+    return mask
