@@ -11,7 +11,7 @@ import torch
 from src import cli
 from src import data as data_module
 from src.checkpoint import load_model, save_checkpoint
-from src.concatenate import VALIDATION_COLUMNS
+from src.concatenate import VALIDATION_COLUMNS, read_validation_results
 from src.iterativeprune import IterativePruning, main
 from src.model import build_model
 from src.retain import ScheduleRow, write_schedule
@@ -145,7 +145,12 @@ def test_max_accuracy_drop_stops_the_run(tmp_path):
                     ScheduleRow(2, (1, 1), 8.33)], extreme)
     session = tmp_path / "s"
     assert run(*FAST, "--retain", extreme, "--session", session, "--retrain-epochs", "0",
-               "--max-accuracy-drop", "5") == 0
+               "--epochs", "15", "--max-accuracy-drop", "5") == 0
+    base = read_validation_results(session / "iterative_pruning/0/prune_w_retrain/"
+                                   "validation_results.txt")
+    first = read_validation_results(session / "iterative_pruning/1/prune_w_retrain/"
+                                    "validation_results.txt")
+    assert first["Val_Accuracy"] < base["Val_Accuracy"] - 5  # the premise of this test
     assert sorted(results(session / "iterative_pruning")) == [0, 1]
 
 
