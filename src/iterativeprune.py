@@ -63,7 +63,7 @@ class PruneConfig:
     patience: int = TrainConfig.patience  # early-stopping patience of base training (epochs)
     retrain_patience: int = 2  # early-stopping patience of retraining (epochs)
     lr: float = TrainConfig.lr  # peak AdamW learning rate of base training
-    retrain_lr: float = 3e-3  # peak learning rate of retraining
+    retrain_lr: float = 5e-3  # peak learning rate of retraining (a fresh, short cosine cycle)
     batch_size: int = TrainConfig.batch_size  # mini-batch size
     shift: int = TrainConfig.shift  # base training: random image shifts of up to this many px
     retrain_shift: int = 1  # the same augmentation while retraining (0 = off)
