@@ -42,6 +42,11 @@ TEACHERS = ("base", "previous", "none")
 SEED_MODES = ("per_output", "sum")
 BOXES = ("data", "samples")
 DEFAULT_RETAIN = Path("retain/retain.txt")
+# Defaults that depend on the dataset: the 1,257 tiny 8x8 digits want small batches, more epochs
+# and no shifting; the 28x28 sets train fast at batch 256 and gain from 1-pixel shifts.
+GENERAL_DEFAULTS = {"epochs": TrainConfig.epochs, "batch_size": TrainConfig.batch_size,
+                    "shift": TrainConfig.shift, "retrain_shift": TrainConfig.shift}
+DATASET_DEFAULTS = {"digits": {"epochs": 40, "batch_size": 32, "shift": 0, "retrain_shift": 0}}
 # Settings a resumed run may change; every other setting must match the session's config.json.
 CHANGEABLE = {"max_accuracy_drop"}
 
@@ -58,15 +63,15 @@ class PruneConfig:
     seed_mode: str = "per_output"  # interval-adjoint reverse-sweep seeding: per_output or sum
     box: str = "data"  # interval-adjoint input box: data (min/max) or samples
     bias_fold: str = "linear"  # fold removed neurons into the next layer: linear, mean, mid, none
-    epochs: int = TrainConfig.epochs  # maximum epochs of base training
+    epochs: int | None = None  # maximum epochs of base training (None: the dataset default)
     retrain_epochs: int = 8  # maximum epochs of retraining per iteration (0 = no retraining)
     patience: int = TrainConfig.patience  # early-stopping patience of base training (epochs)
     retrain_patience: int = 2  # early-stopping patience of retraining (epochs)
     lr: float = TrainConfig.lr  # peak AdamW learning rate of base training
     retrain_lr: float = 5e-3  # peak learning rate of retraining (a fresh, short cosine cycle)
-    batch_size: int = TrainConfig.batch_size  # mini-batch size
-    shift: int = TrainConfig.shift  # base training: random image shifts of up to this many px
-    retrain_shift: int = 1  # the same augmentation while retraining (0 = off)
+    batch_size: int | None = None  # mini-batch size (None: the dataset default)
+    shift: int | None = None  # base training: random image shifts of up to this many px
+    retrain_shift: int | None = None  # the same augmentation while retraining (0 = off)
     distill: float = 0.0  # weight of knowledge distillation while retraining (0 = plain CE)
     teacher: str = "base"  # distillation teacher: base, previous (the model pruned) or none
     temperature: float = 4.0  # distillation softmax temperature
@@ -77,6 +82,11 @@ class PruneConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(self.hidden))
+        if self.dataset in DATASETS:  # unset dataset-dependent settings get their defaults
+            defaults = {**GENERAL_DEFAULTS, **DATASET_DEFAULTS.get(self.dataset, {})}
+            for name, value in defaults.items():
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, value)
         choices = {"dataset": DATASETS, "activation": tuple(ACTIVATIONS), "mode": tuple(MODES),
                    "criterion": tuple(CRITERIA), "seed_mode": SEED_MODES, "box": BOXES,
                    "bias_fold": tuple(FOLDS), "teacher": TEACHERS}
@@ -374,7 +384,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--seed-mode", help=f"interval-adjoint seeding: per_output or sum [{d.seed_mode}]")
     add("--box", help=f"interval-adjoint input box: data or samples [{d.box}]")
     add("--bias-fold", help=f"mean, mid or none [{d.bias_fold}]")
-    add("--epochs", type=int, help=f"max epochs of base training [{d.epochs}]")
+    add("--epochs", type=int, help=f"max epochs of base training [{d.epochs}; 40 for digits]")
     add("--retrain-epochs", type=int, help="max epochs of retraining per iteration; 0 = prune "
                                            f"without retraining [{d.retrain_epochs}]")
     add("--patience", type=int, help=f"early-stopping patience, base training [{d.patience}]")
@@ -382,10 +392,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                              f"[{d.retrain_patience}]")
     add("--lr", type=float, help=f"peak learning rate, base training [{d.lr}]")
     add("--retrain-lr", type=float, help=f"peak learning rate, retraining [{d.retrain_lr}]")
-    add("--batch-size", type=int, help=f"mini-batch size [{d.batch_size}]")
+    add("--batch-size", type=int, help=f"mini-batch size [{d.batch_size}; 32 for digits]")
     add("--shift", type=int, help="augment images by random shifts of up to this many pixels "
-                                   f"during base training [{d.shift}]")
-    add("--retrain-shift", type=int, help=f"the same while retraining [{d.retrain_shift}]")
+                                   f"during base training [{d.shift}; 0 for digits]")
+    add("--retrain-shift", type=int,
+        help=f"the same while retraining [{d.retrain_shift}; 0 for digits]")
     add("--distill", type=float, help=f"distillation weight while retraining [{d.distill}]")
     add("--teacher", help=f"distillation teacher: base, previous or none [{d.teacher}]")
     add("--temperature", type=float, help=f"distillation temperature [{d.temperature}]")
