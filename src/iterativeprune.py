@@ -383,7 +383,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--criterion", help=f"{', '.join(CRITERIA)} [{d.criterion}]")
     add("--seed-mode", help=f"interval-adjoint seeding: per_output or sum [{d.seed_mode}]")
     add("--box", help=f"interval-adjoint input box: data or samples [{d.box}]")
-    add("--bias-fold", help=f"mean, mid or none [{d.bias_fold}]")
+    add("--bias-fold", help=f"linear, mean, mid or none [{d.bias_fold}]")
     add("--epochs", type=int, help=f"max epochs of base training [{d.epochs}; 40 for digits]")
     add("--retrain-epochs", type=int, help="max epochs of retraining per iteration; 0 = prune "
                                            f"without retraining [{d.retrain_epochs}]")
