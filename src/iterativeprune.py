@@ -183,6 +183,7 @@ class IterativePruning:
         self.tracker = tracker or NullTracker()
         self._base: MLP | None = None
         self._base_scores: list[torch.Tensor] | None = None
+        self._val_accuracy: dict[int, float] = {}  # iteration -> its kept model's val accuracy
 
     # ----------------------------------------------------------------------------- models
     def load(self, i: int) -> MLP:
@@ -195,7 +196,17 @@ class IterativePruning:
         if model.hidden != expected:
             raise ValueError(f"{path}: hidden sizes {hidden_label(model.hidden)} do not match "
                              f"schedule row {i} ({hidden_label(expected)})")
+        metrics = checkpoint.get("metrics")
+        if not isinstance(metrics, dict) or "val_accuracy" not in metrics:
+            raise ValueError(f"{path}: checkpoint lacks the metrics an iteration records")
+        self._val_accuracy[i] = float(metrics["val_accuracy"])
         return model
+
+    def val_accuracy(self, i: int) -> float:
+        """Validation accuracy of iteration i's kept model (its checkpoint is read at most once)."""
+        if i not in self._val_accuracy:
+            self.load(i)
+        return self._val_accuracy[i]
 
     def check_fits(self, model: MLP, checkpoint: dict, path) -> None:
         """Refuse a checkpoint of another dataset, input/output size or activation."""
@@ -267,8 +278,7 @@ class IterativePruning:
         teacher = {"base": self.base, "previous": lambda: source, "none": lambda: None}[c.teacher]
         # Retraining stops early once the pruned model is back at the accuracy of the model it
         # was pruned from: most of the budget goes where pruning did damage.
-        parent_val = float(load_checkpoint(self.session.checkpoint(
-            i - 1 if c.mode == "iterative" else 0))["metrics"]["val_accuracy"])
+        parent_val = self.val_accuracy(i - 1 if c.mode == "iterative" else 0)
         result = train(model, self.data, c.train_config(i), teacher=teacher(), quiet=self.quiet,
                        log_path=self.session.partial(i) / "train_results.txt",
                        desc=f"retrain {hidden_label(row.neurons)}", stop_at_accuracy=parent_val)
@@ -298,6 +308,7 @@ class IterativePruning:
                   "NoRetrain_Test_Accuracy": no_retrain, "Hidden": hidden_label(model.hidden),
                   "Params": params, "MACs": macs}
         write_validation_results(folder / "validation_results.txt", values)  # written last
+        self._val_accuracy[i] = metrics.val_accuracy
         self._commit(i)
         return {"iteration": i, **values, "Epochs": epochs, "Seconds": seconds}
 
@@ -339,17 +350,13 @@ class IterativePruning:
             rows.append(row)
             self.log(progress_line(row, len(self.schedule) - 1))
             self.tracker.iteration(i, row, self.session.final(i))
-            base_val = row["Val_Accuracy"] if i == 0 else self.base_val_accuracy()
+            base_val = self.val_accuracy(0)
             if c.max_accuracy_drop is not None and row["Val_Accuracy"] < base_val - \
                     c.max_accuracy_drop:
                 self.log(f"stopping: validation accuracy {row['Val_Accuracy']:.2f}% is more than "
                          f"{c.max_accuracy_drop} points below the base model's {base_val:.2f}%")
                 break
         return rows
-
-    def base_val_accuracy(self) -> float:
-        path = self.session.checkpoint(0)
-        return float(load_checkpoint(path)["metrics"]["val_accuracy"])
 
 
 def progress_line(row: dict[str, Any], last: int) -> str:
