@@ -446,26 +446,23 @@ def resolve_config(args: argparse.Namespace, session: Session) -> tuple[PruneCon
 
 def resolve_schedule(args: argparse.Namespace, config: PruneConfig, session: Session,
                      resumed: bool, log) -> list[ScheduleRow]:
-    """The schedule: the session's copy on resume, else --retain, else the default."""
-    if resumed:
-        if args.retain:
-            raise ValueError(f"{session.root} already has its schedule ({session.retain}); "
-                             "leave out --retain to resume, or use a new --session")
-        return read_schedule(session.retain)
-    path = Path(args.retain) if args.retain else DEFAULT_RETAIN
-    if args.retain or (path.is_file() and _first_row(path) == list(config.hidden)):
+    """The schedule: the session's copy on resume, else --retain, else the default file if it
+    fits --hidden, else the default geometric schedule. Its first row must be --hidden."""
+    if resumed and args.retain:
+        raise ValueError(f"{session.root} already has its schedule ({session.retain}); "
+                         "leave out --retain to resume, or use a new --session")
+    path = session.retain if resumed else Path(args.retain) if args.retain else DEFAULT_RETAIN
+    explicit = resumed or bool(args.retain)
+    if explicit or path.is_file():
         schedule = read_schedule(path)
-        if list(schedule[0].neurons) != list(config.hidden):
+        if list(schedule[0].neurons) == list(config.hidden):
+            return schedule
+        if explicit:
             raise ValueError(f"{path}: first row {hidden_label(schedule[0].neurons)} does not "
                              f"match --hidden {hidden_label(config.hidden)}")
-        return schedule
     log(f"note: no schedule for hidden {hidden_label(config.hidden)} at {path}; using the "
         "default geometric schedule (q=0.8; see python -m src.retain)")
     return geometric_schedule(list(config.hidden))
-
-
-def _first_row(path: Path) -> list[int]:
-    return list(read_schedule(path)[0].neurons)
 
 
 def check_session_folder(root: Path) -> None:
@@ -497,9 +494,6 @@ def main(argv: list[str] | None = None) -> int:
     config, resumed = resolve_config(args, probe)
     session = Session(session_root, config.mode)
     schedule = resolve_schedule(args, config, session, resumed, log)
-    if list(schedule[0].neurons) != list(config.hidden):
-        raise ValueError(f"{session.retain}: first row does not match hidden "
-                         f"{hidden_label(config.hidden)}")
     last = session.last_complete()
     if args.begin_itr is not None:
         begin = args.begin_itr
