@@ -68,9 +68,12 @@ CURVE_TITLE = {"no-retrain": "test accuracy right after pruning, no retraining",
                "retrain": "test accuracy after pruning + retraining"}
 # Settings a cached base session must share with this study (nothing else affects iteration 0).
 BASE_FIELDS = ("dataset", "hidden", "activation", "epochs", "patience", "lr", "batch_size",
-               "seed", "val_size")
+               "shift", "label_smoothing", "seed", "val_size")
 # Settings never compared with a cached session: the base model's path may move with the repo.
 UNCOMPARED = ("base_model", "max_accuracy_drop")
+# Settings that only act while retraining: not compared for a no-retrain cell (retrain_epochs 0).
+RETRAIN_ONLY = ("retrain_patience", "retrain_lr", "retrain_shift", "retrain_label_smoothing",
+                "distill", "teacher", "temperature")
 # Engine flags a fresh session is started with (every other setting is the engine default).
 ENGINE_FLAGS = ("dataset", "hidden", "mode", "criterion", "seed_mode", "box", "bias_fold",
                 "epochs", "retrain_epochs", "seed", "base_model")
@@ -308,8 +311,9 @@ def check_cached(cell: Cell, schedule: Sequence[ScheduleRow]) -> None:
     """
     session = cell.session
     saved = PruneConfig.from_json(json.loads(session.config.read_text()), str(session.config))
+    ignored = UNCOMPARED + (RETRAIN_ONLY if cell.config.retrain_epochs == 0 else ())
     names = BASE_FIELDS if cell.curve == "base" else \
-        [f.name for f in fields(PruneConfig) if f.name not in UNCOMPARED]
+        [f.name for f in fields(PruneConfig) if f.name not in ignored]
     diffs = [f"{n}: cached {getattr(saved, n)!r}, wanted {getattr(cell.config, n)!r}"
              for n in names if getattr(saved, n) != getattr(cell.config, n)]
     if diffs:

