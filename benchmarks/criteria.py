@@ -73,7 +73,7 @@ BASE_FIELDS = ("dataset", "hidden", "activation", "epochs", "patience", "lr", "b
 UNCOMPARED = ("base_model", "max_accuracy_drop")
 # Settings that only act while retraining: not compared for a no-retrain cell (retrain_epochs 0).
 RETRAIN_ONLY = ("retrain_patience", "retrain_lr", "retrain_shift", "retrain_label_smoothing",
-                "distill", "teacher", "temperature")
+                "retrain_batch_size", "distill", "teacher", "temperature")
 # Engine flags a fresh session is started with (every other setting is the engine default).
 ENGINE_FLAGS = ("dataset", "hidden", "mode", "criterion", "seed_mode", "box", "bias_fold",
                 "epochs", "retrain_epochs", "seed", "base_model")

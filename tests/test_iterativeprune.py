@@ -270,9 +270,19 @@ def test_label_smoothing_applies_to_base_training_only_by_default(tmp_path, reta
     assert saved["retrain_label_smoothing"] == 0.05 and saved["label_smoothing"] == 0.1
 
 
-def test_session_from_before_label_smoothing_settings_resumes_as_it_ran():
-    """A config.json written before these settings existed ran with smoothing 0.1 throughout."""
+def test_session_from_before_newer_settings_resumes_as_it_ran():
+    """A config.json written before these settings existed ran with smoothing 0.1 throughout
+    and retrained at the base batch size."""
     values = PruneConfig().to_json()
-    del values["label_smoothing"], values["retrain_label_smoothing"]
+    del values["label_smoothing"], values["retrain_label_smoothing"], values["retrain_batch_size"]
     config = PruneConfig.from_json(values, "config.json")
     assert config.train_config(0).label_smoothing == config.train_config(1).label_smoothing == 0.1
+    assert config.train_config(1).batch_size == config.train_config(0).batch_size == 256
+
+
+def test_retraining_has_its_own_batch_size_and_lr():
+    """MNIST retrains at batch 512 and lr 7e-3; digits keeps its small batches."""
+    mnist, digits = PruneConfig(), PruneConfig(dataset="digits")
+    assert (mnist.train_config(0).batch_size, mnist.train_config(1).batch_size) == (256, 512)
+    assert mnist.train_config(1).lr == 7e-3
+    assert digits.train_config(1).batch_size == 32 and digits.train_config(1).lr == 5e-3
