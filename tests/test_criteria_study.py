@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import io
+import json
 import re
 import shutil
 import statistics
@@ -180,3 +181,20 @@ def test_unknown_curve_is_refused():
     """A study config with an unknown curve is an error."""
     with pytest.raises(ValueError, match="unknown curves"):
         criteria.StudyConfig(curves=("sideways",))
+
+
+def test_retraining_settings_do_not_invalidate_no_retrain_cells(study, tmp_path):
+    """A no-retrain cell cached under another retraining lr is still valid (nothing was
+    retrained); a retrain cell under another lr is refused."""
+    plan = criteria.make_plan(criteria.parse_args(study.argv)[0])
+    for curve, accepted in (("no-retrain", True), ("retrain", False)):
+        cell = next(c for c in plan.cells if c.curve == curve and c.variant.name == "magnitude")
+        moved = dataclasses.replace(cell, root=tmp_path / curve)
+        shutil.copytree(cell.root, moved.root)
+        saved = json.loads(moved.session.config.read_text())
+        moved.session.config.write_text(json.dumps({**saved, "retrain_lr": 0.123}))
+        if accepted:
+            criteria.check_cached(moved, plan.schedule)
+        else:
+            with pytest.raises(ValueError, match="retrain_lr: cached 0.123"):
+                criteria.check_cached(moved, plan.schedule)
