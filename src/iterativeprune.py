@@ -83,7 +83,7 @@ class PruneConfig:
     retrain_shift: int | None = None  # the same augmentation while retraining (0 = off)
     label_smoothing: float = TrainConfig.label_smoothing  # base training's label smoothing
     # Retraining without label smoothing: the small pruned models underfit, and smoothing cost
-    # them ~0.3-0.8 points at 22-5 and 11-3 (README, "Retraining").
+    # them 0.8 and 0.5 points at 22-5 and 11-3 in the reference run (README, "Retraining").
     retrain_label_smoothing: float = 0.0
     distill: float = 0.0  # weight of knowledge distillation while retraining (0 = plain CE)
     teacher: str = "base"  # distillation teacher: base, previous (the model pruned) or none
