@@ -76,7 +76,7 @@ RETRAIN_ONLY = ("retrain_patience", "retrain_lr", "retrain_shift", "retrain_labe
                 "retrain_batch_size", "distill", "teacher", "temperature")
 # Engine flags a fresh session is started with (every other setting is the engine default).
 ENGINE_FLAGS = ("dataset", "hidden", "mode", "criterion", "seed_mode", "box", "bias_fold",
-                "epochs", "retrain_epochs", "seed", "base_model")
+                "measure", "epochs", "retrain_epochs", "seed", "base_model")
 # Issue 8's no-retrain targets for the default criterion on MNIST 784-256-64-10 (hidden ->
 # (target %, the thesis's prune-without-retrain %)).
 MNIST_TARGETS = {"164-41": (97.5, 92.0), "131-33": (95.5, 71.3), "105-26": (91.5, 43.8)}
@@ -94,25 +94,27 @@ class Variant:
     seed_mode: str = "per_output"  # interval-adjoint seeding (baselines: unused)
     box: str = "data"  # interval-adjoint input box (baselines: unused)
     bias_fold: str = "linear"  # how removed neurons are folded into the next layer
+    measure: str = "pre"  # interval-adjoint: neurons read before or after the activation
 
     @property
     def settings(self) -> dict[str, str]:
         """The engine settings this variant fixes."""
         return {"criterion": self.criterion, "seed_mode": self.seed_mode, "box": self.box,
-                "bias_fold": self.bias_fold}
+                "bias_fold": self.bias_fold, "measure": self.measure}
 
     @property
     def key(self) -> str:
         """Cache folder name: the settings that matter (so a renamed variant keeps its cache)."""
         if self.criterion == "interval_adjoint":
-            return f"interval_adjoint-{self.seed_mode}-{self.box}-fold_{self.bias_fold}"
+            post = "-post" if self.measure == "post" else ""
+            return f"interval_adjoint-{self.seed_mode}-{self.box}{post}-fold_{self.bias_fold}"
         return f"{self.criterion}-fold_{self.bias_fold}"
 
     def describe(self) -> str:
         """One line for the tables' legend."""
         if self.criterion == "interval_adjoint":
             return (f"interval_adjoint, {self.seed_mode} seeding, {self.box} box, "
-                    f"bias fold {self.bias_fold}")
+                    f"{self.measure}-activation, bias fold {self.bias_fold}")
         return f"{self.criterion}, bias fold {self.bias_fold}"
 
 
@@ -124,20 +126,25 @@ def registry() -> dict[str, Variant]:
           Variant("ia-per_output-nofold", "interval_adjoint", "per_output", "data", "none"),
           Variant("ia-sum", "interval_adjoint", "sum", "data", "linear"),
           Variant("ia-sum-nofold", "interval_adjoint", "sum", "data", "none"),
-          Variant("ia-per_output-samples", "interval_adjoint", "per_output", "samples", "linear")]
-    baselines = [Variant(name, name, engine.seed_mode, engine.box, engine.bias_fold)
+          Variant("ia-per_output-samples", "interval_adjoint", "per_output", "samples", "linear"),
+          Variant("ia-per_output-post", "interval_adjoint", "per_output", "data", "linear",
+                  "post")]
+    baselines = [Variant(name, name, engine.seed_mode, engine.box, engine.bias_fold,
+                         engine.measure)
                  for name in ("magnitude", "taylor", "apoz", "fpgm", "random")]
     return {v.name: v for v in ia + baselines}
 
 
 def parse_variant(name: str, known: dict[str, Variant]) -> Variant:
-    """A registry name, or an ad-hoc `criterion/seed_mode/box/bias_fold` spec (checked)."""
+    """A registry name, or an ad-hoc `criterion/seed_mode/box/bias_fold[/measure]` spec
+    (checked)."""
     if name in known:
         return known[name]
     parts = name.split("/")
-    if len(parts) != 4:
+    if len(parts) not in (4, 5):
         raise ValueError(f"unknown variant {name!r}; choose from {', '.join(known)} or write "
-                         "criterion/seed_mode/box/bias_fold (e.g. interval_adjoint/sum/data/mid)")
+                         "criterion/seed_mode/box/bias_fold[/measure] (e.g. "
+                         "interval_adjoint/sum/data/mid or interval_adjoint/sum/data/linear/post)")
     variant = Variant(name, *parts)
     PruneConfig(**variant.settings)  # names an unknown criterion, seeding, box or fold
     return variant
@@ -146,7 +153,8 @@ def parse_variant(name: str, known: dict[str, Variant]) -> Variant:
 def default_variant(variants: dict[str, Variant]) -> Variant:
     """The variant with the engine's default settings (added as 'default' if none has them)."""
     engine = PruneConfig()
-    wanted = {k: getattr(engine, k) for k in ("criterion", "seed_mode", "box", "bias_fold")}
+    wanted = {k: getattr(engine, k) for k in ("criterion", "seed_mode", "box", "bias_fold",
+                                              "measure")}
     for variant in variants.values():
         if variant.settings == wanted:
             return variant
@@ -789,7 +797,8 @@ def parse_args(argv: list[str] | None) -> tuple[StudyConfig, bool]:
     p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds), help="[0 1 2]")
     p.add_argument("--variants", nargs="+", default=[], metavar="NAME",
                    help=f"variants to compare [all: {', '.join(registry())}]; also "
-                        "criterion/seed_mode/box/bias_fold; the default is always included")
+                        "criterion/seed_mode/box/bias_fold[/measure]; the default is always "
+                        "included")
     p.add_argument("--curves", nargs="+", default=list(d.curves), choices=CURVES,
                    help="[no-retrain retrain oneshot]")
     p.add_argument("--rows", type=int, help="run every curve to schedule row N only (rows "

@@ -24,13 +24,15 @@ from src.interval import Interval
 
 Seed = Literal["per_output", "sum"]
 SEEDS: tuple[str, ...] = get_args(Seed)
+Measure = Literal["pre", "post"]
+MEASURES: tuple[str, ...] = get_args(Measure)
 
 
 class LayerBounds(NamedTuple):
     """Enclosures for one hidden layer of n neurons (a leading batch dimension when batched)."""
 
-    value: Interval  # pre-activation [z]: (n,) or (batch, n)
-    # [∂y/∂z]: "sum" (n,) or (batch, n); "per_output" (n_out, n) or (batch, n_out, n)
+    value: Interval  # [z] (pre-activation) or [a] (post-activation): (n,) or (batch, n)
+    # [∂y/∂z] or [∂y/∂a]: "sum" (n,) or (batch, n); "per_output" (n_out, n) or (batch, n_out, n)
     adjoint: Interval
 
 
@@ -87,9 +89,12 @@ def chain(model: nn.Module) -> list[nn.Module]:
 
 
 @torch.no_grad()
-def interval_sweep(model: nn.Module, box: Interval, seed: Seed = "per_output") -> list[LayerBounds]:
+def interval_sweep(model: nn.Module, box: Interval, seed: Seed = "per_output",
+                   measure: Measure = "pre") -> list[LayerBounds]:
     """Interval forward + reverse sweep over `box` (n_in,) or (batch, n_in): one LayerBounds per
-    hidden layer (every Linear but the last), pre-activation value and adjoint of the outputs.
+    hidden layer (every Linear but the last), value and adjoint of the outputs taken before the
+    activation (measure="pre": z) or after it (measure="post": a = φ(z); a hidden Linear that no
+    activation follows has a = z).
 
     seed="per_output" seeds each output y_k separately (adjoint (n_out, n) = ∂y_k/∂z);
     seed="sum" seeds all outputs with 1 at once (adjoint (n,) = ∂(Σ_k y_k)/∂z).
@@ -97,6 +102,8 @@ def interval_sweep(model: nn.Module, box: Interval, seed: Seed = "per_output") -
     """
     if seed not in SEEDS:
         raise ValueError(f"unknown seed {seed!r}; choose from {list(SEEDS)}")
+    if measure not in MEASURES:
+        raise ValueError(f"unknown measure {measure!r}; choose from {list(MEASURES)}")
     if not isinstance(box, Interval):
         raise TypeError(f"box must be an Interval, got {type(box).__name__}")
     modules = chain(model)
@@ -113,6 +120,8 @@ def interval_sweep(model: nn.Module, box: Interval, seed: Seed = "per_output") -
     hidden = linear_at[:-1]
     if not hidden:
         return []
+    if measure == "post":  # each hidden neuron is read at the output of its activation
+        hidden = [i + 1 if not isinstance(modules[i + 1], nn.Linear) else i for i in hidden]
 
     n_out = values[-1].shape[-1]
     start = (torch.eye(n_out, dtype=dtype) if seed == "per_output"  # (k, n_out): row k seeds y_k

@@ -40,6 +40,7 @@ from src.validator import Metrics, evaluate, evaluate_split
 MODES = {"iterative": "iterative_pruning", "one-shot": "one_shot_pruning"}
 TEACHERS = ("base", "previous", "none")
 SEED_MODES = ("per_output", "sum")
+MEASURES = ("pre", "post")
 BOXES = ("data", "samples")
 DEFAULT_RETAIN = Path("retain/retain.txt")
 # Defaults that depend on the dataset: the 1,257 tiny 8x8 digits want small batches, more epochs
@@ -56,7 +57,7 @@ DATASET_DEFAULTS = {"digits": {"epochs": 40, "batch_size": 32, "retrain_batch_si
 CHANGEABLE = {"max_accuracy_drop"}
 # Settings added after the first release, with the value that sessions written before them ran
 # with: a resumed old session keeps behaving as it did.
-LEGACY = {"label_smoothing": 0.1, "retrain_label_smoothing": 0.1}
+LEGACY = {"label_smoothing": 0.1, "retrain_label_smoothing": 0.1, "measure": "pre"}
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class PruneConfig:
     mode: str = "iterative"  # iterative: re-score each pruned model; one-shot: score base once
     criterion: str = "interval_adjoint"  # a name in significance.CRITERIA
     seed_mode: str = "per_output"  # interval-adjoint reverse-sweep seeding: per_output or sum
+    measure: str = "pre"  # interval-adjoint: read neurons before (pre) or after (post) activation
     box: str = "data"  # interval-adjoint input box: data (min/max) or samples
     bias_fold: str = "linear"  # fold removed neurons into the next layer: linear, mean, mid, none
     epochs: int | None = None  # maximum epochs of base training (None: the dataset default)
@@ -102,7 +104,7 @@ class PruneConfig:
                     object.__setattr__(self, name, value)
         choices = {"dataset": DATASETS, "activation": tuple(ACTIVATIONS), "mode": tuple(MODES),
                    "criterion": tuple(CRITERIA), "seed_mode": SEED_MODES, "box": BOXES,
-                   "bias_fold": tuple(FOLDS), "teacher": TEACHERS}
+                   "measure": MEASURES, "bias_fold": tuple(FOLDS), "teacher": TEACHERS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; "
@@ -247,7 +249,7 @@ class IterativePruning:
         """Neuron significances for iteration i (one-shot: the base model's, computed once)."""
         c = self.config
         data = ScoreData(self.data.train.x, self.data.train.y, seed=iteration_seed(c.seed, i),
-                         seed_mode=c.seed_mode, box=c.box)
+                         seed_mode=c.seed_mode, box=c.box, measure=c.measure)
         if c.mode == "one-shot":
             if self._base_scores is None:
                 self._base_scores = score(c.criterion, self.base(), replace(
@@ -405,6 +407,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--mode", help=f"iterative or one-shot [{d.mode}]")
     add("--criterion", help=f"{', '.join(CRITERIA)} [{d.criterion}]")
     add("--seed-mode", help=f"interval-adjoint seeding: per_output or sum [{d.seed_mode}]")
+    add("--measure", help="interval-adjoint: take each neuron's value and derivative bounds "
+                          f"before (pre) or after (post) its activation [{d.measure}]")
     add("--box", help=f"interval-adjoint input box: data or samples [{d.box}]")
     add("--bias-fold", help=f"linear, mean, mid or none [{d.bias_fold}]")
     add("--epochs", type=int, help=f"max epochs of base training [{d.epochs}; 40 for digits]")

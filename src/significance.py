@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from src.adjoint import SEEDS, Seed, chain, interval_sweep
+from src.adjoint import MEASURES, SEEDS, Measure, Seed, chain, interval_sweep
 from src.interval import Interval
 from src.model import MLP
 
@@ -36,6 +36,7 @@ class ScoreData:
     y: Tensor  # (n,) int64 labels
     seed: int = 0  # for `random` and for choosing samples
     seed_mode: Seed = "per_output"  # interval_adjoint reverse-sweep seeding
+    measure: Measure = "pre"  # interval_adjoint: neuron read before or after its activation
     box: BoxKind | Interval = "data"  # input box for interval_adjoint
     eps: float = 0.05  # half-width of sample boxes (box="samples")
     n_samples: int = 64  # number of sample boxes (box="samples"; at most len(x))
@@ -49,6 +50,8 @@ class ScoreData:
             raise ValueError("ScoreData needs at least one sample")
         if self.seed_mode not in SEEDS:
             raise ValueError(f"unknown seed_mode {self.seed_mode!r}; choose from {list(SEEDS)}")
+        if self.measure not in MEASURES:
+            raise ValueError(f"unknown measure {self.measure!r}; choose from {list(MEASURES)}")
         if not isinstance(self.box, Interval) and self.box not in ("data", "samples"):
             raise ValueError(f"box must be 'data', 'samples' or an Interval, got {self.box!r}")
         if not self.eps >= 0:
@@ -98,11 +101,13 @@ def _box(data: ScoreData) -> Interval:
 
 # ---- criteria -----------------------------------------------------------------------------
 
-def interval_adjoint(model: nn.Module, box: Interval, seed: Seed = "per_output") -> list[Tensor]:
+def interval_adjoint(model: nn.Module, box: Interval, seed: Seed = "per_output",
+                     measure: Measure = "pre") -> list[Tensor]:
     """S = width([z]) · max(|lo [z̄]|, |hi [z̄]|) per hidden neuron, max over outputs for
-    "per_output", mean over boxes for a batch of boxes (box shape (batch, n_in))."""
+    "per_output", mean over boxes for a batch of boxes (box shape (batch, n_in)). With
+    measure="post", the post-activation a = φ(z) and its adjoint ā take the place of z and z̄."""
     scores = []
-    for value, adjoint in interval_sweep(model, box, seed):
+    for value, adjoint in interval_sweep(model, box, seed, measure):
         reach = adjoint.magnitude  # (..., n_out, n) or (..., n)
         if seed == "per_output":
             reach = reach.amax(dim=-2)
@@ -112,7 +117,7 @@ def interval_adjoint(model: nn.Module, box: Interval, seed: Seed = "per_output")
 
 
 def _interval_adjoint_criterion(model: MLP, data: ScoreData) -> list[Tensor]:
-    return interval_adjoint(model, _box(data), data.seed_mode)
+    return interval_adjoint(model, _box(data), data.seed_mode, data.measure)
 
 
 def _hidden_linears(model: nn.Module) -> list[nn.Linear]:

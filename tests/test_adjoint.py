@@ -26,13 +26,15 @@ def tol_for(*tensors: torch.Tensor) -> float:
     return TOL * max(1.0, *(t.abs().max().item() for t in tensors))
 
 
-def point_values(model: nn.Sequential, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per hidden layer: pre-activations z (P, n) and autograd Jacobians ∂y_k/∂z (P, K, n)."""
+def point_values(model: nn.Sequential, x: torch.Tensor,
+                 post: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per hidden layer: pre-activations z (P, n) and autograd Jacobians ∂y_k/∂z (P, K, n);
+    with post, the activations' outputs a and ∂y_k/∂a instead."""
     linear_at = [i for i, m in enumerate(model) if isinstance(m, nn.Linear)]
     zs, h = [], x
     for i, module in enumerate(model):
         h = module(h)
-        if i in linear_at[:-1]:
+        if (i - post) in linear_at[:-1]:  # MLPs put an activation after every hidden Linear
             zs.append(h)
     per_output = [torch.autograd.grad(h[:, k].sum(), zs, retain_graph=True)
                   for k in range(h.shape[1])]  # each row of the batch is its own point
@@ -84,6 +86,26 @@ def test_point_values_and_derivatives_lie_in_the_intervals(network, seed_mode):
     assert len(bounds) == len(points) == len(sizes) - 2
     for (value, adjoint), (z, jac) in zip(bounds, points, strict=True):
         assert_encloses(value, z)
+        assert_encloses(adjoint, jac if seed_mode == "per_output" else jac.sum(dim=1))
+
+
+@settings(max_examples=150, deadline=None)
+@given(network=networks, seed_mode=st.sampled_from(["per_output", "sum"]))
+def test_post_activation_values_and_derivatives_lie_in_the_intervals(network, seed_mode):
+    """measure="post": every point activation a(x) = φ(z(x)) and every autograd ∂y_k/∂a(x)
+    lies in its interval."""
+    activation, sizes, seed = network
+    model = build_model(sizes, activation, seed=seed).double()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2).add_(0.3 * torch.randn(p.shape, generator=g, dtype=D))
+    box = random_box(g, sizes[0], degenerate=False)
+    bounds = interval_sweep(model, box, seed_mode, measure="post")
+    points = point_values(model, points_in(box, 48, g), post=True)
+    assert len(bounds) == len(points) == len(sizes) - 2
+    for (value, adjoint), (a, jac) in zip(bounds, points, strict=True):
+        assert_encloses(value, a)
         assert_encloses(adjoint, jac if seed_mode == "per_output" else jac.sum(dim=1))
 
 

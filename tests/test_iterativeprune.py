@@ -180,7 +180,8 @@ def test_schedule_first_row_must_match_hidden(tmp_path, retain, capsys):
 
 
 @pytest.mark.parametrize("flag, value", [("--criterion", "entropy"), ("--dataset", "cifar"),
-                                         ("--mode", "greedy"), ("--bias-fold", "max")])
+                                         ("--mode", "greedy"), ("--bias-fold", "max"),
+                                         ("--measure", "mid")])
 def test_unknown_choices_are_one_line_errors(tmp_path, capsys, flag, value):
     """Unknown criterion/dataset/mode/fold names list the valid ones."""
     err = error_of(capsys, flag, value, "--session", tmp_path / "s")

@@ -56,6 +56,26 @@ def test_hand_computed_significance_2_2_1():
         assert s.tolist() == [2.0, 6.0]
 
 
+def test_hand_computed_post_activation_significance_2_2_1():
+    """After the ReLU, [a] = [0, 1], [0, 2] and [ā] = W2 = [1, -2]: S = 1·1, 2·2. The negative
+    part of a neuron's pre-activation range, which the ReLU cuts, no longer counts."""
+    model = two_two([[1.0, -2.0]])
+    for seed in ("per_output", "sum"):
+        (s,) = interval_adjoint(model, UNIT, seed, measure="post")
+        assert s.tolist() == [1.0, 4.0]
+    (s,) = score("interval_adjoint", model, ScoreData(torch.rand(5, 2, dtype=D),
+                                                      torch.zeros(5, dtype=torch.long),
+                                                      box=UNIT, measure="post"))
+    assert s.tolist() == [1.0, 4.0]
+
+
+@pytest.mark.parametrize("b1", [(0.0, -4.0), (0.0, -3.0)])
+def test_dead_neuron_scores_zero_after_the_activation_too(b1):
+    model = two_two([[1.0, -2.0]], b1=b1)
+    (s,) = interval_adjoint(model, UNIT, measure="post")
+    assert s[1].item() == 0.0 and s[0].item() > 0
+
+
 def test_sum_seed_can_cancel_where_per_output_does_not():
     """W2 = [[1, -2], [-1, 1]]: per-output S = [2·1, 3·2]; the summed seed cancels neuron 1's
     two paths (1 - 1 = 0) and halves neuron 2's (|-2 + 1| = 1): S = [0, 3]."""
@@ -270,6 +290,7 @@ def test_criteria_refuse_unsupported_modules():
 
 @pytest.mark.parametrize("kwargs", [
     {"seed_mode": "max"}, {"box": "everything"}, {"eps": -1.0}, {"n_samples": 0},
+    {"measure": "mid"},
 ])
 def test_score_data_validates_its_settings(kwargs):
     """ScoreData refuses an unknown seed_mode/box and eps < 0 or n_samples < 1."""
