@@ -550,19 +550,18 @@ def _seed_averages(per_seed: dict[int, list[float]], first: int, last: int) -> l
     return [statistics.fmean(c[first:last + 1]) for c in per_seed.values() if len(c) > last]
 
 
-def no_retrain_summary(plan: Plan, results: Results) -> str:
-    """Mean over prune rows 1..8 per variant (ranked), and the issue's MNIST targets."""
-    last = min(SUMMARY_ROWS, plan.rows("no-retrain") - 1)
+def ranked_means(plan: Plan, results: Results, curve: str, last: int) -> list[str]:
+    """Markdown lines: every variant's mean over rows 1..last of `curve`, ranked."""
     span = (f"rows 1..{last} ({hidden_label(list(plan.schedule[1].neurons))} .. "
             f"{hidden_label(list(plan.schedule[last].neurons))})")
     ranked = []
     for name in plan.variants:
-        stat = aggregate(_seed_averages(results.get("no-retrain", {}).get(name, {}), 1, last))
+        stat = aggregate(_seed_averages(results.get(curve, {}).get(name, {}), 1, last))
         if stat is not None:
             ranked.append((name, stat))
     ranked.sort(key=lambda item: -item[1].mean)
     n = len(plan.study.seeds)
-    lines = [f"### Summary: mean no-retrain test accuracy over {span}", "",
+    lines = [f"### Summary: mean {curve} test accuracy over {span}", "",
              "Per seed the mean over these rows, then mean ± std over seeds "
              "(only seeds with all these rows).", ""]
     lines.append(markdown_table(["rank", "variant", "mean %"],
@@ -574,6 +573,13 @@ def no_retrain_summary(plan: Plan, results: Results) -> str:
         verdict = ("not measured" if place is None else
                    "the best" if place == 1 else f"rank {place} of {len(ranked)}")
         lines += ["", f"The default `{plan.default.name}` is **{verdict}** on this measure."]
+    return lines
+
+
+def no_retrain_summary(plan: Plan, results: Results) -> str:
+    """Mean over prune rows 1..8 per variant (ranked), and the issue's MNIST targets."""
+    lines = ranked_means(plan, results, "no-retrain",
+                         min(SUMMARY_ROWS, plan.rows("no-retrain") - 1))
     targets = target_lines(plan, results)
     return "\n".join(lines + ([""] + targets if targets else [])) + "\n"
 
@@ -637,6 +643,7 @@ def retrain_summary(plan: Plan, results: Results) -> str:
         lines.append(f"No row fails, but rows {', '.join(map(str, unknown))} have a single seed.")
     else:
         lines.append("The default is within one std of the best baseline at **every** row.")
+    lines += [""] + ranked_means(plan, results, "retrain", rows - 1)
     return "\n".join(lines) + "\n"
 
 

@@ -103,6 +103,9 @@ def test_study_writes_every_table_and_plot(study):
     text = (study.out / "criteria_no_retrain.md").read_text()
     assert "ia-per_output (default)" in text and "magnitude" in text
     assert "mean no-retrain test accuracy over rows 1..2" in text
+    text = (study.out / "criteria_retrain.md").read_text()
+    assert "mean retrain test accuracy over rows 1..2" in text
+    assert "The default `ia-per_output` is **" in text
 
 
 def test_cells_are_mean_and_sample_std_over_seeds(study):
