@@ -68,12 +68,9 @@ networks = st.tuples(
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(network=networks, seed_mode=st.sampled_from(["per_output", "sum"]))
-def test_point_values_and_derivatives_lie_in_the_intervals(network, seed_mode):
-    """For random MLPs (ReLU, sigmoid, tanh; 1-4 hidden layers), boxes and points inside them,
-    every point pre-activation z(x) and every autograd derivative ∂y_k/∂z(x) (or ∂Σy/∂z for
-    seed="sum") lies in its interval."""
+def check_sweep_encloses_points(network, seed_mode: str, measure: str) -> None:
+    """Random MLP, box and 48 points in it: every point value and autograd derivative at the
+    `measure` side of each hidden activation lies in its interval."""
     activation, sizes, seed = network
     model = build_model(sizes, activation, seed=seed).double()
     g = torch.Generator().manual_seed(seed)
@@ -81,12 +78,21 @@ def test_point_values_and_derivatives_lie_in_the_intervals(network, seed_mode):
         for p in model.parameters():
             p.mul_(2).add_(0.3 * torch.randn(p.shape, generator=g, dtype=D))
     box = random_box(g, sizes[0], degenerate=False)
-    bounds = interval_sweep(model, box, seed_mode)
-    points = point_values(model, points_in(box, 48, g))
+    bounds = interval_sweep(model, box, seed_mode, measure=measure)
+    points = point_values(model, points_in(box, 48, g), post=measure == "post")
     assert len(bounds) == len(points) == len(sizes) - 2
-    for (value, adjoint), (z, jac) in zip(bounds, points, strict=True):
-        assert_encloses(value, z)
+    for (value, adjoint), (v, jac) in zip(bounds, points, strict=True):
+        assert_encloses(value, v)
         assert_encloses(adjoint, jac if seed_mode == "per_output" else jac.sum(dim=1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(network=networks, seed_mode=st.sampled_from(["per_output", "sum"]))
+def test_point_values_and_derivatives_lie_in_the_intervals(network, seed_mode):
+    """For random MLPs (ReLU, sigmoid, tanh; 1-4 hidden layers), boxes and points inside them,
+    every point pre-activation z(x) and every autograd derivative ∂y_k/∂z(x) (or ∂Σy/∂z for
+    seed="sum") lies in its interval."""
+    check_sweep_encloses_points(network, seed_mode, "pre")
 
 
 @settings(max_examples=150, deadline=None)
@@ -94,19 +100,7 @@ def test_point_values_and_derivatives_lie_in_the_intervals(network, seed_mode):
 def test_post_activation_values_and_derivatives_lie_in_the_intervals(network, seed_mode):
     """measure="post": every point activation a(x) = φ(z(x)) and every autograd ∂y_k/∂a(x)
     lies in its interval."""
-    activation, sizes, seed = network
-    model = build_model(sizes, activation, seed=seed).double()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(2).add_(0.3 * torch.randn(p.shape, generator=g, dtype=D))
-    box = random_box(g, sizes[0], degenerate=False)
-    bounds = interval_sweep(model, box, seed_mode, measure="post")
-    points = point_values(model, points_in(box, 48, g), post=True)
-    assert len(bounds) == len(points) == len(sizes) - 2
-    for (value, adjoint), (a, jac) in zip(bounds, points, strict=True):
-        assert_encloses(value, a)
-        assert_encloses(adjoint, jac if seed_mode == "per_output" else jac.sum(dim=1))
+    check_sweep_encloses_points(network, seed_mode, "post")
 
 
 @settings(max_examples=100, deadline=None)

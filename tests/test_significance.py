@@ -69,13 +69,6 @@ def test_hand_computed_post_activation_significance_2_2_1():
     assert s.tolist() == [1.0, 4.0]
 
 
-@pytest.mark.parametrize("b1", [(0.0, -4.0), (0.0, -3.0)])
-def test_dead_neuron_scores_zero_after_the_activation_too(b1):
-    model = two_two([[1.0, -2.0]], b1=b1)
-    (s,) = interval_adjoint(model, UNIT, measure="post")
-    assert s[1].item() == 0.0 and s[0].item() > 0
-
-
 def test_sum_seed_can_cancel_where_per_output_does_not():
     """W2 = [[1, -2], [-1, 1]]: per-output S = [2·1, 3·2]; the summed seed cancels neuron 1's
     two paths (1 - 1 = 0) and halves neuron 2's (|-2 + 1| = 1): S = [0, 3]."""
@@ -84,12 +77,14 @@ def test_sum_seed_can_cancel_where_per_output_does_not():
     assert interval_adjoint(model, UNIT, "sum")[0].tolist() == [0.0, 3.0]
 
 
+@pytest.mark.parametrize("measure", ["pre", "post"])
 @pytest.mark.parametrize("b1", [(0.0, -4.0), (0.0, -3.0)])
-def test_dead_neuron_has_zero_significance(b1):
+def test_dead_neuron_has_zero_significance(b1, measure):
     """A ReLU neuron with hi <= 0 over the box (here [-4, -1], and [-3, 0] touching the kink)
-    has zero adjoint and so zero significance, although its pre-activation has width 3."""
+    has zero adjoint and so zero significance, although its pre-activation has width 3; read
+    after the ReLU, its value interval [0, 0] has width 0."""
     model = two_two([[1.0, -2.0]], b1=b1)
-    (s,) = interval_adjoint(model, UNIT)
+    (s,) = interval_adjoint(model, UNIT, measure=measure)
     assert s[1].item() == 0.0 and s[0].item() > 0
 
 
