@@ -1,8 +1,13 @@
-"""Self-describing checkpoints (best_model.pth), atomic file writes and safe loading."""
+"""Self-describing checkpoints (best_model.pth): spec + input + state_dict, loaded safely.
+
+Format "ia-prune/2": {"format", "spec": [layer specs], "input": {"shape": [...], ...},
+"state_dict", ...metadata}. Format "ia-prune/1" ({"sizes", "activation"}: an MLP) keeps loading.
+"""
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import tempfile
@@ -11,9 +16,10 @@ from typing import Any
 
 import torch
 
-from src.model import MLP, model_spec
+from src.spec import Net, SpecError, build, mlp, spec_of
 
-FORMAT = "ia-prune/1"
+FORMAT = "ia-prune/2"
+LEGACY_FORMAT = "ia-prune/1"  # an MLP by its sizes and activation
 
 
 class CheckpointError(ValueError):
@@ -38,9 +44,16 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     return path
 
 
-def save_checkpoint(path: str | os.PathLike, model: MLP, **meta: Any) -> Path:
-    """Save `model` with its architecture and `meta` (plain values only) as a best_model.pth."""
-    payload = {"format": FORMAT, **model_spec(model), **meta}
+def save_checkpoint(path: str | os.PathLike, model: Net, **meta: Any) -> Path:
+    """Save `model` with its spec, input description and `meta` (plain values only)."""
+    spec = spec_of(model)
+    info = dict(meta.pop("input", None) or {})
+    shape = list(info.get("shape", spec["input"]))
+    if shape != spec["input"]:  # a flat-reading model may be described by the image shape
+        if not (model.flat_input and math.prod(shape) == math.prod(spec["input"])):
+            raise ValueError(f"input shape {shape} does not fit the model's {spec['input']}")
+    info["shape"] = shape
+    payload = {"format": FORMAT, "spec": spec["layers"], "input": info, **meta}
     payload["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -65,18 +78,36 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as exc:  # torch raises many kinds (RuntimeError, KeyError, EOFError...)
         first = _first_line(exc)
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({first})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, LEGACY_FORMAT):
         raise CheckpointError(f"{path}: not an IA-Prune checkpoint (expected format {FORMAT!r})")
-    for key in ("sizes", "activation", "state_dict"):
+    needed = ("spec", "state_dict") if payload["format"] == FORMAT else (
+        "sizes", "activation", "state_dict")
+    for key in needed:
         if key not in payload:
             raise CheckpointError(f"{path}: checkpoint lacks {key!r}")
     return payload
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any], source: str | os.PathLike = "") -> MLP:
-    """Rebuild the MLP a checkpoint describes and load its weights strictly."""
+def checkpoint_spec(checkpoint: dict[str, Any], source: str | os.PathLike = "") -> dict[str, Any]:
+    """The architecture spec a checkpoint describes (an ia-prune/1 MLP becomes its spec)."""
+    info = checkpoint.get("input") if isinstance(checkpoint.get("input"), dict) else {}
     try:
-        model = MLP(checkpoint["sizes"], checkpoint["activation"])
+        if checkpoint["format"] == LEGACY_FORMAT:
+            sizes = list(checkpoint["sizes"])
+            shape = list(info.get("shape", [sizes[0]]))
+            if math.prod(shape) != sizes[0]:
+                shape = [sizes[0]]
+            return mlp(shape, sizes[-1], sizes[1:-1], checkpoint["activation"])
+        return {"input": list(info["shape"]), "layers": checkpoint["spec"]}
+    except (SpecError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{source}: bad architecture ({_first_line(exc)})") from None
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], source: str | os.PathLike = "") -> Net:
+    """Rebuild the Net a checkpoint describes and load its weights strictly, in eval mode."""
+    spec = checkpoint_spec(checkpoint, source)
+    try:
+        model = build(spec)
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except (RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{source}: weights do not fit the recorded architecture "
@@ -84,8 +115,8 @@ def model_from_checkpoint(checkpoint: dict[str, Any], source: str | os.PathLike 
     return model.eval()
 
 
-def load_model(path: str | os.PathLike) -> tuple[MLP, dict[str, Any]]:
-    """Load a best_model.pth into an MLP in eval mode; returns (model, checkpoint dict)."""
+def load_model(path: str | os.PathLike) -> tuple[Net, dict[str, Any]]:
+    """Load a best_model.pth into a Net in eval mode; returns (model, checkpoint dict)."""
     checkpoint = load_checkpoint(path)
     return model_from_checkpoint(checkpoint, path), checkpoint
 

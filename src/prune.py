@@ -1,59 +1,81 @@
-"""Structural shrinking of consecutive Linear layers, with bias compensation.
+"""Pruning = a pure plan (scores -> keep-indices) + one surgery (`shrink`) for every group kind.
 
-Pruning is a pure plan (scores -> keep-indices) followed by one surgery (`shrink`) that builds a
-new, physically smaller MLP: rows of hidden layer l's Linear and the matching columns of layer
-l+1's Linear are kept. No masks, no hooks.
+`shrink` builds a new, physically smaller Net: for each prunable group (src.groups) it keeps the
+chosen units' rows/filters in the producer, their BatchNorm entries, and their columns (or input
+channels, or column blocks across a Flatten) in the consumer, and folds the removed units'
+contribution into the consumer. No masks, no hooks; the input model is never modified.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from src.adjoint import interval_sweep
+from src.adjoint import RULES
+from src.groups import Group, groups
 from src.interval import Interval
-from src.model import MLP
-from src.significance import data_box
+from src.spec import Net, Select
 
 BiasFold = Literal["linear", "mean", "mid", "none"]
+RIDGE = 1e-3  # per-sample ridge of the linear fold: keeps the solve stable for dead units
+FOLD_SAMPLES = 10_000  # channel folds look at up to this many inputs (feature maps are large)
 
 
 def keep_indices(scores: Sequence[Tensor], counts: Sequence[int]) -> list[Tensor]:
-    """Indices (ascending) of the `counts[l]` highest-scoring neurons of each hidden layer.
+    """Indices (ascending) of the `counts[g]` highest-scoring units of each group g.
 
-    Ties are broken by position (the earlier neuron is kept), so the plan is deterministic.
+    Ties are broken by position (the earlier unit is kept), so the plan is deterministic.
     """
     if len(scores) != len(counts):
-        raise ValueError(f"{len(counts)} neuron counts given for {len(scores)} hidden layers")
+        raise ValueError(f"{len(counts)} unit counts given for {len(scores)} prunable groups")
     plan = []
-    for layer, (score, count) in enumerate(zip(scores, counts, strict=True)):
+    for g, (score, count) in enumerate(zip(scores, counts, strict=True)):
         if not 1 <= count <= len(score):
-            raise ValueError(f"hidden layer {layer + 1} has {len(score)} neurons; cannot keep "
-                             f"{count} (must be between 1 and {len(score)})")
+            raise ValueError(f"group {g + 1} has {len(score)} units; cannot keep {count} (must "
+                             f"be between 1 and {len(score)})")
         if torch.isnan(score).any():
-            raise ValueError(f"hidden layer {layer + 1}: significance scores contain NaN")
+            raise ValueError(f"group {g + 1}: significance scores contain NaN")
         order = torch.argsort(score, descending=True, stable=True)
         plan.append(order[:count].sort().values)
     return plan
 
 
+def model_input(model: Net, x: Tensor) -> Tensor:
+    """Flat data rows (n, n_features) in the shape the Net's first module takes."""
+    return x.reshape(len(x), -1) if model.flat_input else x.reshape(len(x), *model.input_shape)
+
+
 @torch.no_grad()
-def post_activations(model: MLP, x: Tensor, layer: int) -> Tensor:
-    """Post-activation values of hidden layer `layer` (0-based) for inputs x: (n, h_layer)."""
-    h = x.flatten(1)
-    for module in list(model)[: 2 * layer + 2]:  # Linear, act pairs up to this layer
+def value_at(model: Net, x: Tensor, index: int) -> Tensor:
+    """The input of module `index` (the output of modules 0..index-1) for data rows x."""
+    h = model_input(model, x)
+    for module in list(model)[:index]:
         h = module(h)
     return h
 
 
-class Fold(NamedTuple):
-    """Removed activations a_R are replaced by offset + coef @ a_K (coef None: offset only)."""
+def unit_view(u: Tensor, group: Group) -> Tensor:
+    """A consumer input (n, ...) as (n, units, positions): channels' maps or column blocks."""
+    return u.reshape(len(u), group.size, -1)
 
-    offset: Tensor  # (r,) for the r removed neurons
-    coef: Tensor | None = None  # (r, k) on the k kept neurons' activations
+
+class Fold(NamedTuple):
+    """Removed units' values u_R are replaced by offset + coef @ u_K (coef None: offset only);
+    one estimate per unit, shared by its positions."""
+
+    offset: Tensor  # (r,) for the r removed units
+    coef: Tensor | None = None  # (r, k) on the k kept units' values
+
+
+def _samples(x: Tensor, group: Group) -> Tensor:
+    """The data a fold looks at: every row for neurons, a fixed subset for feature maps."""
+    if group.kind == "channel" and len(x) > FOLD_SAMPLES:
+        return x[:FOLD_SAMPLES]
+    return x
 
 
 def _needs_data(x: Tensor | None, fold: str) -> Tensor:
@@ -62,32 +84,44 @@ def _needs_data(x: Tensor | None, fold: str) -> Tensor:
     return x
 
 
-def _fold_mean(model: MLP, layer: int, keep: Tensor, removed: Tensor, x: Tensor | None,
+def _rows(model: Net, group: Group, x: Tensor) -> Tensor:
+    """The consumer's input units as samples: (n·positions, units)."""
+    u = unit_view(value_at(model, _samples(x, group), group.consumer), group)  # (n, units, P)
+    return u.transpose(1, 2).reshape(-1, group.size) if u.shape[2] > 1 else u[:, :, 0]
+
+
+def _fold_mean(model: Net, group: Group, keep: Tensor, removed: Tensor, x: Tensor | None,
                box: Interval | None) -> Fold:
-    """Mean post-activation over the training inputs."""
-    return Fold(post_activations(model, _needs_data(x, "mean"), layer).mean(0)[removed])
+    """Mean value of each removed unit over the training inputs (and its positions)."""
+    return Fold(_rows(model, group, _needs_data(x, "mean")).mean(0)[removed])
 
 
-def _fold_mid(model: MLP, layer: int, keep: Tensor, removed: Tensor, x: Tensor | None,
+def _fold_mid(model: Net, group: Group, keep: Tensor, removed: Tensor, x: Tensor | None,
               box: Interval | None) -> Fold:
-    """Midpoint of the post-activation interval over the input box (default: the data box)."""
+    """Midpoint of each removed unit's value interval over the input box (default: data box)."""
     if box is None:
-        box = data_box(_needs_data(x, "mid"))
-    value = interval_sweep(model, box, seed="sum")[layer].value
-    return Fold(POST_ACTIVATION[model.activation](value).mid[removed])
+        flat = _needs_data(x, "mid").reshape(len(x), -1)
+        box = Interval(flat.amin(dim=0), flat.amax(dim=0))
+    value = box
+    value = Interval(model_input(model, value.lower[None]), model_input(model, value.upper[None]))
+    for module in list(model)[:group.consumer]:
+        value = RULES[type(module)].forward(module, value)
+    mid = unit_view(value.mid, group)[0].mean(dim=1)  # (units,)
+    return Fold(mid[removed])
 
 
-def _fold_linear(model: MLP, layer: int, keep: Tensor, removed: Tensor, x: Tensor | None,
+def _fold_linear(model: Net, group: Group, keep: Tensor, removed: Tensor, x: Tensor | None,
                  box: Interval | None) -> Fold:
-    """Least-squares prediction of the removed activations from the kept ones (ridge-damped).
+    """Least-squares prediction of the removed units' values from the kept ones (ridge-damped;
+    for channels position-wise, one coefficient per channel pair).
 
-    Centred ridge regression a_R - mean_R ≈ coef (a_K - mean_K), so constant neurons are folded
+    Centred ridge regression u_R - mean_R ≈ coef (u_K - mean_K), so constant units are folded
     exactly (coef = 0, offset = their value) and `mean` is the special case coef = 0.
     """
-    a = post_activations(model, _needs_data(x, "linear"), layer).double()  # (n, h)
+    a = _rows(model, group, _needs_data(x, "linear")).double()  # (samples, units)
     centred = a - a.mean(0)
     # One (h, h) scatter matrix, then its kept rows: half the time of gathering the kept and
-    # removed columns of the (n, h) activations and multiplying those.
+    # removed columns of the (n, h) values and multiplying those.
     scatter = (centred.T @ centred)[keep]  # (k, h)
     gram = scatter[:, keep] + RIDGE * len(a) * torch.eye(len(keep), dtype=a.dtype)
     coef = torch.linalg.solve(gram, scatter[:, removed]).T  # (r, k)
@@ -95,66 +129,121 @@ def _fold_linear(model: MLP, layer: int, keep: Tensor, removed: Tensor, x: Tenso
     return Fold(offset, coef)
 
 
-RIDGE = 1e-3  # per-sample ridge of the linear fold: keeps the solve stable for dead neurons
-POST_ACTIVATION = {"relu": Interval.relu, "sigmoid": Interval.sigmoid, "tanh": Interval.tanh}
-FoldFn = Callable[[MLP, int, Tensor, Tensor, Tensor | None, Interval | None], Fold]
+FoldFn = Callable[[Net, Group, Tensor, Tensor, Tensor | None, Interval | None], Fold]
 FOLDS: dict[str, FoldFn | None] = {
     "linear": _fold_linear, "mean": _fold_mean, "mid": _fold_mid, "none": None}
 
 
-@torch.no_grad()
-def shrink(model: MLP, keep: Sequence[Tensor], bias_fold: BiasFold = "linear",
-           data: Tensor | None = None, box: Interval | None = None) -> MLP:
-    """A new, smaller MLP keeping neurons `keep[l]` of each hidden layer l (order preserved).
+def _param(value: Tensor, like: nn.Parameter) -> nn.Parameter:
+    return nn.Parameter(value.to(like.dtype).contiguous(), requires_grad=like.requires_grad)
 
-    The removed neurons' contribution is folded into the next layer: their activations a_R
-    are replaced by an estimate from the data and W_{l+1}[:, R] a_R moves into the next layer's
-    bias (and, for "linear", onto the kept neurons' weights):
-    "linear": least-squares a_R ≈ offset + coef a_K over `data`; "mean": the mean
-    post-activation over `data`; "mid": the midpoint of the post-activation interval over `box`;
-    "none": nothing. Layers are cut one after another, so each fold sees the layers before it
-    already pruned. Inputs and outputs are never pruned; the input model is not modified.
+
+def _cut_producer(module: nn.Module, idx: Tensor) -> None:
+    """Keep output units `idx` of a Linear/Conv2d (rows or filters) or a BatchNorm (entries)."""
+    module.weight = _param(module.weight.detach()[idx], module.weight)
+    if module.bias is not None:
+        module.bias = _param(module.bias.detach()[idx], module.bias)
+    if isinstance(module, nn.Linear):
+        module.out_features = len(idx)
+    elif isinstance(module, nn.Conv2d):
+        module.out_channels = len(idx)
+    else:  # BatchNorm
+        module.num_features = len(idx)
+        module.running_mean = module.running_mean[idx].clone()
+        module.running_var = module.running_var[idx].clone()
+
+
+def _cut_consumer(module: nn.Module, group: Group, idx: Tensor, removed: Tensor,
+                  fold: Fold | None) -> None:
+    """Keep input units `idx` of the consumer and fold the removed units' estimate into it:
+    bias += Σ_p W[:, R, p] offset_R and W[:, K, p] += W[:, R, p] coef over positions p (the
+    column block of a unit across a Flatten, or a conv kernel's taps)."""
+    weight = module.weight.detach()
+    out = weight.shape[0]
+    bias = (module.bias.detach().clone() if module.bias is not None
+            else torch.zeros(out, dtype=weight.dtype))
+    # (out, units, positions): a Linear's unit-major column blocks or a Conv2d's kernel taps
+    units = weight.reshape(out, group.size, -1)
+    gone = units[:, removed].double()  # (out, r, P)
+    kept = units[:, idx].clone()  # (out, k, P)
+    if fold is not None:
+        if gone.shape[2] == 1:  # one position: plain matrix products (the MLP case)
+            bias = bias + (gone[..., 0] @ fold.offset.double()).to(bias.dtype)
+            if fold.coef is not None:
+                kept[..., 0] += (gone[..., 0] @ fold.coef.double()).to(kept.dtype)
+        else:
+            bias = bias + (gone.sum(2) @ fold.offset.double()).to(bias.dtype)
+            if fold.coef is not None:
+                kept += torch.einsum("orp,rk->okp", gone, fold.coef.double()).to(kept.dtype)
+    if isinstance(module, nn.Linear):
+        module.weight = _param(kept.reshape(out, -1), module.weight)
+        module.in_features = module.weight.shape[1]
+    else:
+        module.weight = _param(kept.reshape(out, len(idx), *weight.shape[2:]), module.weight)
+        module.in_channels = len(idx)
+    if module.bias is not None:
+        module.bias = _param(bias, module.bias)
+    elif fold is not None:  # a consumer without bias gets one to hold the fold
+        module.bias = nn.Parameter(bias)
+
+
+def _cut_inputs(model: Net, group: Group, idx: Tensor) -> list[nn.Module]:
+    """The modules of a Net that reads only input features `idx` (a Select before them)."""
+    modules = list(model)
+    if modules and isinstance(modules[0], Select):
+        chosen = modules[0].indices[idx]
+        n_in = modules[0].n_in
+        modules = modules[1:]
+    else:
+        chosen, n_in = idx, group.size
+    return [Select(chosen.tolist(), n_in), *modules]
+
+
+@torch.no_grad()
+def shrink(model: Net, keep: Sequence[Tensor], bias_fold: BiasFold = "linear",
+           data: Tensor | None = None, box: Interval | None = None,
+           inputs: bool = False) -> Net:
+    """A new, smaller Net keeping units `keep[g]` of each prunable group g (order preserved).
+
+    The removed units' contribution is folded into their consumer: their values u_R are replaced
+    by an estimate from the data, and W[:, R] u_R moves into the consumer's bias (and, for
+    "linear", onto the kept units' weights): "linear": least-squares u_R ≈ offset + coef u_K
+    over `data`; "mean": the mean value over `data`; "mid": the midpoint of the value interval
+    over `box`; "none": nothing. Groups are cut one after another, so each fold sees the groups
+    before it already pruned. With `inputs`, the first group is the input features.
     """
     if bias_fold not in FOLDS:
         raise ValueError(f"unknown bias_fold {bias_fold!r}; choose from {list(FOLDS)}")
-    hidden = model.hidden
-    if len(keep) != len(hidden):
-        raise ValueError(f"{len(keep)} keep-lists given for {len(hidden)} hidden layers")
+    found = groups(model, inputs)
+    if len(keep) != len(found):
+        raise ValueError(f"{len(keep)} keep-lists given for {len(found)} prunable groups")
     current = model
-    for layer, idx in enumerate(keep):
+    for g, idx in enumerate(keep):
+        group = groups(current, inputs)[g]
         idx = torch.as_tensor(idx, dtype=torch.long)
-        n = current.hidden[layer]
+        n = group.size
         if len(idx) == 0 or len(torch.unique(idx)) != len(idx) or idx.min() < 0 or idx.max() >= n:
-            raise ValueError(f"hidden layer {layer + 1}: keep-indices must be distinct, in "
-                             f"[0, {n}) and at least one")
+            raise ValueError(f"group {g + 1}: keep-indices must be distinct, in [0, {n}) and at "
+                             "least one")
         idx = idx.sort().values
         removed = torch.ones(n, dtype=torch.bool)
         removed[idx] = False
-        fold = FOLDS[bias_fold]
+        fold_fn = FOLDS[bias_fold]
         estimate = None
-        if fold is not None and removed.any():
-            estimate = fold(current, layer, idx, removed, data, box)
-        current = _cut(current, layer, idx, removed, estimate)
+        if fold_fn is not None and removed.any():
+            estimate = fold_fn(current, group, idx, removed, data, box)
+        current = _cut(current, group, idx, removed, estimate)
     return current
 
 
-def _cut(model: MLP, layer: int, idx: Tensor, removed: Tensor, fold: Fold | None) -> MLP:
-    """Remove all but `idx` from hidden layer `layer`, folding the removed ones' estimate."""
-    sizes = model.sizes
-    sizes[layer + 1] = len(idx)
-    smaller = MLP(sizes, model.activation).to(model.linears[0].weight.dtype)
-    linears, new = model.linears, smaller.linears
-    for i, (old, fresh) in enumerate(zip(linears, new, strict=True)):
-        weight, bias = old.weight.detach().clone(), old.bias.detach().clone()
-        if i == layer:  # rows of the pruned layer
-            weight, bias = weight[idx], bias[idx]
-        elif i == layer + 1:  # columns of the next layer, plus the folded contribution
-            gone = weight[:, removed].double()  # (n_out, r)
-            weight = weight[:, idx]
-            if fold is not None:
-                bias = bias + (gone @ fold.offset.double()).to(bias.dtype)
-                if fold.coef is not None:
-                    weight = weight + (gone @ fold.coef.double()).to(weight.dtype)
-        fresh.weight.copy_(weight)
-        fresh.bias.copy_(bias)
-    return smaller
+def _cut(model: Net, group: Group, idx: Tensor, removed: Tensor, fold: Fold | None) -> Net:
+    """A copy of `model` with group `group` cut to `idx` and the fold applied."""
+    modules = [copy.deepcopy(m) for m in model]
+    if group.producer is not None:
+        _cut_producer(modules[group.producer], idx)
+        for norm in group.batchnorms:
+            _cut_producer(modules[norm], idx)
+    _cut_consumer(modules[group.consumer], group, idx, removed, fold)
+    if group.kind == "input":
+        modules = _cut_inputs(Net(modules, model.input_shape), group, idx)
+    return Net(modules, model.input_shape)
