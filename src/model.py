@@ -79,7 +79,7 @@ def layer_table(model: Net) -> tuple[str, int, int]:
 
 def _function_layer(func: Any, args: tuple, kwargs: dict, result: Tensor) -> dict[str, Any]:
     """The layer spec of a functional call on the chain's tensor (TypeError if unsupported)."""
-    name = getattr(func, "__name__", repr(func))
+    name = getattr(func, "__name__", repr(func)).strip("_")
     for kind in ACTIVATIONS:
         if name in (kind, f"{kind}_"):
             return {"type": kind}
@@ -99,6 +99,10 @@ def _function_layer(func: Any, args: tuple, kwargs: dict, result: Tensor) -> dic
         return {"type": "dropout", "p": float(kwargs.get("p", args[1] if len(args) > 1 else 0.5))}
     raise TypeError(f"unsupported operation {name!r} in forward; IA-Prune imports chains of "
                     "Linear, Conv2d, BatchNorm, ReLU/Sigmoid/Tanh, pooling, flatten and dropout")
+
+
+class _Unsupported(Exception):
+    """Raised inside the recorder (a TypeError there would become Python's NotImplemented)."""
 
 
 class _Recorder(TorchFunctionMode):
@@ -138,12 +142,16 @@ class _Recorder(TorchFunctionMode):
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
         if self.depth == 0 and isinstance(result, Tensor) and args and args[0] is self.last:
-            self.steps.append((_function_layer(func, args, kwargs, result), None))
+            try:
+                self.steps.append((_function_layer(func, args, kwargs, result), None))
+            except TypeError as exc:
+                raise _Unsupported(str(exc)) from None
             self.last = result
         elif self.depth == 0 and isinstance(result, Tensor) and any(
                 a is self.last for a in (*args, *kwargs.values())):
             name = getattr(func, "__name__", repr(func))
-            raise TypeError(f"unsupported operation {name!r} on the chain's tensor")
+            raise _Unsupported(f"unsupported operation {name!r} on the chain's tensor; IA-Prune "
+                               "imports chains of supported layers only")
         return result
 
     def close(self) -> None:
@@ -168,6 +176,8 @@ def from_module(module: nn.Module, input_shape: Sequence[int], check: bool = Tru
     try:
         with torch.no_grad(), recorder:
             out = module(x)
+    except _Unsupported as exc:
+        raise TypeError(f"{type(module).__name__}: {exc}") from None
     finally:
         recorder.close()
         module.train(was_training)

@@ -1,13 +1,16 @@
-"""Neuron-scoring criteria: "interval_adjoint" (the default) and the baselines.
+"""Scoring criteria: "interval_adjoint" (the default) and the baselines.
 
-A criterion maps (model, ScoreData) to one 1-D score tensor per hidden layer; higher = keep.
-The interval-adjoint significance of neuron j of hidden layer l over an input box [x] is
+A criterion maps (model, ScoreData) to one 1-D score tensor per prunable group (src.groups), one
+score per unit; higher = keep. The interval-adjoint significance of unit j of a group over an
+input box [x] is
 
-    S_lj = width([z_l]_j) · max(|lo([z̄_l]_j)|, |hi([z̄_l]_j)|)
+    S_j = width([z]_j) · max(|lo([z̄]_j)|, |hi([z̄]_j)|)
 
-with [z_l] the interval pre-activation and [z̄_l] the interval adjoint ∂y/∂z_l (src.adjoint);
-for seed="per_output" it is maximised over the outputs y_k, and for a batch of boxes
-(box="samples") it is averaged over the boxes.
+with [z] the interval value of the unit (before its activation, or after it with
+measure="post") and [z̄] the interval adjoint ∂y/∂z (src.adjoint); for seed="per_output" it is
+maximised over the outputs y_k, for a conv channel it is aggregated over the channel's positions
+(`CHANNEL_AGGREGATE`), and for a batch of boxes (box="samples") it is averaged over the boxes.
+An input feature is scored the same way with the reverse sweep continued to the input.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from src.adjoint import MEASURES, SEEDS, Measure, Seed, chain, interval_sweep
+from src.adjoint import MEASURES, SEEDS, Measure, Seed, chain, sweep
+from src.groups import Group, groups
 from src.interval import Interval
-from src.model import MLP
+from src.spec import Net
 
 BoxKind = Literal["data", "samples"]
 SUBSET = 10_000  # taylor/apoz look at up to this many training samples, drawn with the seed
@@ -60,7 +64,7 @@ class ScoreData:
             raise ValueError(f"n_samples must be >= 1, got {self.n_samples}")
 
 
-Criterion = Callable[[MLP, ScoreData], list[Tensor]]
+Criterion = Callable[[Net, ScoreData, bool], list[Tensor]]
 
 
 # ---- boxes --------------------------------------------------------------------------------
@@ -101,41 +105,84 @@ def _box(data: ScoreData) -> Interval:
 
 # ---- criteria -----------------------------------------------------------------------------
 
-def interval_adjoint(model: nn.Module, box: Interval, seed: Seed = "per_output",
-                     measure: Measure = "pre") -> list[Tensor]:
-    """S = width([z]) · max(|lo [z̄]|, |hi [z̄]|) per hidden neuron, max over outputs for
-    "per_output", mean over boxes for a batch of boxes (box shape (batch, n_in)). With
-    measure="post", the post-activation a = φ(z) and its adjoint ā take the place of z and z̄."""
+CHANNEL_AGGREGATE = "sum"  # a conv channel's significance: sum over its positions
+
+
+def _per_unit(values: Tensor, group: Group) -> Tensor:
+    """(batch, units, ...) -> (batch, units): a channel's positions aggregated."""
+    if values.ndim == 2:
+        return values
+    flat = values.flatten(2)
+    return flat.sum(2) if CHANNEL_AGGREGATE == "sum" else flat.amax(2)
+
+
+def _value_index(group: Group, measure: Measure) -> int:
+    """Where a group's units are read in the sweep: values[i] is module i's input."""
+    if group.kind == "input":
+        return group.consumer
+    if measure == "post" and group.activation is not None:
+        return group.activation + 1
+    return group.output
+
+
+def interval_adjoint(model: Net, box: Interval, seed: Seed = "per_output",
+                     measure: Measure = "pre", inputs: bool = False) -> list[Tensor]:
+    """S = width([z]) · max(|lo [z̄]|, |hi [z̄]|) per unit of every group, max over outputs for
+    "per_output", aggregated over a channel's positions, mean over boxes for a batch of boxes
+    (box shape (batch, n_in)). With measure="post", the post-activation a = φ(z) and its
+    adjoint ā take the place of z and z̄."""
+    found = groups(model, inputs)
+    if not found:
+        return []
+    where = [_value_index(g, measure) for g in found]
+    batched = box.lower.ndim == 2
+    if not batched:
+        box = Interval(box.lower[None], box.upper[None])
+    box = Interval(_shaped(model, box.lower), _shaped(model, box.upper))
+    result = sweep(list(chain(model)), box, seed, lowest=min(where))
     scores = []
-    for value, adjoint in interval_sweep(model, box, seed, measure):
-        reach = adjoint.magnitude  # (..., n_out, n) or (..., n)
-        if seed == "per_output":
-            reach = reach.amax(dim=-2)
-        significance = value.width * reach  # (n,) or (batch, n)
-        scores.append(significance.mean(dim=0) if significance.ndim == 2 else significance)
+    for group, i in zip(found, where, strict=True):
+        value, adjoint = result.values[i], result.adjoints[i]
+        reach = adjoint.magnitude  # (batch, k, ...)
+        reach = reach.amax(dim=1) if seed == "per_output" else reach[:, 0]
+        significance = _per_unit(value.width * reach, group)  # (batch, units)
+        scores.append(significance.mean(dim=0) if batched else significance[0])
     return scores
 
 
-def _interval_adjoint_criterion(model: MLP, data: ScoreData) -> list[Tensor]:
-    return interval_adjoint(model, _box(data), data.seed_mode, data.measure)
+def _shaped(model: Net, x: Tensor) -> Tensor:
+    """Flat rows in the shape the Net's first module takes."""
+    return x.reshape(len(x), -1) if model.flat_input else x.reshape(len(x), *model.input_shape)
 
 
-def _hidden_linears(model: nn.Module) -> list[nn.Linear]:
-    """The Linear layers whose outputs are hidden neurons (all but the last)."""
-    return [m for m in chain(model) if isinstance(m, nn.Linear)][:-1]
+def _interval_adjoint_criterion(model: Net, data: ScoreData, inputs: bool) -> list[Tensor]:
+    return interval_adjoint(model, _box(data), data.seed_mode, data.measure, inputs)
+
+
+def _no_inputs(name: str, inputs: bool) -> None:
+    if inputs:
+        raise ValueError(f"criterion {name} has no input-feature form; choose interval_adjoint, "
+                         "random, magnitude, taylor or apoz to prune inputs")
 
 
 @torch.no_grad()
-def random_scores(model: MLP, data: ScoreData) -> list[Tensor]:
+def random_scores(model: Net, data: ScoreData, inputs: bool = False) -> list[Tensor]:
     """Uniform random scores from a generator seeded with data.seed (a control baseline)."""
     generator = torch.Generator().manual_seed(data.seed)
-    return [torch.rand(layer.out_features, generator=generator) for layer in _hidden_linears(model)]
+    return [torch.rand(g.size, generator=generator) for g in groups(model, inputs)]
 
 
 @torch.no_grad()
-def magnitude(model: MLP, data: ScoreData) -> list[Tensor]:
-    """L1 norm of each hidden neuron's incoming weights (the row of W_l; bias excluded)."""
-    return [layer.weight.abs().sum(dim=1) for layer in _hidden_linears(model)]
+def magnitude(model: Net, data: ScoreData, inputs: bool = False) -> list[Tensor]:
+    """L1 norm of each unit's incoming weights (a Linear's row, a Conv2d's filter; bias
+    excluded); an input feature's outgoing column of the first Linear."""
+    scores = []
+    for g in groups(model, inputs):
+        if g.producer is None:
+            scores.append(model[g.consumer].weight.abs().sum(dim=0))
+        else:
+            scores.append(model[g.producer].weight.abs().flatten(1).sum(dim=1))
+    return scores
 
 
 def _subset(data: ScoreData) -> tuple[Tensor, Tensor]:
@@ -146,39 +193,53 @@ def _subset(data: ScoreData) -> tuple[Tensor, Tensor]:
     return data.x[rows], data.y[rows]
 
 
-def _hidden_outputs(model: nn.Module, x: Tensor) -> tuple[list[Tensor], Tensor]:
-    """(the input of every Linear but the first = the hidden neurons' outputs, the logits)."""
-    inputs, h = [], x
-    for module in chain(model):
-        if isinstance(module, nn.Linear):
-            inputs.append(h)
+def _consumer_inputs(model: Net, x: Tensor, found: list[Group]) -> tuple[list[Tensor], Tensor]:
+    """(each group's consumer input = its units' values after activation etc., the logits)."""
+    wanted = {g.consumer for g in found}
+    seen, h = {}, _shaped(model, x)
+    for i, module in enumerate(chain(model)):
+        if i in wanted:
+            seen[i] = h
         h = module(h)
-    return inputs[1:], h
+    return [seen[g.consumer] for g in found], h
 
 
-def taylor(model: MLP, data: ScoreData) -> list[Tensor]:
-    """|mean over samples of a · ∂L/∂a| per hidden neuron output a, L the per-sample
+def _unit_values(a: Tensor, group: Group) -> Tensor:
+    """A consumer input (n, ...) as (n, units, positions)."""
+    return a.reshape(len(a), group.size, -1)
+
+
+def taylor(model: Net, data: ScoreData, inputs: bool = False) -> list[Tensor]:
+    """|mean over samples (and positions) of a · ∂L/∂a| per unit output a, L the per-sample
     cross-entropy (Molchanov et al. 2017, first-order Taylor), on up to SUBSET samples."""
     x, y = _subset(data)
+    found = groups(model, inputs)
     dtype = next(model.parameters()).dtype
     with torch.enable_grad():
         x = x.to(dtype).detach().requires_grad_(True)  # keeps the graph even for frozen weights
-        outputs, logits = _hidden_outputs(model, x)
+        outputs, logits = _consumer_inputs(model, x, found)
         loss = F.cross_entropy(logits, y, reduction="sum")  # per-sample gradients, not / n
         grads = torch.autograd.grad(loss, outputs)
-    return [(a * g).mean(dim=0).abs().detach() for a, g in zip(outputs, grads, strict=True)]
+    scores = []
+    for g, a, grad in zip(found, outputs, grads, strict=True):
+        product = _unit_values(a * grad, g).mean(dim=0)  # (units, positions)
+        scores.append(product.mean(dim=1).abs().detach())
+    return scores
 
 
 @torch.no_grad()
-def apoz(model: MLP, data: ScoreData) -> list[Tensor]:
-    """1 - APoZ: the fraction of samples (up to SUBSET) on which a hidden ReLU output is
-    non-zero (Hu et al. 2016: a high average percentage of zeros means unimportant). ReLU only."""
+def apoz(model: Net, data: ScoreData, inputs: bool = False) -> list[Tensor]:
+    """1 - APoZ: the fraction of samples (and positions) on which a unit's ReLU output is
+    non-zero (Hu et al. 2016: a high average percentage of zeros means unimportant). ReLU
+    only; for input features, the fraction of non-zero inputs."""
     others = sorted({type(m).__name__ for m in chain(model) if type(m) in (nn.Sigmoid, nn.Tanh)})
     if others:
         raise ValueError(f"apoz counts zero activations and needs ReLU; the model uses {others}")
     x, _ = _subset(data)
-    outputs, _ = _hidden_outputs(model, x.to(next(model.parameters()).dtype))
-    return [(a != 0).to(a.dtype).mean(dim=0) for a in outputs]
+    found = groups(model, inputs)
+    outputs, _ = _consumer_inputs(model, x.to(next(model.parameters()).dtype), found)
+    return [(_unit_values(a, g) != 0).to(a.dtype).mean(dim=0).mean(dim=1)
+            for g, a in zip(found, outputs, strict=True)]
 
 
 def geometric_median(points: Tensor, iterations: int = 200, tol: float = 1e-7) -> Tensor:
@@ -196,13 +257,15 @@ def geometric_median(points: Tensor, iterations: int = 200, tol: float = 1e-7) -
 
 
 @torch.no_grad()
-def fpgm(model: MLP, data: ScoreData) -> list[Tensor]:
-    """Distance of each hidden neuron's incoming weight row to the layer's geometric median
-    (He et al. 2019: neurons near the median are replaceable by the others)."""
+def fpgm(model: Net, data: ScoreData, inputs: bool = False) -> list[Tensor]:
+    """Distance of each unit's incoming weights (row or filter) to the group's geometric median
+    (He et al. 2019: units near the median are replaceable by the others)."""
+    _no_inputs("fpgm", inputs)
     scores = []
-    for layer in _hidden_linears(model):
-        rows = layer.weight.double()  # Weiszfeld is sensitive to rounding near the median
-        scores.append((rows - geometric_median(rows)).norm(dim=1).to(layer.weight.dtype))
+    for g in groups(model):
+        weight = model[g.producer].weight
+        rows = weight.flatten(1).double()  # Weiszfeld is sensitive to rounding near the median
+        scores.append((rows - geometric_median(rows)).norm(dim=1).to(weight.dtype))
     return scores
 
 
@@ -216,8 +279,10 @@ CRITERIA: dict[str, Criterion] = {
 }
 
 
-def score(name: str, model: MLP, data: ScoreData) -> list[Tensor]:
-    """Scores of criterion `name` (one 1-D tensor per hidden layer, higher = keep)."""
+def score(name: str, model: Net, data: ScoreData, inputs: bool = False) -> list[Tensor]:
+    """Scores of criterion `name`: one 1-D tensor per prunable group (with `inputs`, the input
+    features first), higher = keep."""
     if name not in CRITERIA:
         raise ValueError(f"unknown criterion {name!r}; choose from {list(CRITERIA)}")
-    return CRITERIA[name](model, data)
+    chain(model)  # an unsupported module is a TypeError naming it, for every criterion
+    return CRITERIA[name](model, data, inputs)
