@@ -10,38 +10,21 @@ import io
 import math
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from src.errors import UserError
+from src.files import atomic_write, first_line
 from src.spec import Net, SpecError, build, mlp, spec_of
 
 FORMAT = "ia-prune/2"
 LEGACY_FORMAT = "ia-prune/1"  # an MLP by its sizes and activation
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A file that is missing, truncated, corrupt or not an IA-Prune checkpoint."""
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write `data` to `path` via a temp file in its folder + os.replace (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_checkpoint(path: str | os.PathLike, model: Net, **meta: Any) -> Path:
@@ -60,11 +43,6 @@ def save_checkpoint(path: str | os.PathLike, model: Net, **meta: Any) -> Path:
     return atomic_write(path, buffer.getvalue())
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load and validate a best_model.pth with weights_only=True; errors name the file."""
     path = Path(path)
@@ -74,9 +52,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"{path}: refused to load (not plain tensors/values): "
-                              f"{_first_line(exc)}") from None
+                              f"{first_line(exc)}") from None
     except Exception as exc:  # torch raises many kinds (RuntimeError, KeyError, EOFError...)
-        first = _first_line(exc)
+        first = first_line(exc)
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({first})") from None
     if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, LEGACY_FORMAT):
         raise CheckpointError(f"{path}: not an IA-Prune checkpoint (expected format {FORMAT!r})")
@@ -100,7 +78,7 @@ def checkpoint_spec(checkpoint: dict[str, Any], source: str | os.PathLike = "") 
             return mlp(shape, sizes[-1], sizes[1:-1], checkpoint["activation"])
         return {"input": list(info["shape"]), "layers": checkpoint["spec"]}
     except (SpecError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{source}: bad architecture ({_first_line(exc)})") from None
+        raise CheckpointError(f"{source}: bad architecture ({first_line(exc)})") from None
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any], source: str | os.PathLike = "") -> Net:
@@ -111,7 +89,7 @@ def model_from_checkpoint(checkpoint: dict[str, Any], source: str | os.PathLike 
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except (RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{source}: weights do not fit the recorded architecture "
-                              f"({_first_line(exc)})") from None
+                              f"({first_line(exc)})") from None
     return model.eval()
 
 

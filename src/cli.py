@@ -1,22 +1,21 @@
-"""Shared command-line behaviour: expected errors become one line and exit code 2."""
+"""Shared command-line behaviour: the project's own errors become one line and exit code 2."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 
+from src.errors import UserError
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-class UserError(ValueError):
-    """A problem with the user's input or files, reported as one line (never a traceback)."""
-
-
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run a command's main(); ValueError/TypeError/OSError become `error: ...` and exit code 2."""
+    """Run a command's main(); a UserError becomes `error: ...` and exit code 2. Any other
+    exception is a bug and keeps its traceback."""
     try:
         return main(argv) or 0
-    except (ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

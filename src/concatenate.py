@@ -19,7 +19,8 @@ from pathlib import Path
 from matplotlib.axes import Axes
 
 from src import cli
-from src.checkpoint import atomic_write
+from src.errors import UserError
+from src.files import atomic_write
 from src.plotting import COLORS, log_axis, new_figure, plain_number, save_figure
 
 VALIDATION_COLUMNS = ("Train_Loss", "Test_Loss", "Train_Accuracy", "Test_Accuracy",
@@ -45,7 +46,7 @@ COMPARE_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564
 Value = float | int | str
 
 
-class ResultsError(cli.UserError):
+class ResultsError(UserError):
     """A results file or folder that cannot be used; the message is one line naming it."""
 
 

@@ -129,8 +129,10 @@ class PruneConfig:
     """Every setting of a pruning run; saved to config.json and re-read on resume."""
 
     dataset: Dataset = setting("mnist", "dataset")
-    arch: str = setting("mlp", "architecture: a preset (mlp, lenet5, cnn3) or a JSON spec file")
-    hidden: tuple[int, ...] = setting((256, 64), "hidden layer sizes of the mlp architecture")
+    arch: str | None = setting(None, "architecture: a preset (mlp, lenet5, cnn3) or a JSON spec "
+                                     "file [mlp; with only --base-model given, its own]")
+    hidden: tuple[int, ...] | None = setting(None, "hidden layer sizes of the mlp architecture "
+                                                   "[256 64]")
     activation: Activation = setting("relu", "activation of the mlp architecture")
     mode: Mode = setting("iterative", "iterative (re-score each pruned model) or one-shot "
                                       "(score the base model once)")
@@ -145,7 +147,8 @@ class PruneConfig:
     scoring: Scoring = field(default_factory=Scoring)
 
     def __post_init__(self):
-        object.__setattr__(self, "hidden", tuple(self.hidden))
+        if self.hidden is not None:
+            object.__setattr__(self, "hidden", tuple(self.hidden))
         _check_choices(self)
         for name, defaults in dataset_defaults(self.dataset).items():  # fill unset ones
             section = getattr(self, name)
@@ -156,7 +159,7 @@ class PruneConfig:
 
     def to_json(self) -> dict[str, Any]:
         values = asdict(self)
-        values["hidden"] = list(self.hidden)
+        values["hidden"] = None if self.hidden is None else list(self.hidden)
         return values
 
     @classmethod
@@ -293,20 +296,20 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
-def apply(config: PruneConfig, given: dict[str, Any]) -> PruneConfig:
-    """`config` with the settings in {flag: value} replaced."""
+def apply(config: PruneConfig | None, given: dict[str, Any]) -> PruneConfig:
+    """`config` (None: the defaults) with the settings in {flag: value} replaced; settings
+    whose default depends on the dataset get the given dataset's default when not set."""
     flags = {flag.flag: flag for flag in all_flags()}
-    top, sections = {}, {name: {} for name in SECTIONS}
+    nested: dict[str, Any] = config.to_json() if config is not None else {}
+    for section in SECTIONS:  # the nested form, never mistaken for an earlier flat one
+        nested.setdefault(section, {})
     for name, value in given.items():
         flag = flags[name]
         if flag.section is None:
-            top[flag.field.name] = value
+            nested[flag.field.name] = value
         else:
-            sections[flag.section][flag.field.name] = value
-    for name, changes in sections.items():
-        if changes:
-            top[name] = replace(getattr(config, name), **changes)
-    return replace(config, **top)
+            nested.setdefault(flag.section, {})[flag.field.name] = value
+    return PruneConfig.from_json(nested, "settings")
 
 
 def value_of(config: PruneConfig, flag: str) -> Any:

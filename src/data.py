@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from src.checkpoint import atomic_write
+from src.files import atomic_write
 
 DEFAULT_ROOT = "data"
 ROOT_ENV = "IAPRUNE_DATA"

@@ -12,7 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from src.checkpoint import atomic_write
+from src.files import atomic_write
 
 DPI = 120
 # One colour per quantity, used by every plot so that "test" looks the same everywhere.

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from src import cli
-from src.checkpoint import atomic_write
+from src.errors import UserError
+from src.files import atomic_write
 from src.model import hidden_label
 from src.plotting import COLORS, log_axis, new_figure, save_figure
 
@@ -25,7 +26,7 @@ PERCENT_SLACK = 0.5  # a written perNodesRetained may be rounded (e.g. to an int
 LAYER_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
 
 
-class ScheduleError(cli.UserError):
+class ScheduleError(UserError):
     """A retain.txt that cannot be used; the message is one line `FILE:LINE: problem`."""
 
 

@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from src.checkpoint import atomic_write
 from src.concatenate import read_validation_results
+from src.files import atomic_write
 from src.trainer import TRAIN_COLUMNS
 
 INSTALL = "pip install mlflow-skinny sqlalchemy alembic (or mlflow, which also has the `mlflow ui`)"

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from src.checkpoint import atomic_write
 from src.data import Dataset
+from src.files import atomic_write
 from src.validator import evaluate_split
 
 TRAIN_COLUMNS = ("Epoch", "TrainLoss", "TrainAccuracy", "ValLoss", "ValAccuracy",

@@ -1,0 +1,410 @@
+"""The IterativePruning engine as a library: `run(config, session) -> Results`.
+
+Iteration 0 trains the base model (or takes `base_model`). Iteration i takes iteration i-1's
+best_model.pth (iterative mode) or the base model (one-shot mode), scores every unit of every
+prunable group, keeps schedule row i's units per group, folds the removed ones into their
+consumer, records the accuracy before retraining, retrains and writes
+`<session>/<mode>/<i>/prune_w_retrain/` (src.session: written into a .partial folder and renamed
+into place only when complete). Every random stream is derived from (seed, iteration), so a
+resumed run gives the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from src import __version__
+from src.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from src.concatenate import Concatenation, concatenate, write_validation_results
+from src.config import PruneConfig, differences, dumps, value_of
+from src.data import Dataset, load_dataset
+from src.errors import UserError
+from src.files import atomic_write
+from src.groups import units
+from src.model import hidden_label, layer_table
+from src.prune import keep_indices, shrink
+from src.retain import ScheduleRow, geometric_schedule, read_schedule, write_schedule
+from src.session import Session, SessionError, check_session_folder
+from src.significance import ScoreData, score
+from src.spec import Net, build, describe, resolve_arch, spec_of
+from src.tracking import NullTracker, Tracker
+from src.trainer import TrainConfig, train
+from src.validator import Metrics, evaluate, evaluate_split
+
+DEFAULT_RETAIN = Path("retain/retain.txt")
+DEFAULT_HIDDEN = (256, 64)  # the thesis MLP's hidden sizes
+# Settings a resumed run may change; every other setting must match the session's config.json.
+CHANGEABLE = {"--max-accuracy-drop"}
+
+
+class EngineError(UserError):
+    """A run that cannot start or go on: a conflicting setting, a checkpoint that does not fit."""
+
+
+@dataclass(frozen=True)
+class Results:
+    """What `run` did: the rows of the iterations it ran and the gathered results."""
+
+    session: Session
+    config: PruneConfig
+    schedule: list[ScheduleRow]
+    rows: list[dict[str, Any]]  # one per iteration run now (validation columns + Epochs, Seconds)
+    resumed: bool
+    concatenation: Concatenation | None  # None when nothing could be written
+
+    @property
+    def recommended(self) -> Path | None:
+        return None if self.concatenation is None else self.concatenation.recommended_path
+
+
+def iteration_seed(seed: int, iteration: int) -> int:
+    """The seed of iteration `iteration`'s random streams: the same on resume as uninterrupted."""
+    return seed * 1_000_003 + iteration
+
+
+def train_config(config: PruneConfig, iteration: int) -> TrainConfig:
+    """Training settings of `iteration` (0 = base training), seeded by (seed, iteration)."""
+    seed = iteration_seed(config.seed, iteration)
+    if iteration == 0:
+        t = config.training
+        return TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
+                           patience=t.patience, seed=seed, shift=t.shift,
+                           label_smoothing=t.label_smoothing)
+    r = config.retraining
+    return TrainConfig(epochs=r.epochs, batch_size=r.batch_size, lr=r.lr, patience=r.patience,
+                       seed=seed, shift=r.shift, label_smoothing=r.label_smoothing,
+                       warmup_epochs=0.0, temperature=r.temperature,
+                       distill=r.distill if r.teacher != "none" else 0.0)
+
+
+def read_config(session: Session) -> PruneConfig | None:
+    """The settings saved in a session's config.json (None for a new session)."""
+    if not session.config.is_file():
+        return None
+    try:
+        saved = json.loads(session.config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SessionError(f"{session.config}: not valid JSON ({exc})") from None
+    if not isinstance(saved, dict):
+        raise SessionError(f"{session.config}: not a settings object")
+    return PruneConfig.from_json(saved, str(session.config))
+
+
+def model_spec(config: PruneConfig, data: Dataset, session: Session,
+               resumed: bool) -> dict[str, Any]:
+    """The architecture of the base model: a resumed session's iteration 0; else --arch (an
+    mlp of --hidden sizes by default); else, when only --base-model is given, its own."""
+    if resumed:
+        return spec_of(model_from_checkpoint(load_checkpoint(session.checkpoint(0)),
+                                             session.checkpoint(0)))
+    if config.base_model and config.arch is None and config.hidden is None:
+        return spec_of(model_from_checkpoint(load_checkpoint(config.base_model),
+                                             config.base_model))
+    return resolve_arch(config.arch or "mlp", data.input_shape, data.num_classes,
+                        config.hidden or DEFAULT_HIDDEN, config.activation)
+
+
+class IterativePruning:
+    """Runs the schedule's iterations for one session; see the module docstring."""
+
+    def __init__(self, config: PruneConfig, session: Session, schedule: list[ScheduleRow],
+                 data: Dataset, spec: dict[str, Any], quiet: bool = False,
+                 log: Callable[[str], Any] = print, tracker: Tracker | None = None):
+        self.config, self.session, self.schedule, self.data = config, session, schedule, data
+        self.spec = spec
+        self.quiet, self.log = quiet, log
+        self.tracker = tracker or NullTracker()
+        self._base: Net | None = None
+        self._base_scores: list[torch.Tensor] | None = None
+        self._val_accuracy: dict[int, float] = {}  # iteration -> its kept model's val accuracy
+
+    # ----------------------------------------------------------------------------- models
+    def load(self, i: int) -> Net:
+        """The kept model of iteration i, checked against this run's dataset and schedule."""
+        path = self.session.checkpoint(i)
+        checkpoint = load_checkpoint(path)
+        model = model_from_checkpoint(checkpoint, path)
+        self.check_fits(model, checkpoint, path)
+        expected = list(self.schedule[i].neurons)
+        if units(model) != expected:
+            raise EngineError(f"{path}: units {hidden_label(units(model))} do not match "
+                              f"schedule row {i} ({hidden_label(expected)})")
+        metrics = checkpoint.get("metrics")
+        if not isinstance(metrics, dict) or "val_accuracy" not in metrics:
+            raise EngineError(f"{path}: checkpoint lacks the metrics an iteration records")
+        self._val_accuracy[i] = float(metrics["val_accuracy"])
+        return model
+
+    def val_accuracy(self, i: int) -> float:
+        """Validation accuracy of iteration i's kept model (its checkpoint is read at most once)."""
+        if i not in self._val_accuracy:
+            self.load(i)
+        return self._val_accuracy[i]
+
+    def check_fits(self, model: Net, checkpoint: dict, path, exact: bool = False) -> None:
+        """Refuse a checkpoint of another dataset or architecture than this run's (with
+        `exact`, every layer size must match too: a base model)."""
+        c, d = self.config, self.data
+        if checkpoint.get("dataset", c.dataset) != c.dataset:
+            raise EngineError(f"{path}: trained on {checkpoint['dataset']!r}, this run uses "
+                              f"{c.dataset!r}")
+        theirs = spec_of(model)
+        if math.prod(theirs["input"]) != d.n_features or \
+                theirs["layers"][-1]["out"] != d.num_classes:
+            raise EngineError(f"{path}: model ({describe(theirs)}) does not fit {c.dataset} "
+                              f"({d.n_features} inputs, {d.num_classes} classes)")
+        same = (theirs["layers"] == self.spec["layers"] if exact else
+                [x["type"] for x in theirs["layers"]] == [x["type"] for x in self.spec["layers"]])
+        if not same:
+            raise EngineError(f"{path}: architecture {describe(theirs)} is not this run's "
+                              f"({describe(self.spec)})")
+
+    def base(self) -> Net:
+        if self._base is None:
+            self._base = self.load(0)
+        return self._base
+
+    # ----------------------------------------------------------------------------- steps
+    def scores(self, model: Net, i: int) -> list[torch.Tensor]:
+        """Unit significances for iteration i (one-shot: the base model's, computed once)."""
+        c = self.config
+        data = ScoreData(self.data.train.x, self.data.train.y, seed=iteration_seed(c.seed, i),
+                         seed_mode=c.scoring.seed_mode, box=c.scoring.box,
+                         measure=c.scoring.measure)
+        if c.mode == "one-shot":
+            if self._base_scores is None:
+                self._base_scores = score(c.scoring.criterion, self.base(), replace(
+                    data, seed=iteration_seed(c.seed, 0)))
+            return self._base_scores
+        return score(c.scoring.criterion, model, data)
+
+    def run_base(self) -> dict[str, Any]:
+        """Iteration 0: train the base model (or take base_model) and write its folder."""
+        c, folder = self.config, self.session.partial(0)
+        started = time.perf_counter()
+        if c.base_model:
+            checkpoint = load_checkpoint(c.base_model)
+            model = model_from_checkpoint(checkpoint, c.base_model)
+            self.check_fits(model, checkpoint, c.base_model, exact=True)
+            train(model, self.data, replace(train_config(c, 0), epochs=0), quiet=True,
+                  log_path=folder / "train_results.txt")
+            epochs = 0
+        else:
+            model = build(self.spec, seed=iteration_seed(c.seed, 0))
+            result = train(model, self.data, train_config(c, 0), quiet=self.quiet,
+                           log_path=folder / "train_results.txt", desc="base model")
+            epochs = result.epochs_run
+        metrics = evaluate(model, self.data)
+        row = self.write_iteration(0, model, metrics, metrics.test_accuracy, epochs,
+                                   time.perf_counter() - started)
+        self._base = model
+        return row
+
+    def run_iteration(self, i: int) -> dict[str, Any]:
+        """Iteration i >= 1: score, shrink to schedule row i, retrain, write the folder."""
+        c, row = self.config, self.schedule[i]
+        started = time.perf_counter()
+        source = self.load(i - 1) if c.mode == "iterative" else self.base()
+        if any(n > h for n, h in zip(row.neurons, units(source), strict=True)):
+            raise EngineError(f"schedule row {i} ({hidden_label(row.neurons)}) is larger than "
+                              f"the model it prunes ({hidden_label(units(source))})")
+        keep = keep_indices(self.scores(source, i), row.neurons)
+        model = shrink(source, keep, bias_fold=c.scoring.bias_fold, data=self.data.train.x)
+        _, no_retrain = evaluate_split(model, self.data.test)
+        teacher = {"base": self.base, "previous": lambda: source,
+                   "none": lambda: None}[c.retraining.teacher]
+        # Retraining stops early once the pruned model is back at the accuracy of the model it
+        # was pruned from: most of the budget goes where pruning did damage.
+        parent_val = self.val_accuracy(i - 1 if c.mode == "iterative" else 0)
+        result = train(model, self.data, train_config(c, i), teacher=teacher(),
+                       quiet=self.quiet, log_path=self.session.partial(i) / "train_results.txt",
+                       desc=f"retrain {hidden_label(row.neurons)}", stop_at_accuracy=parent_val)
+        metrics = evaluate(model, self.data)
+        return self.write_iteration(i, model, metrics, no_retrain, result.epochs_run,
+                                    time.perf_counter() - started)
+
+    def write_iteration(self, i: int, model: Net, metrics: Metrics, no_retrain: float,
+                        epochs: int, seconds: float) -> dict[str, Any]:
+        """Write iteration i's files into its .partial folder, then rename it into place."""
+        c, d, folder = self.config, self.data, self.session.partial(i)
+        table, params, macs = layer_table(model)
+        percent = self.schedule[i].percent
+        kept = units(model)
+        save_checkpoint(folder / "best_model.pth", model, dataset=c.dataset,
+                        val_size=len(d.val), split_seed=0, input=d.input_info(),
+                        classes=list(d.classes), iteration=i, hidden=kept,
+                        percent_retained=percent, metrics=metrics.as_dict(),
+                        no_retrain_test_accuracy=no_retrain, params=params, macs=macs,
+                        criterion=c.scoring.criterion, mode=c.mode, version=__version__)
+        atomic_write(folder / "summary.txt",
+                     f"Iteration {i}: units {hidden_label(kept)} ({percent:.2f}% of prunable "
+                     f"units)\narchitecture: {describe(spec_of(model))}\n\n{table}")
+        values = {"Train_Loss": metrics.train_loss, "Test_Loss": metrics.test_loss,
+                  "Train_Accuracy": metrics.train_accuracy,
+                  "Test_Accuracy": metrics.test_accuracy, "PercentageRetain": percent,
+                  "Val_Loss": metrics.val_loss, "Val_Accuracy": metrics.val_accuracy,
+                  "NoRetrain_Test_Accuracy": no_retrain, "Hidden": hidden_label(kept),
+                  "Params": params, "MACs": macs}
+        write_validation_results(folder / "validation_results.txt", values)  # written last
+        self._val_accuracy[i] = metrics.val_accuracy
+        self.session.commit(i)
+        return {"iteration": i, **values, "Epochs": epochs, "Seconds": seconds}
+
+    def run(self, begin: int) -> list[dict[str, Any]]:
+        """Run iterations begin..end; stop early on max_accuracy_drop. Returns their rows."""
+        rows, c = [], self.config
+        for i in range(begin, len(self.schedule)):
+            self.session.abandon(i)  # leftovers of a killed run are never mixed into a new one
+            try:
+                row = self.run_base() if i == 0 else self.run_iteration(i)
+            except BaseException:
+                self.session.abandon(i)
+                raise
+            rows.append(row)
+            self.log(progress_line(row, len(self.schedule) - 1))
+            self.tracker.iteration(i, row, self.session.final(i))
+            base_val = self.val_accuracy(0)
+            if c.max_accuracy_drop is not None and row["Val_Accuracy"] < base_val - \
+                    c.max_accuracy_drop:
+                self.log(f"stopping: validation accuracy {row['Val_Accuracy']:.2f}% is more than "
+                         f"{c.max_accuracy_drop} points below the base model's {base_val:.2f}%")
+                break
+        return rows
+
+
+def progress_line(row: dict[str, Any], last: int) -> str:
+    """One line per finished iteration."""
+    i = row["iteration"]
+    what = "base model" if i == 0 else f"no-retrain {row['NoRetrain_Test_Accuracy']:6.2f}%"
+    return (f"[{i:>2}/{last}] units {row['Hidden']:>9} ({row['PercentageRetain']:6.2f}%)  "
+            f"{what:<21}  test {row['Test_Accuracy']:6.2f}%  val {row['Val_Accuracy']:6.2f}%  "
+            f"{row['Epochs']:>2} epochs {row['Seconds']:6.1f}s")
+
+
+# --------------------------------------------------------------------------------- run
+
+def _schedule(config: PruneConfig, session: Session, resumed: bool, retain: Path | None,
+              first: list[int], log) -> list[ScheduleRow]:
+    """The schedule: the session's copy on resume (a --retain file must then be identical),
+    else `retain`, else the default file if it fits the model, else the default geometric
+    schedule. Its first row must be the unpruned model's units."""
+    if resumed:
+        schedule = read_schedule(session.retain)
+        if retain is not None and read_schedule(retain) != schedule:
+            raise EngineError(f"{session.root} already has its schedule ({session.retain}) and "
+                              f"{retain} differs from it; leave out --retain to resume, or use "
+                              "a new --session")
+        path, explicit = session.retain, True
+    else:
+        path = retain if retain is not None else DEFAULT_RETAIN
+        explicit = retain is not None
+        if not (explicit or path.is_file()):
+            path = None
+        schedule = read_schedule(path) if path is not None else None
+    if schedule is not None:
+        if list(schedule[0].neurons) == first:
+            return schedule
+        if explicit:
+            raise EngineError(f"{path}: first row {hidden_label(schedule[0].neurons)} does not "
+                              f"match the model's units {hidden_label(first)}")
+    log(f"note: no schedule for units {hidden_label(first)} at {path or DEFAULT_RETAIN}; using "
+        "the default geometric schedule (q=0.8; see python -m src.retain)")
+    return geometric_schedule(first)
+
+
+def resolve(config: PruneConfig, session: Session) -> tuple[PruneConfig, bool]:
+    """(the config to run, whether the session is resumed). A session that holds a complete
+    iteration keeps its settings (a real difference is an error naming the flags); one that
+    holds none may be started again with other settings."""
+    saved = read_config(session)
+    if saved is None:
+        return config, False
+    started = Session(session.root, saved.mode).last_complete() >= 0
+    if not started:
+        return config, False
+    conflicts = [f"{flag} {_show(value_of(config, flag))} (session has "
+                 f"{_show(value_of(saved, flag))})"
+                 for flag in differences(config, saved) if flag not in CHANGEABLE]
+    if conflicts:
+        raise EngineError(f"{session.root} was run with other settings: {'; '.join(conflicts)}. "
+                          "Leave these flags out to resume, or use a new --session")
+    return config, True
+
+
+def _show(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None = None,
+        begin: int | None = None, data_root: str | Path | None = None,
+        tracker: Tracker | None = None, quiet: bool = False,
+        log: Callable[[str], Any] = print) -> Results:
+    """Run or resume a pruning session. Every check that can fail runs before anything is
+    written: settings, schedule, data, checkpoints, the criterion on the model."""
+    root = Path(session)
+    check_session_folder(root)
+    config, resumed = resolve(config, Session(root, config.mode))
+    session = Session(root, config.mode)
+    data = load_dataset(config.dataset, data_root, val_size=config.val_size)
+    spec = model_spec(config, data, session, resumed)
+    probe = build(spec)
+    schedule = _schedule(config, session, resumed, Path(retain) if retain else None,
+                         units(probe), log)
+    last = session.last_complete() if resumed else -1
+    if begin is not None:
+        if not 0 <= begin < len(schedule):
+            raise EngineError(f"--begin-itr must be between 0 and {len(schedule) - 1}")
+        if begin > last + 1:
+            have = ("no iteration is complete yet" if last < 0
+                    else f"the last complete iteration is {last}")
+            raise EngineError(f"--begin-itr {begin} needs iteration {begin - 1}'s checkpoint, "
+                              f"but {have}; run without --begin-itr to start at iteration "
+                              f"{last + 1}")
+    else:
+        begin = last + 1
+    engine = IterativePruning(config, session, schedule, data, spec, quiet, log, tracker)
+    if begin > 0:
+        engine.load(begin - 1)  # a missing or invalid checkpoint is an error before any write
+        engine.base()
+    elif config.base_model:
+        checkpoint = load_checkpoint(config.base_model)
+        engine.check_fits(model_from_checkpoint(checkpoint, config.base_model), checkpoint,
+                          config.base_model, exact=True)
+    # The criterion must work on this architecture (e.g. apoz needs ReLU): find out now, not
+    # after training the base model.
+    sample = data.train
+    score(config.scoring.criterion, probe, ScoreData(sample.x[:64], sample.y[:64],
+                                                     measure=config.scoring.measure))
+    tracker = tracker or NullTracker()
+    if begin >= len(schedule):
+        log(f"{session.mode_dir}: all {len(schedule)} iterations are complete; "
+            "use --begin-itr K to redo from K")
+        tracker.start(session.config, config.to_json(), begin)  # lets tracking catch up
+        result = concatenate(session.mode_dir, quiet=quiet)
+        tracker.finish(result.outputs[0].parent)
+        return Results(session, config, schedule, [], resumed, result)
+    if not resumed:
+        atomic_write(session.config, dumps(config, version=__version__))
+        write_schedule(schedule, session.retain)
+    log(f"session {session.root} ({config.mode}, {config.scoring.criterion}): iterations "
+        f"{begin}..{len(schedule) - 1}" + (" (resumed)" if resumed else ""))
+    tracker.start(session.config, config.to_json(), begin)
+    try:
+        rows = engine.run(begin)
+    except KeyboardInterrupt:
+        tracker.finish(None, status="KILLED")
+        raise
+    except BaseException:
+        tracker.finish(None, status="FAILED")
+        raise
+    result = concatenate(session.mode_dir, quiet=True)
+    tracker.finish(result.outputs[0].parent)
+    return Results(session, config, schedule, rows, resumed, result)
