@@ -21,25 +21,23 @@ from matplotlib.axes import Axes
 from src import cli
 from src.errors import UserError
 from src.files import atomic_write
+from src.metrics import VALIDATION, VALIDATION_COLUMNS
 from src.plotting import COLORS, log_axis, new_figure, plain_number, save_figure
+from src.session import (
+    CHECKPOINT_FILE,
+    ITERATION_DIR,
+    RECOMMENDED_FILE,
+    RESULTS_DIR,
+    VALIDATION_FILE,
+    iteration_dirs,
+    mode_dirs,
+)
 
-VALIDATION_COLUMNS = ("Train_Loss", "Test_Loss", "Train_Accuracy", "Test_Accuracy",
-                      "PercentageRetain", "Val_Loss", "Val_Accuracy", "NoRetrain_Test_Accuracy",
-                      "Hidden", "Params", "MACs")
-INT_COLUMNS = ("Params", "MACs")
-STR_COLUMNS = ("Hidden",)
-PERCENT_COLUMNS = ("Train_Accuracy", "Test_Accuracy", "PercentageRetain", "Val_Accuracy",
-                   "NoRetrain_Test_Accuracy")
-# How validations.txt prints each kind of column (accuracies to 2 decimals, as the validator does).
-COLUMN_FORMATS = {**{c: "{:.4f}" for c in ("Train_Loss", "Test_Loss", "Val_Loss")},
-                  **{c: "{:.2f}" for c in PERCENT_COLUMNS},
-                  "Hidden": "{}", "Params": "{}", "MACs": "{}"}
-
-ITERATION_DIR = "prune_w_retrain"
-VALIDATION_FILE = "validation_results.txt"
-CHECKPOINT_FILE = "best_model.pth"
-RESULTS_DIR = "prune_w_retrain_results"
-OUTPUTS = ("validations.txt", "accuracies.png", "losses.png", "tradeoff.png", "recommended.txt")
+INT_COLUMNS = tuple(c.name for c in VALIDATION if c.kind == "int")
+STR_COLUMNS = tuple(c.name for c in VALIDATION if c.kind == "label")
+PERCENT_COLUMNS = tuple(c.name for c in VALIDATION if c.kind == "percent")
+COLUMN_FORMATS = {c.name: c.fmt for c in VALIDATION}
+OUTPUTS = ("validations.txt", "accuracies.png", "losses.png", "tradeoff.png", RECOMMENDED_FILE)
 COMPARISON_FILE = "comparison.png"
 COMPARE_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
 
@@ -159,26 +157,6 @@ class Concatenation:
     def row(self, iteration: int) -> IterationResult:
         """The row of `iteration`."""
         return next(r for r in self.rows if r.iteration == iteration)
-
-
-def iteration_dirs(mode_dir: Path) -> list[tuple[int, Path]]:
-    """Numbered iteration folders of a mode folder, in numeric order (2 before 10)."""
-    found = [(int(p.name), p) for p in mode_dir.iterdir() if p.is_dir() and p.name.isdigit()]
-    return sorted(found)
-
-
-def mode_dirs(path: str | os.PathLike) -> list[Path]:
-    """[path] for a mode folder; its mode subfolders (sorted) for a session folder."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ResultsError(f"{path}: no such folder")
-    if iteration_dirs(path):
-        return [path]
-    modes = sorted(p for p in path.iterdir() if p.is_dir() and iteration_dirs(p))
-    if not modes:
-        raise ResultsError(f"{path}: no iteration folders (0/, 1/, ...) here nor in a mode "
-                           f"subfolder (iterative_pruning/, one_shot_pruning/)")
-    return modes
 
 
 def _note(message: str, quiet: bool) -> None:

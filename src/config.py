@@ -324,6 +324,11 @@ def differences(a: PruneConfig, b: PruneConfig) -> list[str]:
     return [f.flag for f in all_flags() if value_of(a, f.flag) != value_of(b, f.flag)]
 
 
+def flat(config: PruneConfig) -> dict[str, Any]:
+    """{flag key: value} of every setting (e.g. for trackers' flat parameter lists)."""
+    return {f.key: value_of(config, f.flag) for f in all_flags()}
+
+
 def dumps(config: PruneConfig, **extra: Any) -> str:
     """config.json text: the nested settings plus bookkeeping (`version`, ...)."""
     return json.dumps({**config.to_json(), **extra}, indent=2) + "\n"

@@ -24,7 +24,7 @@ import torch
 from src import __version__
 from src.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from src.concatenate import Concatenation, concatenate, write_validation_results
-from src.config import PruneConfig, differences, dumps, value_of
+from src.config import PruneConfig, differences, dumps, flat, value_of
 from src.data import Dataset, load_dataset
 from src.errors import UserError
 from src.files import atomic_write
@@ -387,7 +387,7 @@ def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None =
     if begin >= len(schedule):
         log(f"{session.mode_dir}: all {len(schedule)} iterations are complete; "
             "use --begin-itr K to redo from K")
-        tracker.start(session.config, config.to_json(), begin)  # lets tracking catch up
+        tracker.start(session.config, flat(config), begin)  # lets tracking catch up
         result = concatenate(session.mode_dir, quiet=quiet)
         tracker.finish(result.outputs[0].parent)
         return Results(session, config, schedule, [], resumed, result)
@@ -396,7 +396,7 @@ def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None =
         write_schedule(schedule, session.retain)
     log(f"session {session.root} ({config.mode}, {config.scoring.criterion}): iterations "
         f"{begin}..{len(schedule) - 1}" + (" (resumed)" if resumed else ""))
-    tracker.start(session.config, config.to_json(), begin)
+    tracker.start(session.config, flat(config), begin)
     try:
         rows = engine.run(begin)
     except KeyboardInterrupt:

@@ -26,25 +26,19 @@ from typing import Any, Protocol
 
 from src.concatenate import read_validation_results
 from src.files import atomic_write
-from src.trainer import TRAIN_COLUMNS
+from src.metrics import EPOCH, EPOCH_COLUMNS, RUN, VALIDATION
+from src.session import ITERATION_FILES, MODES
 
 INSTALL = "pip install mlflow-skinny sqlalchemy alembic (or mlflow, which also has the `mlflow ui`)"
 DEFAULT_STORE = "mlflow.db"  # the default local store, in the folder holding the session
 ARTIFACTS = "mlartifacts"  # artifacts of a local sqlite store, beside its database file
 RUN_ID_KEY = "mlflow_run_id"  # the parent run's id in config.json
 SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # stores that need SQLAlchemy + alembic
-# validation row -> metric of the kept model (Hidden is a param)
-ROW_METRICS = {"Train_Loss": "train_loss", "Train_Accuracy": "train_accuracy",
-               "Val_Loss": "val_loss", "Val_Accuracy": "val_accuracy", "Test_Loss": "test_loss",
-               "Test_Accuracy": "test_accuracy", "NoRetrain_Test_Accuracy":
-               "no_retrain_test_accuracy", "PercentageRetain": "percent_retained",
-               "Params": "params", "MACs": "macs", "Epochs": "epochs", "Seconds": "seconds"}
+# validation row (and the engine's Epochs, Seconds) -> metric of the kept model
+ROW_METRICS = {c.name: c.key for c in (*VALIDATION, *RUN) if c.kind != "label"}
 # train_results.txt column -> per-epoch metric (step = the Epoch column)
-EPOCH_METRICS = {"TrainLoss": "epoch/train_loss", "TrainAccuracy": "epoch/train_accuracy",
-                 "ValLoss": "epoch/val_loss", "ValAccuracy": "epoch/val_accuracy",
-                 "TestLoss": "epoch/test_loss", "TestAccuracy": "epoch/test_accuracy",
-                 "Seconds": "epoch/seconds"}
-ITERATION_FILES = ("summary.txt", "best_model.pth", "train_results.txt", "validation_results.txt")
+EPOCH_METRICS = {c.name: f"epoch/{c.key}" for c in EPOCH if c.name != "Epoch"}
+
 
 
 class Tracker(Protocol):
@@ -99,9 +93,9 @@ def sqlite_file(uri: str) -> Path | None:
 def read_epochs(path: Path) -> list[dict[str, float]]:
     """The rows of a train_results.txt as {column: value}."""
     lines = [line.split() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not lines or lines[0] != list(TRAIN_COLUMNS):
-        raise ValueError(f"{path}: header must be {' '.join(TRAIN_COLUMNS)}")
-    return [dict(zip(TRAIN_COLUMNS, map(float, row), strict=True)) for row in lines[1:]]
+    if not lines or lines[0] != list(EPOCH_COLUMNS):
+        raise ValueError(f"{path}: header must be {' '.join(EPOCH_COLUMNS)}")
+    return [dict(zip(EPOCH_COLUMNS, map(float, row), strict=True)) for row in lines[1:]]
 
 
 class MlflowTracker:
@@ -145,8 +139,6 @@ class MlflowTracker:
     # ------------------------------------------------------------------------- the parent run
     def start(self, config_path: Path, config: dict[str, Any], begin: int) -> None:
         """Create the parent run (or reattach to config.json's) and log missing iterations."""
-        from src.iterativeprune import MODES  # the engine imports this module: no cycle at load
-
         self.config, self.mode_dir = config, config_path.parent / MODES[config["mode"]]
         saved = json.loads(config_path.read_text(encoding="utf-8"))
         with self._errors("cannot start the parent run"):

@@ -17,10 +17,10 @@ from tqdm.auto import tqdm
 
 from src.data import Dataset
 from src.files import atomic_write
+from src.metrics import EPOCH_COLUMNS
 from src.validator import evaluate_split
 
-TRAIN_COLUMNS = ("Epoch", "TrainLoss", "TrainAccuracy", "ValLoss", "ValAccuracy",
-                 "TestLoss", "TestAccuracy", "Seconds")
+TRAIN_COLUMNS = EPOCH_COLUMNS
 
 
 @dataclass(frozen=True)
