@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -12,7 +13,10 @@ from torch import nn
 from src import cli
 from src.checkpoint import load_model
 from src.data import DATASETS, Dataset, Split, load_dataset
+from src.errors import UserError
+from src.groups import units
 from src.model import hidden_label
+from src.spec import describe, spec_of
 
 EVAL_BATCH = 8192  # large batches: evaluation has no backward pass, memory stays small
 
@@ -83,10 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     val_size = args.val_size or checkpoint.get("val_size")
     data = load_dataset(name, args.data_root, val_size=val_size,
                         seed=checkpoint.get("split_seed", 0))
-    if model.sizes[0] != data.n_features or model.sizes[-1] != data.num_classes:
-        raise ValueError(f"{args.checkpoint}: model {model.sizes} does not fit {name} "
-                         f"({data.n_features} inputs, {data.num_classes} classes)")
-    print(f"{args.checkpoint}: {name}, sizes {model.sizes} (hidden {hidden_label(model.hidden)})")
+    spec = spec_of(model)
+    if math.prod(spec["input"]) != data.n_features or spec["layers"][-1]["out"] != \
+            data.num_classes:
+        raise UserError(f"{args.checkpoint}: model ({describe(spec)}) does not fit {name} "
+                        f"({data.n_features} inputs, {data.num_classes} classes)")
+    print(f"{args.checkpoint}: {name}, units {hidden_label(units(model))}, {describe(spec)}")
     print(format_metrics(evaluate(model, data)))
     return 0
 

@@ -1,4 +1,4 @@
-"""The MLP and its architecture spec."""
+"""Models: the MLP as a spec Net, counting, and the per-layer table."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from src.model import MLP, build_model, count_params, hidden_label, model_spec
+from src.groups import units
+from src.model import count_params, hidden_label, layer_table, mlp_net
+from src.spec import PRESETS, SpecError, build, spec_of
 
 
 def test_mlp_is_a_plain_stack_of_linears_and_activations():
     """784-256-64-10 ReLU is Linear, ReLU, Linear, ReLU, Linear with logits out."""
-    model = MLP([784, 256, 64, 10])
+    model = mlp_net([784, 256, 64, 10])
     kinds = [type(m) for m in model]
     assert kinds == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
     assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)  # images are flattened
@@ -20,17 +22,16 @@ def test_mlp_is_a_plain_stack_of_linears_and_activations():
 @pytest.mark.parametrize("activation, module", [("sigmoid", nn.Sigmoid), ("tanh", nn.Tanh)])
 def test_activation_choice(activation, module):
     """The activation name picks the module between Linears."""
-    assert isinstance(MLP([4, 3, 2], activation)[1], module)
+    assert isinstance(mlp_net([4, 3, 2], activation)[1], module)
 
 
 def test_spec_round_trip_rebuilds_the_same_function():
     """A model rebuilt from its spec and state_dict computes the same outputs."""
-    model = build_model([6, 5, 4, 3], "tanh", seed=1)
-    clone = MLP(**model_spec(model))
+    model = mlp_net([6, 5, 4, 3], "tanh", seed=1)
+    clone = build(spec_of(model))
     clone.load_state_dict(model.state_dict(), strict=True)
     x = torch.rand(8, 6)
     torch.testing.assert_close(clone(x), model(x))
-    assert model_spec(model) == {"sizes": [6, 5, 4, 3], "activation": "tanh"}
 
 
 def test_seeded_build_is_deterministic_and_leaves_global_rng_alone():
@@ -38,27 +39,34 @@ def test_seeded_build_is_deterministic_and_leaves_global_rng_alone():
     torch.manual_seed(123)
     expected = torch.rand(1)
     torch.manual_seed(123)
-    a = build_model([5, 4, 2], seed=7)
+    a = mlp_net([5, 4, 2], seed=7)
     assert torch.equal(torch.rand(1), expected)
-    b = build_model([5, 4, 2], seed=7)
+    b = mlp_net([5, 4, 2], seed=7)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
-def test_sizes_params_and_hidden_label():
-    """sizes/hidden are read off the layers; params count weights and biases."""
-    model = MLP([784, 256, 64, 10])
-    assert model.hidden == [256, 64] and hidden_label(model.hidden) == "256-64"
+def test_units_params_and_hidden_label():
+    """units are read off the layers; params count weights and biases."""
+    model = mlp_net([784, 256, 64, 10])
+    assert units(model) == [256, 64] and hidden_label(units(model)) == "256-64"
     assert count_params(model) == 784 * 256 + 256 + 256 * 64 + 64 + 64 * 10 + 10
 
 
-@pytest.mark.parametrize("sizes", [[5], [5, 0, 2], [5, 2.5, 2], [5, True, 2]])
+@pytest.mark.parametrize("sizes", [[5, 0, 2], [5, 2.5, 2], [5, True, 2]])
 def test_bad_sizes_are_rejected(sizes):
-    """Sizes must be at least two integers >= 1."""
-    with pytest.raises(ValueError):
-        MLP(sizes)
+    """Hidden sizes must be integers >= 1."""
+    with pytest.raises(SpecError):
+        mlp_net(sizes)
 
 
 def test_unknown_activation_is_rejected():
     """An unknown activation names the valid ones."""
     with pytest.raises(ValueError, match="relu"):
-        MLP([3, 2, 1], "gelu")
+        mlp_net([3, 2, 1], "gelu")
+
+
+def test_layer_table_counts_conv_and_linear_params_and_macs():
+    """LeNet-5: 431,080 parameters and 2.29 M multiply-accumulates per image."""
+    text, params, macs = layer_table(build(PRESETS["lenet5"]([1, 28, 28], 10)))
+    assert params == 431_080 and macs == 288_000 + 1_600_000 + 400_000 + 5_000
+    assert "conv2d" in text and text.splitlines()[-1].split()[-1] == str(macs)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.model import build_model
-from src.prune import keep_indices, post_activations, shrink
+from src.groups import units
+from src.model import mlp_net
+from src.prune import keep_indices, shrink, value_at
 
 
 def test_plan_keeps_highest_scores_in_order():
@@ -35,10 +36,10 @@ def test_plan_rejects_nan_scores():
 
 def test_shrunk_model_has_the_planned_sizes_and_weights():
     """Rows of layer l and columns of layer l+1 are kept by index; in/out are untouched."""
-    model = build_model([6, 5, 4, 3], seed=0)
+    model = mlp_net([6, 5, 4, 3], seed=0)
     keep = [torch.tensor([0, 2, 4]), torch.tensor([1, 3])]
     small = shrink(model, keep, bias_fold="none")
-    assert small.sizes == [6, 3, 2, 3]
+    assert units(small) == [3, 2] and small[0].in_features == 6 and small[4].out_features == 3
     torch.testing.assert_close(small[0].weight, model[0].weight[[0, 2, 4]])
     torch.testing.assert_close(small[2].weight, model[2].weight[[1, 3]][:, [0, 2, 4]])
     torch.testing.assert_close(small[4].weight, model[4].weight[:, [1, 3]])
@@ -47,7 +48,7 @@ def test_shrunk_model_has_the_planned_sizes_and_weights():
 
 def test_original_model_is_not_modified():
     """shrink returns a new model and leaves its input alone."""
-    model = build_model([6, 5, 3], seed=0)
+    model = mlp_net([6, 5, 3], seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     shrink(model, [torch.tensor([1, 2])], bias_fold="none")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -55,7 +56,7 @@ def test_original_model_is_not_modified():
 
 def test_removing_dead_neurons_leaves_outputs_unchanged():
     """Neurons whose ReLU is always 0 on the data can be removed without changing anything."""
-    model = build_model([4, 6, 3], seed=0).double()
+    model = mlp_net([4, 6, 3], seed=0).double()
     with torch.no_grad():  # make neurons 1 and 4 dead: large negative bias, inputs in [0, 1]
         model[0].weight[[1, 4]] = model[0].weight[[1, 4]].abs().neg()
         model[0].bias[[1, 4]] = -5.0
@@ -66,7 +67,7 @@ def test_removing_dead_neurons_leaves_outputs_unchanged():
 
 def test_mean_fold_is_exact_for_constant_neurons():
     """Neurons with constant activation are removed exactly when their mean is folded in."""
-    model = build_model([4, 6, 5, 3], seed=1).double()
+    model = mlp_net([4, 6, 5, 3], seed=1).double()
     with torch.no_grad():  # neurons 0 and 3 of layer 1 ignore the input: constant ReLU(b) > 0
         model[0].weight[[0, 3]] = 0.0
         model[0].bias[[0, 3]] = torch.tensor([0.7, 1.3], dtype=torch.float64)
@@ -80,7 +81,7 @@ def test_mean_fold_is_exact_for_constant_neurons():
 
 def test_mean_fold_preserves_the_mean_output():
     """With mean folding, the mean pre-activation of the next layer is unchanged (linearity)."""
-    model = build_model([5, 8, 3], seed=2).double()
+    model = mlp_net([5, 8, 3], seed=2).double()
     x = torch.rand(200, 5, dtype=torch.float64)
     small = shrink(model, [torch.tensor([0, 1, 2])], bias_fold="mean", data=x)
     torch.testing.assert_close(small(x).mean(0), model(x).mean(0))
@@ -89,12 +90,12 @@ def test_mean_fold_preserves_the_mean_output():
 def test_mean_fold_needs_data():
     """bias_fold='mean' without data is a clear error."""
     with pytest.raises(ValueError, match="training inputs"):
-        shrink(build_model([3, 4, 2], seed=0), [torch.tensor([0])], bias_fold="mean")
+        shrink(mlp_net([3, 4, 2], seed=0), [torch.tensor([0])], bias_fold="mean")
 
 
 def test_unknown_fold_and_bad_indices_are_rejected():
     """An unknown fold or out-of-range / duplicate indices raise ValueError."""
-    model = build_model([3, 4, 2], seed=0)
+    model = mlp_net([3, 4, 2], seed=0)
     with pytest.raises(ValueError, match="bias_fold"):
         shrink(model, [torch.tensor([0])], bias_fold="median")
     for idx in ([0, 0], [4], []):
@@ -102,12 +103,12 @@ def test_unknown_fold_and_bad_indices_are_rejected():
             shrink(model, [torch.tensor(idx, dtype=torch.long)], bias_fold="none")
 
 
-def test_post_activations_match_a_manual_forward():
-    """post_activations(l) is ReLU(W_l ... ReLU(W_1 x)) for hidden layer l."""
-    model = build_model([4, 5, 3, 2], seed=0)
+def test_value_at_is_the_input_of_a_module():
+    """value_at(model, x, 4) is ReLU(W_2 ReLU(W_1 x)): what the third Linear reads."""
+    model = mlp_net([4, 5, 3, 2], seed=0)
     x = torch.rand(7, 4)
     expected = torch.relu(model[2](torch.relu(model[0](x))))
-    torch.testing.assert_close(post_activations(model, x, 1), expected)
+    torch.testing.assert_close(value_at(model, x, 4), expected)
 
 
 def test_mid_fold_uses_the_interval_midpoint():
@@ -115,7 +116,7 @@ def test_mid_fold_uses_the_interval_midpoint():
     from src.adjoint import interval_sweep
     from src.significance import data_box
 
-    model = build_model([3, 4, 2], seed=0).double()
+    model = mlp_net([3, 4, 2], seed=0).double()
     x = torch.rand(30, 3, dtype=torch.float64)
     small = shrink(model, [torch.tensor([0, 1])], bias_fold="mid", data=x)
     value = interval_sweep(model, data_box(x), seed="sum")[0].value
@@ -126,7 +127,7 @@ def test_mid_fold_uses_the_interval_midpoint():
 
 def test_linear_fold_is_exact_for_neurons_that_are_combinations_of_kept_ones():
     """A removed ReLU neuron equal to a sum of kept ones is folded (almost) exactly."""
-    model = build_model([4, 3, 2], seed=0).double()
+    model = mlp_net([4, 3, 2], seed=0).double()
     with torch.no_grad():  # neuron 2 = ReLU(z0) + ReLU(z1) when z0, z1 > 0 on all inputs
         model[0].weight[:2] = model[0].weight[:2].abs()
         model[0].bias[:2] = 0.1
@@ -141,7 +142,7 @@ def test_linear_fold_is_exact_for_neurons_that_are_combinations_of_kept_ones():
 
 def test_linear_fold_is_exact_for_constant_neurons():
     """Constant neurons are folded exactly by the linear fold too (it generalises mean)."""
-    model = build_model([4, 6, 3], seed=1).double()
+    model = mlp_net([4, 6, 3], seed=1).double()
     with torch.no_grad():
         model[0].weight[[0, 3]] = 0.0
         model[0].bias[[0, 3]] = torch.tensor([0.7, 1.3], dtype=torch.float64)
