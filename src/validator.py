@@ -11,7 +11,7 @@ from torch import nn
 
 from src import cli
 from src.checkpoint import load_model
-from src.data import DATASETS, Dataset, Split, load_dataset
+from src.data import DATASETS, Dataset, Split, dataset_sizes, load_dataset
 from src.model import hidden_label
 
 EVAL_BATCH = 8192  # large batches: evaluation has no backward pass, memory stays small
@@ -65,6 +65,20 @@ def format_metrics(metrics: Metrics) -> str:
     return "\n".join(lines)
 
 
+def check_dataset(sizes: list[int], trained_on: str | None, name: str, source: str) -> None:
+    """Refuse a dataset whose input or class count differs from the model's, naming both."""
+    n_in, n_classes = dataset_sizes(name)
+    if sizes[0] == n_in and sizes[-1] == n_classes:
+        return
+    model = f"{sizes[0]} inputs, {sizes[-1]} classes"
+    if trained_on in DATASETS and trained_on != name:
+        raise ValueError(f"{source}: trained on {trained_on} ({model}), but {name} has {n_in} "
+                         f"inputs and {n_classes} classes; leave out --dataset to evaluate on "
+                         f"{trained_on}")
+    raise ValueError(f"{source}: the model ({model}, sizes {sizes}) does not fit {name} "
+                     f"({n_in} inputs, {n_classes} classes)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m src.validator",
@@ -79,13 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     model, checkpoint = load_model(args.checkpoint)
-    name = args.dataset or checkpoint.get("dataset", "mnist")
-    val_size = args.val_size or checkpoint.get("val_size")
-    data = load_dataset(name, args.data_root, val_size=val_size,
+    trained_on = checkpoint.get("dataset")
+    name = args.dataset or trained_on or "mnist"
+    check_dataset(model.sizes, trained_on, name, args.checkpoint)  # before reading any data
+    # the recorded validation size belongs to the dataset the model was trained on
+    recorded = checkpoint.get("val_size") if name == trained_on else None
+    data = load_dataset(name, args.data_root, val_size=args.val_size or recorded,
                         seed=checkpoint.get("split_seed", 0))
-    if model.sizes[0] != data.n_features or model.sizes[-1] != data.num_classes:
-        raise ValueError(f"{args.checkpoint}: model {model.sizes} does not fit {name} "
-                         f"({data.n_features} inputs, {data.num_classes} classes)")
     print(f"{args.checkpoint}: {name}, sizes {model.sizes} (hidden {hidden_label(model.hidden)})")
     print(format_metrics(evaluate(model, data)))
     return 0
