@@ -48,9 +48,9 @@ except ModuleNotFoundError:  # imported as a module from the repository root (te
     from benchmarks._setup import ROOT, markdown_table
 
 from src import cli, iterativeprune
-from src.checkpoint import atomic_write
 from src.concatenate import read_validation_results
 from src.data import DATASETS
+from src.files import atomic_write
 from src.iterativeprune import PruneConfig, Session
 from src.model import hidden_label
 from src.plotting import COLORS, log_axis, new_figure, save_figure

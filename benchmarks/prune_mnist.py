@@ -15,9 +15,9 @@ import time
 
 from _setup import ROOT, markdown_table, median, reference_epoch
 
-from src.checkpoint import atomic_write
 from src.concatenate import read_validation_results
 from src.data import load_dataset
+from src.files import atomic_write
 from src.iterativeprune import main as prune_main
 
 # hidden sizes -> minimum test accuracy (issue 5); thesis reference values for comparison

@@ -26,9 +26,9 @@ from collections.abc import Callable
 import torch
 from _setup import ROOT, markdown_table  # also puts the repository root on sys.path
 
-from src.checkpoint import atomic_write
 from src.cli import run
 from src.data import MissingDataError, load_dataset
+from src.files import atomic_write
 from src.model import build_model
 from src.significance import CRITERIA, ScoreData, data_box, interval_adjoint, score
 

@@ -11,8 +11,8 @@ from dataclasses import replace
 
 from _setup import REFERENCE_SIZES, ROOT, markdown_table, median, reference_epoch
 
-from src.checkpoint import atomic_write
 from src.data import load_dataset
+from src.files import atomic_write
 from src.model import build_model
 from src.trainer import TrainConfig, train
 from src.validator import evaluate

@@ -1,7 +1,8 @@
 """Deploy an IA-Prune model with torch alone: bundles, loading, and prediction from raw inputs.
 
 Imports only torch, numpy and the standard library (never `src`), so this folder keeps working
-when copied alone next to a bundle:
+when copied alone next to a bundle; image files (PNG, JPEG, ...) are read with Pillow when it is
+installed (`.npy` arrays need nothing more):
 
     import deploy
     model = deploy.load("deploy/bundle")          # or a best_model.pth

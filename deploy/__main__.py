@@ -10,9 +10,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bundle import MODEL_FILE, MODES, ONNX_FILE, checked_file, find_recommended, load, write_bundle
+from .bundle import (
+    MANIFEST,
+    MODEL_FILE,
+    MODES,
+    ONNX_FILE,
+    checked_file,
+    find_recommended,
+    load,
+    write_bundle,
+)
 from .idx import DATASETS, ROOT_ENV, load_test_split
-from .inputs import predict, preprocess, read_inputs
+from .images import ImageSupportMissing
+from .inputs import InputRangeError, InputSpec, predict, preprocess, read_inputs
 from .onnx_export import OnnxUnavailable, check_onnx
 
 DEFAULT_BUNDLE = "deploy/bundle"
@@ -43,12 +53,25 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def npy_advice(spec: InputSpec) -> str:
+    """How the command line takes .npy values (it has no raw=True/False of its own)."""
+    lo, hi = spec.range
+    return (f"predict takes an integer .npy as raw values (multiplied by {spec.scale:.6g}) and a "
+            f"float .npy as values already scaled to [{lo:g}, {hi:g}]: save raw pixels as "
+            f"integers (e.g. arr.astype('uint8')) or divide by {1 / spec.scale:.6g}")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Print one predicted class and its probability per input."""
+    """Print one predicted class and its probability per input (notes go to stderr)."""
     model = load(args.bundle)
     for name in args.files:
-        arr = read_inputs(name, model.input_spec, args.invert)
-        pred = predict(model, arr)
+        arr, note = read_inputs(name, model.input_spec, args.invert)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        try:
+            pred = predict(model, arr)
+        except InputRangeError as exc:
+            raise ValueError(f"{name}: {exc.found}; {npy_advice(model.input_spec)}") from None
         single = arr.size == model.input_spec.n_features
         for i, (label, p) in enumerate(zip(pred.labels.tolist(), pred.confidence.tolist(),
                                            strict=True)):
@@ -60,6 +83,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     """Check the bundle's sha256 sums and re-evaluate it on the dataset's full test split."""
     bundle = Path(args.bundle)
+    if bundle.is_file() and bundle.name != MANIFEST:
+        raise ValueError(f"{bundle}: is a file, not a bundle folder; verify checks a bundle "
+                         f"(make one with: python -m deploy bundle {bundle} --out FOLDER)")
+    bundle = bundle.parent if bundle.is_file() else bundle
     model = load(bundle)  # refuses a model.pth whose sha256 differs from the manifest's
     manifest = model.info
     print(f"{bundle / MODEL_FILE}: sha256 ok ({manifest['sha256'][:12]}...)")
@@ -118,12 +145,17 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default=DEFAULT_BUNDLE,
                    help=f"bundle folder (default {DEFAULT_BUNDLE})")
     b.add_argument("--no-onnx", action="store_true", help="do not write model.onnx")
-    p = sub.add_parser("predict", help="classify .npy arrays and .png images")
-    p.add_argument("files", nargs="+", metavar="FILE", help=".npy (one sample or a batch) or .png")
+    p = sub.add_parser("predict", help="classify .npy arrays and images (PNG, JPEG, ...)")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help=".npy (one sample or a batch) or an image file (read with Pillow)")
     p.add_argument("--bundle", default=DEFAULT_BUNDLE,
                    help=f"bundle folder or best_model.pth (default {DEFAULT_BUNDLE})")
-    p.add_argument("--invert", action="store_true",
-                   help="invert .png images (dark digit on a light background)")
+    polarity = p.add_mutually_exclusive_group()
+    polarity.add_argument("--invert", action="store_true", default=None,
+                          help="always invert images (default: invert those with a light "
+                          "background, with a note)")
+    polarity.add_argument("--no-invert", dest="invert", action="store_false",
+                          help="never invert images")
     v = sub.add_parser("verify", help="check a bundle's checksums and re-evaluate its accuracy")
     v.add_argument("--bundle", default=DEFAULT_BUNDLE, help=f"default {DEFAULT_BUNDLE}")
     v.add_argument("--dataset", choices=list(DATASETS),
@@ -142,7 +174,8 @@ def run(entry: Callable[[list[str] | None], int], argv: list[str] | None = None)
     """Run `entry`; expected errors become `error: ...` on stderr and exit code 2."""
     try:
         return entry(argv)
-    except (ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError,
+            ImageSupportMissing) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

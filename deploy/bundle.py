@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,25 @@ MODES = ("iterative_pruning", "one_shot_pruning")
 ONNX_CHECK_ROWS = 64  # random inputs the ONNX export is compared on
 
 
+def _new_temp_file(path: Path) -> tuple[int, Path]:
+    """Create a fresh temp file next to `path`, with mode 0666 & ~umask like any new file.
+
+    (tempfile.mkstemp makes it 0600, and os.replace would hand that private mode to `path`.)
+    """
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:  # a name clash with another writer: draw again
+            continue
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write `data` to `path` via a temp file in its folder + os.replace (never half-written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _new_temp_file(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
@@ -105,6 +118,8 @@ def load(path: str | os.PathLike) -> DeployedMLP:
     path = Path(path)
     if path.is_file() and path.name == MANIFEST:
         path = path.parent
+    if not path.exists():
+        raise BundleError(f"{path}: no such bundle folder or checkpoint file")
     if path.is_dir():
         manifest = read_manifest(path)
         source = path / MODEL_FILE
@@ -215,6 +230,9 @@ def _resolve(recorded: str, anchor: Path) -> Path:
 def find_recommended(path: str | os.PathLike, mode: str | None = None) -> Path:
     """The best_model.pth named by recommended.txt of a session folder (or a mode folder)."""
     path = Path(path)
+    if path.is_file():
+        raise ValueError(f"{path}: is a file, not a session folder (give a checkpoint file "
+                         f"without --recommended)")
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such session folder")
     if (path / RESULTS).is_file():  # a mode folder given directly

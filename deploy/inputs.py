@@ -1,4 +1,4 @@
-"""Input preprocessing recorded with a model, applied to raw arrays, .npy files and .png images."""
+"""Input preprocessing recorded with a model, applied to raw arrays, .npy files and images."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .png import read_png
+from .images import read_image
 
 MNIST_INPUT = {"shape": [1, 28, 28], "scale": 1 / 255, "flatten": True, "dtype": "uint8",
                "range": [0.0, 1.0]}
@@ -59,6 +58,14 @@ class InputSpec:
         return spec
 
 
+class InputRangeError(ValueError):
+    """Inputs outside the model's input range once scaled; `found` says what was seen."""
+
+    def __init__(self, found: str, advice: str):
+        super().__init__(f"{found}; {advice}")
+        self.found = found
+
+
 class Prediction(NamedTuple):
     """What predict returns for a batch of n inputs."""
 
@@ -102,9 +109,10 @@ def preprocess(inputs: Any, spec: InputSpec, raw: bool | None = None) -> torch.T
     lo, hi = spec.range
     if x.min() < lo - RANGE_SLACK or x.max() > hi + RANGE_SLACK:
         kind = f"raw (scaled by {spec.scale:.6g})" if is_raw else "already scaled"
-        raise ValueError(f"inputs taken as {kind} span [{x.min():.4g}, {x.max():.4g}], outside the "
-                         f"model's input range [{lo}, {hi}]; pass raw {spec.dtype} values or "
-                         f"values already in range (raw=True/False overrides the guess)")
+        raise InputRangeError(f"inputs taken as {kind} span [{x.min():.4g}, {x.max():.4g}], "
+                              f"outside the model's input range [{lo}, {hi}]",
+                              f"pass raw {spec.dtype} values or values already in range "
+                              f"(raw=True/False overrides the guess)")
     out = torch.from_numpy(np.ascontiguousarray(x))
     return out if spec.flatten else out.reshape(batch, *spec.shape)
 
@@ -128,55 +136,37 @@ def predict(model: nn.Module, inputs: Any, spec: InputSpec | None = None,
     return Prediction(logits.argmax(1), logits.softmax(1), logits)
 
 
-def to_gray(image: np.ndarray) -> np.ndarray:
-    """(h, w, channels) uint8 -> (h, w) uint8: ITU-R 601 luma for colour, transparent = black."""
-    channels = image.shape[2]
-    values = image.astype(np.float64)
-    if channels in (3, 4):
-        gray = values[..., 0] * 0.299 + values[..., 1] * 0.587 + values[..., 2] * 0.114
-    else:
-        gray = values[..., 0]
-    if channels in (2, 4):  # composite over a black background, MNIST's background colour
-        gray = gray * values[..., -1] / 255.0
-    return np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+def image_sample(gray: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """A (h, w) uint8 image (0..255) as one sample of `spec`: raw uint8 when the model scales
+    by 1/255 (bit-identical to the training data), else float32 already in spec.range."""
+    sample = gray.reshape(spec.shape)
+    if math.isclose(spec.scale * 255, 1.0):
+        return sample
+    lo, hi = spec.range
+    return (lo + (hi - lo) * sample.astype(np.float32) / 255).astype(np.float32)
 
 
-def resize(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize a (h, w) uint8 image: area averaging when shrinking, bilinear when enlarging."""
-    if gray.shape == size:
-        return gray
-    t = torch.from_numpy(gray.astype(np.float32))[None, None]  # (1, 1, h, w)
-    if gray.shape[0] >= size[0] and gray.shape[1] >= size[1]:
-        out = F.interpolate(t, size=size, mode="area")
-    else:
-        out = F.interpolate(t, size=size, mode="bilinear", align_corners=False)
-    return out[0, 0].round().clamp(0, 255).to(torch.uint8).numpy()
+def read_inputs(path: str | os.PathLike, spec: InputSpec,
+                invert: bool | None = None) -> tuple[np.ndarray, str | None]:
+    """(raw samples, note) from a .npy array (one sample or a batch) or an image file.
 
-
-def read_image(path: str | os.PathLike, spec: InputSpec, invert: bool = False) -> np.ndarray:
-    """A .png as one raw uint8 sample of spec.shape (grayscale, resized when needed)."""
-    if len(spec.shape) < 2 or math.prod(spec.shape[:-2]) != 1:
-        raise ValueError(f"{path}: the model's input {list(spec.shape)} is not one grayscale image")
-    gray = to_gray(read_png(path))
-    if invert:  # dark digit on a light background -> MNIST's light digit on black
-        gray = 255 - gray
-    return resize(gray, tuple(spec.shape[-2:])).reshape(spec.shape)
-
-
-def read_inputs(path: str | os.PathLike, spec: InputSpec, invert: bool = False) -> np.ndarray:
-    """Raw samples from a .npy array (one sample or a batch) or a .png image."""
+    Images are read with Pillow (see deploy.images; invert=None detects a light background);
+    the note says what was done to an image, or is None.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix == ".png":
-        return read_image(path, spec, invert)
-    if suffix == ".npy":
+    if path.suffix.lower() == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise ValueError(f"{path}: not a readable .npy array ({exc})") from None
         if invert:
-            raise ValueError(f"{path}: --invert applies to .png images only")
-        return arr
-    raise ValueError(f"{path}: unsupported file type {suffix!r}; use .npy or .png")
+            raise ValueError(f"{path}: --invert applies to images only")
+        return arr, None
+    if len(spec.shape) < 2 or math.prod(spec.shape[:-2]) != 1:
+        raise ValueError(f"{path}: the model's input {list(spec.shape)} is not one grayscale image")
+    gray, note = read_image(path, tuple(spec.shape[-2:]), invert)
+    return image_sample(gray, spec), note

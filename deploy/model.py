@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,16 +65,41 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def file_problem(path: Path, what: str = "file", inside: str | None = None) -> str | None:
+    """Why `path` cannot be read as a `what` (missing, or a folder), or None when it is a file.
+
+    A folder holding `inside` (e.g. best_model.pth) gets the path to pass instead.
+    """
+    if path.is_file():
+        return None
+    if path.is_dir():
+        hint = f" (did you mean {path / inside}?)" if inside and (path / inside).is_file() else ""
+        return f"{path}: is a folder, not a {what}{hint}"
+    return f"{path}: no such {what}"
+
+
+def _load_problem(exc: Exception) -> str:
+    """What a failed weights_only torch.load means, in our words: torch's own message advises
+    retrying with weights_only=False, which could run code from the file, so it is never relayed."""
+    if isinstance(exc, pickle.UnpicklingError):
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found:
+            return (f"refused to load: it holds Python objects ({found.group(1)}), not only "
+                    f"tensors and plain values, and loading those could run code")
+        return "not a PyTorch checkpoint (torch.load cannot read it)"
+    return f"truncated or corrupt checkpoint ({_first_line(exc)})"
+
+
 def read_checkpoint(data: bytes, source: str | os.PathLike) -> dict[str, Any]:
     """Decode best_model.pth bytes with weights_only=True and check the fields deploy needs."""
+    if not data:
+        raise BundleError(f"{source}: empty file (an interrupted copy?)")
     try:
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise BundleError(f"{source}: refused to load (not plain tensors/values): "
-                          f"{_first_line(exc)}") from None
-    except Exception as exc:  # torch raises many kinds (RuntimeError, KeyError, EOFError...)
-        raise BundleError(f"{source}: truncated or corrupt checkpoint "
-                          f"({_first_line(exc)})") from None
+        with warnings.catch_warnings():  # torch warns about unusual pickle protocols
+            warnings.simplefilter("ignore")
+            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError...)
+        raise BundleError(f"{source}: {_load_problem(exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise BundleError(f"{source}: not an IA-Prune checkpoint (expected format {FORMAT!r})")
     missing = [k for k in ("sizes", "activation", "state_dict") if k not in payload]
@@ -91,8 +118,9 @@ def read_checkpoint(data: bytes, source: str | os.PathLike) -> dict[str, Any]:
 def load_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
     """(checkpoint dict, the file's bytes) of a best_model.pth; errors name the file."""
     path = Path(path)
-    if not path.is_file():
-        raise BundleError(f"{path}: no such checkpoint file")
+    problem = file_problem(path, "checkpoint file", inside="best_model.pth")
+    if problem:
+        raise BundleError(problem)
     data = path.read_bytes()
     return read_checkpoint(data, path), data
 

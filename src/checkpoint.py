@@ -10,13 +10,15 @@ import io
 import math
 import os
 import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from src.errors import UserError
-from src.files import atomic_write, first_line
+from src.files import atomic_write, file_problem, first_line
 from src.spec import Net, SpecError, build, mlp, spec_of
 
 FORMAT = "ia-prune/2"
@@ -43,19 +45,32 @@ def save_checkpoint(path: str | os.PathLike, model: Net, **meta: Any) -> Path:
     return atomic_write(path, buffer.getvalue())
 
 
+def _load_problem(exc: Exception) -> str:
+    """What a failed weights_only torch.load means, in our words: torch's own message advises
+    retrying with weights_only=False, which could run code from the file, so it is never relayed."""
+    if isinstance(exc, pickle.UnpicklingError):
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found:
+            return (f"refused to load: it holds Python objects ({found.group(1)}), not only "
+                    f"tensors and plain values, and loading those could run code")
+        return "not a PyTorch checkpoint (torch.load cannot read it)"
+    return f"truncated or corrupt checkpoint ({first_line(exc)})"
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load and validate a best_model.pth with weights_only=True; errors name the file."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    problem = file_problem(path, "checkpoint file", inside="best_model.pth")
+    if problem:
+        raise CheckpointError(problem)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (an interrupted copy?)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path}: refused to load (not plain tensors/values): "
-                              f"{first_line(exc)}") from None
-    except Exception as exc:  # torch raises many kinds (RuntimeError, KeyError, EOFError...)
-        first = first_line(exc)
-        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({first})") from None
+        with warnings.catch_warnings():  # torch warns about unusual pickle protocols
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError...)
+        raise CheckpointError(f"{path}: {_load_problem(exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, LEGACY_FORMAT):
         raise CheckpointError(f"{path}: not an IA-Prune checkpoint (expected format {FORMAT!r})")
     needed = ("spec", "state_dict") if payload["format"] == FORMAT else (

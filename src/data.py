@@ -71,6 +71,9 @@ SOURCES: dict[str, IdxSource] = {
 }
 DATASETS = (*SOURCES, "digits")
 DEFAULT_VAL_SIZE = {"mnist": 5000, "fashion-mnist": 5000, "digits": 180}
+# per-sample input shape, known without reading the files
+INPUT_SHAPE = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "digits": (1, 8, 8)}
+DIGITS_CLASSES = tuple(str(d) for d in range(10))
 DIGITS_TEST_SIZE = 360  # scikit-learn's digits has no test split: one is carved with a fixed seed
 
 
@@ -210,6 +213,14 @@ def _split_off(x: Tensor, y: Tensor, n: int, seed: int) -> tuple[Split, Split]:
     return Split(x[rest], y[rest]), Split(x[carved], y[carved])
 
 
+def dataset_sizes(name: str) -> tuple[int, int]:
+    """(inputs per sample, classes) of dataset `name`, without loading it."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {list(DATASETS)}")
+    classes = DIGITS_CLASSES if name == "digits" else SOURCES[name].classes
+    return int(np.prod(INPUT_SHAPE[name])), len(classes)
+
+
 def load_dataset(name: str, root: str | os.PathLike | None = None,
                  val_size: int | None = None, seed: int = 0) -> Dataset:
     """Load `name` ('mnist', 'fashion-mnist', 'digits') as in-memory float32 tensors in [0, 1].
@@ -227,7 +238,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None,
         x = torch.from_numpy(bunch.data.astype(np.float32)) / 16.0
         y = torch.from_numpy(bunch.target.astype(np.int64))
         train_all, test = _split_off(x, y, DIGITS_TEST_SIZE, seed=12345)  # fixed forever
-        shape, scale, classes = (1, 8, 8), 1 / 16, tuple(str(d) for d in range(10))
+        shape, scale, classes = INPUT_SHAPE["digits"], 1 / 16, DIGITS_CLASSES
     else:
         train_x, train_y, test_x, test_y = load_idx(name, data_root(root))
         scale = 1 / 255

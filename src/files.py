@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
+
+
+def _new_temp_file(path: Path) -> tuple[int, Path]:
+    """Create a fresh temp file next to `path`, with mode 0666 & ~umask like any new file.
+
+    (tempfile.mkstemp makes it 0600, and os.replace would hand that private mode to `path`.)
+    """
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:  # a name clash with another writer: draw again
+            continue
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
@@ -12,7 +25,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _new_temp_file(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
@@ -29,3 +42,16 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def file_problem(path: Path, what: str = "file", inside: str | None = None) -> str | None:
+    """Why `path` cannot be read as a `what` (missing, or a folder), or None when it is a file.
+
+    A folder holding `inside` (e.g. best_model.pth) gets the path to pass instead.
+    """
+    if path.is_file():
+        return None
+    if path.is_dir():
+        hint = f" (did you mean {path / inside}?)" if inside and (path / inside).is_file() else ""
+        return f"{path}: is a folder, not a {what}{hint}"
+    return f"{path}: no such {what}"

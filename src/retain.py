@@ -17,7 +17,7 @@ from pathlib import Path
 
 from src import cli
 from src.errors import UserError
-from src.files import atomic_write
+from src.files import atomic_write, file_problem
 from src.model import hidden_label
 from src.plotting import COLORS, log_axis, new_figure, save_figure
 
@@ -173,8 +173,9 @@ def read_schedule(path: str | os.PathLike,
                   hidden: Sequence[int] | None = None) -> list[ScheduleRow]:
     """Read and validate a retain.txt; with `hidden`, its first row must equal those sizes."""
     path = Path(path)
-    if not path.is_file():
-        raise ScheduleError(f"{path}: no such schedule file")
+    problem = file_problem(path, "schedule file", inside="retain.txt")
+    if problem:
+        raise ScheduleError(problem)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
@@ -294,10 +295,20 @@ ROWS_NOTE = "row i is pruning iteration i (session folder i/); Iteration is the 
 OUTPUTS = ("retain.txt", "pruneNodesIteration.png", "pruneNodesDistribution.png")
 
 
+def check_out_folder(out: Path) -> None:
+    """Refuse an output folder that is an existing file or lies below one (before writing)."""
+    blocker = next((p for p in (out, *out.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        which = "" if blocker == out else f"{blocker} "
+        raise ValueError(f"{out}: {which}is a file, not a folder (--out names the folder for "
+                         f"retain.txt and its two plots)")
+
+
 def generate(config: RetainConfig) -> list[ScheduleRow]:
     """Build the schedule of `config` and write retain.txt and both plots into config.out."""
     q = config.q[0] if len(config.q) == 1 else list(config.q)
     rows = geometric_schedule(list(config.hidden), q, config.iterations, config.min_neurons)
+    check_out_folder(config.out)
     text, iterations_png, distribution_png = (config.out / name for name in OUTPUTS)
     write_schedule(rows, text)
     plot_iterations(rows, iterations_png)

@@ -12,7 +12,7 @@ from torch import nn
 
 from src import cli
 from src.checkpoint import load_model
-from src.data import DATASETS, Dataset, Split, load_dataset
+from src.data import DATASETS, Dataset, Split, dataset_sizes, load_dataset
 from src.errors import UserError
 from src.groups import units
 from src.model import hidden_label
@@ -69,6 +69,22 @@ def format_metrics(metrics: Metrics) -> str:
     return "\n".join(lines)
 
 
+def check_dataset(model: nn.Module, trained_on: str | None, name: str, source: str) -> None:
+    """Refuse a dataset whose input or class count differs from the model's, naming both."""
+    n_in, n_classes = dataset_sizes(name)
+    spec = spec_of(model)
+    sizes = [math.prod(spec["input"]), spec["layers"][-1]["out"]]
+    if sizes == [n_in, n_classes]:
+        return
+    model = f"{sizes[0]} inputs, {sizes[-1]} classes"
+    if trained_on in DATASETS and trained_on != name:
+        raise UserError(f"{source}: trained on {trained_on} ({model}), but {name} has {n_in} "
+                         f"inputs and {n_classes} classes; leave out --dataset to evaluate on "
+                         f"{trained_on}")
+    raise UserError(f"{source}: the model ({model}; {describe(spec)}) does not fit {name} "
+                     f"({n_in} inputs, {n_classes} classes)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m src.validator",
@@ -83,16 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     model, checkpoint = load_model(args.checkpoint)
-    name = args.dataset or checkpoint.get("dataset", "mnist")
-    val_size = args.val_size or checkpoint.get("val_size")
-    data = load_dataset(name, args.data_root, val_size=val_size,
+    trained_on = checkpoint.get("dataset")
+    name = args.dataset or trained_on or "mnist"
+    check_dataset(model, trained_on, name, args.checkpoint)  # before reading any data
+    # the recorded validation size belongs to the dataset the model was trained on
+    recorded = checkpoint.get("val_size") if name == trained_on else None
+    data = load_dataset(name, args.data_root, val_size=args.val_size or recorded,
                         seed=checkpoint.get("split_seed", 0))
-    spec = spec_of(model)
-    if math.prod(spec["input"]) != data.n_features or spec["layers"][-1]["out"] != \
-            data.num_classes:
-        raise UserError(f"{args.checkpoint}: model ({describe(spec)}) does not fit {name} "
-                        f"({data.n_features} inputs, {data.num_classes} classes)")
-    print(f"{args.checkpoint}: {name}, units {hidden_label(units(model))}, {describe(spec)}")
+    print(f"{args.checkpoint}: {name}, units {hidden_label(units(model))}, "
+          f"{describe(spec_of(model))}")
     print(format_metrics(evaluate(model, data)))
     return 0
 

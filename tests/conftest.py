@@ -45,3 +45,13 @@ def mnist_data_root() -> Path:
     if root is None:
         pytest.skip("MNIST files not found (set IAPRUNE_DATA)")
     return root
+
+
+@pytest.fixture
+def umask():
+    """Set the umask to 022 (the call sets another) and restore the caller's afterwards."""
+    old = os.umask(0o022)
+    try:
+        yield os.umask
+    finally:
+        os.umask(old)

@@ -118,3 +118,55 @@ def test_pickle_module_not_used_for_loading(tmp_path):
     path.write_bytes(pickle.dumps({"format": "ia-prune/1", "x": Evil()}))
     with pytest.raises(CheckpointError):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077], ids=["022", "002", "077"])
+def test_atomic_write_gives_the_usual_permissions(tmp_path, umask, mask):
+    """A written file gets 0666 & ~umask like any other, not the temp file's private 0600."""
+    umask(mask)
+    path = atomic_write(tmp_path / "shared.txt", "x")
+    atomic_write(path, "replaced")  # replacing keeps the usual mode too
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~mask
+
+
+def test_a_text_file_is_not_a_checkpoint_and_unsafe_loading_is_never_suggested(tmp_path):
+    """A non-checkpoint file is called that; torch's advice to load with weights_only=False,
+    which could run code from the file, is never relayed."""
+    path = tmp_path / "README.md"
+    path.write_text("# a README\n\nsome text\n")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "README.md: not a PyTorch checkpoint" in message
+    assert "weights_only" not in message and "\n" not in message
+
+
+def test_pickled_objects_are_named_and_unsafe_loading_is_never_suggested(tmp_path):
+    """A torch file holding Python objects is refused naming the object, with no advice to
+    load it unsafely."""
+    path = tmp_path / "evil.pth"
+    torch.save({"format": "ia-prune/1", "payload": Evil()}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "posix.system" in message or "os.system" in message
+    assert "weights_only" not in message and "trust" not in message and "\n" not in message
+
+
+def test_empty_file_is_reported_as_empty(tmp_path):
+    """A zero-byte checkpoint (an interrupted copy) says so."""
+    path = tmp_path / "m.pth"
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="m.pth: empty file"):
+        load_checkpoint(path)
+
+
+def test_a_folder_is_reported_as_a_folder(tmp_path):
+    """A folder given for a checkpoint says it is a folder (and points at the checkpoint
+    inside), not 'no such file'."""
+    folder = tmp_path / "3" / "prune_w_retrain"
+    save_checkpoint(folder / "best_model.pth", build_model([4, 3, 2], seed=0))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(folder)
+    assert str(info.value) == (f"{folder}: is a folder, not a checkpoint file "
+                               f"(did you mean {folder / 'best_model.pth'}?)")

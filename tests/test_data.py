@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from src import data as data_module
-from src.data import DatasetError, MissingDataError, load_dataset, parse_idx
+from src.data import DatasetError, MissingDataError, dataset_sizes, load_dataset, parse_idx
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -166,3 +166,10 @@ def test_real_mnist_loads_with_standard_sizes(mnist_data_root):
     ds = load_dataset("mnist", mnist_data_root)
     assert (len(ds.train), len(ds.val), len(ds.test)) == (55000, 5000, 10000)
     assert ds.n_features == 784 and ds.num_classes == 10
+    assert dataset_sizes("mnist") == (ds.n_features, ds.num_classes)
+
+
+def test_dataset_sizes_known_without_loading_agree_with_the_loaded_digits():
+    """dataset_sizes (used to refuse a mismatched model before reading data) matches the data."""
+    ds = load_dataset("digits")
+    assert dataset_sizes("digits") == (ds.n_features, ds.num_classes) == (64, 10)

@@ -1,4 +1,4 @@
-"""deploy/: bundles, torch-only loading, loading into a user's class, preprocessing, PNG, CLI."""
+"""deploy/: bundles, torch-only loading, loading into a user's class, preprocessing, images, CLI."""
 
 from __future__ import annotations
 
@@ -16,14 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 import deploy
 from deploy.__main__ import main, run
 from deploy.bundle import find_recommended, write_bundle
 from deploy.idx import load_test_split, parse_idx
-from deploy.inputs import InputSpec, preprocess, read_image, to_gray
-from deploy.png import SIGNATURE, decode_png
+from deploy.images import to_gray
+from deploy.inputs import InputSpec, preprocess, read_inputs
 from src.checkpoint import load_model, save_checkpoint
 from src.data import load_dataset
 from src.model import build_model
@@ -164,7 +165,8 @@ def test_load_pruned_model_refuses_parameters_the_checkpoint_lacks(checkpoint):
 # ---- the copied-alone case --------------------------------------------------------------------
 
 def test_copied_deploy_folder_predicts_without_src(tmp_path, bundle):
-    """deploy/ copied next to a bundle, without src, runs `python -m deploy predict` alone."""
+    """deploy/ copied next to a bundle, without src and without Pillow, runs
+    `python -m deploy predict` on .npy inputs."""
     alone = tmp_path / "alone"
     shutil.copytree(DEPLOY_DIR, alone / "deploy",
                     ignore=shutil.ignore_patterns("__pycache__", "bundle"))
@@ -172,8 +174,11 @@ def test_copied_deploy_folder_predicts_without_src(tmp_path, bundle):
     raw = images(3)
     np.save(alone / "digits.npy", raw)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-m", "deploy", "predict", "--bundle", "bundle",
-                           "digits.npy"], cwd=alone, env=env, capture_output=True, text=True)
+    no_pillow = ("import runpy, sys; sys.modules['PIL'] = None; "  # import PIL fails
+                 "sys.argv = ['deploy', 'predict', '--bundle', 'bundle', 'digits.npy']; "
+                 "runpy.run_module('deploy', run_name='__main__', alter_sys=True)")
+    proc = subprocess.run([sys.executable, "-c", no_pillow], cwd=alone, env=env,
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert not (alone / "src").exists()
     pred = deploy.predict(deploy.load(bundle), raw)
@@ -183,18 +188,28 @@ def test_copied_deploy_folder_predicts_without_src(tmp_path, bundle):
     assert proc.stdout.splitlines() == expected
 
 
+def _imports(tree: ast.AST) -> list[str]:
+    """Top-level package names of the absolute imports anywhere under `tree`."""
+    roots = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots += [alias.name.split(".")[0] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            roots.append(node.module.split(".")[0])
+    return roots
+
+
 def test_deploy_imports_only_torch_numpy_and_the_standard_library():
-    """No module of deploy/ imports src (or anything beyond torch, numpy, stdlib, optional onnx)."""
-    allowed = set(sys.stdlib_module_names) | {"torch", "numpy", "onnx", "onnxruntime"}
+    """No module of deploy/ imports src; at module level only torch, numpy and the standard
+    library, so .npy inputs need nothing else; optional onnx/onnxruntime/Pillow only inside
+    the functions that use them."""
+    required = set(sys.stdlib_module_names) | {"torch", "numpy"}
+    optional = {"onnx", "onnxruntime", "PIL"}
     for path in DEPLOY_DIR.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                roots = [alias.name.split(".")[0] for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                roots = [node.module.split(".")[0]]
-            else:
-                continue
-            assert set(roots) <= allowed, f"{path.name} imports {roots}"
+        tree = ast.parse(path.read_text())
+        module_level = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
+        assert set(_imports(ast.Module(module_level, []))) <= required, path.name
+        assert set(_imports(tree)) <= required | optional, path.name
 
 
 # ---- preprocessing ----------------------------------------------------------------------------
@@ -302,6 +317,65 @@ def test_weights_that_do_not_fit_the_sizes_are_refused(tmp_path):
         deploy.load(path)
 
 
+def test_a_non_checkpoint_file_never_suggests_unsafe_loading(tmp_path):
+    """deploy.load of a text file says it is not a checkpoint, without torch's advice to retry
+    with weights_only=False."""
+    path = tmp_path / "README.md"
+    path.write_text("# not a model\n")
+    with pytest.raises(deploy.BundleError) as info:
+        deploy.load(path)
+    assert str(info.value) == f"{path}: not a PyTorch checkpoint (torch.load cannot read it)"
+
+
+def test_pickled_objects_are_named_without_unsafe_advice(tmp_path):
+    """A .pth with a pickled module names the refused class and gives no weights_only advice."""
+    path = tmp_path / "evil.pth"
+    torch.save({"format": "ia-prune/1", "payload": SimpleNN()}, path)
+    with pytest.raises(deploy.BundleError, match="SimpleNN") as info:
+        deploy.load(path)
+    assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_bundle_files_get_the_usual_permissions(tmp_path, checkpoint, umask):
+    """model.pth and manifest.json are 0644 under umask 022 (not the temp file's 0600)."""
+    umask(0o022)
+    write_bundle(checkpoint, tmp_path / "b", onnx=False)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "b").iterdir()}
+    assert modes == {"model.pth": 0o644, "manifest.json": 0o644}
+
+
+def test_folders_given_for_files_say_they_are_folders(tmp_path, bundle, checkpoint, capsys):
+    """bundle FOLDER and predict FOLDER say the path is a folder (pointing at a best_model.pth
+    inside), not that it does not exist."""
+    folder = checkpoint.parent
+    assert run(main, ["bundle", str(folder), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == (f"error: {folder}: is a folder, not a checkpoint file "
+                                       f"(did you mean {checkpoint}?)\n")
+    assert run(main, ["predict", "--bundle", str(bundle), str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path}: is a folder, not a file\n"
+    assert not (tmp_path / "o").exists()
+
+
+def test_files_given_for_folders_say_they_are_files(tmp_path, checkpoint, capsys):
+    """verify --bundle best_model.pth and bundle --recommended FILE are one line each, exit 2
+    (verify used to end in a KeyError traceback)."""
+    assert run(main, ["verify", "--bundle", str(checkpoint)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {checkpoint}: is a file, not a bundle folder")
+    assert err.count("\n") == 1
+    assert run(main, ["bundle", "--recommended", str(checkpoint)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {checkpoint}: is a file, not a session")
+
+
+def test_a_missing_bundle_names_both_accepted_kinds(tmp_path, capsys):
+    """predict --bundle MISSING says neither a bundle folder nor a checkpoint file is there."""
+    np.save(tmp_path / "x.npy", images(1))
+    argv = ["predict", "--bundle", str(tmp_path / "nope"), str(tmp_path / "x.npy")]
+    assert run(main, argv) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'nope'}: no such bundle folder or "
+                                       f"checkpoint file\n")
+
+
 # ---- ONNX -------------------------------------------------------------------------------------
 
 def test_onnx_export_matches_torch(tmp_path, checkpoint):
@@ -330,99 +404,196 @@ def test_bundle_without_onnx_installed_says_why_and_leaves_no_stale_export(tmp_p
     assert not (tmp_path / "b" / "model.onnx").exists()
 
 
-# ---- PNG --------------------------------------------------------------------------------------
+# ---- images (Pillow) --------------------------------------------------------------------------
+
+def digit(seed: int = 0, size: int = 28) -> np.ndarray:
+    """An MNIST-like (size, size) uint8 image: a bright ring on a dark, slightly noisy field."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / (size - 1) - 0.5
+    ring = np.abs(np.hypot(yy, xx * 1.4) - 0.28) < 0.07
+    img = rng.integers(0, 20, (size, size))
+    img[ring] = rng.integers(180, 256, int(ring.sum()))
+    return img.astype(np.uint8)
+
+
+def save_image(path: Path, pixels: np.ndarray, mode: str | None = None, **options) -> Path:
+    """Write `pixels` with Pillow (converted to `mode` when given), format from the suffix."""
+    image = Image.fromarray(pixels)
+    (image.convert(mode) if mode else image).save(path, **options)
+    return path
+
+
+def read(path: Path, spec: InputSpec | None = None, invert: bool | None = None) -> np.ndarray:
+    """The raw sample deploy makes of an image file (asserting no note was needed)."""
+    sample, note = read_inputs(path, spec or InputSpec(), invert)
+    assert note is None, note
+    return sample
+
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:
     crc = struct.pack(">I", zlib.crc32(kind + payload))
     return struct.pack(">I", len(payload)) + kind + payload + crc
 
 
-def encode_png(img: np.ndarray, filter_type: int, interlace: int = 0) -> bytes:
-    """A minimal 8-bit PNG encoder using one filter type for every row (test oracle)."""
-    h, w = img.shape[:2]
-    c = 1 if img.ndim == 2 else img.shape[2]
-    rows, prev, out = img.reshape(h, w * c).astype(np.int64), np.zeros(w * c, np.int64), bytearray()
-    for x in rows:
-        left = np.concatenate([np.zeros(c, np.int64), x[:-c]])
-        upleft = np.concatenate([np.zeros(c, np.int64), prev[:-c]])
-        p = left + prev - upleft
-        pa, pb, pc = abs(p - left), abs(p - prev), abs(p - upleft)
-        paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prev, upleft))
-        predictor = [0, left, prev, (left + prev) // 2, paeth][filter_type]
-        out += bytes([filter_type]) + ((x - predictor) % 256).astype(np.uint8).tobytes()
-        prev = x
-    colour = {1: 0, 2: 4, 3: 2, 4: 6}[c]
-    header = struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, interlace)
-    return (SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(bytes(out)))
-            + _chunk(b"IEND", b""))
+ADAM7 = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+         (0, 1, 1, 2)]  # (x0, y0, dx, dy) of the seven passes
 
 
-@pytest.mark.parametrize("filter_type", [0, 1, 2, 3, 4])
-@pytest.mark.parametrize("channels", [1, 3])
-def test_png_decoder_undoes_every_filter_type(filter_type, channels):
-    """Rows written with filters None/Sub/Up/Average/Paeth decode to the original pixels."""
-    img = np.random.default_rng(filter_type).integers(0, 256, (9, 7, channels), dtype=np.uint8)
-    assert np.array_equal(decode_png(encode_png(img, filter_type)), img)
+def interlaced_png(gray: np.ndarray) -> bytes:
+    """An Adam7-interlaced 8-bit grayscale PNG (Pillow cannot write one): the test oracle."""
+    data = bytearray()
+    for x0, y0, dx, dy in ADAM7:
+        sub = gray[y0::dy, x0::dx]
+        if sub.size:
+            for row in sub:
+                data += b"\x00" + row.tobytes()  # filter type None
+    header = struct.pack(">IIBBBBB", gray.shape[1], gray.shape[0], 8, 0, 0, 0, 1)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header)
+            + _chunk(b"IDAT", zlib.compress(bytes(data))) + _chunk(b"IEND", b""))
 
 
-@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA", "P", "P+tRNS", "1", "I;16"])
-def test_png_decoder_agrees_with_pillow(tmp_path, mode):
-    """Files written by Pillow in each mode decode to the pixels Pillow reads back (palettes as
-    RGB, or RGBA when transparent; 16-bit as the high byte)."""
-    image_mod = pytest.importorskip("PIL.Image")
-    rng = np.random.default_rng(0)
-    rgba = rng.integers(0, 256, (13, 11, 4), dtype=np.uint8)
-    if mode == "I;16":
-        values = rng.integers(0, 65536, (13, 11), dtype=np.uint16)
-        image_mod.fromarray(values).save(tmp_path / "x.png")
-        expected = (values >> 8).astype(np.uint8)[..., None]
-    else:
-        source = rgba if mode in ("LA", "RGBA", "P+tRNS") else rgba[..., :3]
-        image_mod.fromarray(source).convert(mode[0] if mode == "P+tRNS" else mode).save(
-            tmp_path / "x.png")
-        back = image_mod.open(tmp_path / "x.png")
-        back = back.convert({"P": "RGB", "P+tRNS": "RGBA"}.get(mode, back.mode))
-        expected = (np.asarray(back).astype(np.uint8) * (255 if mode == "1" else 1)
-                    ).reshape(13, 11, -1)
-    assert np.array_equal(decode_png((tmp_path / "x.png").read_bytes()), expected)
+def test_grayscale_png_reads_as_its_pixels(tmp_path):
+    """An 8-bit grayscale PNG becomes exactly its pixels, shaped (1, 28, 28) and uint8."""
+    img = digit()
+    got = read(save_image(tmp_path / "g.png", img))
+    assert got.dtype == np.uint8 and got.shape == (1, 28, 28) and np.array_equal(got[0], img)
 
 
-def test_interlaced_png_is_refused():
-    """Adam7-interlaced images are a documented limitation, refused with a clear message."""
-    data = encode_png(np.zeros((4, 4), np.uint8), 0, interlace=1)
-    with pytest.raises(ValueError, match="interlaced"):
-        decode_png(data)
+def test_rgb_png_reads_as_its_luma(tmp_path):
+    """An RGB PNG becomes its ITU-R 601 luma 0.299 R + 0.587 G + 0.114 B, rounded."""
+    rgb = np.stack([digit(1), digit(2), digit(3)], axis=-1)
+    luma = np.rint(rgb.astype(np.float64) @ [0.299, 0.587, 0.114]).astype(np.uint8)
+    assert np.array_equal(read(save_image(tmp_path / "c.png", rgb))[0], luma)
 
 
-def test_corrupt_png_is_refused():
-    """A flipped byte fails the chunk CRC check."""
-    data = bytearray(encode_png(np.zeros((4, 4), np.uint8), 0))
-    data[40] ^= 0x01
-    with pytest.raises(ValueError, match="CRC mismatch"):
-        decode_png(bytes(data))
+def test_rgba_png_composites_light_strokes_over_black(tmp_path):
+    """An RGBA PNG whose light strokes are opaque and whose background is transparent reads as
+    those strokes on black, MNIST's background."""
+    img = digit()
+    ring = img > 100
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[..., :3] = img[..., None]
+    rgba[..., 3] = np.where(ring, 255, 0)
+    assert np.array_equal(read(save_image(tmp_path / "a.png", rgba))[0], np.where(ring, img, 0))
 
 
-def test_colour_and_alpha_become_mnist_grayscale():
-    """Equal RGB channels keep their value; a fully transparent pixel becomes black background."""
-    rgba = np.array([[[90, 90, 90, 255], [200, 10, 30, 0]]], np.uint8)
-    assert to_gray(rgba).tolist() == [[90, 0]]
+def test_interlaced_png_reads_like_the_plain_one(tmp_path):
+    """An Adam7-interlaced PNG (refused by the old hand-written decoder) reads as its pixels."""
+    img = digit(size=28)
+    (tmp_path / "i.png").write_bytes(interlaced_png(img))
+    assert Image.open(tmp_path / "i.png").info.get("interlace") == 1
+    assert np.array_equal(read(tmp_path / "i.png")[0], img)
 
 
-def test_large_png_is_area_resized_to_28x28(tmp_path):
+def test_jpeg_reads_close_to_its_pixels(tmp_path):
+    """A JPEG (lossy) reads within JPEG's error of the original."""
+    img = digit()
+    got = read(save_image(tmp_path / "d.jpg", img, quality=95))[0]
+    assert np.abs(got.astype(int) - img.astype(int)).mean() < 3
+
+
+@pytest.mark.parametrize("suffix, mode", [(".bmp", None), (".gif", "P"), (".tiff", None),
+                                          (".webp", None), (".png", "P"), (".png", "1")])
+def test_other_formats_and_modes_read_as_their_pixels(tmp_path, suffix, mode):
+    """BMP, GIF, TIFF, lossless WebP, palette and 1-bit PNGs read as the pixels Pillow decodes."""
+    img = digit() if mode != "1" else np.where(digit() > 100, 255, 0).astype(np.uint8)
+    options = {"lossless": True} if suffix == ".webp" else {}
+    path = save_image(tmp_path / f"x{suffix}", img, mode, **options)
+    expected = np.asarray(Image.open(path).convert("L"))
+    assert np.array_equal(read(path)[0], expected)
+    if mode is None:
+        assert np.array_equal(expected, img)
+
+
+def test_16_bit_png_keeps_its_high_byte(tmp_path):
+    """16-bit grayscale keeps the high byte (Pillow's own 8-bit conversion would clip at 255)."""
+    img16 = digit().astype(np.uint16) * 257 + 100
+    assert np.array_equal(read(save_image(tmp_path / "w.png", img16))[0], (img16 >> 8))
+
+
+def test_dark_on_light_image_is_inverted_with_a_note(tmp_path):
+    """A dark digit on white paper reads as MNIST's light digit on black, and says so."""
+    img = digit()
+    path = save_image(tmp_path / "paper.png", 255 - img)
+    sample, note = read_inputs(path, InputSpec())
+    assert np.array_equal(sample[0], img)
+    assert note is not None and "light background" in note and "--no-invert" in note
+
+
+def test_invert_flags_force_either_way(tmp_path):
+    """invert=False keeps a light-background image as it is; invert=True inverts a dark one."""
+    img = digit()
+    paper = save_image(tmp_path / "paper.png", 255 - img)
+    assert np.array_equal(read(paper, invert=False)[0], 255 - img)
+    assert np.array_equal(read(save_image(tmp_path / "d.png", img), invert=True)[0], 255 - img)
+
+
+def test_black_digit_on_a_transparent_canvas_reads_as_light_on_black(tmp_path):
+    """A black stroke drawn on a transparent canvas (a drawing app's export) is seen against
+    white, then inverted: the light-on-black digit, not an all-black image."""
+    ring = digit() > 100
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[..., 3] = np.where(ring, 255, 0)
+    sample, note = read_inputs(save_image(tmp_path / "t.png", rgba), InputSpec())
+    assert np.array_equal(sample[0], np.where(ring, 255, 0)) and "light background" in note
+
+
+def test_colour_and_alpha_become_grayscale():
+    """Equal RGB channels keep their value; transparency shows black behind a light drawing and
+    white behind a dark one."""
+    light = np.array([[[200, 200, 200, 255], [9, 80, 30, 0]]], np.uint8)
+    dark = np.array([[[40, 40, 40, 255], [9, 80, 30, 0]]], np.uint8)
+    assert to_gray(light).tolist() == [[200, 0]] and to_gray(dark).tolist() == [[40, 255]]
+
+
+def test_large_image_is_area_resized_to_28x28(tmp_path):
     """A 56x56 image becomes the 2x2-block mean 28x28 image the model expects."""
-    big = np.random.default_rng(1).integers(0, 256, (56, 56), dtype=np.uint8)
-    (tmp_path / "big.png").write_bytes(encode_png(big, 4))
+    big = np.kron(digit(), np.ones((2, 2), np.uint8)) + np.random.default_rng(1).integers(
+        0, 8, (56, 56)).astype(np.uint8)
     expected = np.rint(big.reshape(28, 2, 28, 2).astype(np.float64).mean((1, 3))).astype(np.uint8)
-    got = read_image(tmp_path / "big.png", InputSpec())
+    got = read(save_image(tmp_path / "big.png", big))
     assert got.shape == (1, 28, 28) and np.abs(got[0].astype(int) - expected).max() <= 1
+
+
+def test_image_for_a_model_not_scaled_by_1_255_is_given_in_its_range(tmp_path):
+    """For digits' 8x8 inputs (raw 0..16, scale 1/16) an image comes as floats in [0, 1], so
+    predict does not mistake 0..255 pixels for raw 0..16 values."""
+    spec = InputSpec(shape=(1, 8, 8), scale=1 / 16, dtype="float32")
+    img = digit(size=8)
+    got = read(save_image(tmp_path / "s.png", img), spec)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got[0], img / 255, atol=1e-7)
+    assert preprocess(got, spec).max() <= 1
+
+
+def test_a_file_pillow_cannot_read_is_one_line(tmp_path, bundle, capsys):
+    """A file that is neither .npy nor an image is an `error:` line naming it, exit code 2."""
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert run(main, ["predict", "--bundle", str(bundle), str(tmp_path / "notes.txt")]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'notes.txt'}: not an image Pillow "
+                                       f"can read, nor a .npy array\n")
+
+
+def test_without_pillow_an_image_says_pip_install_pillow_and_npy_still_works(
+        tmp_path, bundle, capsys, monkeypatch):
+    """With Pillow missing an image input is one line naming `pip install pillow`; .npy inputs
+    need only numpy and still predict."""
+    png = save_image(tmp_path / "a.png", digit())
+    np.save(tmp_path / "b.npy", digit())
+    monkeypatch.setitem(sys.modules, "PIL", None)  # `import PIL` now raises ImportError
+    assert run(main, ["predict", "--bundle", str(bundle), str(png)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {png}: ") and err.count("\n") == 1
+    assert "pip install pillow" in err
+    assert run(main, ["predict", "--bundle", str(bundle), str(tmp_path / "b.npy")]) == 0
 
 
 # ---- command line -----------------------------------------------------------------------------
 
 def test_predict_command_prints_class_and_probability_per_input(tmp_path, bundle, capsys):
     """predict takes .png and .npy files and prints `FILE: class (p=...)` for each sample."""
-    raw = images(2)
-    (tmp_path / "a.png").write_bytes(encode_png(raw[0], 1))
+    raw = np.stack([digit(0), images(1)[0]])
+    save_image(tmp_path / "a.png", raw[0])
     np.save(tmp_path / "b.npy", raw[1])
     assert main(["predict", "--bundle", str(bundle), str(tmp_path / "a.png"),
                  str(tmp_path / "b.npy")]) == 0
@@ -431,6 +602,34 @@ def test_predict_command_prints_class_and_probability_per_input(tmp_path, bundle
     assert lines == [f"{tmp_path / name}: {label} (p={p:.4f})" for name, label, p in
                      zip(["a.png", "b.npy"], pred.labels.tolist(), pred.confidence.tolist(),
                          strict=True)]
+
+
+def test_predict_names_what_the_command_line_offers_for_out_of_range_values(tmp_path, bundle,
+                                                                           capsys):
+    """A float .npy of 0..255 pixels is refused with advice the command line can follow (an
+    integer .npy, or values divided by 255), not the Python API's raw=True/False."""
+    np.save(tmp_path / "f.npy", images(1).astype(np.float64))
+    assert run(main, ["predict", "--bundle", str(bundle), str(tmp_path / "f.npy")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'f.npy'}: inputs taken as already scaled span")
+    assert "integer .npy" in err and "divide by 255" in err and "raw=" not in err
+    assert err.count("\n") == 1
+
+
+def test_predict_inverts_a_dark_on_light_image_and_notes_it(tmp_path, bundle, capsys):
+    """predict classifies a dark-on-light image as its light-on-dark version, with a note on
+    stderr; --no-invert keeps the image as it is."""
+    light_on_dark = save_image(tmp_path / "mnist_like.png", digit())
+    dark_on_light = save_image(tmp_path / "paper.png", 255 - digit())
+    assert main(["predict", "--bundle", str(bundle), str(light_on_dark), str(dark_on_light)]) == 0
+    captured = capsys.readouterr()
+    first, second = (line.split(": ", 1)[1] for line in captured.out.splitlines())
+    assert first == second
+    assert captured.err == (f"note: {dark_on_light}: light background, so the image was inverted "
+                            f"to a light drawing on black as in training (--no-invert keeps it as "
+                            f"it is)\n")
+    assert main(["predict", "--bundle", str(bundle), "--no-invert", str(dark_on_light)]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def make_session(root: Path, checkpoint: Path, modes=("iterative_pruning",)) -> Path:

@@ -216,6 +216,18 @@ def test_base_model_of_other_dataset_is_refused(tmp_path, retain, capsys):
     assert "fashion-mnist" in err
 
 
+@pytest.mark.parametrize("flag", ["--base-model", "--retain"])
+def test_a_folder_given_for_a_file_flag_says_it_is_a_folder(tmp_path, retain, capsys, flag):
+    """--base-model FOLDER and --retain FOLDER say the path is a folder, not that it is missing."""
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    argv = [*FAST, "--session", tmp_path / "s", flag, folder]
+    if flag != "--retain":
+        argv += ["--retain", retain]
+    err = error_of(capsys, *argv)
+    assert f"{folder}: is a folder, not a " in err and "no such" not in err
+
+
 def test_base_model_is_used_as_iteration_zero(tmp_path, retain):
     """A fitting --base-model becomes iteration 0 without training."""
     model = build_model([64, 16, 8, 10], seed=3)

@@ -233,3 +233,41 @@ def test_command_rejects_bad_q_with_exit_code_2(tmp_path, capsys):
     assert cli.run(main, ["--q", "1.5", "--out", str(tmp_path / "r")]) == cli.EXIT_USAGE
     assert capsys.readouterr().err.startswith("error: q must be in (0, 1]")
     assert not (tmp_path / "r").exists()
+
+
+def test_read_a_folder_says_it_is_a_folder(tmp_path):
+    """A folder given for retain.txt is called a folder, not a missing file."""
+    with pytest.raises(ScheduleError, match="is a folder, not a schedule file"):
+        read_schedule(tmp_path)
+
+
+def test_command_check_on_a_folder_is_one_line_and_exit_code_2(tmp_path, capsys):
+    """--check FOLDER (holding a retain.txt) says it is a folder and names the file inside."""
+    write_text(tmp_path, f"{HEADER}\n0 256 64 100\n")
+    assert cli.run(main, ["--check", str(tmp_path)]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err == (f"error: {tmp_path}: is a folder, not a schedule file "
+                   f"(did you mean {tmp_path / 'retain.txt'}?)\n")
+
+
+@pytest.mark.parametrize("out", ["README.md", "README.md/retain"])
+def test_command_out_on_a_file_is_one_line_exit_2_and_touches_nothing(tmp_path, capsys, out):
+    """--out naming an existing file (or a path below one) is an `error:` line, exit code 2,
+    and the file is left as it was (no FileExistsError traceback)."""
+    readme = tmp_path / "README.md"
+    readme.write_text("# keep me\n")
+    assert cli.run(main, ["--out", str(tmp_path / out)]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / out}: ") and "is a file, not a folder" in err
+    assert err.count("\n") == 1
+    assert readme.read_text() == "# keep me\n" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "README.md"]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path, umask):
+    """retain.txt and the plots are readable by others under umask 022 (0644), like any file."""
+    umask(0o022)
+    assert main(["--hidden", "8", "4", "--out", str(tmp_path / "r")]) == 0
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "r").iterdir()}
+    assert modes == {"retain.txt": 0o644, "pruneNodesIteration.png": 0o644,
+                     "pruneNodesDistribution.png": 0o644}

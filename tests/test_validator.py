@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from src import cli
 from src.checkpoint import save_checkpoint
 from src.model import build_model
 from src.trainer import TrainConfig, train
@@ -76,3 +77,42 @@ def test_brief_training_on_real_mnist_subset(mnist_data_root):
     model = build_model([784, 64, 10], seed=0)
     result = train(model, small, TrainConfig(epochs=2, batch_size=64), quiet=True)
     assert result.best.val_accuracy > 85.0
+
+
+def test_a_checkpoint_of_another_dataset_names_both_datasets(tmp_path, capsys):
+    """--dataset digits on an MNIST checkpoint says the model was trained on mnist and what
+    digits has, instead of complaining about the recorded validation size."""
+    path = save_checkpoint(tmp_path / "m.pth", build_model([784, 8, 10], seed=0),
+                           dataset="mnist", val_size=5000, split_seed=0)
+    assert cli.run(main, [str(path), "--dataset", "digits"]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err == (
+        f"error: {path}: trained on mnist (784 inputs, 10 classes), but digits has 64 inputs "
+        f"and 10 classes; leave out --dataset to evaluate on mnist\n")
+
+
+def test_the_mismatch_is_found_before_any_data_is_read(tmp_path, capsys):
+    """A digits checkpoint with --dataset mnist is refused from the sizes alone: no MNIST files
+    are needed to say so."""
+    path = save_checkpoint(tmp_path / "m.pth", build_model([64, 8, 10], seed=0),
+                           dataset="digits", val_size=180, split_seed=0)
+    empty = tmp_path / "no-data"
+    argv = [str(path), "--dataset", "mnist", "--data-root", str(empty)]
+    assert cli.run(main, argv) == cli.EXIT_USAGE
+    assert "trained on digits (64 inputs, 10 classes), but mnist has 784" in (
+        capsys.readouterr().err)
+
+
+def test_a_folder_given_for_the_checkpoint_says_it_is_a_folder(tmp_path, capsys):
+    """python -m src.validator FOLDER says it is a folder, not that it does not exist."""
+    assert cli.run(main, [str(tmp_path)]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err == f"error: {tmp_path}: is a folder, not a checkpoint file\n"
+
+
+def test_a_non_checkpoint_file_never_suggests_unsafe_loading(tmp_path, capsys):
+    """The validator given a README says it is not a checkpoint, without torch's advice to
+    retry with weights_only=False."""
+    readme = tmp_path / "README.md"
+    readme.write_text("# IA-Prune\n")
+    assert cli.run(main, [str(readme)]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err == f"error: {readme}: not a PyTorch checkpoint (torch.load cannot read it)\n"

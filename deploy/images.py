@@ -1,0 +1,119 @@
+"""Image files (PNG, JPEG, BMP, GIF, TIFF, WebP, ... via Pillow) as MNIST-style grayscale samples.
+
+Pillow is optional: deploy imports it only when an image is read, so bundles of .npy inputs need
+torch and numpy alone. An image becomes what the model saw in training: one grayscale channel,
+a light drawing on a dark background, resized to the model's input size.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+LIGHT_BACKGROUND = 127  # a border median above this is a light background (dark-on-light image)
+BORDER_FRACTION = 0.1  # the border band examined: this fraction of the shorter side (>= 1 pixel)
+ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+
+
+class ImageSupportMissing(ImportError):
+    """An image was given but Pillow, which deploy reads images with, is not installed."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_pixels(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file with Pillow to (height, width, channels) uint8.
+
+    Channels: 1 (grayscale), 3 (RGB) or 4 (RGBA, for images with transparency). 16-bit
+    grayscale keeps its high byte; EXIF rotation (phone photos) is applied; animations give
+    their first frame.
+    """
+    try:
+        from PIL import Image, ImageOps
+    except ImportError:
+        raise ImageSupportMissing(f"{path}: reading images needs Pillow: pip install pillow "
+                                  f"(.npy arrays need nothing more)") from None
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+            if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+                # 16-bit (or 32-bit) grayscale: Pillow's convert("L") would clip at 255
+                values = np.clip(np.asarray(image, dtype=np.float64), 0, 65535)
+                return (values.astype(np.uint32) >> 8).astype(np.uint8)[..., None]
+            if image.mode == "L":
+                return np.asarray(image, dtype=np.uint8)[..., None]
+            alpha = image.mode in ALPHA_MODES or "transparency" in image.info
+            return np.asarray(image.convert("RGBA" if alpha else "RGB"), dtype=np.uint8)
+    except Image.UnidentifiedImageError:
+        raise ValueError(f"{path}: not an image Pillow can read, nor a .npy array") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"{path}: cannot decode the image ({_first_line(exc)})") from None
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """(h, w, channels) uint8 -> (h, w) uint8: ITU-R 601 luma for colour.
+
+    Transparent pixels take a background that contrasts with what is drawn: black behind light
+    strokes (MNIST's look), white behind dark ones (a black digit drawn on a transparent canvas).
+    """
+    channels = image.shape[2]
+    values = image.astype(np.float64)
+    if channels in (3, 4):
+        gray = values[..., 0] * 0.299 + values[..., 1] * 0.587 + values[..., 2] * 0.114
+    else:
+        gray = values[..., 0]
+    if channels in (2, 4):
+        alpha = values[..., -1] / 255.0
+        ink = (gray * alpha).sum() / max(alpha.sum(), 1e-12)  # mean brightness of the drawing
+        background = 255.0 if ink < 128 else 0.0
+        gray = gray * alpha + background * (1.0 - alpha)
+    return np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+
+
+def has_light_background(gray: np.ndarray) -> bool:
+    """Whether the border of a (h, w) uint8 image is mostly light: a dark drawing on light paper,
+    the opposite of MNIST's light digit on black."""
+    h, w = gray.shape
+    k = max(1, int(min(h, w) * BORDER_FRACTION))
+    border = np.concatenate([gray[:k].ravel(), gray[-k:].ravel(),
+                             gray[:, :k].ravel(), gray[:, -k:].ravel()])
+    return float(np.median(border)) > LIGHT_BACKGROUND
+
+
+def resize(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a (h, w) uint8 image: area averaging when shrinking, bilinear when enlarging."""
+    if gray.shape == size:
+        return gray
+    t = torch.from_numpy(gray.astype(np.float32))[None, None]  # (1, 1, h, w)
+    if gray.shape[0] >= size[0] and gray.shape[1] >= size[1]:
+        out = F.interpolate(t, size=size, mode="area")
+    else:
+        out = F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+    return out[0, 0].round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def read_image(path: str | os.PathLike, size: tuple[int, int],
+               invert: bool | None = None) -> tuple[np.ndarray, str | None]:
+    """An image file as a (size) uint8 grayscale image, light drawing on dark, and a note.
+
+    invert=None inverts when the background is light (the note says so), True always inverts,
+    False never does.
+    """
+    path = Path(path)
+    gray = to_gray(load_pixels(path))
+    note = None
+    if invert is None:
+        invert = has_light_background(gray)
+        if invert:
+            note = (f"{path}: light background, so the image was inverted to a light drawing on "
+                    f"black as in training (--no-invert keeps it as it is)")
+    if invert:
+        gray = 255 - gray
+    return resize(gray, size), note
