@@ -195,7 +195,7 @@ def recommend(rows: Sequence[IterationResult], tolerance: float = 1.0) -> tuple[
     within `tolerance` points of the reference's; the reference is iteration 0 (the base model),
     else the largest model."""
     if not math.isfinite(tolerance) or tolerance < 0:
-        raise ValueError(f"tolerance must be a number of percentage points >= 0, got {tolerance}")
+        raise ResultsError(f"tolerance must be a number of percentage points >= 0, got {tolerance}")
     if not rows:
         raise ValueError("no rows to recommend from")
     base = next((r for r in rows if r.iteration == 0), None)
@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if not math.isfinite(args.tolerance) or args.tolerance < 0:
-        raise ValueError(f"--tolerance must be >= 0 percentage points, got {args.tolerance}")
+        raise ResultsError(f"--tolerance must be >= 0 percentage points, got {args.tolerance}")
     modes = mode_dirs(args.folder)
     others = [m for other in args.compare for m in mode_dirs(other)]
     if len(modes) > 1:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from src.errors import UserError
 from src.files import atomic_write
 
 DEFAULT_ROOT = "data"
@@ -77,7 +78,7 @@ DIGITS_CLASSES = tuple(str(d) for d in range(10))
 DIGITS_TEST_SIZE = 360  # scikit-learn's digits has no test split: one is carved with a fixed seed
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset file that is corrupt or cannot be verified."""
 
 
@@ -207,7 +208,7 @@ def load_idx(name: str, root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray,
 def _split_off(x: Tensor, y: Tensor, n: int, seed: int) -> tuple[Split, Split]:
     """Carve `n` samples from (x, y) with a fixed-seed permutation: (rest, carved)."""
     if not 0 < n < len(y):
-        raise ValueError(f"validation size must be between 1 and {len(y) - 1}, got {n}")
+        raise DatasetError(f"validation size must be between 1 and {len(y) - 1}, got {n}")
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     rest, carved = perm[n:].sort().values, perm[:n].sort().values
     return Split(x[rest], y[rest]), Split(x[carved], y[carved])
@@ -216,7 +217,7 @@ def _split_off(x: Tensor, y: Tensor, n: int, seed: int) -> tuple[Split, Split]:
 def dataset_sizes(name: str) -> tuple[int, int]:
     """(inputs per sample, classes) of dataset `name`, without loading it."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {list(DATASETS)}")
+        raise DatasetError(f"unknown dataset {name!r}; choose from {list(DATASETS)}")
     classes = DIGITS_CLASSES if name == "digits" else SOURCES[name].classes
     return int(np.prod(INPUT_SHAPE[name])), len(classes)
 
@@ -229,7 +230,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None,
     training set with `seed`; the test split is the dataset's own and never overlaps it.
     """
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {list(DATASETS)}")
+        raise DatasetError(f"unknown dataset {name!r}; choose from {list(DATASETS)}")
     val_size = DEFAULT_VAL_SIZE[name] if val_size is None else val_size
     if name == "digits":
         from sklearn.datasets import load_digits  # offline: ships with scikit-learn

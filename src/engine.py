@@ -378,6 +378,7 @@ def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None =
         checkpoint = load_checkpoint(config.base_model)
         engine.check_fits(model_from_checkpoint(checkpoint, config.base_model), checkpoint,
                           config.base_model, exact=True)
+    train_config(config, 0), train_config(config, 1)  # invalid training settings fail now
     # The criterion must work on this architecture (e.g. apoz needs ReLU): find out now, not
     # after training the base model.
     sample = data.train

@@ -67,18 +67,18 @@ def format_percent(percent: float) -> str:
 def _check_hidden(hidden: Sequence[int]) -> list[int]:
     hidden = list(hidden)
     if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
-        raise ValueError(f"hidden sizes must be one or more integers >= 1, got {hidden}")
+        raise UserError(f"hidden sizes must be one or more integers >= 1, got {hidden}")
     return hidden
 
 
 def _check_q(q: float | Sequence[float], n_layers: int) -> list[float]:
     qs = [float(q)] * n_layers if isinstance(q, int | float) else [float(v) for v in q]
     if len(qs) != n_layers:
-        raise ValueError(f"q needs one value or one per hidden layer ({n_layers}), got {len(qs)}")
+        raise UserError(f"q needs one value or one per hidden layer ({n_layers}), got {len(qs)}")
     if any(not 0.0 < v <= 1.0 for v in qs):  # also rejects NaN
-        raise ValueError(f"q must be in (0, 1] (the fraction kept per step), got {qs}")
+        raise UserError(f"q must be in (0, 1] (the fraction kept per step), got {qs}")
     if all(v == 1.0 for v in qs):
-        raise ValueError("q = 1 for every layer prunes nothing; use q < 1 for some layer")
+        raise UserError("q = 1 for every layer prunes nothing; use q < 1 for some layer")
     return qs
 
 
@@ -88,11 +88,11 @@ def geometric_schedule(hidden: list[int], q: float | list[float] = 0.8, iteratio
     hidden = _check_hidden(hidden)
     qs = _check_q(q, len(hidden))
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
+        raise UserError(f"iterations must be an integer >= 1, got {iterations!r}")
     if isinstance(min_neurons, bool) or not isinstance(min_neurons, int) or min_neurons < 1:
-        raise ValueError(f"min_neurons must be an integer >= 1, got {min_neurons!r}")
+        raise UserError(f"min_neurons must be an integer >= 1, got {min_neurons!r}")
     if min_neurons > min(hidden):
-        raise ValueError(f"min_neurons {min_neurons} exceeds the smallest hidden layer "
+        raise UserError(f"min_neurons {min_neurons} exceeds the smallest hidden layer "
                          f"({min(hidden)}); counts would grow")
     rows: list[ScheduleRow] = []
     for t in range(iterations):
@@ -300,7 +300,7 @@ def check_out_folder(out: Path) -> None:
     blocker = next((p for p in (out, *out.parents) if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         which = "" if blocker == out else f"{blocker} "
-        raise ValueError(f"{out}: {which}is a file, not a folder (--out names the folder for "
+        raise UserError(f"{out}: {which}is a file, not a folder (--out names the folder for "
                          f"retain.txt and its two plots)")
 
 

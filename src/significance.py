@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from src.adjoint import MEASURES, SEEDS, Measure, Seed, chain, sweep
+from src.errors import UserError
 from src.groups import Group, groups
 from src.interval import Interval
 from src.spec import Net
@@ -161,7 +162,7 @@ def _interval_adjoint_criterion(model: Net, data: ScoreData, inputs: bool) -> li
 
 def _no_inputs(name: str, inputs: bool) -> None:
     if inputs:
-        raise ValueError(f"criterion {name} has no input-feature form; choose interval_adjoint, "
+        raise UserError(f"criterion {name} has no input-feature form; choose interval_adjoint, "
                          "random, magnitude, taylor or apoz to prune inputs")
 
 
@@ -234,7 +235,7 @@ def apoz(model: Net, data: ScoreData, inputs: bool = False) -> list[Tensor]:
     only; for input features, the fraction of non-zero inputs."""
     others = sorted({type(m).__name__ for m in chain(model) if type(m) in (nn.Sigmoid, nn.Tanh)})
     if others:
-        raise ValueError(f"apoz counts zero activations and needs ReLU; the model uses {others}")
+        raise UserError(f"apoz counts zero activations and needs ReLU; the model uses {others}")
     x, _ = _subset(data)
     found = groups(model, inputs)
     outputs, _ = _consumer_inputs(model, x.to(next(model.parameters()).dtype), found)
@@ -283,6 +284,6 @@ def score(name: str, model: Net, data: ScoreData, inputs: bool = False) -> list[
     """Scores of criterion `name`: one 1-D tensor per prunable group (with `inputs`, the input
     features first), higher = keep."""
     if name not in CRITERIA:
-        raise ValueError(f"unknown criterion {name!r}; choose from {list(CRITERIA)}")
+        raise UserError(f"unknown criterion {name!r}; choose from {list(CRITERIA)}")
     chain(model)  # an unsupported module is a TypeError naming it, for every criterion
     return CRITERIA[name](model, data, inputs)

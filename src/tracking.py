@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from src.concatenate import read_validation_results
+from src.errors import UserError
 from src.files import atomic_write
 from src.metrics import EPOCH, EPOCH_COLUMNS, RUN, VALIDATION
 from src.session import ITERATION_FILES, MODES
@@ -39,6 +40,10 @@ ROW_METRICS = {c.name: c.key for c in (*VALIDATION, *RUN) if c.kind != "label"}
 # train_results.txt column -> per-epoch metric (step = the Epoch column)
 EPOCH_METRICS = {c.name: f"epoch/{c.key}" for c in EPOCH if c.name != "Epoch"}
 
+
+
+class TrackingError(UserError):
+    """Tracking that cannot start or log: a missing package, an unreachable store."""
 
 
 class Tracker(Protocol):
@@ -107,11 +112,11 @@ class MlflowTracker:
             from mlflow.exceptions import MlflowException
             from mlflow.tracking import MlflowClient
         except ImportError as exc:
-            raise ValueError(f"--mlflow needs MLflow ({_first_line(exc)}): {INSTALL}") from None
+            raise TrackingError(f"--mlflow needs MLflow ({_first_line(exc)}): {INSTALL}") from None
         scheme = uri.split(":", 1)[0].split("+", 1)[0] if ":" in uri else ""
         missing = [m for m in ("sqlalchemy", "alembic") if importlib.util.find_spec(m) is None]
         if scheme in SQL_SCHEMES and missing:
-            raise ValueError(f"--mlflow {uri}: a {scheme} store needs {' and '.join(missing)}: "
+            raise TrackingError(f"--mlflow {uri}: a {scheme} store needs {' and '.join(missing)}: "
                              f"{INSTALL}")
         self.Metric, self.Param, self.RunTag = Metric, Param, RunTag
         self._error = MlflowException
@@ -134,7 +139,7 @@ class MlflowTracker:
         try:
             yield
         except self._error as exc:
-            raise ValueError(f"MLflow ({self.uri}): {what}: {_first_line(exc)}") from None
+            raise TrackingError(f"MLflow ({self.uri}): {what}: {_first_line(exc)}") from None
 
     # ------------------------------------------------------------------------- the parent run
     def start(self, config_path: Path, config: dict[str, Any], begin: int) -> None:
@@ -161,7 +166,7 @@ class MlflowTracker:
             location = (database.parent / ARTIFACTS).as_uri() if database else None
             return self.client.create_experiment(self.experiment, artifact_location=location)
         if found.lifecycle_stage != "active":
-            raise ValueError(f"MLflow ({self.uri}): experiment {self.experiment!r} is deleted; "
+            raise TrackingError(f"MLflow ({self.uri}): experiment {self.experiment!r} is deleted; "
                              "restore it or choose another --mlflow-experiment")
         return found.experiment_id
 
@@ -182,13 +187,13 @@ class MlflowTracker:
         except self._error:
             run = None
         if run is None or run.info.lifecycle_stage != "active":
-            raise ValueError(f"MLflow ({self.uri}): {config_path} names parent run {run_id}, "
+            raise TrackingError(f"MLflow ({self.uri}): {config_path} names parent run {run_id}, "
                              "which this store does not have (or it is deleted); use the "
                              f"--mlflow store the session was tracked in, or remove "
                              f"{RUN_ID_KEY!r} from config.json to start a new parent run")
         experiment = self.client.get_experiment(run.info.experiment_id).name
         if self.asked_experiment not in (None, experiment):
-            raise ValueError(f"--mlflow-experiment {self.experiment!r}: this session is tracked "
+            raise TrackingError(f"--mlflow-experiment {self.experiment!r}: this session is tracked "
                              f"in experiment {experiment!r}; leave the flag out to resume")
         self.parent_id, self.experiment_id, self.experiment = run_id, run.info.experiment_id, \
             experiment

@@ -16,11 +16,16 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from src.data import Dataset
+from src.errors import UserError
 from src.files import atomic_write
 from src.metrics import EPOCH_COLUMNS
 from src.validator import evaluate_split
 
 TRAIN_COLUMNS = EPOCH_COLUMNS
+
+
+class TrainingError(UserError):
+    """Training settings that are not allowed, or a run that diverged (NaN loss)."""
 
 
 @dataclass(frozen=True)
@@ -42,22 +47,22 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.epochs < 0 or self.batch_size < 1 or self.patience < 1:
-            raise ValueError("epochs must be >= 0, batch_size >= 1 and patience >= 1")
+            raise TrainingError("epochs must be >= 0, batch_size >= 1 and patience >= 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"learning rate must be a positive number, got {self.lr}")
+            raise TrainingError(f"learning rate must be a positive number, got {self.lr}")
         if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose cosine or constant")
+            raise TrainingError(f"unknown schedule {self.schedule!r}; choose cosine or constant")
         if not 0.0 <= self.label_smoothing < 1.0 or self.shift < 0:
-            raise ValueError("label_smoothing must be in [0, 1) and shift >= 0")
+            raise TrainingError("label_smoothing must be in [0, 1) and shift >= 0")
         if not 0.0 <= self.distill <= 1.0 or self.temperature <= 0:
-            raise ValueError("distill must be in [0, 1] and temperature > 0")
+            raise TrainingError("distill must be in [0, 1] and temperature > 0")
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         """Build from a dict; an unknown key is an error."""
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown training settings: {sorted(unknown)}")
+            raise TrainingError(f"unknown training settings: {sorted(unknown)}")
         return cls(**values)
 
 
@@ -190,7 +195,7 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
                 correct += (logits.argmax(1) == yb).sum()
         train_loss = loss_sum.item() / n
         if not math.isfinite(train_loss):
-            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss}); "
+            raise TrainingError(f"training diverged at epoch {epoch} (loss {train_loss}); "
                                      "try a lower --lr")
         val_loss, val_acc = evaluate_split(model, data.val)
         test_loss, test_acc = evaluate_split(model, data.test)

@@ -49,7 +49,7 @@ def evaluate_split(model: nn.Module, split: Split) -> tuple[float, float]:
         correct += (logits.argmax(1) == y).sum().item()
     model.train(was_training)
     if not torch.isfinite(torch.tensor(loss_sum)):
-        raise FloatingPointError("the model's loss is not finite (NaN or inf)")
+        raise UserError("the model's loss is not finite (NaN or inf): its weights have diverged")
     return loss_sum / len(split), 100.0 * correct / len(split)
 
 
