@@ -157,5 +157,8 @@ def copy_into(target: nn.Module, reference: DeployedNet, inputs: InputMode = "er
         _resize(m, ref, n_first if i == 0 else _n_in(ref))
     target.load_state_dict(state, strict=True)
     if indices is not None and inputs == "indices":
-        target.input_indices = indices.clone()
+        if hasattr(target, "input_indices") and "input_indices" not in target._buffers:
+            target.input_indices = indices.clone()  # your own attribute of that name: replaced
+        else:  # a buffer follows model.to(device) but stays out of your state_dict
+            target.register_buffer("input_indices", indices.clone(), persistent=False)
     return target.eval()

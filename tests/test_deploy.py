@@ -847,6 +847,7 @@ def test_load_pruned_model_attaches_the_kept_input_indices(select_checkpoint):
     model = deploy.load_pruned_model(SelectingNN(), select_checkpoint, inputs="indices")
     assert model.fc1.weight.shape == (20, 112)
     assert model.input_indices.tolist() == list(range(0, 784, 7))
+    assert set(model.state_dict()) == {f"fc{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias")}
     raw = images(9)
     assert torch.equal(deploy.predict(model, raw).logits,
                        deploy.predict(deploy.load(select_checkpoint), raw).logits)
