@@ -24,7 +24,7 @@ from torch import nn
 
 from deploy.__main__ import run
 from deploy.bundle import MODES, atomic_write, find_recommended, load
-from deploy.model import DeployedMLP, count_macs, count_params
+from deploy.model import DeployedMLP, DeployedNet, count_macs, count_params
 
 SYNTHETIC = {"dense": [784, 256, 64, 10], "pruned": [784, 54, 13, 10]}
 TARGET_SPEEDUP, TARGET_HIDDEN = 3.0, 21.0  # issue 7: >= 3x at batch 256 with <= 21% of neurons
@@ -63,7 +63,7 @@ def measure(models: dict[str, nn.Module], batch: int,
             config: BenchConfig) -> dict[str, list[float]]:
     """Seconds per forward pass of each model at `batch`, sampled alternately (round r of every
     model's list was taken back to back)."""
-    x = torch.rand(batch, next(iter(models.values())).sizes[0])  # (batch, n_in) model inputs
+    x = torch.rand(batch, next(iter(models.values())).n_inputs)  # (batch, n_in) model inputs
     calls = {name: _calls_per_sample(m, x, config.sample_ms / 1e3) for name, m in models.items()}
     samples: dict[str, list[float]] = {name: [] for name in models}
     names = list(models)
@@ -79,18 +79,23 @@ def _spread(values: list[float]) -> float:
     return (q3 - q1) / 2 / statistics.median(values)
 
 
-def report(models: dict[str, DeployedMLP], sources: dict[str, str], config: BenchConfig) -> str:
+def label(model: DeployedNet) -> str:
+    """'784-54-13-10' for an MLP; the hidden units per layer ('2-4-8') for any other network."""
+    return "-".join(map(str, model.sizes or model.hidden))
+
+
+def report(models: dict[str, DeployedNet], sources: dict[str, str], config: BenchConfig) -> str:
     """Time both models and format a markdown table plus the speed-up ratios."""
     timings = {b: measure(models, b, config) for b in config.batches}
-    dense_hidden = sum(models["dense"].sizes[1:-1])
+    dense_hidden = sum(models["dense"].hidden)
     header = ["model", "sizes", "hidden kept", "params", "MACs"]
     for b in config.batches:
         header += [f"batch {b} median", f"batch {b} throughput"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, model in models.items():
-        kept = 100.0 * sum(model.sizes[1:-1]) / dense_hidden
-        row = [name, "-".join(map(str, model.sizes)), f"{kept:.1f}%",
-               f"{count_params(model):,}", f"{count_macs(model.sizes):,}"]
+        kept = 100.0 * sum(model.hidden) / dense_hidden
+        row = [name, label(model), f"{kept:.1f}%",
+               f"{count_params(model):,}", f"{count_macs(model):,}"]
         for b in config.batches:
             median = statistics.median(timings[b][name])
             row += [f"{median * 1e6:,.1f} µs (±{100 * _spread(timings[b][name]):.0f}%)",
@@ -107,7 +112,7 @@ def report(models: dict[str, DeployedMLP], sources: dict[str, str], config: Benc
                  + ", ".join(f"batch {b}: {s:.2f}x" for b, s in speedups.items()))
     lines.append("speed-up (median of per-round paired ratios): "
                  + ", ".join(f"batch {b}: {s:.2f}x" for b, s in paired.items()))
-    kept = 100.0 * sum(models["pruned"].sizes[1:-1]) / dense_hidden
+    kept = 100.0 * sum(models["pruned"].hidden) / dense_hidden
     if 256 in speedups:
         verdict = ("not applicable" if kept > TARGET_HIDDEN
                    else "met" if speedups[256] >= TARGET_SPEEDUP else "NOT met")
@@ -121,7 +126,7 @@ def report(models: dict[str, DeployedMLP], sources: dict[str, str], config: Benc
     return "\n".join(lines)
 
 
-def synthetic_models(seed: int = 0) -> dict[str, DeployedMLP]:
+def synthetic_models(seed: int = 0) -> dict[str, DeployedNet]:
     """Random-weight models of the reference sizes (timing does not depend on the values)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -163,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("give --session DIR, or --dense and --pruned, or --synthetic")
         models = {"dense": load(dense), "pruned": load(pruned)}
         sources = {"dense": str(dense), "pruned": str(pruned)}
-    if models["dense"].sizes[0] != models["pruned"].sizes[0]:
+    if models["dense"].n_inputs != models["pruned"].n_inputs:
         raise ValueError("the two models take different inputs")
     table = report(models, sources, config)
     print(table)

@@ -23,6 +23,7 @@ from .bundle import (
 from .idx import DATASETS, ROOT_ENV, load_test_split
 from .images import ImageSupportMissing
 from .inputs import InputRangeError, InputSpec, predict, preprocess, read_inputs
+from .model import describe
 from .onnx_export import OnnxUnavailable, check_onnx
 
 DEFAULT_BUNDLE = "deploy/bundle"
@@ -40,8 +41,10 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     out = Path(args.out)
     acc = manifest["test_accuracy"]
     print(f"bundle {out}/ from {checkpoint}")
-    print(f"  {MODEL_FILE}      {'-'.join(map(str, manifest['sizes']))} "
-          f"{manifest['activation']}, {manifest['params']:,} params, {manifest['macs']:,} MACs, "
+    sizes = manifest["sizes"]
+    arch = (f"{'-'.join(map(str, sizes))} {manifest['activation']}" if sizes
+            else describe(manifest["spec"]))
+    print(f"  {MODEL_FILE}      {arch}, {manifest['params']:,} params, {manifest['macs']:,} MACs, "
           f"sha256 {manifest['sha256'][:12]}...")
     print(f"  manifest.json  iteration {manifest['iteration']}, test accuracy "
           f"{'unknown' if acc is None else f'{acc:.2f}%'}")

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import secrets
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,7 @@ from torch import nn
 from .inputs import InputSpec
 from .model import (
     BundleError,
-    DeployedMLP,
-    copy_into,
+    DeployedNet,
     count_macs,
     count_params,
     load_checkpoint_file,
@@ -24,9 +24,13 @@ from .model import (
     read_checkpoint,
 )
 from .onnx_export import OnnxUnavailable, check_onnx, export_onnx
+from .user_model import InputMode, copy_into
 
 __version__ = "0.1.0"
-BUNDLE_FORMAT = "ia-prune-bundle/1"
+BUNDLE_FORMAT = "ia-prune-bundle/2"  # records the architecture spec
+LEGACY_BUNDLE_FORMAT = "ia-prune-bundle/1"  # an MLP by its sizes and activation (still loads)
+REQUIRED_KEYS = {BUNDLE_FORMAT: ("sha256", "spec"),
+                 LEGACY_BUNDLE_FORMAT: ("sha256", "sizes", "activation")}
 MANIFEST, MODEL_FILE, ONNX_FILE = "manifest.json", "model.pth", "model.onnx"
 RESULTS = Path("prune_w_retrain_results") / "recommended.txt"  # under a session's mode folder
 MODES = ("iterative_pruning", "one_shot_pruning")
@@ -81,10 +85,10 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") not in REQUIRED_KEYS:
         raise BundleError(f"{path}: not an IA-Prune bundle manifest "
                           f"(expected format {BUNDLE_FORMAT!r})")
-    for key in ("sha256", "sizes", "activation"):
+    for key in REQUIRED_KEYS[manifest["format"]]:
         if key not in manifest:
             raise BundleError(f"{path}: manifest lacks {key!r}")
     return manifest
@@ -103,17 +107,25 @@ def checked_file(folder: Path, name: str, expected: str) -> bytes:
     return data
 
 
-def _attach(model: DeployedMLP, info: dict[str, Any]) -> DeployedMLP:
+def _attach(model: DeployedNet, info: dict[str, Any]) -> DeployedNet:
     """Record the preprocessing, class names and metadata on a loaded model."""
-    model.input_spec = InputSpec.from_dict(info.get("input"), model.sizes[0])
+    model.input_spec = InputSpec.from_dict(info.get("input"), model.n_inputs)
     classes = info.get("classes")
-    if isinstance(classes, list) and len(classes) == model.sizes[-1]:
+    if isinstance(classes, list) and len(classes) == len(model.classes):
         model.classes = [str(c) for c in classes]
     model.info = info
     return model
 
 
-def load(path: str | os.PathLike) -> DeployedMLP:
+def _same_architecture(manifest: dict[str, Any], model: DeployedNet) -> bool:
+    """Whether the manifest describes the network rebuilt from model.pth."""
+    if manifest["format"] == LEGACY_BUNDLE_FORMAT:
+        return (model.sizes == list(manifest["sizes"])
+                and model.activation == manifest["activation"])
+    return manifest["spec"] == model.spec
+
+
+def load(path: str | os.PathLike) -> DeployedNet:
     """An nn.Module in eval mode from a bundle folder (sha256-checked) or a best_model.pth."""
     path = Path(path)
     if path.is_file() and path.name == MANIFEST:
@@ -124,40 +136,49 @@ def load(path: str | os.PathLike) -> DeployedMLP:
         manifest = read_manifest(path)
         source = path / MODEL_FILE
         checkpoint = read_checkpoint(checked_file(path, MODEL_FILE, manifest["sha256"]), source)
-        if (list(checkpoint["sizes"]) != list(manifest["sizes"])
-                or checkpoint["activation"] != manifest["activation"]):
+        model = model_from_checkpoint(checkpoint, source)
+        if not _same_architecture(manifest, model):
             raise BundleError(f"{source}: architecture differs from {MANIFEST}")
-        return _attach(model_from_checkpoint(checkpoint, source), manifest)
+        return _attach(model, manifest)
     checkpoint, _ = load_checkpoint_file(path)
     meta = {k: v for k, v in checkpoint.items() if k != "state_dict"}
     return _attach(model_from_checkpoint(checkpoint, path), meta)
 
 
-def load_pruned_model(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Resize the nn.Linear layers of your own model in place to a checkpoint's and load it.
+def load_pruned_model(model: nn.Module, path: str | os.PathLike,
+                      inputs: InputMode = "error") -> nn.Module:
+    """Resize the Conv2d, BatchNorm1d/2d and Linear layers of your own model in place to a
+    checkpoint's and load its weights strictly.
 
-    `path` is a bundle folder or a best_model.pth. The i-th Linear of `model` gets the i-th
-    layer of the checkpoint; a different layer count or input/output size is a ValueError.
-    The model is put in eval mode and gets `input_spec`, so predict(model, raw) works.
+    `path` is a bundle folder or a best_model.pth. The i-th such layer of `model` (registration
+    order) gets the i-th of the checkpoint; a different count, layer kind, kernel/stride/padding,
+    input or output size is a ValueError and leaves the model as it was. `inputs` says what to
+    do with an input-pruned checkpoint (see deploy.user_model): "error", "indices" (sets
+    `model.input_indices`; your forward must apply them) or "zeros". The model is put in eval
+    mode and gets `input_spec`, so predict(model, raw) works (it passes images shaped
+    (batch, *input) to a CNN, flat (batch, features) to an MLP).
     """
     reference = load(path)
-    copy_into(model, reference)
-    model.input_spec = reference.input_spec
+    copy_into(model, reference, inputs)
+    # your CNN takes images (batch, *shape); an MLP takes them flat, as the engine's does
+    model.input_spec = replace(reference.input_spec, flatten=reference.flat_input)
     return model
 
 
-def build_manifest(checkpoint: dict[str, Any], model: DeployedMLP, data: bytes,
+def build_manifest(checkpoint: dict[str, Any], model: DeployedNet, data: bytes,
                    source: str) -> dict[str, Any]:
     """The manifest of a bundle for `checkpoint` (rebuilt as `model`, file bytes `data`)."""
     metrics = checkpoint.get("metrics") if isinstance(checkpoint.get("metrics"), dict) else {}
-    spec = InputSpec.from_dict(checkpoint.get("input"), model.sizes[0])
-    classes = checkpoint.get("classes") or [str(c) for c in range(model.sizes[-1])]
+    spec = InputSpec.from_dict(checkpoint.get("input"), model.n_inputs)
+    classes = checkpoint.get("classes") or model.classes
     return {
         "format": BUNDLE_FORMAT,
         "model_file": MODEL_FILE,
         "sha256": sha256(data),
+        "spec": model.spec,
+        "features_read": model.features_read,
         "sizes": model.sizes,
-        "hidden": model.sizes[1:-1],
+        "hidden": model.hidden,
         "activation": model.activation,
         "dataset": checkpoint.get("dataset"),
         "val_size": checkpoint.get("val_size"),
@@ -171,7 +192,7 @@ def build_manifest(checkpoint: dict[str, Any], model: DeployedMLP, data: bytes,
         "val_accuracy": metrics.get("val_accuracy"),
         "metrics": metrics,
         "params": count_params(model),
-        "macs": int(checkpoint.get("macs") or count_macs(model.sizes)),
+        "macs": int(checkpoint.get("macs") or count_macs(model)),
         "project_version": checkpoint.get("version"),
         "deploy_version": __version__,
         "source": source,
@@ -195,11 +216,11 @@ def write_bundle(checkpoint_path: str | os.PathLike, out: str | os.PathLike,
     onnx_bytes = None
     if onnx:
         try:
-            onnx_bytes = export_onnx(model, model.sizes[0])
+            onnx_bytes = export_onnx(model, model.n_inputs)
         except OnnxUnavailable as exc:
             onnx_entry = {"skipped": str(exc)}
     if onnx_bytes is not None:
-        x = torch.rand(ONNX_CHECK_ROWS, model.sizes[0], generator=torch.Generator().manual_seed(0))
+        x = torch.rand(ONNX_CHECK_ROWS, model.n_inputs, generator=torch.Generator().manual_seed(0))
         diff = check_onnx(onnx_bytes, model, x)
         onnx_entry = {"file": ONNX_FILE, "sha256": sha256(onnx_bytes), "input": "input",
                       "output": "logits", "max_abs_diff": diff}

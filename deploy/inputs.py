@@ -40,10 +40,11 @@ class InputSpec:
 
     @classmethod
     def from_dict(cls, info: dict[str, Any] | None, n_in: int) -> InputSpec:
-        """The spec recorded in a checkpoint/manifest; absent, MNIST's when n_in is 784 else
-        (n_in,) floats used as they are."""
-        if not info:
-            info = MNIST_INPUT if n_in == 784 else {"shape": [n_in], "scale": 1.0,
+        """The spec recorded in a checkpoint/manifest; when it records no more than a shape,
+        MNIST's when n_in is 784, else floats of that shape (or (n_in,)) used as they are."""
+        if not info or set(info) <= {"shape"}:
+            shape = (info or {}).get("shape", [n_in])
+            info = MNIST_INPUT if n_in == 784 else {"shape": shape, "scale": 1.0,
                                                     "dtype": "float32"}
         try:
             spec = cls(shape=tuple(int(n) for n in info.get("shape", [n_in])),

@@ -1,4 +1,8 @@
-"""Optional ONNX export of a deployed MLP, checked against torch with onnxruntime."""
+"""Optional ONNX export of a deployed network, checked against torch with onnxruntime.
+
+The ONNX model takes flat float32 inputs (batch, n_features), as preprocess() makes them, and
+reshapes them itself like the torch model, so raw images go in the same way for MLPs and CNNs.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ def export_onnx(model: nn.Module, n_features: int) -> bytes:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # the TorchScript exporter is deprecated in favour of the dynamo one, which needs
-        # onnxscript; the plain Linear/activation graph exports identically either way
+        # onnxscript; these plain layer graphs export identically either way
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(model.eval(), (torch.zeros(1, n_features),), buffer, dynamo=False,

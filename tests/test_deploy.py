@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import math
 import os
 import shutil
 import struct
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -25,9 +27,11 @@ from deploy.bundle import find_recommended, write_bundle
 from deploy.idx import load_test_split, parse_idx
 from deploy.images import to_gray
 from deploy.inputs import InputSpec, preprocess, read_inputs
+from deploy.model import count_macs
+from src import spec as src_spec
 from src.checkpoint import load_model, save_checkpoint
 from src.data import load_dataset
-from src.model import build_model
+from src.model import layer_table, mlp_net
 from src.validator import evaluate_split
 
 DEPLOY_DIR = Path(deploy.__file__).parent
@@ -44,7 +48,7 @@ def engine_checkpoint(path: Path, sizes: list[int], seed: int = 0, **overrides) 
                 percent_retained=25.0, metrics=METRICS, params=1, macs=2,
                 criterion="interval_adjoint", version="0.1.0")
     meta.update(overrides)
-    return save_checkpoint(path, build_model(sizes, seed=seed), **meta)
+    return save_checkpoint(path, mlp_net(sizes, seed=seed), **meta)
 
 
 @pytest.fixture
@@ -64,15 +68,19 @@ def images(n: int, seed: int = 0) -> np.ndarray:
 
 
 class SimpleNN(nn.Module):
-    """A hand-written 3-layer MLP, as a thesis user would define it."""
+    """A hand-written 3-layer MLP, as the thesis defines it."""
 
     def __init__(self):
         super().__init__()
-        self.fc1, self.fc2, self.fc3 = nn.Linear(784, 256), nn.Linear(256, 64), nn.Linear(64, 10)
+        self.fc1 = nn.Linear(784, 256)
+        self.fc2 = nn.Linear(256, 64)
+        self.fc3 = nn.Linear(64, 10)
 
     def forward(self, x):
-        x = torch.relu(self.fc1(x.flatten(1)))
-        return self.fc3(torch.relu(self.fc2(x)))
+        x = x.view(len(x), -1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
 
 
 # ---- bundles and load ------------------------------------------------------------------------
@@ -112,7 +120,7 @@ def test_manifest_records_architecture_data_metrics_and_checksum(checkpoint, bun
 def test_manifest_falls_back_for_a_minimal_checkpoint(tmp_path):
     """Only format/sizes/activation/state_dict are required: MACs, params and MNIST input are
     derived."""
-    path = save_checkpoint(tmp_path / "m.pth", build_model([784, 6, 10], seed=0))
+    path = save_checkpoint(tmp_path / "m.pth", mlp_net([784, 6, 10], seed=0))
     manifest = write_bundle(path, tmp_path / "b", onnx=False)
     assert manifest["macs"] == 784 * 6 + 6 * 10 and manifest["params"] == 784 * 6 + 6 + 6 * 10 + 10
     assert manifest["input"] == MNIST_INPUT and manifest["test_accuracy"] is None
@@ -142,7 +150,8 @@ def test_load_pruned_model_from_a_bundle_supports_predict(bundle):
 def test_load_pruned_model_refuses_a_different_layer_count(checkpoint):
     """A class with 2 Linear layers for a 3-layer checkpoint is a clear error; it is left as is."""
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
-    with pytest.raises(ValueError, match="has 2 nn.Linear layers but the checkpoint has 3"):
+    with pytest.raises(ValueError, match="has 2 Conv2d/BatchNorm/Linear layers but the "
+                                         "checkpoint has 3"):
         deploy.load_pruned_model(model, checkpoint)
     assert model[1].weight.shape == (32, 784)
 
@@ -150,7 +159,8 @@ def test_load_pruned_model_refuses_a_different_layer_count(checkpoint):
 def test_load_pruned_model_refuses_a_different_input_size(checkpoint):
     """A class whose first Linear takes 100 inputs cannot receive a 784-input checkpoint."""
     model = nn.Sequential(nn.Linear(100, 32), nn.ReLU(), nn.Linear(32, 16), nn.Linear(16, 10))
-    with pytest.raises(ValueError, match="maps 100 inputs to 10 outputs"):
+    with pytest.raises(ValueError, match="takes 100 inputs but the checkpoint's first layer "
+                                         "takes 784"):
         deploy.load_pruned_model(model, checkpoint)
 
 
@@ -312,7 +322,7 @@ def test_weights_that_do_not_fit_the_sizes_are_refused(tmp_path):
     """strict loading: a state_dict inconsistent with the recorded sizes is refused."""
     path = tmp_path / "m.pth"
     torch.save({"format": "ia-prune/1", "sizes": [784, 5, 10], "activation": "relu",
-                "state_dict": build_model([784, 6, 10], seed=0).state_dict()}, path)
+                "state_dict": mlp_net([784, 6, 10], seed=0).state_dict()}, path)
     with pytest.raises(deploy.BundleError, match="do not fit the recorded architecture"):
         deploy.load(path)
 
@@ -694,6 +704,372 @@ def test_idx_reader_refuses_truncated_files():
         parse_idx(payload, "x")
 
 
+# ---- every spec layer type: the twin of src.spec.build, CNNs, input selection ---------------
+
+DIGITS_INPUT = {"shape": [1, 8, 8], "scale": 1 / 16, "flatten": True, "dtype": "float32",
+                "range": [0.0, 1.0]}
+
+
+def spec_named(name: str) -> dict:
+    """The specs the twin is checked on: the presets, one with every other layer type, a select."""
+    if name == "mlp":
+        return src_spec.mlp([1, 28, 28], 10)
+    if name == "lenet5":
+        return src_spec.lenet5([1, 28, 28], 10)
+    if name == "cnn3":
+        return src_spec.cnn3([1, 8, 8], 10)
+    if name == "mixed":  # batchnorm 2-D and 1-D, tanh, avgpool, dropout, sigmoid, no-bias linear
+        layers = [{"type": "conv2d", "out": 4, "kernel": 3, "padding": 1}, "batchnorm", "tanh",
+                  {"type": "avgpool2d", "kernel": 2}, "flatten", {"type": "dropout", "p": 0.25},
+                  {"type": "linear", "out": 12, "bias": False}, "batchnorm", "sigmoid",
+                  {"type": "linear", "out": 10}]
+        return src_spec.check_spec({"input": [1, 8, 8], "layers": layers})
+    if name == "select":  # input pruning: 112 of 784 pixels read
+        layers = [{"type": "select", "indices": list(range(0, 784, 7))},
+                  {"type": "linear", "out": 20}, "relu", {"type": "linear", "out": 8}, "relu",
+                  {"type": "linear", "out": 10}]
+        return src_spec.check_spec({"input": [1, 28, 28], "layers": layers})
+    raise KeyError(name)
+
+
+SPEC_NAMES = ["mlp", "lenet5", "cnn3", "mixed", "select"]
+
+
+def with_batchnorm_stats(model: nn.Module, seed: int = 1) -> nn.Module:
+    """Give every BatchNorm random running statistics and affine values (not the identity)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=gen))
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.weight.copy_(torch.randn(n, generator=gen))
+                m.bias.copy_(torch.randn(n, generator=gen))
+    return model
+
+
+def spec_checkpoint(path: Path, spec: dict, seed: int = 0, **overrides) -> Path:
+    """A best_model.pth of `spec` written by the engine's save_checkpoint (untrained)."""
+    digits = spec["input"] == [1, 8, 8]
+    meta = dict(dataset="digits" if digits else "mnist", input=DIGITS_INPUT if digits
+                else MNIST_INPUT, classes=[str(d) for d in range(10)], iteration=0,
+                metrics=METRICS)
+    meta.update(overrides)
+    model = with_batchnorm_stats(src_spec.build(spec, seed=seed))
+    return save_checkpoint(path, model, **meta)
+
+
+def raw_inputs(spec: dict, n: int, seed: int = 0) -> np.ndarray:
+    """Raw uint8 inputs for a spec: digits-like 0..16 for 8x8, MNIST-like 0..255 for 28x28."""
+    high = 17 if spec["input"] == [1, 8, 8] else 256
+    return np.random.default_rng(seed).integers(0, high, (n, *spec["input"][1:]), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("name", SPEC_NAMES)
+def test_deploy_twin_builds_what_src_builds(name):
+    """DeployedNet and src.spec.build agree: module types, state_dict keys and shapes, the filled
+    spec, and (with the same weights) outputs on flat and image-shaped inputs."""
+    spec = spec_named(name)
+    net = with_batchnorm_stats(src_spec.build(spec, seed=0)).eval()
+    twin = deploy.DeployedNet(spec)
+    assert [type(m).__name__ for m in twin] == [type(m).__name__ for m in net]
+    assert ({k: v.shape for k, v in twin.state_dict().items()}
+            == {k: v.shape for k, v in net.state_dict().items()})
+    assert twin.spec == src_spec.check_spec(spec) and twin.flat_input == net.flat_input
+    twin.load_state_dict(net.state_dict(), strict=True)
+    twin.eval()
+    x = torch.rand(5, *spec["input"], generator=torch.Generator().manual_seed(0))
+    assert torch.equal(twin(x), net(x))
+    assert torch.equal(twin(x.reshape(5, -1)), net(x.reshape(5, -1)))
+
+
+def test_deploy_knows_the_layer_types_and_defaults_of_src():
+    """deploy.model repeats src/spec.py's layer table: the same types, fields and defaults."""
+    from deploy import model as twin
+
+    def plain(fields, required):
+        return {kind: {f: "REQUIRED" if d is required else d for f, d in spec.items()}
+                for kind, spec in fields.items()}
+
+    assert plain(twin.FIELDS, twin.REQUIRED) == plain(src_spec.FIELDS, src_spec.REQUIRED)
+    assert twin.ACTIVATIONS == src_spec.ACTIVATIONS and twin.ELEMENTWISE == src_spec.ELEMENTWISE
+
+
+@pytest.mark.parametrize("name", ["lenet5", "cnn3", "mixed", "select"])
+def test_spec_bundle_round_trip_gives_the_engines_outputs(tmp_path, name):
+    """A CNN (or input-pruned) checkpoint bundles and loads, computing what src's model does."""
+    spec = spec_named(name)
+    path = spec_checkpoint(tmp_path / "best_model.pth", spec)
+    write_bundle(path, tmp_path / "b", onnx=False)
+    reference, _ = load_model(path)
+    model = deploy.load(tmp_path / "b")
+    x = torch.rand(6, *spec["input"])
+    assert torch.equal(model(x), reference(x)) and not model.training
+
+
+def test_cnn_manifest_records_spec_features_params_and_conv_macs(tmp_path):
+    """The manifest of cnn3 on 1x8x8 has its spec, all 64 features read, no MLP sizes, the
+    channels as hidden units, its params and MACs counted by hand."""
+    spec = spec_named("cnn3")
+    path = spec_checkpoint(tmp_path / "m.pth", spec)
+    manifest = write_bundle(path, tmp_path / "b", onnx=False)
+    assert manifest["spec"] == spec and manifest["input"] == DIGITS_INPUT
+    assert manifest["features_read"] == 64 and manifest["sizes"] is None
+    assert manifest["hidden"] == [2, 4, 8] and manifest["activation"] == "relu"
+    assert manifest["params"] == (2 * 9 + 2) + (4 * 2 * 9 + 4) + (8 * 4 * 9 + 8) + 512 * 10 + 10
+    # out positions * out channels * in channels * kh * kw per conv, in * out for the linear
+    assert manifest["macs"] == 64 * 2 * 1 * 9 + 64 * 4 * 2 * 9 + 64 * 8 * 4 * 9 + 512 * 10
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text()) == manifest
+
+
+def test_select_manifest_records_how_many_features_are_read(tmp_path):
+    """An input-pruned MLP reads 112 of its 784 pixels: features_read 112, sizes from 112."""
+    path = spec_checkpoint(tmp_path / "m.pth", spec_named("select"))
+    manifest = write_bundle(path, tmp_path / "b", onnx=False)
+    assert manifest["features_read"] == 112 and manifest["sizes"] == [112, 20, 8, 10]
+    assert manifest["input"]["shape"] == [1, 28, 28]
+    assert manifest["macs"] == 112 * 20 + 20 * 8 + 8 * 10
+
+
+@pytest.mark.parametrize("name", SPEC_NAMES)
+def test_macs_agree_with_the_engines_layer_table(name):
+    """deploy's MAC count equals the engine's summary.txt total for every layer type."""
+    spec = spec_named(name)
+    assert count_macs(deploy.DeployedNet(spec)) == layer_table(src_spec.build(spec))[2]
+
+
+def test_predict_classifies_raw_digits_with_a_cnn(tmp_path, capsys):
+    """Raw uint8 8x8 digits are scaled by 1/16 and reshaped for the CNN, in Python and on the
+    command line."""
+    spec = spec_named("cnn3")
+    path = spec_checkpoint(tmp_path / "m.pth", spec)
+    model, raw = deploy.load(path), raw_inputs(spec, 4)
+    x = torch.from_numpy(raw.reshape(4, -1).astype(np.float32) * (1 / 16))
+    pred = deploy.predict(model, raw)
+    assert torch.equal(pred.logits, model(x))
+    np.save(tmp_path / "d.npy", raw)
+    assert main(["predict", "--bundle", str(path), str(tmp_path / "d.npy")]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{tmp_path / 'd.npy'}[{i}]: {label} (p={p:.4f})"
+        for i, (label, p) in enumerate(zip(pred.labels.tolist(), pred.confidence.tolist(),
+                                           strict=True))]
+
+
+@pytest.mark.parametrize("name", ["lenet5", "cnn3", "mixed", "select"])
+def test_onnx_export_matches_torch_for_every_layer_type(tmp_path, name):
+    """model.onnx takes flat preprocessed inputs, like torch, and agrees with it for convs,
+    pooling, batchnorm, dropout, sigmoid/tanh and select."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from deploy.onnx_export import onnx_logits
+
+    spec = spec_named(name)
+    path = spec_checkpoint(tmp_path / "m.pth", spec)
+    manifest = write_bundle(path, tmp_path / "b")
+    assert manifest["onnx"]["max_abs_diff"] <= 1e-4
+    model = deploy.load(tmp_path / "b")
+    x = preprocess(raw_inputs(spec, 33), model.input_spec)
+    assert x.shape == (33, math.prod(spec["input"]))
+    torch.testing.assert_close(onnx_logits((tmp_path / "b" / "model.onnx").read_bytes(), x),
+                               model(x).detach(), atol=1e-5, rtol=0)
+
+
+def test_bundle_and_verify_commands_work_for_a_cnn(tmp_path, capsys):
+    """`bundle` describes the CNN; `verify` checks its checksums (digits: no IDX test split)."""
+    path = spec_checkpoint(tmp_path / "m.pth", spec_named("cnn3"))
+    assert main(["bundle", str(path), "--out", str(tmp_path / "b"), "--no-onnx"]) == 0
+    out = capsys.readouterr().out
+    assert "conv2d 2 3 1 1, relu" in out and "29,312 MACs" in out
+    assert main(["verify", "--bundle", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "sha256 ok" in out and "accuracy: not checked" in out
+
+
+def test_checkpoint_with_an_unknown_layer_type_is_refused(tmp_path):
+    """A spec deploy cannot build is a BundleError naming the file, not a crash."""
+    path = tmp_path / "m.pth"
+    torch.save({"format": "ia-prune/2", "spec": [{"type": "lstm"}], "input": {"shape": [4]},
+                "state_dict": {}}, path)
+    with pytest.raises(deploy.BundleError, match=r"m\.pth: bad architecture .*'lstm'"):
+        deploy.load(path)
+
+
+def test_manifest_whose_spec_differs_from_model_pth_is_refused(tmp_path):
+    """A manifest edited to describe another architecture no longer matches model.pth."""
+    path = spec_checkpoint(tmp_path / "m.pth", spec_named("cnn3"))
+    write_bundle(path, tmp_path / "b", onnx=False)
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    manifest["spec"]["layers"][0]["kernel"] = 5
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(deploy.BundleError, match="architecture differs"):
+        deploy.load(tmp_path / "b")
+
+
+# ---- checkpoints and bundles of the previous version --------------------------------------------
+
+def legacy_checkpoint(path: Path) -> Path:
+    """An ia-prune/1 checkpoint as the previous version wrote it: sizes, activation, 0./2. keys."""
+    gen = torch.Generator().manual_seed(0)
+    state = {"0.weight": torch.randn(6, 784, generator=gen) / 28,
+             "0.bias": torch.randn(6, generator=gen),
+             "2.weight": torch.randn(10, 6, generator=gen),
+             "2.bias": torch.randn(10, generator=gen)}
+    torch.save({"format": "ia-prune/1", "sizes": [784, 6, 10], "activation": "tanh",
+                "state_dict": state, "input": MNIST_INPUT, "dataset": "mnist",
+                "metrics": METRICS}, path)
+    return path
+
+
+def test_ia_prune_1_checkpoint_loads_and_bundles(tmp_path):
+    """A checkpoint of the previous format computes tanh(x W0' + b0) W2' + b2 and bundles."""
+    path = legacy_checkpoint(tmp_path / "old.pth")
+    state = torch.load(path, weights_only=True)["state_dict"]
+    x = torch.rand(5, 784)
+    expected = torch.tanh(x @ state["0.weight"].T + state["0.bias"]) @ state["2.weight"].T
+    torch.testing.assert_close(deploy.load(path)(x), expected + state["2.bias"])
+    manifest = write_bundle(path, tmp_path / "b", onnx=False)
+    assert manifest["sizes"] == [784, 6, 10] and manifest["activation"] == "tanh"
+    assert manifest["spec"]["input"] == [1, 28, 28]
+
+
+def test_bundle_written_by_the_previous_version_still_loads(tmp_path):
+    """An ia-prune-bundle/1 manifest (sizes and activation, no spec) loads; wrong sizes do not."""
+    write_bundle(legacy_checkpoint(tmp_path / "old.pth"), tmp_path / "b", onnx=False)
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    for key in ("spec", "features_read"):
+        del manifest[key]
+    manifest["format"] = "ia-prune-bundle/1"
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
+    assert deploy.load(tmp_path / "b").sizes == [784, 6, 10]
+    manifest["sizes"] = [784, 7, 10]
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(deploy.BundleError, match="architecture differs"):
+        deploy.load(tmp_path / "b")
+
+
+# ---- load_pruned_model: CNNs and input pruning -----------------------------------------------
+
+class UserCNN(nn.Module):
+    """A user's own small CNN for 1x8x8 digits (attributes, functional ReLU in forward)."""
+
+    def __init__(self, c1: int = 6, c2: int = 8, kernel: int = 3, in_channels: int = 1,
+                 affine: bool = True):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, c1, kernel, padding=kernel // 2)
+        self.bn1 = nn.BatchNorm2d(c1, affine=affine)
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(c1, c2, kernel, padding=kernel // 2)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(c2 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.bn1(self.conv1(x))))
+        return self.fc(self.flatten(F.relu(self.conv2(x))))
+
+
+def user_cnn_spec(c1: int = 3, c2: int = 5) -> dict:
+    """UserCNN's architecture as a spec, with fewer channels (as pruning would leave it)."""
+    return src_spec.check_spec({"input": [1, 8, 8], "layers": [
+        {"type": "conv2d", "out": c1, "kernel": 3, "padding": 1}, "batchnorm", "relu",
+        {"type": "maxpool2d", "kernel": 2}, {"type": "conv2d", "out": c2, "kernel": 3,
+                                             "padding": 1}, "relu", "flatten",
+        {"type": "linear", "out": 10}]})
+
+
+@pytest.fixture
+def cnn_checkpoint(tmp_path) -> Path:
+    return spec_checkpoint(tmp_path / "cnn.pth", user_cnn_spec())
+
+
+def test_load_pruned_model_resizes_a_users_cnn(cnn_checkpoint):
+    """UserCNN (6 and 8 channels) shrinks to the checkpoint's 3 and 5 channels, BatchNorm
+    included, and computes what the deployed model computes."""
+    model = deploy.load_pruned_model(UserCNN(), cnn_checkpoint)
+    assert model.conv1.weight.shape == (3, 1, 3, 3) and model.bn1.running_mean.shape == (3,)
+    assert (model.bn1.num_features, model.conv2.in_channels, model.conv2.out_channels) == (3, 3, 5)
+    assert model.fc.weight.shape == (10, 80) and not model.training
+    x = torch.rand(7, 1, 8, 8)
+    assert torch.equal(model(x), deploy.load(cnn_checkpoint)(x))
+    raw = raw_inputs(user_cnn_spec(), 3)
+    assert torch.equal(deploy.predict(model, raw).logits,
+                       deploy.predict(deploy.load(cnn_checkpoint), raw).logits)
+
+
+@pytest.mark.parametrize(("user", "message"), [
+    (lambda: UserCNN(kernel=5), "kernel_size"),
+    (lambda: UserCNN(in_channels=3), "takes 3 inputs but the checkpoint's first layer takes 1"),
+    (lambda: UserCNN(affine=False), "affine=True"),
+    (lambda: SimpleNN(), "has 3 Conv2d/BatchNorm/Linear layers but the checkpoint has 4"),
+    (lambda: nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm1d(6),
+                           nn.Conv2d(6, 8, 3, padding=1), nn.Linear(128, 10)),
+     "is a BatchNorm1d but the checkpoint's layer there is a BatchNorm2d"),
+])
+def test_load_pruned_model_refuses_a_cnn_that_does_not_fit(cnn_checkpoint, user, message):
+    """Layer kind, kernel, input channels and BatchNorm settings must fit; a refused model is
+    left exactly as it was."""
+    model = user()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        deploy.load_pruned_model(model, cnn_checkpoint)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.fixture
+def select_checkpoint(tmp_path) -> Path:
+    return spec_checkpoint(tmp_path / "select.pth", spec_named("select"))
+
+
+class SelectingNN(SimpleNN):
+    """SimpleNN whose forward applies the kept input indices, as load_pruned_model documents."""
+
+    def forward(self, x):
+        x = x.view(len(x), -1)[:, self.input_indices]
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+def test_load_pruned_model_refuses_input_pruning_unless_told(select_checkpoint):
+    """An input-pruned checkpoint into SimpleNN is a ValueError naming both choices; the model is
+    left as it was."""
+    model = SimpleNN()
+    with pytest.raises(ValueError, match="reads 112 of its 784 input features.*inputs='indices'"):
+        deploy.load_pruned_model(model, select_checkpoint)
+    assert model.fc1.weight.shape == (256, 784) and not hasattr(model, "input_indices")
+
+
+def test_load_pruned_model_attaches_the_kept_input_indices(select_checkpoint):
+    """inputs='indices': fc1 reads the 112 kept features, model.input_indices names them, and a
+    forward that applies them reproduces the deployed model."""
+    model = deploy.load_pruned_model(SelectingNN(), select_checkpoint, inputs="indices")
+    assert model.fc1.weight.shape == (20, 112)
+    assert model.input_indices.tolist() == list(range(0, 784, 7))
+    assert set(model.state_dict()) == {f"fc{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias")}
+    raw = images(9)
+    assert torch.equal(deploy.predict(model, raw).logits,
+                       deploy.predict(deploy.load(select_checkpoint), raw).logits)
+
+
+def test_load_pruned_model_can_give_pruned_inputs_zero_weights(select_checkpoint):
+    """inputs='zeros': SimpleNN keeps its 784-wide fc1 with zero columns for pruned pixels and,
+    unchanged, computes the deployed model's outputs."""
+    model = deploy.load_pruned_model(SimpleNN(), select_checkpoint, inputs="zeros")
+    assert model.fc1.weight.shape == (20, 784)
+    pruned = torch.ones(784, dtype=torch.bool)
+    pruned[list(range(0, 784, 7))] = False
+    assert torch.count_nonzero(model.fc1.weight[:, pruned]) == 0
+    x = torch.rand(9, 1, 28, 28)
+    torch.testing.assert_close(model(x), deploy.load(select_checkpoint)(x))
+
+
+def test_load_pruned_model_names_the_valid_input_modes(select_checkpoint):
+    """An unknown inputs= value is a ValueError listing the valid ones."""
+    with pytest.raises(ValueError, match="'error', 'indices', 'zeros'"):
+        deploy.load_pruned_model(SimpleNN(), select_checkpoint, inputs="drop")
+
+
 # ---- real MNIST (skipped when the files are absent) ------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -714,10 +1090,14 @@ def test_test_split_preprocessing_is_identical_to_the_engines(mnist):
 
 
 @pytest.mark.realdata
-def test_verify_confirms_the_recorded_accuracy_and_catches_a_wrong_one(tmp_path, mnist, capsys):
-    """verify re-evaluates the full test split: the engine's accuracy passes, 0.05 off fails."""
+@pytest.mark.parametrize("arch", ["mlp", "cnn3"])
+def test_verify_confirms_the_recorded_accuracy_and_catches_a_wrong_one(tmp_path, mnist, capsys,
+                                                                       arch):
+    """verify re-evaluates the full test split: the engine's accuracy passes, 0.05 off fails
+    (for an MLP and a CNN)."""
     root, data = mnist
-    model = build_model([784, 16, 10], seed=0)
+    model = (mlp_net([784, 16, 10], seed=0) if arch == "mlp"
+             else src_spec.build(src_spec.cnn3([1, 28, 28], 10), seed=0))
     accuracy = evaluate_split(model, data.test)[1]
     path = save_checkpoint(tmp_path / "m.pth", model, dataset="mnist", input=MNIST_INPUT,
                            metrics={"test_accuracy": accuracy})
