@@ -187,10 +187,11 @@ class Net(nn.Sequential):
         return spec_of(self)
 
     def forward(self, x: Tensor) -> Tensor:
+        # x.shape[0], not len(x): a traced or exported Net keeps a dynamic batch size
         if self.flat_input:
-            x = x.reshape(len(x), -1)
+            x = x.reshape(x.shape[0], -1)
         else:
-            x = x.reshape(len(x), *self.input_shape)
+            x = x.reshape(x.shape[0], *self.input_shape)
         return super().forward(x)
 
 
