@@ -15,15 +15,16 @@ from src.checkpoint import (
     load_model,
     save_checkpoint,
 )
-from src.model import build_model
+from src.model import mlp_net
+from src.spec import PRESETS, build, spec_of
 
 
 def test_round_trip_restores_architecture_weights_and_meta(tmp_path):
     """A saved model reloads with its sizes, activation, weights and metadata."""
-    model = build_model([8, 5, 3, 2], "sigmoid", seed=0)
+    model = mlp_net([8, 5, 3, 2], "sigmoid", seed=0)
     path = save_checkpoint(tmp_path / "best_model.pth", model, dataset="blobs", iteration=3)
     loaded, meta = load_model(path)
-    assert loaded.sizes == [8, 5, 3, 2] and loaded.activation == "sigmoid"
+    assert spec_of(loaded) == spec_of(model)
     assert meta["iteration"] == 3 and meta["dataset"] == "blobs"
     x = torch.rand(4, 8)
     torch.testing.assert_close(loaded(x), model(x))
@@ -31,9 +32,10 @@ def test_round_trip_restores_architecture_weights_and_meta(tmp_path):
 
 def test_checkpoint_is_plain_data_loadable_with_weights_only(tmp_path):
     """best_model.pth loads with torch.load(weights_only=True) into a dict: no classes pickled."""
-    path = save_checkpoint(tmp_path / "m.pth", build_model([4, 3, 2], seed=0))
+    path = save_checkpoint(tmp_path / "m.pth", mlp_net([4, 3, 2], seed=0))
     payload = torch.load(path, weights_only=True)
-    assert payload["format"] == "ia-prune/1" and payload["sizes"] == [4, 3, 2]
+    assert payload["format"] == "ia-prune/2" and payload["input"]["shape"] == [4]
+    assert [layer["type"] for layer in payload["spec"]] == ["linear", "relu", "linear"]
 
 
 class Evil:
@@ -51,7 +53,7 @@ def test_pickle_payload_is_refused(tmp_path):
 
 def test_truncated_file_is_reported_as_corrupt(tmp_path):
     """A checkpoint cut short (a killed copy) gives a clear error naming the file."""
-    path = save_checkpoint(tmp_path / "m.pth", build_model([4, 3, 2], seed=0))
+    path = save_checkpoint(tmp_path / "m.pth", mlp_net([4, 3, 2], seed=0))
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(CheckpointError, match="m.pth: truncated or corrupt"):
         load_checkpoint(path)
@@ -80,10 +82,10 @@ def test_missing_file_is_named(tmp_path):
 
 
 def test_mismatched_weights_are_refused(tmp_path):
-    """Weights that do not fit the recorded sizes are refused (strict loading)."""
-    path = save_checkpoint(tmp_path / "m.pth", build_model([4, 3, 2], seed=0))
+    """Weights that do not fit the recorded spec are refused (strict loading)."""
+    path = save_checkpoint(tmp_path / "m.pth", mlp_net([4, 3, 2], seed=0))
     payload = torch.load(path, weights_only=True)
-    payload["sizes"] = [4, 5, 2]
+    payload["spec"][0]["out"] = 5
     torch.save(payload, path)
     with pytest.raises(CheckpointError, match="do not fit"):
         load_model(path)
@@ -165,8 +167,37 @@ def test_a_folder_is_reported_as_a_folder(tmp_path):
     """A folder given for a checkpoint says it is a folder (and points at the checkpoint
     inside), not 'no such file'."""
     folder = tmp_path / "3" / "prune_w_retrain"
-    save_checkpoint(folder / "best_model.pth", build_model([4, 3, 2], seed=0))
+    save_checkpoint(folder / "best_model.pth", mlp_net([4, 3, 2], seed=0))
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(folder)
     assert str(info.value) == (f"{folder}: is a folder, not a checkpoint file "
                                f"(did you mean {folder / 'best_model.pth'}?)")
+
+
+def test_a_first_format_checkpoint_still_loads(tmp_path):
+    """ia-prune/1 (sizes + activation, keys 0./2./4.) loads as the same MLP."""
+    model = mlp_net([784, 16, 8, 10], "tanh", seed=0)
+    path = tmp_path / "old.pth"
+    torch.save({"format": "ia-prune/1", "sizes": [784, 16, 8, 10], "activation": "tanh",
+                "input": {"shape": [1, 28, 28], "scale": 1 / 255},
+                "state_dict": model.state_dict()}, path)
+    loaded, _ = load_model(path)
+    x = torch.rand(3, 1, 28, 28)
+    torch.testing.assert_close(loaded(x), model(x))
+    assert spec_of(loaded)["input"] == [1, 28, 28]
+
+
+def test_a_cnn_round_trips_with_batchnorm_buffers(tmp_path):
+    """Conv, BatchNorm (with its running statistics), pooling: saved, loaded, same outputs."""
+    spec = {"input": [1, 8, 8], "layers": [
+        {"type": "conv2d", "out": 3, "kernel": 3}, "batchnorm", "relu",
+        {"type": "avgpool2d", "kernel": 2}, "flatten", {"type": "dropout", "p": 0.2},
+        {"type": "linear", "out": 10}]}
+    model = build(spec, seed=0)
+    model.train()
+    model(torch.rand(16, 64))  # moves the running statistics away from their defaults
+    model.eval()
+    loaded, _ = load_model(save_checkpoint(tmp_path / "cnn.pth", model))
+    x = torch.rand(4, 64)
+    torch.testing.assert_close(loaded(x), model(x))
+    assert spec_of(build(PRESETS["lenet5"]([1, 28, 28], 10)))["layers"][0]["type"] == "conv2d"

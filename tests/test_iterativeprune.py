@@ -13,7 +13,7 @@ from src import data as data_module
 from src.checkpoint import load_model, save_checkpoint
 from src.concatenate import VALIDATION_COLUMNS, read_validation_results
 from src.iterativeprune import IterativePruning, PruneConfig, main
-from src.model import build_model
+from src.model import mlp_net
 from src.retain import ScheduleRow, write_schedule
 from src.trainer import TRAIN_COLUMNS
 
@@ -200,7 +200,7 @@ def test_folder_that_is_not_a_session_is_refused(tmp_path, retain, capsys):
 
 def test_base_model_of_other_architecture_is_refused(tmp_path, retain, capsys):
     """--base-model with other sizes is refused before anything is written."""
-    ckpt = save_checkpoint(tmp_path / "other.pth", build_model([64, 20, 8, 10], seed=0),
+    ckpt = save_checkpoint(tmp_path / "other.pth", mlp_net([64, 20, 8, 10], seed=0),
                            dataset="digits")
     err = error_of(capsys, *FAST, "--retain", retain, "--session", tmp_path / "s",
                    "--base-model", ckpt)
@@ -209,7 +209,7 @@ def test_base_model_of_other_architecture_is_refused(tmp_path, retain, capsys):
 
 def test_base_model_of_other_dataset_is_refused(tmp_path, retain, capsys):
     """--base-model trained on another dataset is refused."""
-    ckpt = save_checkpoint(tmp_path / "m.pth", build_model([64, 16, 8, 10], seed=0),
+    ckpt = save_checkpoint(tmp_path / "m.pth", mlp_net([64, 16, 8, 10], seed=0),
                            dataset="fashion-mnist")
     err = error_of(capsys, *FAST, "--retain", retain, "--session", tmp_path / "s",
                    "--base-model", ckpt)
@@ -230,7 +230,7 @@ def test_a_folder_given_for_a_file_flag_says_it_is_a_folder(tmp_path, retain, ca
 
 def test_base_model_is_used_as_iteration_zero(tmp_path, retain):
     """A fitting --base-model becomes iteration 0 without training."""
-    model = build_model([64, 16, 8, 10], seed=3)
+    model = mlp_net([64, 16, 8, 10], seed=3)
     ckpt = save_checkpoint(tmp_path / "m.pth", model, dataset="digits")
     assert run(*FAST, "--retain", retain, "--session", tmp_path / "s", "--base-model", ckpt) == 0
     base, _ = load_model(tmp_path / "s" / "iterative_pruning" / "0" / "prune_w_retrain" /
@@ -256,7 +256,7 @@ def test_checkpoint_not_matching_schedule_row_is_refused(tmp_path, retain, capsy
     session = tmp_path / "s"
     run(*FAST, "--retain", retain, "--session", session)
     ckpt = session / "iterative_pruning" / "1" / "prune_w_retrain" / "best_model.pth"
-    save_checkpoint(ckpt, build_model([64, 4, 2, 10], seed=0), dataset="digits")
+    save_checkpoint(ckpt, mlp_net([64, 4, 2, 10], seed=0), dataset="digits")
     err = error_of(capsys, "--session", session, "--begin-itr", "2", "--quiet")
     assert "do not match schedule row 1" in err
 

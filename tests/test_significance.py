@@ -9,7 +9,7 @@ from torch import nn
 
 from src.adjoint import interval_sweep
 from src.interval import Interval
-from src.model import MLP, build_model
+from src.model import mlp_net
 from src.significance import (
     CRITERIA,
     ScoreData,
@@ -23,7 +23,7 @@ from src.significance import (
 D = torch.float64
 
 
-def set_weights(model: MLP, *params: list) -> MLP:
+def set_weights(model: nn.Module, *params: list) -> nn.Module:
     """Copy (weight, bias, weight, bias, ...) into the model's Linear layers (float64)."""
     model = model.double()
     with torch.no_grad():
@@ -32,9 +32,9 @@ def set_weights(model: MLP, *params: list) -> MLP:
     return model
 
 
-def two_two(out_rows: list[list[float]], b1=(0.0, -1.0)) -> MLP:
+def two_two(out_rows: list[list[float]], b1=(0.0, -1.0)) -> nn.Module:
     """W1 = [[1, -1], [2, 1]], b1, ReLU, W2 = out_rows, b2 = 0."""
-    return set_weights(MLP([2, 2, len(out_rows)]), [[1.0, -1.0], [2.0, 1.0]], list(b1),
+    return set_weights(mlp_net([2, 2, len(out_rows)]), [[1.0, -1.0], [2.0, 1.0]], list(b1),
                        out_rows, [0.0] * len(out_rows))
 
 
@@ -91,7 +91,7 @@ def test_dead_neuron_has_zero_significance(b1, measure):
 def test_relu_lower_bound_is_clipped_before_the_next_layer():
     """Layer 2 sees relu([z1]) = [0, 1], not [-1, 1]: with W2 = [1, 0], b2 = 0 its
     pre-activation is [0, 1] (width 1), hence S = 1 · 1."""
-    model = set_weights(MLP([2, 2, 1, 1]), [[1.0, -1.0], [0.0, 0.0]], [0.0, 0.0],
+    model = set_weights(mlp_net([2, 2, 1, 1]), [[1.0, -1.0], [0.0, 0.0]], [0.0, 0.0],
                         [[1.0, 0.0]], [0.0], [[1.0]], [0.0])
     _, (s2,) = interval_adjoint(model, UNIT)
     assert s2.item() == 1.0
@@ -101,7 +101,7 @@ def test_constant_input_feature_contributes_nothing():
     """A feature that is constant over the box adds no width: a neuron fed only by it scores 0,
     and changing that feature's weights leaves every first-layer width unchanged."""
     box = Interval(torch.tensor([0.0, 0.7], dtype=D), torch.tensor([1.0, 0.7], dtype=D))
-    model = set_weights(MLP([2, 2, 1]), [[0.0, 5.0], [1.0, 1.0]], [0.0, 0.0], [[1.0, 1.0]], [0.0])
+    model = set_weights(mlp_net([2, 2, 1]), [[0.0, 5.0], [1.0, 1.0]], [0.0, 0.0], [[1.0, 1.0]], [0.0])
     (s,) = interval_adjoint(model, box)
     assert s[0].item() == 0.0 and s[1].item() > 0
     ((before, _),) = interval_sweep(model, box)
@@ -113,7 +113,7 @@ def test_constant_input_feature_contributes_nothing():
 
 def test_batched_boxes_average_the_per_box_significances():
     """For a batch of boxes the score is the mean of the single-box scores."""
-    model = build_model([6, 5, 4, 3], "sigmoid", seed=0)
+    model = mlp_net([6, 5, 4, 3], "sigmoid", seed=0)
     x, _ = small_data(n_in=6)
     boxes = sample_boxes(x, 0.1, 4, seed=1)
     batched = interval_adjoint(model, boxes)
@@ -125,7 +125,7 @@ def test_batched_boxes_average_the_per_box_significances():
 
 def test_significances_are_nonnegative_and_shaped_per_layer():
     """One non-negative score per neuron of each hidden layer."""
-    model = build_model([12, 7, 5, 3], "tanh", seed=2)
+    model = mlp_net([12, 7, 5, 3], "tanh", seed=2)
     scores = interval_adjoint(model, data_box(small_data()[0]))
     assert [s.shape for s in scores] == [(7,), (5,)]
     assert all(bool((s >= 0).all()) for s in scores)
@@ -165,7 +165,7 @@ def test_sample_boxes_validate_their_arguments():
 
 def test_box_choice_in_score_data():
     """box="data" uses data_box(x); box="samples" the seeded sample boxes; an Interval itself."""
-    model = build_model([12, 6, 3], seed=0)
+    model = mlp_net([12, 6, 3], seed=0)
     x, y = small_data()
     data = ScoreData(x, y)
     torch.testing.assert_close(score("interval_adjoint", model, data)[0],
@@ -183,7 +183,7 @@ def test_box_choice_in_score_data():
 
 def test_random_is_seeded():
     """random gives the same scores for the same seed and different ones for another."""
-    model = build_model([12, 6, 4, 3], seed=0)
+    model = mlp_net([12, 6, 4, 3], seed=0)
     x, y = small_data()
     a, b = score("random", model, ScoreData(x, y, seed=1)), score("random", model,
                                                                   ScoreData(x, y, seed=1))
@@ -194,7 +194,7 @@ def test_random_is_seeded():
 
 def test_magnitude_is_the_l1_norm_of_incoming_weights():
     """Rows [1, -2] and [0.5, 0] of W1 score 3 and 0.5 (the bias does not count)."""
-    model = set_weights(MLP([2, 2, 1]), [[1.0, -2.0], [0.5, 0.0]], [9.0, 9.0], [[1.0, 1.0]], [0.0])
+    model = set_weights(mlp_net([2, 2, 1]), [[1.0, -2.0], [0.5, 0.0]], [9.0, 9.0], [[1.0, 1.0]], [0.0])
     (s,) = score("magnitude", model, ScoreData(*small_data(n_in=2)))
     assert s.tolist() == [3.0, 0.5]
 
@@ -202,7 +202,7 @@ def test_magnitude_is_the_l1_norm_of_incoming_weights():
 def test_taylor_matches_the_first_order_formula():
     """taylor = |mean_i a_ij · ∂L_i/∂a_ij| with ∂L/∂a = (softmax - onehot) W2, computed by hand;
     a neuron with no outgoing weights scores 0."""
-    model = set_weights(MLP([2, 3, 2]), [[1.0, -1.0], [2.0, 1.0], [1.0, 1.0]], [0.1, -0.5, 0.0],
+    model = set_weights(mlp_net([2, 3, 2]), [[1.0, -1.0], [2.0, 1.0], [1.0, 1.0]], [0.1, -0.5, 0.0],
                         [[1.0, -2.0, 0.0], [-1.0, 0.5, 0.0]], [0.0, 0.3])
     x = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.5, 0.5], [1.0, 0.0]], dtype=D)
     y = torch.tensor([0, 1, 1, 0])
@@ -216,14 +216,14 @@ def test_taylor_matches_the_first_order_formula():
 
 def test_taylor_leaves_parameter_gradients_alone():
     """Scoring does not write .grad into the model's parameters."""
-    model = build_model([12, 6, 3], seed=0)
+    model = mlp_net([12, 6, 3], seed=0)
     score("taylor", model, ScoreData(*small_data()))
     assert all(p.grad is None for p in model.parameters())
 
 
 def test_apoz_scores_the_fraction_of_nonzero_activations():
     """Neurons active on 2 of 4, 0 of 4 and 4 of 4 samples score 0.5, 0 and 1 (1 - APoZ)."""
-    model = set_weights(MLP([1, 3, 1]), [[1.0], [-1.0], [0.0]], [-0.5, 0.0, 1.0],
+    model = set_weights(mlp_net([1, 3, 1]), [[1.0], [-1.0], [0.0]], [-0.5, 0.0, 1.0],
                         [[1.0, 1.0, 1.0]], [0.0])
     x = torch.tensor([[0.2], [0.4], [0.6], [0.8]], dtype=D)
     (s,) = score("apoz", model, ScoreData(x, torch.zeros(4, dtype=torch.int64)))
@@ -233,7 +233,7 @@ def test_apoz_scores_the_fraction_of_nonzero_activations():
 def test_apoz_refuses_non_relu_models():
     """Zero activations only mean 'off' for ReLU: a tanh model is a ValueError."""
     with pytest.raises(ValueError, match="Tanh"):
-        score("apoz", build_model([12, 4, 3], "tanh", seed=0), ScoreData(*small_data()))
+        score("apoz", mlp_net([12, 4, 3], "tanh", seed=0), ScoreData(*small_data()))
 
 
 def test_geometric_median_of_a_symmetric_cross_is_its_centre():
@@ -247,7 +247,7 @@ def test_fpgm_scores_distance_to_the_geometric_median():
     """Incoming rows ±e1, ±2e2, 0: the median is 0, so the zero row (replaceable) scores 0 and
     the others their norms 1, 1, 2, 2."""
     rows = [[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0], [0.0, -2.0], [0.0, 0.0]]
-    model = set_weights(MLP([2, 5, 1]), rows, [0.0] * 5, [[1.0] * 5], [0.0])
+    model = set_weights(mlp_net([2, 5, 1]), rows, [0.0] * 5, [[1.0] * 5], [0.0])
     (s,) = score("fpgm", model, ScoreData(*small_data(n_in=2)))
     torch.testing.assert_close(s, torch.tensor([1.0, 1.0, 2.0, 2.0, 0.0], dtype=D), atol=1e-6,
                                rtol=0)
@@ -263,7 +263,7 @@ def test_interval_adjoint_is_the_default_criterion():
 @pytest.mark.parametrize("name", list(CRITERIA))
 def test_every_criterion_scores_every_hidden_neuron(name):
     """Each criterion returns one finite 1-D tensor per hidden layer, sized like the layer."""
-    model = build_model([12, 7, 5, 3], "relu", seed=0)
+    model = mlp_net([12, 7, 5, 3], "relu", seed=0)
     scores = score(name, model, ScoreData(*small_data()))
     assert [s.shape for s in scores] == [(7,), (5,)]
     assert all(bool(s.isfinite().all()) and not s.requires_grad for s in scores)
@@ -272,7 +272,7 @@ def test_every_criterion_scores_every_hidden_neuron(name):
 def test_unknown_criterion_lists_the_valid_names():
     """An unknown name is a ValueError naming the choices."""
     with pytest.raises(ValueError, match="interval_adjoint.*fpgm"):
-        score("l2", build_model([12, 4, 3], seed=0), ScoreData(*small_data()))
+        score("l2", mlp_net([12, 4, 3], seed=0), ScoreData(*small_data()))
 
 
 def test_criteria_refuse_unsupported_modules():

@@ -5,21 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.model import build_model
+from src.errors import UserError
+from src.model import mlp_net
 from src.trainer import TRAIN_COLUMNS, TrainConfig, learning_rate, train
 from src.validator import evaluate_split
 
 
 def test_training_learns_a_separable_problem(blobs):
     """A small MLP reaches high validation accuracy on well-separated blobs."""
-    model = build_model([12, 16, 3], seed=0)
+    model = mlp_net([12, 16, 3], seed=0)
     result = train(model, blobs, TrainConfig(epochs=15, batch_size=32, lr=1e-2), quiet=True)
     assert result.best.val_accuracy > 95.0
 
 
 def test_model_holds_best_validation_loss_epoch(blobs):
     """After training, the model's weights are those of the lowest-validation-loss epoch."""
-    model = build_model([12, 16, 3], seed=0)
+    model = mlp_net([12, 16, 3], seed=0)
     result = train(model, blobs, TrainConfig(epochs=8, batch_size=32, lr=5e-2), quiet=True)
     best = min(result.history, key=lambda r: r.val_loss)
     assert result.best == best
@@ -29,7 +30,7 @@ def test_model_holds_best_validation_loss_epoch(blobs):
 
 def test_early_stopping_respects_patience(blobs):
     """Training stops `patience` epochs after the last improvement of validation loss."""
-    model = build_model([12, 16, 3], seed=0)
+    model = mlp_net([12, 16, 3], seed=0)
     result = train(model, blobs, TrainConfig(epochs=200, batch_size=400, lr=0.5, patience=2,
                                              schedule="constant", warmup_epochs=0), quiet=True)
     assert result.epochs_run < 200
@@ -40,7 +41,7 @@ def test_same_seed_gives_identical_runs(blobs):
     """Training is deterministic for a given seed (same history, same weights)."""
     runs = []
     for _ in range(2):
-        model = build_model([12, 8, 3], seed=1)
+        model = mlp_net([12, 8, 3], seed=1)
         result = train(model, blobs, TrainConfig(epochs=3, batch_size=50, seed=4), quiet=True)
         runs.append(([r.val_loss for r in result.history], model.state_dict()))
     assert runs[0][0] == runs[1][0]
@@ -50,7 +51,7 @@ def test_same_seed_gives_identical_runs(blobs):
 def test_train_results_file_has_design_columns(blobs, tmp_path):
     """train_results.txt has the DESIGN.md header and one row per epoch."""
     path = tmp_path / "train_results.txt"
-    model = build_model([12, 8, 3], seed=0)
+    model = mlp_net([12, 8, 3], seed=0)
     result = train(model, blobs, TrainConfig(epochs=3, patience=5), log_path=path, quiet=True)
     lines = path.read_text().splitlines()
     assert lines[0].split() == list(TRAIN_COLUMNS)
@@ -60,7 +61,7 @@ def test_train_results_file_has_design_columns(blobs, tmp_path):
 
 def test_zero_epochs_leaves_model_untouched(blobs):
     """epochs=0 trains nothing and keeps the weights."""
-    model = build_model([12, 8, 3], seed=0)
+    model = mlp_net([12, 8, 3], seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = train(model, blobs, TrainConfig(epochs=0), quiet=True)
     assert result.best is None and result.epochs_run == 0
@@ -69,9 +70,9 @@ def test_zero_epochs_leaves_model_untouched(blobs):
 
 def test_distillation_from_teacher_trains(blobs):
     """With a teacher and distill>0 the student still learns the task."""
-    teacher = build_model([12, 16, 3], seed=0)
+    teacher = mlp_net([12, 16, 3], seed=0)
     train(teacher, blobs, TrainConfig(epochs=10, batch_size=32, lr=1e-2), quiet=True)
-    student = build_model([12, 4, 3], seed=1)
+    student = mlp_net([12, 4, 3], seed=1)
     result = train(student, blobs, TrainConfig(epochs=10, batch_size=32, lr=1e-2, distill=0.5),
                    teacher=teacher, quiet=True)
     assert result.best.val_accuracy > 90.0
@@ -101,11 +102,11 @@ def test_unknown_setting_key_is_an_error():
 
 
 def test_divergence_is_an_error_not_a_warning(blobs):
-    """A NaN loss stops training with a clear error."""
-    model = build_model([12, 8, 3], seed=0)
+    """A NaN loss stops training with a one-line user error that suggests a lower --lr."""
+    model = mlp_net([12, 8, 3], seed=0)
     with torch.no_grad():
         model[0].weight.fill_(float("nan"))
-    with pytest.raises(FloatingPointError, match="diverged"):
+    with pytest.raises(UserError, match="diverged.*lower --lr"):
         train(model, blobs, TrainConfig(epochs=2), quiet=True)
 
 

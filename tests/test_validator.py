@@ -10,14 +10,14 @@ import torch
 
 from src import cli
 from src.checkpoint import save_checkpoint
-from src.model import build_model
+from src.model import mlp_net
 from src.trainer import TrainConfig, train
 from src.validator import evaluate, evaluate_split, main
 
 
 def test_accuracy_and_loss_match_a_direct_computation(blobs):
     """evaluate_split reports mean cross-entropy and percent accuracy over the whole split."""
-    model = build_model([12, 8, 3], seed=0)
+    model = mlp_net([12, 8, 3], seed=0)
     loss, acc = evaluate_split(model, blobs.test)
     logits = model(blobs.test.x)
     expected_loss = torch.nn.functional.cross_entropy(logits, blobs.test.y).item()
@@ -28,7 +28,7 @@ def test_accuracy_and_loss_match_a_direct_computation(blobs):
 
 def test_evaluate_covers_all_three_splits(blobs):
     """evaluate returns train, val and test metrics."""
-    model = build_model([12, 8, 3], seed=0)
+    model = mlp_net([12, 8, 3], seed=0)
     train(model, blobs, TrainConfig(epochs=5, batch_size=32, lr=1e-2), quiet=True)
     metrics = evaluate(model, blobs)
     assert metrics.test_accuracy == pytest.approx(evaluate_split(model, blobs.test)[1])
@@ -38,7 +38,7 @@ def test_evaluate_covers_all_three_splits(blobs):
 
 def test_command_line_prints_metrics_of_a_checkpoint(tmp_path, capsys):
     """python -m src.validator CKPT prints the three splits' accuracy."""
-    path = save_checkpoint(tmp_path / "best_model.pth", build_model([64, 8, 10], seed=0),
+    path = save_checkpoint(tmp_path / "best_model.pth", mlp_net([64, 8, 10], seed=0),
                            dataset="digits", val_size=180, split_seed=0)
     assert main([str(path)]) == 0
     out = capsys.readouterr().out
@@ -58,7 +58,7 @@ def test_command_line_error_is_one_line_exit_2(tmp_path):
 
 def test_model_that_does_not_fit_dataset_is_refused(tmp_path):
     """A checkpoint whose input size does not fit the dataset is a one-line error."""
-    path = save_checkpoint(tmp_path / "m.pth", build_model([10, 4, 10], seed=0),
+    path = save_checkpoint(tmp_path / "m.pth", mlp_net([10, 4, 10], seed=0),
                            dataset="digits")
     with pytest.raises(ValueError, match="does not fit digits"):
         main([str(path)])
@@ -74,7 +74,7 @@ def test_brief_training_on_real_mnist_subset(mnist_data_root):
     data = load_dataset("mnist", mnist_data_root)
     small = replace(data, train=Split(data.train.x[:5000], data.train.y[:5000]),
                     test=Split(data.test.x[:2000], data.test.y[:2000]))
-    model = build_model([784, 64, 10], seed=0)
+    model = mlp_net([784, 64, 10], seed=0)
     result = train(model, small, TrainConfig(epochs=2, batch_size=64), quiet=True)
     assert result.best.val_accuracy > 85.0
 
@@ -82,7 +82,7 @@ def test_brief_training_on_real_mnist_subset(mnist_data_root):
 def test_a_checkpoint_of_another_dataset_names_both_datasets(tmp_path, capsys):
     """--dataset digits on an MNIST checkpoint says the model was trained on mnist and what
     digits has, instead of complaining about the recorded validation size."""
-    path = save_checkpoint(tmp_path / "m.pth", build_model([784, 8, 10], seed=0),
+    path = save_checkpoint(tmp_path / "m.pth", mlp_net([784, 8, 10], seed=0),
                            dataset="mnist", val_size=5000, split_seed=0)
     assert cli.run(main, [str(path), "--dataset", "digits"]) == cli.EXIT_USAGE
     assert capsys.readouterr().err == (
@@ -93,7 +93,7 @@ def test_a_checkpoint_of_another_dataset_names_both_datasets(tmp_path, capsys):
 def test_the_mismatch_is_found_before_any_data_is_read(tmp_path, capsys):
     """A digits checkpoint with --dataset mnist is refused from the sizes alone: no MNIST files
     are needed to say so."""
-    path = save_checkpoint(tmp_path / "m.pth", build_model([64, 8, 10], seed=0),
+    path = save_checkpoint(tmp_path / "m.pth", mlp_net([64, 8, 10], seed=0),
                            dataset="digits", val_size=180, split_seed=0)
     empty = tmp_path / "no-data"
     argv = [str(path), "--dataset", "mnist", "--data-root", str(empty)]
