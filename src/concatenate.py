@@ -41,11 +41,12 @@ ITERATION_DIR = "prune_w_retrain"
 VALIDATION_FILE = "validation_results.txt"
 CHECKPOINT_FILE = "best_model.pth"
 RESULTS_DIR = "prune_w_retrain_results"
-OUTPUTS = ("validations.txt", "accuracies.png", "losses.png", "tradeoff.png", "recommended.txt")
-COMPARISON_FILE = "comparison.png"
 # The tolerance chosen for a mode folder and a fingerprint of what its outputs show: the next run
 # reuses the tolerance, and outputs that would come out the same are not rewritten.
 SETTINGS_FILE = "concatenate.json"
+OUTPUTS = ("validations.txt", "accuracies.png", "losses.png", "tradeoff.png", "recommended.txt",
+           SETTINGS_FILE)
+COMPARISON_FILE = "comparison.png"
 DEFAULT_TOLERANCE = 1.0  # percentage points of validation accuracy
 READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)  # a write refused: permissions, read-only fs
 COMPARE_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
@@ -468,13 +469,13 @@ def concatenate(mode_dir: str | os.PathLike, tolerance: float | None = None,
         _note(f"{mode_dir}: no iteration 0 (base model); tolerance measured from iteration "
               f"{reference}", quiet)
     if written:
-        table, accuracies, losses, tradeoff, recommended_txt = paths
+        table, accuracies, losses, tradeoff, recommended_txt, settings_json = paths
         atomic_write(table, format_validations(rows))
         plot_accuracies(result, accuracies)
         plot_losses(result, losses)
         plot_tradeoff(result, tradeoff)
         atomic_write(recommended_txt, session_path(mode_dir, recommended) + "\n")
-        atomic_write(out / SETTINGS_FILE, json.dumps(  # last: it vouches for the files above
+        atomic_write(settings_json, json.dumps(  # last: it vouches for the files above
             {"tolerance": tolerance, "fingerprint": stamp}, indent=2) + "\n")
     if compare:
         runs = [(run_label(mode_dir), rows, recommended)]
