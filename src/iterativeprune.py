@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -61,7 +61,7 @@ CHANGEABLE = {"max_accuracy_drop"}
 CRITERION_ACTIVATIONS = {"apoz": ("relu",)}
 # How a run starts: a new session, a resumed one (the session's settings), or a session without a
 # complete iteration started again with this command's settings.
-START_NEW, START_RESUME, START_RESTART = "new", "resume", "restart"
+Start = Literal["new", "resume", "restart"]
 # Settings added after the first release, with the value that sessions written before them ran
 # with: a resumed old session keeps behaving as it did.
 LEGACY = {"label_smoothing": 0.1, "retrain_label_smoothing": 0.1, "measure": "pre"}
@@ -537,8 +537,8 @@ def schedule_difference(schedule: list[ScheduleRow], saved: list[ScheduleRow]) -
     return None
 
 
-def resolve_config(args: argparse.Namespace, session: Session) -> tuple[PruneConfig, str]:
-    """This run's settings and how it starts (START_NEW, START_RESUME or START_RESTART).
+def resolve_config(args: argparse.Namespace, session: Session) -> tuple[PruneConfig, Start]:
+    """This run's settings and how it starts (new, resume or restart).
 
     A new session takes the flags. A session holding a complete iteration resumes with its
     config.json: a flag may repeat a setting but not change it (except CHANGEABLE ones), and
@@ -547,9 +547,9 @@ def resolve_config(args: argparse.Namespace, session: Session) -> tuple[PruneCon
     """
     given = given_settings(args)
     if not session.config.exists():
-        return PruneConfig(**given), START_NEW
+        return PruneConfig(**given), "new"
     if not session.holds_results() and (set(given) - CHANGEABLE or args.retain):
-        return PruneConfig(**given), START_RESTART
+        return PruneConfig(**given), "restart"
     config = read_config(session)
     conflicts = [f"--{k.replace('_', '-')} {setting_text(v)} (the session has "
                  f"{setting_text(getattr(config, k))})" for k, v in given.items()
@@ -561,14 +561,14 @@ def resolve_config(args: argparse.Namespace, session: Session) -> tuple[PruneCon
     if conflicts:
         raise ValueError(f"{session.root} was run with other settings: {'; '.join(conflicts)}. "
                          "Leave these flags out to resume, or use a new --session")
-    return replace(config, **{k: v for k, v in given.items() if k in CHANGEABLE}), START_RESUME
+    return replace(config, **{k: v for k, v in given.items() if k in CHANGEABLE}), "resume"
 
 
 def resolve_schedule(args: argparse.Namespace, config: PruneConfig, session: Session,
-                     start: str, log) -> list[ScheduleRow]:
+                     start: Start, log) -> list[ScheduleRow]:
     """The schedule: the session's copy on resume, else --retain, else the default file if it
     fits --hidden, else the default geometric schedule. Its first row must be --hidden."""
-    own = start == START_RESUME and (session.retain.is_file() or session.holds_results())
+    own = start == "resume" and (session.retain.is_file() or session.holds_results())
     path = session.retain if own else Path(args.retain) if args.retain else DEFAULT_RETAIN
     explicit = own or bool(args.retain)
     if explicit or path.is_file():
@@ -617,10 +617,10 @@ def restart_changes(session: Session, config: PruneConfig,
 
 
 def write_settings(session: Session, config: PruneConfig, schedule: list[ScheduleRow],
-                   start: str, log) -> None:
+                   start: Start, log) -> None:
     """Write a new or restarted session's config.json and schedule copy (a restart with the
     session's own settings rewrites nothing)."""
-    if start == START_RESTART:
+    if start == "restart":
         changes = restart_changes(session, config, schedule)
         if not changes:
             return
@@ -688,10 +688,10 @@ def main(argv: list[str] | None = None) -> int:
     engine = IterativePruning(config, session, schedule, data, quiet=args.quiet, log=log,
                               tracker=tracker)
     engine.check_start(begin)  # every check that can fail runs before the first write
-    if start != START_RESUME:
+    if start != "resume":
         write_settings(session, config, schedule, start, log)
     log(f"session {session.root} ({config.mode}, {config.criterion}): iterations {begin}.."
-        f"{len(schedule) - 1}" + (" (resumed)" if start == START_RESUME else ""))
+        f"{len(schedule) - 1}" + (" (resumed)" if start == "resume" else ""))
     started = time.perf_counter()
     tracker.start(session.config, config.to_json(), begin)
     try:
