@@ -16,19 +16,20 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from src import __version__, cli
 from src.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint, save_checkpoint
-from src.concatenate import concatenate, write_validation_results
-from src.data import DATASETS, Dataset, load_dataset
+from src.concatenate import READ_ONLY, RESULTS_DIR, concatenate, write_validation_results
+from src.data import DATASETS, DEFAULT_VAL_SIZE, Dataset, load_dataset
 from src.model import ACTIVATIONS, MLP, build_model, check_sizes, hidden_label, layer_table
 from src.prune import FOLDS, keep_indices, shrink
 from src.retain import ScheduleRow, geometric_schedule, read_schedule, write_schedule
@@ -55,6 +56,12 @@ DATASET_DEFAULTS = {"digits": {"epochs": 40, "batch_size": 32, "retrain_batch_si
                                "retrain_lr": 5e-3, "shift": 0, "retrain_shift": 0}}
 # Settings a resumed run may change; every other setting must match the session's config.json.
 CHANGEABLE = {"max_accuracy_drop"}
+# Criteria that only make sense for some activations: apoz counts activations that are exactly
+# zero, which ReLU produces and sigmoid/tanh never do (every neuron would score the same).
+CRITERION_ACTIVATIONS = {"apoz": ("relu",)}
+# How a run starts: a new session, a resumed one (the session's settings), or a session without a
+# complete iteration started again with this command's settings.
+Start = Literal["new", "resume", "restart"]
 # Settings added after the first release, with the value that sessions written before them ran
 # with: a resumed old session keeps behaving as it did.
 LEGACY = {"label_smoothing": 0.1, "retrain_label_smoothing": 0.1, "measure": "pre"}
@@ -99,6 +106,7 @@ class PruneConfig:
         object.__setattr__(self, "hidden", tuple(self.hidden))
         if self.dataset in DATASETS:  # unset dataset-dependent settings get their defaults
             defaults = {**GENERAL_DEFAULTS, **DATASET_DEFAULTS.get(self.dataset, {})}
+            defaults["val_size"] = DEFAULT_VAL_SIZE[self.dataset]
             for name, value in defaults.items():
                 if getattr(self, name) is None:
                     object.__setattr__(self, name, value)
@@ -111,12 +119,23 @@ class PruneConfig:
                                  f"choose from {', '.join(allowed)}")
         if not self.hidden:
             raise ValueError("--hidden needs at least one hidden layer size")
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.hidden):
+            raise ValueError(f"--hidden sizes must be integers >= 1, got "
+                             f"{' '.join(map(str, self.hidden))}")
         check_sizes([1, *self.hidden, 1])
+        needs = CRITERION_ACTIVATIONS.get(self.criterion, (self.activation,))
+        if self.activation not in needs:
+            raise ValueError(f"--criterion {self.criterion} needs --activation "
+                             f"{' or '.join(needs)}, got {self.activation}")
         if self.epochs < 1 or self.retrain_epochs < 0:
             raise ValueError("--epochs must be >= 1 and --retrain-epochs >= 0")
         if self.max_accuracy_drop is not None and not self.max_accuracy_drop >= 0:
             raise ValueError("--max-accuracy-drop must be >= 0 (percentage points)")
-        self.train_config(0)  # validates lr, batch size, patience, distill
+        for iteration, what in ((0, "base training"), (1, "retraining (--retrain-* flags)")):
+            try:  # retraining's settings too: they must fail before the base model is trained
+                self.train_config(iteration)
+            except ValueError as exc:
+                raise ValueError(f"{what}: {exc}") from None
 
     def train_config(self, iteration: int) -> TrainConfig:
         """Training settings of `iteration` (0 = base training), seeded by (seed, iteration)."""
@@ -190,6 +209,11 @@ class Session:
             i += 1
         return i
 
+    def holds_results(self) -> bool:
+        """Whether any mode folder of the session holds a complete iteration."""
+        return any(any((self.root / folder).glob("*/prune_w_retrain/validation_results.txt"))
+                   for folder in MODES.values())
+
 
 class IterativePruning:
     """Runs the schedule's iterations for one session; see the module docstring."""
@@ -244,6 +268,26 @@ class IterativePruning:
             self._base = self.load(0)
         return self._base
 
+    def base_model(self) -> MLP:
+        """The --base-model checkpoint, checked to fit this run's dataset and sizes."""
+        path, hidden = self.config.base_model, list(self.config.hidden)
+        checkpoint = load_checkpoint(path)
+        model = model_from_checkpoint(checkpoint, path)
+        self.check_fits(model, checkpoint, path)
+        if model.hidden != hidden:
+            raise ValueError(f"{path}: hidden sizes {hidden_label(model.hidden)}, this run uses "
+                             f"--hidden {' '.join(map(str, hidden))} (give --hidden "
+                             f"{' '.join(map(str, model.hidden))} and a schedule for it)")
+        return model
+
+    def check_start(self, begin: int) -> None:
+        """Read what iteration `begin` starts from, so that a bad file fails before any write."""
+        if begin > 0:
+            self.load(begin - 1)
+            self.base()
+        elif self.config.base_model:
+            self.base_model()
+
     # ----------------------------------------------------------------------------- steps
     def scores(self, model: MLP, i: int) -> list[torch.Tensor]:
         """Neuron significances for iteration i (one-shot: the base model's, computed once)."""
@@ -263,11 +307,7 @@ class IterativePruning:
         sizes = [self.data.n_features, *c.hidden, self.data.num_classes]
         started = time.perf_counter()
         if c.base_model:
-            checkpoint = load_checkpoint(c.base_model)
-            model = model_from_checkpoint(checkpoint, c.base_model)
-            self.check_fits(model, checkpoint, c.base_model)
-            if model.sizes != sizes:
-                raise ValueError(f"{c.base_model}: sizes {model.sizes}, this run uses {sizes}")
+            model = self.base_model()
             train(model, self.data, replace(c.train_config(0), epochs=0), quiet=True,
                   log_path=folder / "train_results.txt")
             epochs = 0
@@ -451,36 +491,86 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def resolve_config(args: argparse.Namespace, session: Session) -> tuple[PruneConfig, bool]:
-    """Settings from config.json (resume) merged with explicit flags; conflicts are errors."""
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings this command line gives explicitly."""
     given = {f.name: getattr(args, f.name) for f in fields(PruneConfig)
              if getattr(args, f.name, None) is not None}
     if "hidden" in given:
         given["hidden"] = tuple(given["hidden"])
-    if not session.config.exists():
-        return PruneConfig(**given), False
+    if "base_model" in given:  # a file outside the session: absolute, so any folder finds it
+        given["base_model"] = os.path.abspath(given["base_model"])
+    return given
+
+
+def read_config(session: Session) -> PruneConfig:
+    """The settings saved in a session's config.json."""
     try:
         saved = json.loads(session.config.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{session.config}: not valid JSON ({exc})") from None
-    config = PruneConfig.from_json(saved, str(session.config))
-    conflicts = [f"--{k.replace('_', '-')} {v} (session has {getattr(config, k)})"
-                 for k, v in given.items() if k not in CHANGEABLE and v != getattr(config, k)]
+    return PruneConfig.from_json(saved, str(session.config))
+
+
+def same_setting(name: str, value: Any, saved: Any) -> bool:
+    """Whether a setting equals the session's (a --base-model: the same file, however named)."""
+    if name == "base_model" and value is not None and saved is not None:
+        return os.path.abspath(value) == os.path.abspath(saved) or (
+            os.path.exists(value) and os.path.exists(saved) and os.path.samefile(value, saved))
+    return value == saved
+
+
+def setting_text(value: Any) -> str:
+    """A setting's value as it is typed on the command line (hidden sizes: `16 8`)."""
+    return " ".join(map(str, value)) if isinstance(value, tuple) else \
+        "none" if value is None else str(value)
+
+
+def schedule_difference(schedule: list[ScheduleRow], saved: list[ScheduleRow]) -> str | None:
+    """How a schedule differs from the session's: the first row keeping other neurons, or the
+    row count (None when both keep the same neurons row by row)."""
+    for i, (row, old) in enumerate(zip(schedule, saved, strict=False)):  # lengths next
+        if row.neurons != old.neurons:
+            return f"row {i} keeps {hidden_label(row.neurons)}, the session's " \
+                   f"{hidden_label(old.neurons)}"
+    if len(schedule) != len(saved):
+        return f"{len(schedule)} rows, the session's {len(saved)}"
+    return None
+
+
+def resolve_config(args: argparse.Namespace, session: Session) -> tuple[PruneConfig, Start]:
+    """This run's settings and how it starts (new, resume or restart).
+
+    A new session takes the flags. A session holding a complete iteration resumes with its
+    config.json: a flag may repeat a setting but not change it (except CHANGEABLE ones), and
+    every conflict is named. A session holding none is started again with this command's
+    settings when it gives any (a failed start never locks a session), else resumed.
+    """
+    given = given_settings(args)
+    if not session.config.exists():
+        return PruneConfig(**given), "new"
+    if not session.holds_results() and (set(given) - CHANGEABLE or args.retain):
+        return PruneConfig(**given), "restart"
+    config = read_config(session)
+    conflicts = [f"--{k.replace('_', '-')} {setting_text(v)} (the session has "
+                 f"{setting_text(getattr(config, k))})" for k, v in given.items()
+                 if k not in CHANGEABLE and not same_setting(k, v, getattr(config, k))]
+    if args.retain:
+        difference = schedule_difference(read_schedule(args.retain), read_schedule(session.retain))
+        if difference:
+            conflicts.append(f"--retain {args.retain} ({difference} in {session.retain})")
     if conflicts:
         raise ValueError(f"{session.root} was run with other settings: {'; '.join(conflicts)}. "
                          "Leave these flags out to resume, or use a new --session")
-    return replace(config, **{k: v for k, v in given.items() if k in CHANGEABLE}), True
+    return replace(config, **{k: v for k, v in given.items() if k in CHANGEABLE}), "resume"
 
 
 def resolve_schedule(args: argparse.Namespace, config: PruneConfig, session: Session,
-                     resumed: bool, log) -> list[ScheduleRow]:
+                     start: Start, log) -> list[ScheduleRow]:
     """The schedule: the session's copy on resume, else --retain, else the default file if it
     fits --hidden, else the default geometric schedule. Its first row must be --hidden."""
-    if resumed and args.retain:
-        raise ValueError(f"{session.root} already has its schedule ({session.retain}); "
-                         "leave out --retain to resume, or use a new --session")
-    path = session.retain if resumed else Path(args.retain) if args.retain else DEFAULT_RETAIN
-    explicit = resumed or bool(args.retain)
+    own = start == "resume" and (session.retain.is_file() or session.holds_results())
+    path = session.retain if own else Path(args.retain) if args.retain else DEFAULT_RETAIN
+    explicit = own or bool(args.retain)
     if explicit or path.is_file():
         schedule = read_schedule(path)
         if list(schedule[0].neurons) == list(config.hidden):
@@ -491,6 +581,54 @@ def resolve_schedule(args: argparse.Namespace, config: PruneConfig, session: Ses
     log(f"note: no schedule for hidden {hidden_label(config.hidden)} at {path}; using the "
         "default geometric schedule (q=0.8; see python -m src.retain)")
     return geometric_schedule(list(config.hidden))
+
+
+def first_iteration(begin_itr: int | None, session: Session, rows: int) -> int:
+    """The iteration this run starts at: --begin-itr K, else the one after the last complete."""
+    last = session.last_complete()
+    if begin_itr is None:
+        return last + 1
+    if not 0 <= begin_itr < rows:
+        raise ValueError(f"--begin-itr must be between 0 and {rows - 1}")
+    if begin_itr > last + 1:
+        done = "no complete iteration yet; leave out --begin-itr to start it" if last < 0 else \
+            f"completed iteration{'s 0..' if last else ' '}{last} only; use --begin-itr " \
+            f"{last + 1} or less, or leave it out to continue at iteration {last + 1}"
+        raise ValueError(f"--begin-itr {begin_itr} redoes iterations {begin_itr}.. from "
+                         f"iteration {begin_itr - 1}'s model, but {session.mode_dir} has {done}")
+    return begin_itr
+
+
+def restart_changes(session: Session, config: PruneConfig,
+                    schedule: list[ScheduleRow]) -> list[str]:
+    """What starting a session again changes in its config.json and schedule copy."""
+    try:
+        saved = read_config(session)
+    except (ValueError, TypeError):
+        return [f"{session.config.name} was unreadable"]
+    changes = [f"--{f.name.replace('_', '-')} {setting_text(getattr(config, f.name))} (was "
+               f"{setting_text(getattr(saved, f.name))})" for f in fields(PruneConfig)
+               if not same_setting(f.name, getattr(config, f.name), getattr(saved, f.name))]
+    try:
+        difference = schedule_difference(schedule, read_schedule(session.retain))
+    except ValueError:
+        difference = "the session had none"
+    return changes + ([f"schedule: {difference}"] if difference else [])
+
+
+def write_settings(session: Session, config: PruneConfig, schedule: list[ScheduleRow],
+                   start: Start, log) -> None:
+    """Write a new or restarted session's config.json and schedule copy (a restart with the
+    session's own settings rewrites nothing)."""
+    if start == "restart":
+        changes = restart_changes(session, config, schedule)
+        if not changes:
+            return
+        log(f"note: {session.root} holds no complete iteration; starting it again with this "
+            f"command's settings ({'; '.join(changes)})")
+    atomic_write(session.config, json.dumps({**config.to_json(), "version": __version__},
+                                            indent=2) + "\n")
+    write_schedule(schedule, session.retain)
 
 
 def check_session_folder(root: Path) -> None:
@@ -513,51 +651,47 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def report_finished(args: argparse.Namespace, config: PruneConfig, session: Session,
+                    rows: int, log) -> int:
+    """A finished session: its results are brought up to date where needed (nothing is
+    rewritten when nothing changed; a read-only session gets a note instead of an error)."""
+    log(f"{session.mode_dir}: all {rows} iterations are complete; "
+        "use --begin-itr K to redo from K")
+    tracker = make_tracker(args.mlflow, args.mlflow_experiment, session.root)
+    tracker.start(session.config, config.to_json(), rows)  # lets tracking catch up
+    results = session.mode_dir / RESULTS_DIR
+    try:
+        concatenate(session.mode_dir, quiet=args.quiet)
+    except OSError as exc:
+        if exc.errno not in READ_ONLY:
+            raise
+        log(f"note: {results} not updated ({exc.strerror}); its files are from the last run "
+            "that could write them")
+    tracker.finish(results)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     log = print
     session_root = Path(args.session or f"sessions/{datetime.date.today().isoformat()}")
     check_session_folder(session_root)
-    probe = Session(session_root)
-    config, resumed = resolve_config(args, probe)
+    config, start = resolve_config(args, Session(session_root))
     session = Session(session_root, config.mode)
-    schedule = resolve_schedule(args, config, session, resumed, log)
-    last = session.last_complete()
-    if args.begin_itr is not None:
-        begin = args.begin_itr
-        if not 0 <= begin < len(schedule):
-            raise ValueError(f"--begin-itr must be between 0 and {len(schedule) - 1}")
-        if begin > last + 1:
-            raise ValueError(f"--begin-itr {begin} needs iteration {begin - 1}'s checkpoint, but "
-                             f"the last complete iteration is {last}")
-    else:
-        begin = last + 1
+    schedule = resolve_schedule(args, config, session, start, log)
+    begin = first_iteration(args.begin_itr, session, len(schedule))
     if begin >= len(schedule):
-        log(f"{session.mode_dir}: all {len(schedule)} iterations are complete; "
-            "use --begin-itr K to redo from K")
-        tracker = make_tracker(args.mlflow, args.mlflow_experiment, session.root)
-        tracker.start(session.config, config.to_json(), begin)  # lets tracking catch up
-        result = concatenate(session.mode_dir, quiet=args.quiet)
-        tracker.finish(result.outputs[0].parent)
-        return 0
+        return report_finished(args, config, session, len(schedule), log)
 
     data = load_dataset(config.dataset, args.data_root, val_size=config.val_size)
     tracker = make_tracker(args.mlflow, args.mlflow_experiment, session.root)
     engine = IterativePruning(config, session, schedule, data, quiet=args.quiet, log=log,
                               tracker=tracker)
-    if begin > 0:
-        engine.load(begin - 1)  # a missing or invalid checkpoint is an error before any write
-        engine.base()
-    elif config.base_model:  # fail on a bad --base-model before writing anything
-        checkpoint = load_checkpoint(config.base_model)
-        engine.check_fits(model_from_checkpoint(checkpoint, config.base_model), checkpoint,
-                          config.base_model)
-    if not resumed:
-        atomic_write(session.config, json.dumps({**config.to_json(), "version": __version__},
-                                                indent=2) + "\n")
-        write_schedule(schedule, session.retain)
+    engine.check_start(begin)  # every check that can fail runs before the first write
+    if start != "resume":
+        write_settings(session, config, schedule, start, log)
     log(f"session {session.root} ({config.mode}, {config.criterion}): iterations {begin}.."
-        f"{len(schedule) - 1}" + (" (resumed)" if resumed else ""))
+        f"{len(schedule) - 1}" + (" (resumed)" if start == "resume" else ""))
     started = time.perf_counter()
     tracker.start(session.config, config.to_json(), begin)
     try:
@@ -574,8 +708,7 @@ def main(argv: list[str] | None = None) -> int:
     tracker.finish(result.outputs[0].parent)
     log(f"\n{summary_table(rows)}\n")
     log(f"done in {time.perf_counter() - started:.0f}s; results in "
-        f"{session.mode_dir / 'prune_w_retrain_results'}; recommended model: "
-        f"{result.recommended_path}")
+        f"{session.mode_dir / RESULTS_DIR}; recommended model: {result.recommended_path}")
     return 0
 
 
