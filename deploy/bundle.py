@@ -33,6 +33,7 @@ REQUIRED_KEYS = {BUNDLE_FORMAT: ("sha256", "spec"),
                  LEGACY_BUNDLE_FORMAT: ("sha256", "sizes", "activation")}
 MANIFEST, MODEL_FILE, ONNX_FILE = "manifest.json", "model.pth", "model.onnx"
 RESULTS = Path("prune_w_retrain_results") / "recommended.txt"  # under a session's mode folder
+MODEL_NAME = "best_model.pth"  # an iteration's kept model, in <mode>/<i>/prune_w_retrain/
 MODES = ("iterative_pruning", "one_shot_pruning")
 ONNX_CHECK_ROWS = 64  # random inputs the ONNX export is compared on
 
@@ -237,10 +238,21 @@ def write_bundle(checkpoint_path: str | os.PathLike, out: str | os.PathLike,
 
 
 def _resolve(recorded: str, anchor: Path) -> Path:
-    """A path written in recommended.txt: absolute, or relative to the cwd (the repo root) or to
-    a folder above recommended.txt."""
+    """The checkpoint named in recommended.txt (`anchor`, in <session>/<mode>/RESULTS).
+
+    The engine records it relative to the session (<mode>/<i>/prune_w_retrain/best_model.pth),
+    so a copied or moved session names its own model. Files written before that hold an absolute
+    path or one relative to the repository root: the same <mode>/<i>/... inside this session is
+    taken first (a copy must not bundle its original's model), then the path as written.
+    """
     path = Path(recorded)
-    candidates = [path] if path.is_absolute() else [Path.cwd() / path] + [
+    mode_dir = Path(os.path.abspath(anchor)).parent.parent
+    candidates = [] if path.is_absolute() else [mode_dir.parent / path]
+    tail = path.parts[-4:]
+    if len(tail) == 4 and tail[0] == mode_dir.name and tail[1].isdigit() \
+            and tail[2:] == ("prune_w_retrain", MODEL_NAME):
+        candidates.append(mode_dir.joinpath(*tail[1:]))
+    candidates += [path] if path.is_absolute() else [Path.cwd() / path] + [
         folder / path for folder in anchor.parents]
     for candidate in candidates:
         if candidate.is_file():

@@ -8,6 +8,9 @@ a mode go to `<mode>/prune_w_retrain_results/`.
 from __future__ import annotations
 
 import argparse
+import errno
+import hashlib
+import json
 import math
 import numbers
 import os
@@ -18,7 +21,7 @@ from pathlib import Path
 
 from matplotlib.axes import Axes
 
-from src import cli
+from src import __version__, cli
 from src.errors import UserError
 from src.files import atomic_write
 from src.metrics import VALIDATION, VALIDATION_COLUMNS
@@ -37,8 +40,14 @@ INT_COLUMNS = tuple(c.name for c in VALIDATION if c.kind == "int")
 STR_COLUMNS = tuple(c.name for c in VALIDATION if c.kind == "label")
 PERCENT_COLUMNS = tuple(c.name for c in VALIDATION if c.kind == "percent")
 COLUMN_FORMATS = {c.name: c.fmt for c in VALIDATION}
-OUTPUTS = ("validations.txt", "accuracies.png", "losses.png", "tradeoff.png", RECOMMENDED_FILE)
+# The tolerance chosen for a mode folder and a fingerprint of what its outputs show: the next run
+# reuses the tolerance, and outputs that would come out the same are not rewritten.
+SETTINGS_FILE = "concatenate.json"
+OUTPUTS = ("validations.txt", "accuracies.png", "losses.png", "tradeoff.png", RECOMMENDED_FILE,
+           SETTINGS_FILE)
 COMPARISON_FILE = "comparison.png"
+DEFAULT_TOLERANCE = 1.0  # percentage points of validation accuracy
+READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)  # a write refused: permissions, read-only fs
 COMPARE_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
 
 Value = float | int | str
@@ -152,7 +161,8 @@ class Concatenation:
     reference: int  # iteration whose validation accuracy the tolerance is measured from
     recommended: int  # iteration of the recommended model
     recommended_path: Path  # its best_model.pth
-    outputs: tuple[Path, ...]  # the files written into <mode_dir>/prune_w_retrain_results/
+    outputs: tuple[Path, ...]  # the files in <mode_dir>/prune_w_retrain_results/
+    written: bool = True  # False when the outputs were up to date and left untouched
 
     def row(self, iteration: int) -> IterationResult:
         """The row of `iteration`."""
@@ -210,6 +220,38 @@ def recommend(rows: Sequence[IterationResult], tolerance: float = 1.0) -> tuple[
 def checkpoint_path(mode_dir: Path, iteration: int) -> Path:
     """<mode_dir>/<iteration>/prune_w_retrain/best_model.pth."""
     return Path(mode_dir) / str(iteration) / ITERATION_DIR / CHECKPOINT_FILE
+
+
+def session_path(mode_dir: Path, iteration: int) -> str:
+    """Iteration's best_model.pth relative to the session (the folder holding the mode folder),
+    as recommended.txt records it: a copied or moved session still names its own model."""
+    mode = Path(os.path.abspath(mode_dir)).name
+    return f"{mode}/{iteration}/{ITERATION_DIR}/{CHECKPOINT_FILE}"
+
+
+def read_settings(results_dir: Path) -> dict:
+    """concatenate.json of a results folder ({} when there is none)."""
+    path = results_dir / SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ResultsError(f"{path}: not valid JSON ({exc}); delete it to start afresh") from None
+    tolerance = settings.get("tolerance") if isinstance(settings, dict) else None
+    if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or \
+            not math.isfinite(tolerance) or tolerance < 0:
+        raise ResultsError(f"{path}: 'tolerance' must be a number >= 0; delete the file to "
+                           "start afresh")
+    return settings
+
+
+def fingerprint(rows: Sequence[IterationResult], tolerance: float) -> str:
+    """sha256 of the numbers the table, plots and recommendation are drawn from (not the
+    session's name: a renamed or archived copy keeps its plots as they were drawn)."""
+    content = {"version": __version__, "tolerance": tolerance,
+               "rows": [[r.iteration, [r[c] for c in VALIDATION_COLUMNS]] for r in rows]}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def format_validations(rows: Sequence[IterationResult],
@@ -382,25 +424,38 @@ def plot_comparison(runs: Sequence[tuple[str, Sequence[IterationResult], int | N
 # ---------------------------------------------------------------- the step
 
 
-def concatenate(mode_dir: str | os.PathLike, tolerance: float = 1.0,
+def concatenate(mode_dir: str | os.PathLike, tolerance: float | None = None,
                 compare: Sequence[str | os.PathLike] = (), quiet: bool = False) -> Concatenation:
-    """Gather a mode folder's iterations, recommend a model, write prune_w_retrain_results/."""
+    """Gather a mode folder's iterations, recommend a model, write prune_w_retrain_results/.
+
+    `tolerance` None takes the one last used for this folder (concatenate.json), else 1.0.
+    Outputs that would come out the same are not rewritten (a read-only finished session
+    needs no write); comparison.png is drawn whenever `compare` names runs.
+    """
     mode_dir = Path(mode_dir)
     rows, skipped = gather(mode_dir, quiet)
-    reference, recommended = recommend(rows, tolerance)
     out = mode_dir / RESULTS_DIR
+    settings = read_settings(out)
+    if tolerance is None:
+        tolerance = float(settings.get("tolerance", DEFAULT_TOLERANCE))
+    reference, recommended = recommend(rows, tolerance)
     paths = tuple(out / name for name in OUTPUTS)
+    stamp = fingerprint(rows, tolerance)
+    written = settings.get("fingerprint") != stamp or not all(p.is_file() for p in paths)
     result = Concatenation(mode_dir, tuple(rows), tuple(skipped), float(tolerance), reference,
-                           recommended, checkpoint_path(mode_dir, recommended), paths)
+                           recommended, checkpoint_path(mode_dir, recommended), paths, written)
     if reference != 0:
         _note(f"{mode_dir}: no iteration 0 (base model); tolerance measured from iteration "
               f"{reference}", quiet)
-    table, accuracies, losses, tradeoff, recommended_txt = paths
-    atomic_write(table, format_validations(rows))
-    plot_accuracies(result, accuracies)
-    plot_losses(result, losses)
-    plot_tradeoff(result, tradeoff)
-    atomic_write(recommended_txt, f"{result.recommended_path}\n")
+    if written:
+        table, accuracies, losses, tradeoff, recommended_txt, settings_json = paths
+        atomic_write(table, format_validations(rows))
+        plot_accuracies(result, accuracies)
+        plot_losses(result, losses)
+        plot_tradeoff(result, tradeoff)
+        atomic_write(recommended_txt, session_path(mode_dir, recommended) + "\n")
+        atomic_write(settings_json, json.dumps(  # last: it vouches for the files above
+            {"tolerance": tolerance, "fingerprint": stamp}, indent=2) + "\n")
     if compare:
         runs = [(run_label(mode_dir), rows, recommended)]
         for other in compare:
@@ -435,7 +490,8 @@ def _report(result: Concatenation) -> str:
              f"{base.iteration} (tolerance {result.tolerance:g} pt), test "
              f"{row['Test_Accuracy']:.2f}%",
              f"  {result.recommended_path}",
-             f"wrote into {result.outputs[0].parent}: "
+             (f"wrote into {result.outputs[0].parent}: " if result.written else
+              f"up to date (nothing rewritten) in {result.outputs[0].parent}: ")
              + ", ".join(p.name for p in result.outputs)]
     return "\n".join(lines)
 
@@ -448,14 +504,15 @@ def main(argv: list[str] | None = None) -> int:
                     "accuracies.png, losses.png, tradeoff.png and recommended.txt.")
     parser.add_argument("folder", type=Path, metavar="SESSION_OR_MODE_DIR",
                         help="a session folder (each mode inside is processed) or a mode folder")
-    parser.add_argument("--tolerance", type=float, default=1.0,
+    parser.add_argument("--tolerance", type=float, default=None,
                         help="recommend the smallest model whose validation accuracy is within "
-                             "this many percentage points of the base model's (default: 1.0)")
+                             "this many percentage points of the base model's (default: the "
+                             f"tolerance last used for the folder, else {DEFAULT_TOLERANCE})")
     parser.add_argument("--compare", type=Path, nargs="+", default=[], metavar="OTHER_DIR",
                         help="sessions or mode folders to overlay on comparison.png")
     args = parser.parse_args(argv)
 
-    if not math.isfinite(args.tolerance) or args.tolerance < 0:
+    if args.tolerance is not None and (not math.isfinite(args.tolerance) or args.tolerance < 0):
         raise ResultsError(f"--tolerance must be >= 0 percentage points, got {args.tolerance}")
     modes = mode_dirs(args.folder)
     others = [m for other in args.compare for m in mode_dirs(other)]
@@ -464,7 +521,13 @@ def main(argv: list[str] | None = None) -> int:
               f"processing each (each comparison.png overlays the others)\n")
     for mode in modes:
         overlay = [m for m in [*modes, *others] if m.resolve() != mode.resolve()]
-        concatenate(mode, args.tolerance, list(dict.fromkeys(overlay)))
+        try:
+            concatenate(mode, args.tolerance, list(dict.fromkeys(overlay)))
+        except OSError as exc:
+            if exc.errno not in READ_ONLY:
+                raise
+            raise ResultsError(f"{mode / RESULTS_DIR}: cannot write the results "
+                               f"({exc.strerror})") from None
         print()
     return 0
 

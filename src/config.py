@@ -14,12 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any, Literal, get_args, get_origin
 
+from src.data import DEFAULT_VAL_SIZE
 from src.errors import UserError
+from src.trainer import TrainConfig
 
 Dataset = Literal["mnist", "fashion-mnist", "digits"]
 Activation = Literal["relu", "sigmoid", "tanh"]
@@ -30,6 +33,11 @@ Measure = Literal["pre", "post"]
 Box = Literal["data", "samples"]
 Fold = Literal["linear", "mean", "mid", "none"]
 Teacher = Literal["base", "previous", "none"]
+
+
+def iteration_seed(seed: int, iteration: int) -> int:
+    """The seed of iteration `iteration`'s random streams: the same on resume as uninterrupted."""
+    return seed * 1_000_003 + iteration
 
 
 def setting(default: Any, help: str, flag: str | None = None) -> Any:  # noqa: A002
@@ -147,15 +155,47 @@ class PruneConfig:
     scoring: Scoring = field(default_factory=Scoring)
 
     def __post_init__(self):
+        _check_choices(self)
         if self.hidden is not None:
             object.__setattr__(self, "hidden", tuple(self.hidden))
-        _check_choices(self)
+            if not self.hidden or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
+                                      for n in self.hidden):
+                raise ConfigError(f"--hidden sizes must be integers >= 1, got "
+                                  f"{' '.join(map(str, self.hidden)) or 'none'}")
+        if self.base_model is not None:  # a file outside the session: any folder finds it
+            object.__setattr__(self, "base_model", os.path.abspath(self.base_model))
+        if self.val_size is None:
+            object.__setattr__(self, "val_size", DEFAULT_VAL_SIZE[self.dataset])
         for name, defaults in dataset_defaults(self.dataset).items():  # fill unset ones
             section = getattr(self, name)
             unset = {k: v for k, v in defaults.items() if getattr(section, k) is None}
             object.__setattr__(self, name, replace(section, **unset))
         if self.max_accuracy_drop is not None and not self.max_accuracy_drop >= 0:
             raise ConfigError("--max-accuracy-drop must be >= 0 (percentage points)")
+        needs = CRITERION_ACTIVATIONS.get(self.scoring.criterion, (self.activation,))
+        if self.activation not in needs:
+            raise ConfigError(f"--criterion {self.scoring.criterion} needs --activation "
+                              f"{' or '.join(needs)}, got {self.activation}")
+        for iteration, what in ((0, "base training"), (1, "retraining (--retrain-* flags)")):
+            try:  # retraining's settings too: they must fail before the base model is trained
+                self.train_config(iteration)
+            except UserError as exc:
+                raise ConfigError(f"{what}: {exc}") from None
+
+    def train_config(self, iteration: int) -> TrainConfig:
+        """Training settings of `iteration` (0 = base training), seeded by (seed, iteration)."""
+        seed = iteration_seed(self.seed, iteration)
+        if iteration == 0:
+            t = self.training
+            return TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
+                               patience=t.patience, seed=seed, shift=t.shift,
+                               label_smoothing=t.label_smoothing)
+        r = self.retraining
+        return TrainConfig(epochs=r.epochs, batch_size=r.batch_size, lr=r.lr,
+                           patience=r.patience, seed=seed, shift=r.shift,
+                           label_smoothing=r.label_smoothing, warmup_epochs=0.0,
+                           temperature=r.temperature,
+                           distill=r.distill if r.teacher != "none" else 0.0)
 
     def to_json(self) -> dict[str, Any]:
         values = asdict(self)
@@ -200,6 +240,9 @@ def dataset_defaults(dataset: str) -> dict[str, dict[str, Any]]:
     return {name: {**values, **special.get(name, {})} for name, values in GENERAL_DEFAULTS.items()}
 
 
+# Criteria that only make sense for some activations: apoz counts activations that are exactly
+# zero, which ReLU produces and sigmoid/tanh never do (every unit would score the same).
+CRITERION_ACTIVATIONS = {"apoz": ("relu",)}
 SECTIONS: dict[str, type] = {"training": Training, "retraining": Retraining, "scoring": Scoring}
 PREFIXES = {"training": "", "retraining": "retrain-", "scoring": ""}
 IGNORED_KEYS = {"version", "mlflow_run_id"}  # bookkeeping kept in config.json beside settings

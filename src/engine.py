@@ -17,14 +17,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from src import __version__
 from src.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from src.concatenate import Concatenation, concatenate, write_validation_results
-from src.config import PruneConfig, differences, dumps, flat, value_of
+from src.concatenate import READ_ONLY, Concatenation, concatenate, write_validation_results
+from src.config import PruneConfig, differences, dumps, flat, iteration_seed, value_of
 from src.data import Dataset, load_dataset
 from src.errors import UserError
 from src.files import atomic_write
@@ -32,11 +32,11 @@ from src.groups import units
 from src.model import hidden_label, layer_table
 from src.prune import keep_indices, shrink
 from src.retain import ScheduleRow, geometric_schedule, read_schedule, write_schedule
-from src.session import Session, SessionError, check_session_folder
+from src.session import Session, SessionError, check_session_folder, holds_results
 from src.significance import ScoreData, score
 from src.spec import Net, build, describe, resolve_arch, spec_of
 from src.tracking import NullTracker, Tracker
-from src.trainer import TrainConfig, train
+from src.trainer import train
 from src.validator import Metrics, evaluate, evaluate_split
 
 DEFAULT_RETAIN = Path("retain/retain.txt")
@@ -63,26 +63,6 @@ class Results:
     @property
     def recommended(self) -> Path | None:
         return None if self.concatenation is None else self.concatenation.recommended_path
-
-
-def iteration_seed(seed: int, iteration: int) -> int:
-    """The seed of iteration `iteration`'s random streams: the same on resume as uninterrupted."""
-    return seed * 1_000_003 + iteration
-
-
-def train_config(config: PruneConfig, iteration: int) -> TrainConfig:
-    """Training settings of `iteration` (0 = base training), seeded by (seed, iteration)."""
-    seed = iteration_seed(config.seed, iteration)
-    if iteration == 0:
-        t = config.training
-        return TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
-                           patience=t.patience, seed=seed, shift=t.shift,
-                           label_smoothing=t.label_smoothing)
-    r = config.retraining
-    return TrainConfig(epochs=r.epochs, batch_size=r.batch_size, lr=r.lr, patience=r.patience,
-                       seed=seed, shift=r.shift, label_smoothing=r.label_smoothing,
-                       warmup_epochs=0.0, temperature=r.temperature,
-                       distill=r.distill if r.teacher != "none" else 0.0)
 
 
 def read_config(session: Session) -> PruneConfig | None:
@@ -194,12 +174,12 @@ class IterativePruning:
             checkpoint = load_checkpoint(c.base_model)
             model = model_from_checkpoint(checkpoint, c.base_model)
             self.check_fits(model, checkpoint, c.base_model, exact=True)
-            train(model, self.data, replace(train_config(c, 0), epochs=0), quiet=True,
+            train(model, self.data, replace(c.train_config(0), epochs=0), quiet=True,
                   log_path=folder / "train_results.txt")
             epochs = 0
         else:
             model = build(self.spec, seed=iteration_seed(c.seed, 0))
-            result = train(model, self.data, train_config(c, 0), quiet=self.quiet,
+            result = train(model, self.data, c.train_config(0), quiet=self.quiet,
                            log_path=folder / "train_results.txt", desc="base model")
             epochs = result.epochs_run
         metrics = evaluate(model, self.data)
@@ -224,7 +204,7 @@ class IterativePruning:
         # Retraining stops early once the pruned model is back at the accuracy of the model it
         # was pruned from: most of the budget goes where pruning did damage.
         parent_val = self.val_accuracy(i - 1 if c.mode == "iterative" else 0)
-        result = train(model, self.data, train_config(c, i), teacher=teacher(),
+        result = train(model, self.data, c.train_config(i), teacher=teacher(),
                        quiet=self.quiet, log_path=self.session.partial(i) / "train_results.txt",
                        desc=f"retrain {hidden_label(row.neurons)}", stop_at_accuracy=parent_val)
         metrics = evaluate(model, self.data)
@@ -291,56 +271,124 @@ def progress_line(row: dict[str, Any], last: int) -> str:
 
 # --------------------------------------------------------------------------------- run
 
-def _schedule(config: PruneConfig, session: Session, resumed: bool, retain: Path | None,
-              first: list[int], log) -> list[ScheduleRow]:
-    """The schedule: the session's copy on resume (a --retain file must then be identical),
-    else `retain`, else the default file if it fits the model, else the default geometric
-    schedule. Its first row must be the unpruned model's units."""
-    if resumed:
-        schedule = read_schedule(session.retain)
-        if retain is not None and read_schedule(retain) != schedule:
-            raise EngineError(f"{session.root} already has its schedule ({session.retain}) and "
-                              f"{retain} differs from it; leave out --retain to resume, or use "
-                              "a new --session")
-        path, explicit = session.retain, True
-    else:
-        path = retain if retain is not None else DEFAULT_RETAIN
-        explicit = retain is not None
-        if not (explicit or path.is_file()):
-            path = None
-        schedule = read_schedule(path) if path is not None else None
-    if schedule is not None:
+Start = Literal["new", "resume", "restart"]
+
+
+def schedule_difference(schedule: list[ScheduleRow], saved: list[ScheduleRow]) -> str | None:
+    """How a schedule differs from the session's: the first row keeping other units, or the
+    row count (None when both keep the same units row by row)."""
+    for i, (row, old) in enumerate(zip(schedule, saved, strict=False)):  # lengths next
+        if row.neurons != old.neurons:
+            return (f"row {i} keeps {hidden_label(row.neurons)}, the session's "
+                    f"{hidden_label(old.neurons)}")
+    if len(schedule) != len(saved):
+        return f"{len(schedule)} rows, the session's {len(saved)}"
+    return None
+
+
+def _show(value: Any) -> str:
+    """A setting's value as it is typed on the command line (hidden sizes: `16 8`)."""
+    return " ".join(map(str, value)) if isinstance(value, tuple) else \
+        "none" if value is None else str(value)
+
+
+def _changes(config: PruneConfig, saved: PruneConfig, changeable: set[str] = frozenset()
+             ) -> list[str]:
+    return [f"{flag} {_show(value_of(config, flag))} (the session has "
+            f"{_show(value_of(saved, flag))})"
+            for flag in differences(config, saved) if flag not in changeable]
+
+
+def resolve(config: PruneConfig, session: Session, retain: Path | None) -> Start:
+    """How the run starts. A session that holds a complete iteration resumes: its settings stay
+    (a real difference, or a --retain keeping other units, is an error naming each); one that
+    holds none may be started again with other settings (a failed start never locks it)."""
+    saved = read_config(session)
+    if saved is None:
+        return "new"
+    if not holds_results(session.root):
+        return "resume" if config == saved and retain is None else "restart"
+    conflicts = _changes(config, saved, CHANGEABLE)
+    if retain is not None and session.retain.is_file():
+        difference = schedule_difference(read_schedule(retain), read_schedule(session.retain))
+        if difference:
+            conflicts.append(f"--retain {retain} ({difference} in {session.retain})")
+    if conflicts:
+        raise EngineError(f"{session.root} was run with other settings: {'; '.join(conflicts)}. "
+                          "Leave these flags out to resume, or use a new --session")
+    return "resume"
+
+
+def _schedule(session: Session, start: Start, retain: Path | None, first: list[int],
+              log) -> list[ScheduleRow]:
+    """The schedule: the session's copy on resume, else `retain`, else the default file if it
+    fits the model, else the default geometric schedule. Its first row must be the unpruned
+    model's units."""
+    own = start == "resume" and session.retain.is_file()
+    path = session.retain if own else retain if retain is not None else DEFAULT_RETAIN
+    explicit = own or retain is not None
+    if explicit or path.is_file():
+        schedule = read_schedule(path)
         if list(schedule[0].neurons) == first:
             return schedule
         if explicit:
             raise EngineError(f"{path}: first row {hidden_label(schedule[0].neurons)} does not "
                               f"match the model's units {hidden_label(first)}")
-    log(f"note: no schedule for units {hidden_label(first)} at {path or DEFAULT_RETAIN}; using "
-        "the default geometric schedule (q=0.8; see python -m src.retain)")
+    log(f"note: no schedule for units {hidden_label(first)} at {path}; using the default "
+        "geometric schedule (q=0.8; see python -m src.retain)")
     return geometric_schedule(first)
 
 
-def resolve(config: PruneConfig, session: Session) -> tuple[PruneConfig, bool]:
-    """(the config to run, whether the session is resumed). A session that holds a complete
-    iteration keeps its settings (a real difference is an error naming the flags); one that
-    holds none may be started again with other settings."""
-    saved = read_config(session)
-    if saved is None:
-        return config, False
-    started = Session(session.root, saved.mode).last_complete() >= 0
-    if not started:
-        return config, False
-    conflicts = [f"{flag} {_show(value_of(config, flag))} (session has "
-                 f"{_show(value_of(saved, flag))})"
-                 for flag in differences(config, saved) if flag not in CHANGEABLE]
-    if conflicts:
-        raise EngineError(f"{session.root} was run with other settings: {'; '.join(conflicts)}. "
-                          "Leave these flags out to resume, or use a new --session")
-    return config, True
+def first_iteration(begin: int | None, session: Session, rows: int) -> int:
+    """The iteration this run starts at: `begin`, else the one after the last complete."""
+    last = session.last_complete()
+    if begin is None:
+        return last + 1
+    if not 0 <= begin < rows:
+        raise EngineError(f"--begin-itr must be between 0 and {rows - 1}")
+    if begin > last + 1:
+        done = "no complete iteration yet; leave out --begin-itr to start it" if last < 0 else \
+            f"completed iteration{'s 0..' if last else ' '}{last} only; use --begin-itr " \
+            f"{last + 1} or less, or leave it out to continue at iteration {last + 1}"
+        raise EngineError(f"--begin-itr {begin} redoes iterations {begin}.. from iteration "
+                          f"{begin - 1}'s model, but {session.mode_dir} has {done}")
+    return begin
 
 
-def _show(value: Any) -> str:
-    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+def write_settings(session: Session, config: PruneConfig, schedule: list[ScheduleRow],
+                   start: Start, log) -> None:
+    """Write a new or restarted session's config.json and schedule copy (a restart with the
+    session's own settings rewrites nothing)."""
+    if start == "restart":
+        try:
+            saved = read_config(session)
+            changes = _changes(config, saved) if saved is not None else []
+        except UserError:
+            changes = [f"{session.config.name} was unreadable"]
+        try:
+            difference = schedule_difference(schedule, read_schedule(session.retain))
+        except UserError:
+            difference = "the session had none"
+        changes += [f"schedule: {difference}"] if difference else []
+        if not changes:
+            return
+        log(f"note: {session.root} holds no complete iteration; starting it again with these "
+            f"settings ({'; '.join(changes)})")
+    atomic_write(session.config, dumps(config, version=__version__))
+    write_schedule(schedule, session.retain)
+
+
+def gather_results(session: Session, quiet: bool, log) -> Concatenation | None:
+    """concatenate() the mode folder; a session that cannot be written gets a note (its
+    results stay those of the last run that could write them)."""
+    try:
+        return concatenate(session.mode_dir, quiet=quiet)
+    except OSError as exc:
+        if exc.errno not in READ_ONLY:
+            raise
+        log(f"note: {session.results_dir} not updated ({exc.strerror}); its files are from the "
+            "last run that could write them")
+        return None
 
 
 def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None = None,
@@ -351,25 +399,25 @@ def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None =
     written: settings, schedule, data, checkpoints, the criterion on the model."""
     root = Path(session)
     check_session_folder(root)
-    config, resumed = resolve(config, Session(root, config.mode))
     session = Session(root, config.mode)
+    retain = Path(retain) if retain is not None else None
+    start = resolve(config, session, retain)
+    tracker = tracker or NullTracker()
+    if start == "resume":
+        schedule = read_schedule(session.retain) if session.retain.is_file() else None
+        if schedule is not None and first_iteration(begin, session, len(schedule)) >= len(
+                schedule):
+            log(f"{session.mode_dir}: all {len(schedule)} iterations are complete; "
+                "use --begin-itr K to redo from K")
+            tracker.start(session.config, flat(config), len(schedule))  # tracking catches up
+            result = gather_results(session, quiet, log)
+            tracker.finish(session.results_dir)
+            return Results(session, config, schedule, [], True, result)
     data = load_dataset(config.dataset, data_root, val_size=config.val_size)
-    spec = model_spec(config, data, session, resumed)
+    spec = model_spec(config, data, session, start == "resume" and session.complete(0))
     probe = build(spec)
-    schedule = _schedule(config, session, resumed, Path(retain) if retain else None,
-                         units(probe), log)
-    last = session.last_complete() if resumed else -1
-    if begin is not None:
-        if not 0 <= begin < len(schedule):
-            raise EngineError(f"--begin-itr must be between 0 and {len(schedule) - 1}")
-        if begin > last + 1:
-            have = ("no iteration is complete yet" if last < 0
-                    else f"the last complete iteration is {last}")
-            raise EngineError(f"--begin-itr {begin} needs iteration {begin - 1}'s checkpoint, "
-                              f"but {have}; run without --begin-itr to start at iteration "
-                              f"{last + 1}")
-    else:
-        begin = last + 1
+    schedule = _schedule(session, start, retain, units(probe), log)
+    begin = first_iteration(begin, session, len(schedule))
     engine = IterativePruning(config, session, schedule, data, spec, quiet, log, tracker)
     if begin > 0:
         engine.load(begin - 1)  # a missing or invalid checkpoint is an error before any write
@@ -378,25 +426,14 @@ def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None =
         checkpoint = load_checkpoint(config.base_model)
         engine.check_fits(model_from_checkpoint(checkpoint, config.base_model), checkpoint,
                           config.base_model, exact=True)
-    train_config(config, 0), train_config(config, 1)  # invalid training settings fail now
-    # The criterion must work on this architecture (e.g. apoz needs ReLU): find out now, not
-    # after training the base model.
+    # The criterion must work on this architecture: find out now, not after training.
     sample = data.train
     score(config.scoring.criterion, probe, ScoreData(sample.x[:64], sample.y[:64],
                                                      measure=config.scoring.measure))
-    tracker = tracker or NullTracker()
-    if begin >= len(schedule):
-        log(f"{session.mode_dir}: all {len(schedule)} iterations are complete; "
-            "use --begin-itr K to redo from K")
-        tracker.start(session.config, flat(config), begin)  # lets tracking catch up
-        result = concatenate(session.mode_dir, quiet=quiet)
-        tracker.finish(result.outputs[0].parent)
-        return Results(session, config, schedule, [], resumed, result)
-    if not resumed:
-        atomic_write(session.config, dumps(config, version=__version__))
-        write_schedule(schedule, session.retain)
+    if start != "resume":
+        write_settings(session, config, schedule, start, log)
     log(f"session {session.root} ({config.mode}, {config.scoring.criterion}): iterations "
-        f"{begin}..{len(schedule) - 1}" + (" (resumed)" if resumed else ""))
+        f"{begin}..{len(schedule) - 1}" + (" (resumed)" if start == "resume" else ""))
     tracker.start(session.config, flat(config), begin)
     try:
         rows = engine.run(begin)
@@ -406,6 +443,6 @@ def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None =
     except BaseException:
         tracker.finish(None, status="FAILED")
         raise
-    result = concatenate(session.mode_dir, quiet=True)
-    tracker.finish(result.outputs[0].parent)
-    return Results(session, config, schedule, rows, resumed, result)
+    result = gather_results(session, True, log)
+    tracker.finish(session.results_dir)
+    return Results(session, config, schedule, rows, start == "resume", result)

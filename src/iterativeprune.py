@@ -16,7 +16,7 @@ from typing import Any
 from src import cli
 from src.config import add_flags, apply, given_settings
 from src.engine import DEFAULT_RETAIN, read_config, run
-from src.session import Session, check_session_folder
+from src.session import Session, check_session_folder, holds_results
 from src.tracking import make_tracker
 
 
@@ -57,10 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     root = Path(args.session or f"sessions/{datetime.date.today().isoformat()}")
     check_session_folder(root)
-    # Flags not given keep a started session's settings: re-running the same command resumes.
+    # Flags not given keep the session's settings, so re-running the same command resumes; a
+    # session without a complete iteration is started again with the flags given.
     saved = read_config(Session(root))
-    started = saved is not None and Session(root, saved.mode).last_complete() >= 0
-    config = apply(saved if started else None, given_settings(args))
+    given = given_settings(args)
+    keep = saved is not None and (holds_results(root) or not (given or args.retain))
+    config = apply(saved if keep else None, given)
     tracker = make_tracker(args.mlflow, args.mlflow_experiment, root)
     try:
         results = run(config, root, retain=args.retain, begin=args.begin_itr,
@@ -73,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{summary_table(results.rows)}\n")
         print(f"results in {results.session.results_dir}; recommended model: "
               f"{results.recommended}")
+    elif results.concatenation is not None and not args.quiet:
+        print(f"recommended model: {results.recommended}")
     return 0
 
 

@@ -111,6 +111,12 @@ class Session:
             parent.rmdir()
 
 
+def holds_results(root: Path) -> bool:
+    """Whether any mode folder of a session holds a complete iteration."""
+    return any(any((root / folder).glob(f"*/{ITERATION_DIR}/{VALIDATION_FILE}"))
+               for folder in MODES.values())
+
+
 def is_complete(iteration_dir: Path) -> bool:
     """The completeness rule: an iteration folder is complete once validation_results.txt is in
     it (written last, atomically)."""

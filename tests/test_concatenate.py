@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import math
 from pathlib import Path
 
 import pytest
 
-from src import cli
+from src import cli, plotting
+from src import concatenate as concatenate_module
 from src.concatenate import (
     COMPARISON_FILE,
     OUTPUTS,
     RESULTS_DIR,
+    SETTINGS_FILE,
     VALIDATION_COLUMNS,
     ResultsError,
     concatenate,
@@ -213,7 +217,9 @@ def test_concatenate_writes_the_four_files_and_recommended_txt(tmp_path):
         assert (out / name).read_bytes().startswith(PNG_SIGNATURE)
     expected = mode / "1" / "prune_w_retrain" / "best_model.pth"
     assert result.recommended == 1 and result.recommended_path == expected
-    assert (out / "recommended.txt").read_text() == f"{expected}\n"
+    # relative to the session (the folder holding the mode folder): a copy names its own model
+    assert (out / "recommended.txt").read_text() == \
+        "iterative_pruning/1/prune_w_retrain/best_model.pth\n"
 
 
 def test_validations_txt_has_one_row_per_iteration_with_2_decimal_accuracies(tmp_path):
@@ -321,3 +327,62 @@ def test_command_rejects_negative_tolerance(tmp_path, capsys):
     make_mode(tmp_path, [98.0])
     assert cli.run(main, [str(tmp_path), "--tolerance", "-1"]) == cli.EXIT_USAGE
     assert "tolerance" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- archived results, tolerance
+
+
+def test_tolerance_chosen_once_is_reused_until_another_is_given(tmp_path):
+    """A later call without a tolerance keeps the one last chosen for the folder."""
+    mode = make_mode(tmp_path / "iterative_pruning", [98.0, 97.6, 96.0])
+    assert concatenate(mode, tolerance=2.5, quiet=True).recommended == 2
+    again = concatenate(mode, quiet=True)
+    assert (again.tolerance, again.recommended) == (2.5, 2)
+    assert concatenate(mode, tolerance=0.5, quiet=True).recommended == 1
+    assert concatenate(mode, quiet=True).tolerance == 0.5
+
+
+def test_command_without_tolerance_keeps_the_chosen_one(tmp_path, capsys):
+    """python -m src.concatenate DIR after --tolerance 2.5 still recommends at 2.5 points."""
+    mode = make_mode(tmp_path / "iterative_pruning", [98.0, 97.6, 96.0])
+    assert main([str(mode), "--tolerance", "2.5"]) == 0
+    assert main([str(mode)]) == 0
+    assert "(tolerance 2.5 pt)" in capsys.readouterr().out.split("recommended: ")[-1]
+    assert json.loads((mode / RESULTS_DIR / SETTINGS_FILE).read_text())["tolerance"] == 2.5
+
+
+def test_up_to_date_outputs_are_not_rewritten(tmp_path):
+    """Gathering unchanged results again writes nothing; a changed iteration rewrites them."""
+    mode = make_mode(tmp_path / "iterative_pruning", [98.0, 97.6, 96.0])
+    concatenate(mode, quiet=True)
+    out = mode / RESULTS_DIR
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert not concatenate(mode, quiet=True).written
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+    make_iteration(mode, 2, val=97.9, test=97.5, params=333, percent=33.3, hidden="18-8")
+    result = concatenate(mode, quiet=True)
+    assert result.written and result.recommended == 2
+    assert "97.90" in (out / "validations.txt").read_text()
+
+
+def test_corrupt_settings_file_is_one_line(tmp_path):
+    """A concatenate.json that is not the tool's is a ResultsError naming it."""
+    mode = make_mode(tmp_path / "iterative_pruning", [98.0])
+    (mode / RESULTS_DIR).mkdir()
+    (mode / RESULTS_DIR / SETTINGS_FILE).write_text('{"tolerance": -3}')
+    with pytest.raises(ResultsError, match=SETTINGS_FILE):
+        concatenate(mode, quiet=True)
+
+
+def test_command_on_results_it_cannot_write_is_one_line(tmp_path, capsys, monkeypatch):
+    """Read-only results that need rewriting: one `error:` line, exit code 2, no traceback."""
+    mode = make_mode(tmp_path / "iterative_pruning", [98.0, 97.0])
+
+    def refuse(path, data):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(concatenate_module, "atomic_write", refuse)
+    monkeypatch.setattr(plotting, "atomic_write", refuse)
+    assert cli.run(main, [str(mode)]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err == \
+        f"error: {mode / RESULTS_DIR}: cannot write the results (Read-only file system)\n"

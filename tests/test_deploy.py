@@ -30,6 +30,7 @@ from deploy.inputs import InputSpec, preprocess, read_inputs
 from deploy.model import count_macs
 from src import spec as src_spec
 from src.checkpoint import load_model, save_checkpoint
+from src.concatenate import concatenate, write_validation_results
 from src.data import load_dataset
 from src.model import layer_table, mlp_net
 from src.validator import evaluate_split
@@ -661,6 +662,52 @@ def test_recommended_checkpoint_is_found_from_a_session_or_mode_folder(tmp_path,
     expected = session / "iterative_pruning" / "3" / "prune_w_retrain" / "best_model.pth"
     assert find_recommended(session).resolve() == expected.resolve()
     assert find_recommended(session / "iterative_pruning").resolve() == expected.resolve()
+
+
+def finished_session(root: Path, checkpoint: Path) -> Path:
+    """A session whose recommended.txt the engine's own concatenate step wrote."""
+    mode = root / "iterative_pruning"
+    for i, (val, params) in enumerate([(98.0, 900), (97.5, 400)]):
+        folder = mode / str(i) / "prune_w_retrain"
+        folder.mkdir(parents=True)
+        shutil.copy(checkpoint, folder / "best_model.pth")
+        write_validation_results(folder / "validation_results.txt", {
+            "Train_Loss": 0.1, "Test_Loss": 0.1, "Train_Accuracy": 99.0, "Test_Accuracy": val,
+            "PercentageRetain": 100.0 / (i + 1), "Val_Loss": 0.1, "Val_Accuracy": val,
+            "NoRetrain_Test_Accuracy": val, "Hidden": f"{20 - i}-8", "Params": params,
+            "MACs": params})
+    concatenate(mode, quiet=True)
+    return root
+
+
+@pytest.mark.parametrize("original", ["renamed", "kept"])
+def test_copied_session_bundles_its_own_recommended_model(tmp_path, checkpoint, original):
+    """A copy of a finished session names its own model, whether the original was renamed
+    away or is still there (then the copy must not silently bundle the original's)."""
+    source = finished_session(tmp_path / "sessions" / "s1", checkpoint)
+    copy = Path(shutil.copytree(source, tmp_path / "archive" / "s1"))
+    if original == "renamed":
+        source.rename(tmp_path / "sessions" / "old")
+    expected = copy / "iterative_pruning" / "1" / "prune_w_retrain" / "best_model.pth"
+    assert find_recommended(copy).resolve() == expected.resolve()
+    assert main(["bundle", "--recommended", str(copy), "--out", str(tmp_path / "b"),
+                 "--no-onnx"]) == 0
+
+
+def test_old_absolute_recommendation_still_works(tmp_path, checkpoint):
+    """recommended.txt of an older version (an absolute path) is read as written when it
+    exists, and as the same iteration of the copy when the session was copied."""
+    session = make_session(tmp_path, checkpoint)
+    target = session / "iterative_pruning" / "3" / "prune_w_retrain" / "best_model.pth"
+    rec = session / "iterative_pruning" / "prune_w_retrain_results" / "recommended.txt"
+    rec.write_text(f"{target.resolve()}\n")
+    assert find_recommended(session) == target.resolve()
+    copy = Path(shutil.copytree(session, tmp_path / "copy"))
+    assert find_recommended(copy).resolve() == \
+        (copy / "iterative_pruning/3/prune_w_retrain/best_model.pth").resolve()
+    elsewhere = engine_checkpoint(tmp_path / "chosen.pth", [784, 12, 8, 10])
+    rec.write_text(f"{elsewhere}\n")  # a hand-written path outside the session's layout
+    assert find_recommended(session) == elsewhere
 
 
 def test_two_recommendations_need_a_mode(tmp_path, checkpoint):

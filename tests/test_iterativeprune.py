@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from src import cli
+from src import cli, concatenate, plotting
 from src import data as data_module
 from src.checkpoint import load_model, save_checkpoint
 from src.concatenate import VALIDATION_COLUMNS, read_validation_results
@@ -168,7 +170,7 @@ def test_conflicting_flags_on_resume_are_refused(tmp_path, retain, capsys):
     run(*FAST, "--retain", retain, "--session", session)
     before = results(session / "iterative_pruning")
     err = error_of(capsys, "--session", session, "--criterion", "magnitude")
-    assert "--criterion magnitude" in err
+    assert "--criterion magnitude (the session has interval_adjoint)" in err
     assert results(session / "iterative_pruning") == before
 
 
@@ -299,3 +301,181 @@ def test_retraining_has_its_own_batch_size_and_lr():
     assert (mnist.train_config(0).batch_size, mnist.train_config(1).batch_size) == (256, 512)
     assert mnist.train_config(1).lr == 7e-3
     assert digits.train_config(1).batch_size == 32 and digits.train_config(1).lr == 5e-3
+
+
+# ------------------------------------------------------------------ session robustness (issue 13)
+@pytest.fixture(scope="module")
+def finished_session(tmp_path_factory) -> tuple[Path, Path]:
+    """(session, schedule): a finished 3-row session, run once for the tests that copy it."""
+    root = tmp_path_factory.mktemp("finished")
+    schedule = root / "retain.txt"
+    write_schedule([ScheduleRow(t, r, 100 * sum(r) / sum(ROWS[0])) for t, r in enumerate(ROWS)],
+                   schedule)
+    assert run(*FAST, "--retain", schedule, "--session", root / "s") == 0
+    return root / "s", schedule
+
+
+@pytest.fixture
+def finished(tmp_path, finished_session) -> Path:
+    """A private copy of the finished session."""
+    return Path(shutil.copytree(finished_session[0], tmp_path / "s"))
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under `folder`: its bytes and modification time."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_base_model_of_other_hidden_sizes_writes_nothing(tmp_path, retain, capsys):
+    """A --base-model of other hidden sizes is refused before config.json is written, so the
+    corrected command then starts the session."""
+    other = save_checkpoint(tmp_path / "other.pth", build_model([64, 20, 8, 10], seed=0),
+                            dataset="digits")
+    err = error_of(capsys, *FAST, "--retain", retain, "--session", tmp_path / "s",
+                   "--base-model", other)
+    assert "hidden sizes 20-8" in err and "--hidden 16 8" in err
+    assert not (tmp_path / "s").exists()
+    good = save_checkpoint(tmp_path / "good.pth", build_model([64, 16, 8, 10], seed=0),
+                           dataset="digits")
+    assert run(*FAST, "--retain", retain, "--session", tmp_path / "s", "--base-model", good) == 0
+
+
+def test_criterion_that_needs_relu_is_refused_before_training(tmp_path, retain, capsys,
+                                                              monkeypatch):
+    """--criterion apoz --activation tanh fails at once: apoz counts exact zeros, which only
+    ReLU produces; no base model is trained and nothing is written."""
+    monkeypatch.setattr(IterativePruning, "run_base", lambda self: pytest.fail("trained"))
+    err = error_of(capsys, *FAST, "--retain", retain, "--session", tmp_path / "s",
+                   "--criterion", "apoz", "--activation", "tanh")
+    assert "--criterion apoz needs --activation relu" in err
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(ValueError, match="apoz"):
+        PruneConfig(criterion="apoz", activation="sigmoid")
+
+
+def test_bad_retraining_settings_are_refused_before_training(tmp_path, retain, capsys,
+                                                             monkeypatch):
+    """Retraining's settings are checked before the base model is trained."""
+    monkeypatch.setattr(IterativePruning, "run_base", lambda self: pytest.fail("trained"))
+    err = error_of(capsys, *FAST, "--retain", retain, "--session", tmp_path / "s",
+                   "--retrain-patience", "0")
+    assert "retraining" in err and not (tmp_path / "s").exists()
+
+
+def fail_base_training(monkeypatch) -> None:
+    def diverge(self):
+        raise ValueError("training diverged")
+    monkeypatch.setattr(IterativePruning, "run_base", diverge)
+
+
+def test_session_without_complete_iteration_starts_again_with_other_settings(
+        tmp_path, retain, capsys, monkeypatch):
+    """A start that failed after config.json was written does not lock the session: a command
+    with other settings replaces its config.json and runs."""
+    session = tmp_path / "s"
+    fail_base_training(monkeypatch)
+    error_of(capsys, *FAST, "--retain", retain, "--session", session)
+    assert (session / "config.json").is_file()
+    monkeypatch.undo()
+    assert run(*FAST, "--retain", retain, "--session", session, "--epochs", "2") == 0
+    assert json.loads((session / "config.json").read_text())["epochs"] == 2
+    assert "starting it again" in capsys.readouterr().out
+    assert sorted(results(session / "iterative_pruning")) == [0, 1, 2]
+
+
+def test_session_without_complete_iteration_resumes_its_own_settings(tmp_path, retain, capsys,
+                                                                     monkeypatch):
+    """`--session S` alone after a failed start runs with the settings S was started with."""
+    session = tmp_path / "s"
+    fail_base_training(monkeypatch)
+    error_of(capsys, *FAST, "--retain", retain, "--session", session)
+    config = (session / "config.json").read_text()
+    monkeypatch.undo()
+    assert run("--session", session, "--quiet") == 0
+    assert (session / "config.json").read_text() == config
+    model, _ = load_model(session / "iterative_pruning/2/prune_w_retrain/best_model.pth")
+    assert model.sizes == [64, *ROWS[2], 10]
+
+
+def test_rerunning_the_exact_command_resumes(finished, finished_session, capsys):
+    """The command that started a session, --retain included, resumes it (up-arrow, enter)."""
+    assert run(*FAST, "--retain", finished_session[1], "--session", finished) == 0
+    assert "all 3 iterations are complete" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags", [
+    ["--hidden", "16", "8"], ["--dataset", "digits"], ["--lr", "0.003"], ["--lr", "3e-3"],
+    ["--val-size", "180"], ["--retrain-lr", "5e-3"], ["--epochs", "3"], ["--distill", "0"],
+    ["--retain", "COPY"]])
+def test_flags_equal_to_the_sessions_settings_are_accepted(finished, flags, capsys):
+    """A flag whose value is the session's setting, however written, is no conflict (--retain:
+    another file with the same rows; --val-size: the dataset's default the session ran with)."""
+    if flags == ["--retain", "COPY"]:
+        flags = ["--retain", shutil.copy(finished / "retain" / "retain.txt",
+                                         finished.parent / "copy.txt")]
+    assert run("--session", finished, "--quiet", *flags) == 0, capsys.readouterr().err
+
+
+def test_base_model_given_by_another_path_of_the_same_file_resumes(tmp_path, retain,
+                                                                   monkeypatch):
+    """--base-model as a relative path, then as an absolute one: the same file, no conflict."""
+    monkeypatch.chdir(tmp_path)
+    save_checkpoint(tmp_path / "m.pth", build_model([64, 16, 8, 10], seed=3), dataset="digits")
+    assert run(*FAST, "--retain", retain, "--session", "s", "--base-model", "m.pth") == 0
+    assert run(*FAST, "--retain", retain, "--session", "s",
+               "--base-model", tmp_path / "m.pth") == 0
+
+
+def test_another_schedule_is_a_conflict_naming_the_row(finished, tmp_path, capsys):
+    """--retain with other rows than the session's schedule is refused, saying where."""
+    other = tmp_path / "other.txt"
+    write_schedule([ScheduleRow(0, (16, 8), 100.0), ScheduleRow(1, (10, 5), 62.5)], other)
+    err = error_of(capsys, "--session", finished, "--retain", other)
+    assert f"--retain {other} (row 1 keeps 10-5, the session's 12-6" in err
+
+
+def test_begin_itr_on_a_new_session_says_it_has_no_iteration(tmp_path, retain, capsys):
+    """--begin-itr 2 on a new session explains itself (no 'last complete iteration is -1')."""
+    err = error_of(capsys, *FAST, "--retain", retain, "--session", tmp_path / "s",
+                   "--begin-itr", "2")
+    assert "no complete iteration yet" in err and "-1" not in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_bad_hidden_size_is_reported_as_typed(tmp_path, capsys):
+    """--hidden 0 64 is reported as `0 64`, not as the internal [1, 0, 64, 1]."""
+    err = error_of(capsys, "--dataset", "digits", "--hidden", "0", "64",
+                   "--session", tmp_path / "s")
+    assert "got 0 64" in err and "[1, 0, 64, 1]" not in err
+
+
+def test_rerunning_a_finished_session_rewrites_nothing(finished):
+    """A finished session run again writes no file: an archived copy can be re-run as it is."""
+    before = snapshot(finished)
+    assert run("--session", finished, "--quiet") == 0
+    assert snapshot(finished) == before
+
+
+def test_finished_session_that_cannot_be_written_is_a_note(finished, capsys, monkeypatch):
+    """Results that need rewriting in a read-only session: a note and exit code 0."""
+    (finished / "iterative_pruning/prune_w_retrain_results/validations.txt").unlink()
+
+    def refuse(path, data):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(concatenate, "atomic_write", refuse)
+    monkeypatch.setattr(plotting, "atomic_write", refuse)
+    assert run("--session", finished, "--quiet") == 0
+    assert "not updated (Permission denied)" in capsys.readouterr().out
+
+
+def test_tolerance_chosen_with_concatenate_survives_a_rerun(finished, capsys):
+    """The tolerance given to src.concatenate is kept by the engine's next run."""
+    assert concatenate.main([str(finished), "--tolerance", "100"]) == 0
+    capsys.readouterr()
+    assert run("--session", finished) == 0
+    assert "(tolerance 100 pt)" in capsys.readouterr().out
+    results_dir = finished / "iterative_pruning" / "prune_w_retrain_results"
+    assert json.loads((results_dir / "concatenate.json").read_text())["tolerance"] == 100
+    assert (results_dir / "recommended.txt").read_text().startswith("iterative_pruning/2/")
