@@ -262,9 +262,11 @@ def _maxpool_derivative(module: nn.MaxPool2d, x: Interval) -> Interval:
         others = torch.full_like(hi, -math.inf)  # a window of one entry
     certain, possible = lo > others, hi >= floor
     point = (lo == hi).all(dim=2, keepdim=True)  # no subtraction: padding is -inf in both
-    first = F.one_hot(lo.argmax(dim=2), lo.shape[2]).movedim(-1, 2).bool()  # first maximum
-    return Interval(torch.where(point, first, certain).to(x.dtype),
-                    torch.where(point, first, possible).to(x.dtype))
+    if bool(point.any()):
+        first = lo.movedim(2, -1).argmax(dim=-1)  # first maximum (a contiguous reduction)
+        first = F.one_hot(first, lo.shape[2]).movedim(-1, 2).bool()
+        certain, possible = torch.where(point, first, certain), torch.where(point, first, possible)
+    return Interval(certain.to(x.dtype), possible.to(x.dtype))
 
 
 def _maxpool_backward(module: nn.MaxPool2d, x: Interval, out_adjoint: Interval) -> Interval:
@@ -304,8 +306,7 @@ def _avgpool_backward(module: nn.AvgPool2d, x: Interval, out_adjoint: Interval) 
     b, k, c = out_adjoint.shape[:3]
     shares = out_adjoint.reshape(b * k, c, 1, -1) * (1 / _avgpool_divisor(module, x))
     kernel = math.prod(_pool_geometry(module)["kernel_size"])
-    columns = Interval(shares.lower.expand(-1, -1, kernel, -1),
-                       shares.upper.expand(-1, -1, kernel, -1))
+    columns = shares.expand(-1, -1, kernel, -1)
     return _unfold_seeds(_sum_windows(columns, _pool_geometry(module), x.shape[-2:]), (b, k))
 
 
@@ -479,8 +480,7 @@ def sweep(modules: Sequence[nn.Module], box: Interval, seed: Seed = "per_output"
         """Give every adjoint the batch dimension, where no batch-dependent rule brought it in."""
         if adjoint is None:
             return None
-        full = (len(value), adjoint.shape[1], *value.shape[1:])
-        adjoint = Interval(adjoint.lower.expand(full), adjoint.upper.expand(full))
+        adjoint = adjoint.expand(len(value), adjoint.shape[1], *value.shape[1:])
         return adjoint if batched else adjoint[0]
 
     return Sweep([v if batched else v[0] for v in values],

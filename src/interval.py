@@ -90,20 +90,33 @@ class Interval:
         """max(|lower|, |upper|): the largest absolute value in the box."""
         return torch.maximum(self.lower.abs(), self.upper.abs())
 
+    def _rearranged(self, f: Callable[[Tensor], Tensor]) -> Interval:
+        """The box with both bounds rearranged by f (an index, a reshape, a transpose, an
+        expand): each bound pair of the result is a pair of this checked box, so lower <= upper
+        still holds and the check on creation is skipped (it would cost a full pass)."""
+        result = object.__new__(Interval)
+        object.__setattr__(result, "lower", f(self.lower))
+        object.__setattr__(result, "upper", f(self.upper))
+        return result
+
     @property
     def mT(self) -> Interval:  # noqa: N802 (torch's name for the batched transpose)
         """Transpose of the last two dimensions."""
-        return Interval(self.lower.mT, self.upper.mT)
+        return self._rearranged(lambda t: t.mT)
 
     def __getitem__(self, index) -> Interval:
-        return Interval(self.lower[index], self.upper[index])
+        return self._rearranged(lambda t: t[index])
 
     def __len__(self) -> int:
         return len(self.lower)
 
     def reshape(self, *shape: int) -> Interval:
         """The same box with both bounds reshaped (as Tensor.reshape)."""
-        return Interval(self.lower.reshape(*shape), self.upper.reshape(*shape))
+        return self._rearranged(lambda t: t.reshape(*shape))
+
+    def expand(self, *shape: int) -> Interval:
+        """The box repeated along dimensions of size 1 (as Tensor.expand: a view)."""
+        return self._rearranged(lambda t: t.expand(*shape))
 
     def to(self, dtype: torch.dtype) -> Interval:
         """The same box with bounds cast to `dtype`."""

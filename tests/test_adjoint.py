@@ -552,6 +552,26 @@ def test_batchnorm_with_negative_scale_flips_the_bounds():
     assert result.adjoints[0].lower.tolist() == result.adjoints[0].upper.tolist() == [[-2.0]]
 
 
+def test_batchnorm1d_on_sequences_matches_torch():
+    """BatchNorm1d on (C, L) inputs (a (batch, C, L) box) is swept per channel: on a point the
+    values and adjoints equal torch's; on a box they hold the points' ones."""
+    torch.manual_seed(0)
+    bn = nn.BatchNorm1d(3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.5, -2.0, 0.5]))
+        bn.running_mean.copy_(torch.tensor([0.1, -0.3, 0.2]))
+    model = nn.Sequential(bn, nn.Tanh(), nn.Flatten(), nn.Linear(12, 2)).double().eval()
+    g = torch.Generator().manual_seed(0)
+    point = image_box(g, (3, 4), degenerate=True, batch=(1,))
+    values, jacobians = chain_points(model, point.lower)
+    result = sweep(model, point)
+    for value, adjoint, v, jac in zip(*result, values, jacobians, strict=True):
+        torch.testing.assert_close(value.lower, v, rtol=TOL, atol=TOL)
+        torch.testing.assert_close(adjoint.upper, jac, rtol=TOL, atol=TOL)
+    box = image_box(g, (3, 4), degenerate=False)
+    check_chain_encloses_points(model, box, image_points(box, 16, g), "per_output")
+
+
 @pytest.mark.parametrize("size, kernel, stride, padding, dilation", [
     (8, 3, 2, 1, 1), (7, 3, 2, 0, 1), (9, 3, 3, 2, 1), (6, 3, 1, 2, 1), (9, 3, 2, 1, 2),
     (6, 2, 1, "same", 1), (7, 4, 1, "same", 1), (7, (2, 3), 1, "same", 2)])

@@ -244,11 +244,15 @@ def test_monotone_pooling_encloses_points_and_is_attained_at_the_corners(seed, p
     assert torch.equal(image.lower, f(box.lower)) and torch.equal(image.upper, f(box.upper))
 
 
-def test_reshape_keeps_the_bounds():
-    """reshape reshapes both bounds alike."""
-    box = random_box(0, (2, 3)).reshape(3, 2)
-    assert box.shape == (3, 2) and torch.equal(box.lower, random_box(0, (2, 3)).lower.reshape(3,
-                                                                                              2))
+def test_rearranging_moves_both_bounds_alike():
+    """Indexing, reshape, expand and mT move lower and upper bounds together."""
+    box = random_box(0, (2, 3))
+    for result, f in ((box[1:], lambda t: t[1:]), (box.reshape(3, 2), lambda t: t.reshape(3, 2)),
+                      (box[None].expand(4, 2, 3), lambda t: t[None].expand(4, 2, 3)),
+                      (box.mT, lambda t: t.mT)):
+        assert isinstance(result, Interval)
+        assert torch.equal(result.lower, f(box.lower)) and torch.equal(result.upper,
+                                                                       f(box.upper))
 
 
 # ---- activations ----------------------------------------------------------------------------
