@@ -450,8 +450,10 @@ def sweep(modules: Sequence[nn.Module], box: Interval, seed: Seed = "per_output"
     seeds all outputs with 1 at once (k = 1, ∂(Σ_k y_k)/∂values[i]). lowest=0 reaches the input.
     Shapes are (batch, *shape_i) and (batch, k, *shape_i), without the batch dimension for an
     unbatched box. `input_shape` (one input's shape) settles whether the box is batched; without
-    it, the input rank of the first module decides (see `_is_batched`). Works in the promoted
-    dtype of box, parameters and buffers.
+    it, torch's rule decides: a box with one dimension more than the first module takes is a
+    batch (Linear: (n,) or (batch, n); Conv2d: (C, H, W) or (batch, C, H, W)), and a chain that
+    starts with Flatten takes a batch unless the box is 1-d. Works in the promoted dtype of box,
+    parameters and buffers.
     """
     if seed not in SEEDS:
         raise ValueError(f"unknown seed {seed!r}; choose from {list(SEEDS)}")
