@@ -4,7 +4,10 @@ Every rule encloses the exact image of the box (up to floating-point rounding, w
 directed outward: the bounds are tight to a few ulps, not machine-verified). Each soundness-critical
 rule lives in exactly one place with its formula in the docstring:
 
-- affine map (`linear`): centre/radius form, c' = c Wᵀ + b, r' = r |W|ᵀ;
+- affine map (`linear`): centre/radius form, c' = c Wᵀ + b, r' = r |W|ᵀ; the same form for a
+  convolution (`conv2d`, c' = conv(c, W) + b, r' = conv(r, |W|)) and its transpose
+  (`conv_transpose2d`);
+- monotone maps (`monotone`, e.g. pooling): [f(lo), f(hi)];
 - interval product (`__mul__`): min/max of the four endpoint products;
 - ReLU (`relu`) and its derivative range (`relu_derivative`);
 - sigmoid/tanh (monotone endpoints) and their derivative ranges (even, peak at 0).
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from numbers import Real
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -86,16 +90,33 @@ class Interval:
         """max(|lower|, |upper|): the largest absolute value in the box."""
         return torch.maximum(self.lower.abs(), self.upper.abs())
 
+    def _rearranged(self, f: Callable[[Tensor], Tensor]) -> Interval:
+        """The box with both bounds rearranged by f (an index, a reshape, a transpose, an
+        expand): each bound pair of the result is a pair of this checked box, so lower <= upper
+        still holds and the check on creation is skipped (it would cost a full pass)."""
+        result = object.__new__(Interval)
+        object.__setattr__(result, "lower", f(self.lower))
+        object.__setattr__(result, "upper", f(self.upper))
+        return result
+
     @property
     def mT(self) -> Interval:  # noqa: N802 (torch's name for the batched transpose)
         """Transpose of the last two dimensions."""
-        return Interval(self.lower.mT, self.upper.mT)
+        return self._rearranged(lambda t: t.mT)
 
     def __getitem__(self, index) -> Interval:
-        return Interval(self.lower[index], self.upper[index])
+        return self._rearranged(lambda t: t[index])
 
     def __len__(self) -> int:
         return len(self.lower)
+
+    def reshape(self, *shape: int) -> Interval:
+        """The same box with both bounds reshaped (as Tensor.reshape)."""
+        return self._rearranged(lambda t: t.reshape(*shape))
+
+    def expand(self, *shape: int) -> Interval:
+        """The box repeated along dimensions of size 1 (as Tensor.expand: a view)."""
+        return self._rearranged(lambda t: t.expand(*shape))
 
     def to(self, dtype: torch.dtype) -> Interval:
         """The same box with bounds cast to `dtype`."""
@@ -158,6 +179,39 @@ class Interval:
             centre = centre + bias
         radius = self.radius @ (weight.abs() if abs_weight is None else abs_weight).mT
         return Interval.from_centre_radius(centre, radius)
+
+    def conv2d(self, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
+               dilation=1, groups: int = 1) -> Interval:
+        """conv([x], W) + b for a point kernel W (out, in / groups, kh, kw), as F.conv2d, in
+        centre/radius form: c' = conv(c, W) + b, r' = conv(r, |W|).
+
+        Exact image of the box: each output is a linear form of the inputs in which every input
+        appears at most once, with a single kernel entry w as coefficient, so its range is
+        c' ± Σ |w| r. Zero padding pads the box with [0, 0] (c = r = 0).
+        """
+        conv = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
+        return Interval.from_centre_radius(F.conv2d(self.mid, weight, bias, **conv),
+                                           F.conv2d(self.radius, weight.abs(), None, **conv))
+
+    def conv_transpose2d(self, weight: Tensor, stride=1, padding=0, output_padding=0,
+                         dilation=1, groups: int = 1) -> Interval:
+        """convᵀ([x], W) for a point kernel W, as F.conv_transpose2d (no bias), in centre/radius
+        form: c' = convᵀ(c, W), r' = convᵀ(r, |W|).
+
+        Exact image for the same reason as `conv2d`: convᵀ is the transposed matrix of a
+        convolution, whose entries are single kernel entries (or 0), so |convᵀ| = convᵀ with |W|.
+        """
+        conv = {"stride": stride, "padding": padding, "output_padding": output_padding,
+                "dilation": dilation, "groups": groups}
+        return Interval.from_centre_radius(F.conv_transpose2d(self.mid, weight, **conv),
+                                           F.conv_transpose2d(self.radius, weight.abs(), **conv))
+
+    def monotone(self, f: Callable[[Tensor], Tensor]) -> Interval:
+        """[f(lo), f(hi)] for f non-decreasing in every input coordinate (max or average
+        pooling, a reshape): x <= x' elementwise implies f(x) <= f(x'), so every point of the box
+        maps between the images of its corners lo and hi. Exact when f is a max or a sum with
+        non-negative weights of separate coordinates (each output attains both ends)."""
+        return Interval(f(self.lower), f(self.upper))
 
     def __matmul__(self, matrix: Tensor) -> Interval:
         """[x] @ M = [x] (Mᵀ)ᵀ: the affine rule of `linear` without bias."""

@@ -75,8 +75,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{summary_table(results.rows)}\n")
         print(f"results in {results.session.results_dir}; recommended model: "
               f"{results.recommended}")
-    elif results.concatenation is not None and not args.quiet:
-        print(f"recommended model: {results.recommended}")
     return 0
 
 

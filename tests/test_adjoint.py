@@ -8,13 +8,15 @@ only, and any real unsoundness (a missed sign, a wrong derivative range) is orde
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from src.adjoint import LayerBounds, interval_sweep
+from src.adjoint import RULES, LayerBounds, chain, interval_sweep, sweep
 from src.interval import Interval
 from src.model import MLP, build_model
 
@@ -223,9 +225,9 @@ def test_no_hidden_layer_gives_no_bounds():
 
 
 def test_unsupported_module_is_a_type_error_naming_it():
-    """A module other than Linear/ReLU/Sigmoid/Tanh is refused by name, never skipped."""
-    model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(), nn.Linear(3, 2))
-    with pytest.raises(TypeError, match="Dropout"):
+    """A module without a rule (here GELU) is refused by name, never skipped."""
+    model = nn.Sequential(nn.Linear(3, 3), nn.GELU(), nn.Linear(3, 2))
+    with pytest.raises(TypeError, match="GELU"):
         interval_sweep(model, Interval(torch.zeros(3), torch.ones(3)))
 
 
@@ -257,3 +259,387 @@ def test_box_must_be_an_interval():
     """A raw tensor is not a box."""
     with pytest.raises(TypeError, match="Interval"):
         interval_sweep(MLP([3, 2, 2]), torch.zeros(3))
+
+
+# ---- general chains: convolutional networks ---------------------------------------------------
+
+def chain_points(model: nn.Sequential, x: torch.Tensor) -> tuple[list[torch.Tensor],
+                                                                 list[torch.Tensor]]:
+    """Point values of every module's input and of the output (P, *shape_i) at the points x,
+    and the autograd Jacobians of every output y_k with respect to them (P, K, *shape_i)."""
+    values = [x.clone().requires_grad_(True)]
+    for module in model:
+        values.append(module(values[-1]))
+    out = values[-1].flatten(1)
+    grads = [torch.autograd.grad(out[:, k].sum(), values, retain_graph=True)
+             for k in range(out.shape[1])]  # each row of the batch is its own point
+    return ([v.detach() for v in values],
+            [torch.stack([g[i] for g in grads], dim=1) for i in range(len(values))])
+
+
+def conv_layer(draw, channels: int) -> nn.Module:
+    out = draw(st.integers(1, 3))
+    groups = draw(st.sampled_from([g for g in (1, 2, 3) if channels % g == 0 and out % g == 0]))
+    stride, dilation = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = draw(st.sampled_from([0, 1, (0, 1), "valid"] + ["same"] * (stride == 1)))
+    return nn.Conv2d(channels, out, kernel, stride, padding, dilation, groups,
+                     bias=draw(st.booleans()))
+
+
+def pool_layer(draw, kind: type[nn.Module]) -> nn.Module:
+    kernel = draw(st.integers(1, 3))
+    geometry = {"kernel_size": kernel, "stride": draw(st.integers(1, 3)),
+                "padding": draw(st.integers(0, kernel // 2))}
+    if kind is nn.MaxPool2d:
+        return nn.MaxPool2d(**geometry, dilation=draw(st.integers(1, 2)))
+    return nn.AvgPool2d(**geometry, count_include_pad=draw(st.booleans()),
+                        divisor_override=draw(st.sampled_from([None, 3])))
+
+
+def image_layer(draw, kind: str, channels: int) -> nn.Module:
+    if kind == "conv":
+        return conv_layer(draw, channels)
+    if kind in ("maxpool", "avgpool"):
+        return pool_layer(draw, nn.MaxPool2d if kind == "maxpool" else nn.AvgPool2d)
+    return {"bn": lambda: nn.BatchNorm2d(channels), "relu": nn.ReLU, "tanh": nn.Tanh,
+            "sigmoid": nn.Sigmoid, "dropout": nn.Dropout}[kind]()
+
+
+LAYERS = ["conv", "conv", "bn", "relu", "tanh", "sigmoid", "maxpool", "maxpool", "avgpool",
+          "dropout"]
+
+
+@st.composite
+def cnns(draw) -> tuple[nn.Sequential, tuple[int, ...], int]:
+    """A random small CNN (conv/bn/activations/pooling/dropout, then flatten and a linear head,
+    maybe with BatchNorm1d), in float64 eval mode, its input shape and a seed for box/points."""
+    seed = draw(st.integers(0, 2**31 - 1))
+    input_shape = (draw(st.integers(1, 2)), draw(st.integers(4, 8)), draw(st.integers(4, 8)))
+    shape, layers = input_shape, []
+    for kind in draw(st.lists(st.sampled_from(LAYERS), min_size=2, max_size=6)):
+        layer = image_layer(draw, kind, shape[0])
+        try:  # a layer whose window does not fit the current size is left out
+            out = layer.eval()(torch.zeros(1, *shape))
+        except RuntimeError:
+            continue
+        if not bool(out.isfinite().all()):  # a dilated max-pool window entirely in the padding
+            continue
+        shape = tuple(out.shape[1:])
+        layers.append(layer)
+    hidden = draw(st.integers(1, 4))
+    layers += [nn.Flatten(), nn.Linear(math.prod(shape), hidden)]
+    if draw(st.booleans()):
+        layers += [nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, draw(st.integers(1, 3)))]
+    model = nn.Sequential(*layers).double().eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # larger weights, and BatchNorm statistics and negative scales
+        for p in model.parameters():
+            p.mul_(2).add_(0.3 * torch.randn(p.shape, generator=g, dtype=D))
+        for m in model:
+            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g, dtype=D))
+                m.running_var.copy_(0.2 + torch.rand(m.num_features, generator=g, dtype=D))
+                m.weight.copy_(torch.randn(m.num_features, generator=g, dtype=D))  # any sign
+    return model, input_shape, seed
+
+
+def image_box(g: torch.Generator, shape: tuple[int, ...], degenerate: bool,
+              batch: tuple[int, ...] = ()) -> Interval:
+    centre = 2 * torch.rand(*batch, *shape, generator=g, dtype=D) - 1
+    radius = (torch.zeros_like(centre) if degenerate
+              else 0.5 * torch.rand(*batch, *shape, generator=g, dtype=D))
+    return Interval.from_centre_radius(centre, radius)
+
+
+def image_points(box: Interval, n: int, g: torch.Generator) -> torch.Tensor:
+    """n points of an unbatched box (n, *shape): half random corners, half uniform inside."""
+    u = torch.rand(n, *box.shape, generator=g, dtype=D)
+    u[: n // 2] = u[: n // 2].round()
+    return box.lower + u * box.width
+
+
+def check_chain_encloses_points(model: nn.Sequential, box: Interval, points: torch.Tensor,
+                                seed_mode: str) -> None:
+    """Every point value and autograd derivative (per output, or summed) at every module's
+    input and at the output lies in its interval, the input's adjoint included."""
+    bounds = sweep(model, box, seed_mode, input_shape=box.shape)
+    values, jacobians = chain_points(model, points)
+    assert len(bounds.values) == len(bounds.adjoints) == len(values) == len(model) + 1
+    for value, adjoint, v, jac in zip(*bounds, values, jacobians, strict=True):
+        assert value.shape == v.shape[1:]
+        assert_encloses(value, v)
+        assert_encloses(adjoint, jac if seed_mode == "per_output" else jac.sum(dim=1,
+                                                                               keepdim=True))
+
+
+@settings(max_examples=150, deadline=None)
+@given(network=cnns(), seed_mode=st.sampled_from(["per_output", "sum"]))
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+def test_cnn_point_values_and_derivatives_lie_in_the_intervals(network, seed_mode):
+    """For random small CNNs (conv with random kernel/stride/padding/dilation/groups, BatchNorm,
+    ReLU/tanh/sigmoid, max and average pooling, dropout, flatten, linear head), boxes and points
+    and corners inside them, every point value and every autograd derivative of every output
+    with respect to every module's input lies in its interval."""
+    model, shape, seed = network
+    g = torch.Generator().manual_seed(seed)
+    box = image_box(g, shape, degenerate=False)
+    check_chain_encloses_points(model, box, image_points(box, 16, g), seed_mode)
+
+
+@settings(max_examples=80, deadline=None)
+@given(network=cnns())
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+def test_cnn_degenerate_box_reproduces_torch(network):
+    """On a box of width 0 every value and adjoint interval has width 0 and equals torch's
+    value and autograd's derivative, for both seeds (ties in a max-pool window included: the
+    interval picks torch's first maximum)."""
+    model, shape, seed = network
+    box = image_box(torch.Generator().manual_seed(seed), shape, degenerate=True)
+    values, jacobians = chain_points(model, box.lower[None])
+    for seed_mode in ("per_output", "sum"):
+        bounds = sweep(model, box, seed_mode, input_shape=shape)
+        for value, adjoint, v, jac in zip(*bounds, values, jacobians, strict=True):
+            expected = jac[0] if seed_mode == "per_output" else jac[0].sum(dim=0, keepdim=True)
+            for interval, point in ((value, v[0]), (adjoint, expected)):
+                assert torch.equal(interval.lower, interval.upper)
+                torch.testing.assert_close(interval.lower, point, rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("seed_mode", ["per_output", "sum"])
+def test_cnn_batch_of_boxes_equals_one_sweep_per_box(seed_mode):
+    """A (batch, C, H, W) box gives, row by row, the values and adjoints of sweeping each box
+    alone (max pooling makes adjoints depend on the box; convolutions do not)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
+                          nn.Conv2d(3, 2, 2), nn.Flatten(), nn.Linear(8, 3)).double().eval()
+    boxes = image_box(torch.Generator().manual_seed(1), (2, 6, 6), False, batch=(3,))
+    together = sweep(model, boxes, seed_mode)
+    for b in range(3):
+        alone = sweep(model, boxes[b], seed_mode)
+        for x, y in zip(together.values + together.adjoints, alone.values + alone.adjoints,
+                        strict=True):
+            torch.testing.assert_close(x.lower[b], y.lower)
+            torch.testing.assert_close(x.upper[b], y.upper)
+
+
+def lenet_like() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(36, 5), nn.ReLU(), nn.Linear(5, 3))
+
+
+def test_sweep_shapes_batched_and_unbatched():
+    """values[i] is (batch, *shape_i) and adjoints[i] (batch, k, *shape_i), k = 3 outputs for
+    per_output and 1 for sum; an unbatched (C, H, W) box drops the batch dimension."""
+    model = lenet_like()
+    shapes = [(1, 8, 8), (4, 6, 6), (4, 3, 3), (4, 3, 3), (36,), (5,), (5,), (3,)]
+    batch = Interval(torch.zeros(2, 1, 8, 8), torch.ones(2, 1, 8, 8))
+    for box, lead in ((batch, (2,)), (batch[0], ())):
+        for seed_mode, k in (("per_output", 3), ("sum", 1)):
+            result = sweep(model, box, seed_mode)
+            assert [tuple(v.shape) for v in result.values] == [(*lead, *s) for s in shapes]
+            assert [tuple(a.shape) for a in result.adjoints] == [(*lead, k, *s) for s in shapes]
+
+
+def test_lowest_limits_the_reverse_sweep():
+    """adjoints[i] is None below `lowest` and the same as a full sweep's from it on."""
+    model = lenet_like()
+    box = Interval(torch.zeros(1, 8, 8), torch.ones(1, 8, 8))
+    full, part = sweep(model, box), sweep(model, box, lowest=4)
+    assert part.adjoints[:4] == [None] * 4
+    for a, b in zip(full.adjoints[4:], part.adjoints[4:], strict=True):
+        assert torch.equal(a.lower, b.lower) and torch.equal(a.upper, b.upper)
+    assert sweep(model, box, lowest=len(model)).adjoints[:-1] == [None] * len(model)
+
+
+def test_input_shape_settles_whether_the_box_is_batched():
+    """A chain that starts with Flatten takes a batch like torch's Flatten does; input_shape
+    says that a (1, 4, 4) box is one (1, 4, 4) image instead."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    box = Interval(torch.zeros(1, 4, 4), torch.ones(1, 4, 4))
+    assert sweep(model, box).adjoints[0].shape == (1, 2, 4, 4)  # one (4, 4) box
+    assert sweep(model, box, input_shape=(1, 4, 4)).adjoints[0].shape == (2, 1, 4, 4)
+    with pytest.raises(ValueError, match="input_shape"):
+        sweep(model, box, input_shape=(16,))
+
+
+def test_sweep_works_in_the_promoted_dtype():
+    """A float32 CNN over a float64 box gives float64 values and adjoints."""
+    result = sweep(lenet_like(), Interval(torch.zeros(1, 8, 8, dtype=D), torch.ones(1, 8, 8,
+                                                                                    dtype=D)))
+    assert {v.dtype for v in result.values + result.adjoints} == {D}
+
+
+def test_modules_are_swept_as_in_eval_mode():
+    """BatchNorm uses its running statistics and Dropout is the identity even when the model
+    is in training mode: the bounds equal those of the same model in eval mode."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Dropout(0.5), nn.Flatten(),
+                          nn.Linear(4, 2)).double()
+    with torch.no_grad():
+        model[1].running_mean.fill_(0.5)
+        model[1].running_var.fill_(2.0)
+    box = image_box(torch.Generator().manual_seed(0), (1, 4, 3), False)
+    training = sweep(model.train(), box)
+    evaluating = sweep(model.eval(), box)
+    for x, y in zip(training.values + training.adjoints,
+                    evaluating.values + evaluating.adjoints, strict=True):
+        assert torch.equal(x.lower, y.lower) and torch.equal(x.upper, y.upper)
+
+
+# ---- hand-computed rules ------------------------------------------------------------------------
+
+def pool_adjoint(pool: nn.Module, lower: list[list[float]],
+                 upper: list[list[float]]) -> Interval:
+    """[∂(Σ y)/∂x] of one pooling layer over a (1, H, W) box."""
+    box = Interval(torch.tensor([lower], dtype=D), torch.tensor([upper], dtype=D))
+    return sweep(nn.Sequential(pool), box, "sum").adjoints[0][0, 0]
+
+
+def test_maxpool_routes_the_adjoint_to_the_certain_maximum():
+    """In [[0,1] [0.5,0.8]; [-1,-0.5] [2,3]] the last entry always wins: adjoint 1 there and
+    0 elsewhere."""
+    adjoint = pool_adjoint(nn.MaxPool2d(2), [[0, 0.5], [-1, 2]], [[1, 0.8], [-0.5, 3]])
+    assert adjoint.lower.tolist() == adjoint.upper.tolist() == [[0, 0], [0, 1]]
+
+
+def test_maxpool_adjoint_is_0_1_for_entries_that_may_be_the_maximum():
+    """In [[0,2] [1,3]; [-1,0.5] [1,1]]: 0.5 < 1 (a certain lower bound of the max) rules out
+    the third entry; the others may win (the last only in a tie at 1, which torch may break
+    its way): [0, 1]."""
+    adjoint = pool_adjoint(nn.MaxPool2d(2), [[0, 1], [-1, 1]], [[2, 3], [0.5, 1]])
+    assert adjoint.lower.tolist() == [[0, 0], [0, 0]]
+    assert adjoint.upper.tolist() == [[1, 1], [0, 1]]
+
+
+def test_maxpool_tie_at_a_point_matches_torch():
+    """A width-0 window [[1, 1], [0, 1]] has three maxima; torch routes to the first, and so
+    does the interval (exactly, width 0)."""
+    x = torch.tensor([[[1.0, 1.0], [0.0, 1.0]]], dtype=D, requires_grad=True)
+    (grad,) = torch.autograd.grad(nn.MaxPool2d(2)(x).sum(), x)
+    adjoint = pool_adjoint(nn.MaxPool2d(2), x[0].tolist(), x[0].tolist())
+    assert adjoint.lower.tolist() == adjoint.upper.tolist() == grad[0].tolist() == [[1, 0],
+                                                                                    [0, 0]]
+
+
+def test_overlapping_max_windows_sum_their_adjoints():
+    """With stride 1, a 5 that wins two overlapping windows gets adjoint 1 + 1 = 2."""
+    x = [[0.0, 5.0, 0.0], [0.0, 0.0, 0.0]]
+    adjoint = pool_adjoint(nn.MaxPool2d(2, stride=1), x, [[r + 0.5 for r in row] for row in x])
+    assert adjoint.lower.tolist() == [[0, 2, 0], [0, 0, 0]]
+    assert adjoint.upper.tolist() == [[0, 2, 0], [0, 0, 0]]
+
+
+def test_avgpool_without_padding_counts_shares_edge_windows():
+    """AvgPool2d(2, stride 1, padding 1, count_include_pad=False) on a 1x1 input: each of the
+    4 windows sees only the input, so each passes its whole adjoint: 4."""
+    adjoint = pool_adjoint(nn.AvgPool2d(2, 1, 1, count_include_pad=False), [[0.0]], [[1.0]])
+    assert adjoint.lower.tolist() == adjoint.upper.tolist() == [[4.0]]
+
+
+def test_batchnorm_with_negative_scale_flips_the_bounds():
+    """Eval BatchNorm with γ = -2, β = 1, mean 0, var 1 - ε maps [1, 3] to [-5, -1] and
+    passes the adjoint times -2."""
+    bn = nn.BatchNorm1d(1).double().eval()
+    with torch.no_grad():
+        bn.weight.fill_(-2.0)
+        bn.bias.fill_(1.0)
+        bn.running_var.fill_(1.0 - bn.eps)
+    result = sweep(nn.Sequential(bn), Interval(torch.tensor([1.0], dtype=D),
+                                               torch.tensor([3.0], dtype=D)))
+    assert result.values[1].lower.tolist() == [-5.0] and result.values[1].upper.tolist() == [-1.0]
+    assert result.adjoints[0].lower.tolist() == result.adjoints[0].upper.tolist() == [[-2.0]]
+
+
+def test_batchnorm1d_on_sequences_matches_torch():
+    """BatchNorm1d on (C, L) inputs (a (batch, C, L) box) is swept per channel: on a point the
+    values and adjoints equal torch's; on a box they hold the points' ones."""
+    torch.manual_seed(0)
+    bn = nn.BatchNorm1d(3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.5, -2.0, 0.5]))
+        bn.running_mean.copy_(torch.tensor([0.1, -0.3, 0.2]))
+    model = nn.Sequential(bn, nn.Tanh(), nn.Flatten(), nn.Linear(12, 2)).double().eval()
+    g = torch.Generator().manual_seed(0)
+    point = image_box(g, (3, 4), degenerate=True, batch=(1,))
+    values, jacobians = chain_points(model, point.lower)
+    result = sweep(model, point)
+    for value, adjoint, v, jac in zip(*result, values, jacobians, strict=True):
+        torch.testing.assert_close(value.lower, v, rtol=TOL, atol=TOL)
+        torch.testing.assert_close(adjoint.upper, jac, rtol=TOL, atol=TOL)
+    box = image_box(g, (3, 4), degenerate=False)
+    check_chain_encloses_points(model, box, image_points(box, 16, g), "per_output")
+
+
+@pytest.mark.parametrize("size, kernel, stride, padding, dilation", [
+    (8, 3, 2, 1, 1), (7, 3, 2, 0, 1), (9, 3, 3, 2, 1), (6, 3, 1, 2, 1), (9, 3, 2, 1, 2),
+    (6, 2, 1, "same", 1), (7, 4, 1, "same", 1), (7, (2, 3), 1, "same", 2)])
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+def test_conv_adjoint_has_the_input_shape_and_autograd_values(size, kernel, stride, padding,
+                                                              dilation):
+    """The transposed convolution gives x̄ the input's exact shape whatever the stride skips
+    (output_padding) and however the padding is split ("same" with an even kernel pads one
+    more pixel at the end), and on a point it equals autograd's input gradient."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, kernel, stride, padding, dilation)).double()
+    x = torch.rand(1, 2, size, size + 1, dtype=D)
+    (adjoint,) = sweep(model, Interval.point(x[0]), "sum").adjoints[:1]
+    values, jacobians = chain_points(model, x)
+    assert adjoint.shape == (1, 2, size, size + 1)
+    torch.testing.assert_close(adjoint.lower, jacobians[0][0].sum(dim=0, keepdim=True))
+
+
+# ---- errors -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("module, match", [
+    (nn.MaxPool2d(2, ceil_mode=True), "ceil_mode"),
+    (nn.AvgPool2d(2, ceil_mode=True), "ceil_mode"),
+    (nn.MaxPool2d(2, return_indices=True), "return_indices"),
+    (nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect"), "padding_mode"),
+    (nn.BatchNorm2d(1, track_running_stats=False), "running statistics"),
+])
+def test_unsupported_settings_are_a_value_error_naming_them(module, match):
+    """Settings a rule does not cover are refused up front, never swept wrongly."""
+    with pytest.raises(ValueError, match=match):
+        sweep(nn.Sequential(module), Interval(torch.zeros(1, 4, 4), torch.ones(1, 4, 4)))
+
+
+def test_maxpool_window_entirely_in_the_padding_is_a_value_error():
+    """A dilated window that skips every input pixel has maximum -inf in torch: refused."""
+    pool = nn.MaxPool2d(2, stride=1, padding=1, dilation=2)
+    with pytest.raises(ValueError, match="padding"):
+        sweep(nn.Sequential(pool), Interval(torch.zeros(1, 1, 1), torch.ones(1, 1, 1)))
+
+
+def test_flatten_over_the_batch_is_a_value_error():
+    """Flatten(start_dim=0) would mix the boxes of a batch."""
+    with pytest.raises(ValueError, match="batch"):
+        sweep(nn.Sequential(nn.Flatten(0)), Interval(torch.zeros(2, 3), torch.ones(2, 3)))
+
+
+def test_box_that_does_not_fit_is_a_value_error_naming_the_module():
+    """A box with the wrong rank or channel count is refused, naming the module."""
+    model = lenet_like()
+    with pytest.raises(ValueError, match="module 0 \\(Conv2d\\)"):
+        sweep(model, Interval(torch.zeros(8, 8), torch.ones(8, 8)))
+    with pytest.raises(ValueError, match="module 0 \\(Conv2d\\) takes 1"):
+        sweep(model, Interval(torch.zeros(2, 8, 8), torch.ones(2, 8, 8)))
+    with pytest.raises(ValueError, match="module 4 \\(Linear\\) takes 36"):
+        sweep(model, Interval(torch.zeros(1, 10, 10), torch.ones(1, 10, 10)))
+
+
+def test_lowest_out_of_range_is_a_value_error():
+    """lowest is an index of values: 0 .. len(modules)."""
+    for lowest in (-1, 8, 1.5):
+        with pytest.raises(ValueError, match="lowest"):
+            sweep(lenet_like(), Interval(torch.zeros(1, 8, 8), torch.ones(1, 8, 8)),
+                  lowest=lowest)
+
+
+def test_chain_accepts_every_rule_type():
+    """chain() takes an nn.Sequential of every module type that has a rule."""
+    assert {nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.Sigmoid, nn.Tanh,
+            nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Dropout} == set(RULES)
+    model = lenet_like()
+    assert chain(model) == list(model)

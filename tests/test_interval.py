@@ -13,6 +13,7 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -166,6 +167,92 @@ def test_matmul_on_either_side_agrees_with_linear():
     torch.testing.assert_close(right.upper, left.upper)
     columns = m.T @ Interval(box.lower[:, None], box.upper[:, None])  # (4, 1)
     torch.testing.assert_close(columns.lower[:, 0], right.lower)
+
+
+convolutions = st.tuples(
+    st.integers(0, 2**31 - 1),  # seed of kernel, bias and box
+    st.integers(1, 3), st.integers(1, 3),  # kernel height, width
+    st.integers(1, 2), st.integers(0, 2), st.integers(1, 2),  # stride, padding, dilation
+    st.sampled_from([(1, 2, 1), (2, 4, 1), (2, 4, 2)]),  # (in channels, out channels, groups)
+)
+
+
+def conv_case(case) -> tuple[Interval, torch.Tensor, torch.Tensor, dict]:
+    """A random (2, C, 5, 6) box, kernel, bias and conv settings."""
+    seed, kh, kw, stride, padding, dilation, (c_in, c_out, groups) = case
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(c_out, c_in // groups, kh, kw, generator=g, dtype=D)
+    bias = torch.randn(c_out, generator=g, dtype=D)
+    return (random_box(seed, (2, c_in, 5, 6)), weight, bias,
+            {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups})
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=convolutions)
+def test_conv2d_is_the_exact_image_of_the_box(case):
+    """conv2d in centre/radius form equals the exact affine rule (`linear`) applied with the
+    convolution's dense matrix (its Jacobian): the same bounds, so it is sound and tight, and
+    a width-0 box reproduces F.conv2d exactly."""
+    box, weight, bias, conv = conv_case(case)
+    image = box.conv2d(weight, bias, **conv)
+    flat_in = box.shape[1:].numel()
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x.reshape(1, *box.shape[1:]), weight, **conv).flatten()
+
+    matrix = torch.autograd.functional.jacobian(f, torch.zeros(flat_in, dtype=D))
+    dense = box.reshape(2, flat_in).linear(matrix, bias.repeat_interleave(
+        image.shape[2:].numel()))
+    torch.testing.assert_close(image.lower.flatten(1), dense.lower, rtol=TOL, atol=TOL)
+    torch.testing.assert_close(image.upper.flatten(1), dense.upper, rtol=TOL, atol=TOL)
+    point = Interval.point(box.lower).conv2d(weight, bias, **conv)
+    assert torch.equal(point.lower, F.conv2d(box.lower, weight, bias, **conv))
+    assert torch.equal(point.upper, point.lower)
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=convolutions)
+def test_conv_transpose2d_is_the_exact_image_of_the_box(case):
+    """conv_transpose2d in centre/radius form equals `linear` with the transposed convolution's
+    dense matrix (sound and tight); a width-0 box reproduces F.conv_transpose2d exactly."""
+    box, weight, _, conv = conv_case(case)
+    box = box.reshape(2, weight.shape[0], 5, 3)  # convᵀ maps the conv's output channels back
+    conv = {**conv, "padding": 0, "output_padding": conv["stride"] - 1}  # the largest allowed
+    image = box.conv_transpose2d(weight, **conv)
+    flat_in = box.shape[1:].numel()
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(x.reshape(1, *box.shape[1:]), weight, **conv).flatten()
+
+    matrix = torch.autograd.functional.jacobian(f, torch.zeros(flat_in, dtype=D))
+    dense = box.reshape(2, flat_in).linear(matrix)
+    torch.testing.assert_close(image.lower.flatten(1), dense.lower, rtol=TOL, atol=TOL)
+    torch.testing.assert_close(image.upper.flatten(1), dense.upper, rtol=TOL, atol=TOL)
+    point = Interval.point(box.lower).conv_transpose2d(weight, **conv)
+    assert torch.equal(point.lower, F.conv_transpose2d(box.lower, weight, **conv))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), pool=st.sampled_from(["max", "avg"]))
+def test_monotone_pooling_encloses_points_and_is_attained_at_the_corners(seed, pool):
+    """Max and average pooling are non-decreasing: [f(lo), f(hi)] holds f(x) for every x in the
+    box, and its ends are the images of the corners lo and hi."""
+    box = random_box(seed, (2, 5, 5))
+    f = {"max": lambda t: F.max_pool2d(t, 2, 1), "avg": lambda t: F.avg_pool2d(t, 3, 2, 1)}[pool]
+    image = box.monotone(f)
+    assert_encloses(image, f(points_in(box, 32, seed)))
+    assert torch.equal(image.lower, f(box.lower)) and torch.equal(image.upper, f(box.upper))
+
+
+def test_rearranging_moves_both_bounds_alike():
+    """Indexing, reshape, expand and mT move lower and upper bounds together."""
+    box = random_box(0, (2, 3))
+    for result, f in ((box[1:], lambda t: t[1:]), (box.reshape(3, 2), lambda t: t.reshape(3, 2)),
+                      (box[None].expand(4, 2, 3), lambda t: t[None].expand(4, 2, 3)),
+                      (box.mT, lambda t: t.mT)):
+        assert isinstance(result, Interval)
+        assert torch.equal(result.lower, f(box.lower)) and torch.equal(result.upper,
+                                                                       f(box.upper))
 
 
 # ---- activations ----------------------------------------------------------------------------
