@@ -290,7 +290,9 @@ class IterativePruning:
         if any(n > h for n, h in zip(row.neurons, source.hidden, strict=True)):
             raise ValueError(f"schedule row {i} ({hidden_label(row.neurons)}) is larger than the "
                              f"model it prunes ({hidden_label(source.hidden)})")
-        keep = keep_indices(self.scores(source, i), row.neurons)
+        scores = self.scores(source, i)
+        self.tracker.scores(i, scores)
+        keep = keep_indices(scores, row.neurons)
         model = shrink(source, keep, bias_fold=c.bias_fold, data=self.data.train.x)
         _, no_retrain = evaluate_split(model, self.data.test)
         teacher = {"base": self.base, "previous": lambda: source, "none": lambda: None}[c.teacher]
@@ -446,6 +448,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="track the run in MLflow (parent run + one child per iteration); without a URI, "
              "a local sqlite:///mlflow.db beside the sessions folder [off]")
     add("--mlflow-experiment", help="MLflow experiment name [the session name]")
+    add("--tensorboard", metavar="DIR",
+        help="write TensorBoard runs to DIR/<session name>/: per-epoch curves of every "
+             "iteration, one point per iteration, significance histograms [off]")
     add("--quiet", action="store_true", help="no progress bars")
     p.formatter_class = argparse.HelpFormatter  # defaults are written in the help texts
     return p.parse_args(argv)
@@ -535,14 +540,16 @@ def main(argv: list[str] | None = None) -> int:
     if begin >= len(schedule):
         log(f"{session.mode_dir}: all {len(schedule)} iterations are complete; "
             "use --begin-itr K to redo from K")
-        tracker = make_tracker(args.mlflow, args.mlflow_experiment, session.root)
+        tracker = make_tracker(args.mlflow, args.mlflow_experiment, session.root,
+                               args.tensorboard)
         tracker.start(session.config, config.to_json(), begin)  # lets tracking catch up
         result = concatenate(session.mode_dir, quiet=args.quiet)
         tracker.finish(result.outputs[0].parent)
         return 0
 
     data = load_dataset(config.dataset, args.data_root, val_size=config.val_size)
-    tracker = make_tracker(args.mlflow, args.mlflow_experiment, session.root)
+    tracker = make_tracker(args.mlflow, args.mlflow_experiment, session.root,
+                           args.tensorboard)
     engine = IterativePruning(config, session, schedule, data, quiet=args.quiet, log=log,
                               tracker=tracker)
     if begin > 0:
