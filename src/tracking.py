@@ -162,13 +162,12 @@ def sqlite_file(uri: str) -> Path | None:
     return Path(path).resolve() if path and not path.startswith(":memory:") else None
 
 
-def check_server(uri: str, timeout: float | None = None) -> None:
+def check_server(uri: str, timeout: float = SERVER_TIMEOUT) -> None:
     """Refuse an http(s) tracking URI where no server answers within `timeout` seconds.
 
     Any HTTP answer counts, even an error status (the server is there; MLflow reports what is
     wrong), and so does a TLS failure (MLflow has its own certificate settings). Other URIs
     (sqlite, file, databricks, ...) are not checked here."""
-    timeout = SERVER_TIMEOUT if timeout is None else timeout
     try:
         parts = urllib.parse.urlsplit(uri)
         host, port = parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme)
@@ -189,9 +188,10 @@ def check_server(uri: str, timeout: float | None = None) -> None:
         return
     except (OSError, http.client.HTTPException) as exc:  # a timeout while reading, a hang-up
         why = exc
-    reason = "no answer" if isinstance(why, TimeoutError) else _first_line(why)
+    reason = f"no answer within {timeout:g} s" if isinstance(why, TimeoutError) \
+        else _first_line(why)
     raise ValueError(
-        f"--mlflow {uri}: no MLflow server answers there within {timeout:g} s ({reason}); "
+        f"--mlflow {uri}: no MLflow server answers there ({reason}); "
         f"start one with `mlflow server --host {host or '127.0.0.1'} --port {port}` "
         "(pip install mlflow), or use the local store: --mlflow without a URI")
 
