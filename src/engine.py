@@ -196,7 +196,9 @@ class IterativePruning:
         if any(n > h for n, h in zip(row.neurons, units(source), strict=True)):
             raise EngineError(f"schedule row {i} ({hidden_label(row.neurons)}) is larger than "
                               f"the model it prunes ({hidden_label(units(source))})")
-        keep = keep_indices(self.scores(source, i), row.neurons)
+        scores = self.scores(source, i)
+        self.tracker.scores(i, scores)
+        keep = keep_indices(scores, row.neurons)
         model = shrink(source, keep, bias_fold=c.scoring.bias_fold, data=self.data.train.x)
         _, no_retrain = evaluate_split(model, self.data.test)
         teacher = {"base": self.base, "previous": lambda: source,

@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="track the run in MLflow (parent run + one child per iteration); "
                         "without a URI, a local sqlite:///mlflow.db beside the sessions folder")
     p.add_argument("--mlflow-experiment", help="MLflow experiment name [the session name]")
+    p.add_argument("--tensorboard", metavar="DIR",
+                   help="write TensorBoard runs to DIR/<session name>/: per-epoch curves of every "
+                        "iteration, one point per iteration, significance histograms [off]")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     given = given_settings(args)
     keep = saved is not None and (holds_results(root) or not (given or args.retain))
     config = apply(saved if keep else None, given)
-    tracker = make_tracker(args.mlflow, args.mlflow_experiment, root)
+    tracker = make_tracker(args.mlflow, args.mlflow_experiment, root, args.tensorboard)
     try:
         results = run(config, root, retain=args.retain, begin=args.begin_itr,
                       data_root=args.data_root, tracker=tracker, quiet=args.quiet)

@@ -1,4 +1,5 @@
-"""Optional experiment tracking of a pruning run (MLflow); the engine talks to a Tracker.
+"""Optional experiment tracking of a pruning run (MLflow, TensorBoard); the engine talks to a
+Tracker, and both trackers may be on at once.
 
 With `--mlflow [URI]` a session is one MLflow *parent* run (the config as params, the base
 model's metrics as `base_*`, the results table and plots as artifacts under `results/`) with one
@@ -8,25 +9,47 @@ neurons per layer and % retained as params, the kept model's metrics, the per-ep
 session's config.json (`mlflow_run_id`), so a resumed run logs into the same parent; a redone
 iteration's old child runs (that iteration and every later one) are tagged `superseded_by` and
 deleted (MLflow keeps deleted runs restorable until `mlflow gc`). Iterations completed while
-tracking was off or failed are logged from their folders when a tracked run starts.
+tracking was off or failed are logged from their folders when a tracked run starts. An http(s)
+server that does not answer within SERVER_TIMEOUT seconds is refused before anything is written
+(MLflow's own client retries for minutes).
 
-MLflow is imported here only, and only when tracking is asked for.
+With `--tensorboard DIR` the session writes event files under DIR/<session name>/: one run per
+iteration, `iteration-<i>/` (its per-epoch curves `epoch/<metric>`, step = epoch; the histogram of
+each hidden layer's significance scores, `significance/h<l>`, step = i; and an HParams session:
+% retained, hidden sizes, params and MACs against the kept model's metrics `final/<metric>`),
+and a run `summary/` with one point per iteration (`pruning/<metric>`, step = iteration). The
+DIR/<session name>/ folder always mirrors the session's complete iterations: a run is written
+into a `.partial` folder and renamed into place, replacing the older run of that iteration; the
+runs of later iterations go when the engine removes their folders; `summary/` is rewritten from
+the iteration folders. Iterations done while tracking was off are logged from their folders,
+without histograms (the scores are not saved).
+
+MLflow and TensorBoard are imported here only, and only when tracking is asked for.
 """
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import importlib.util
 import json
+import shutil
+import ssl
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+from torch import Tensor
+
 from src.concatenate import read_validation_results
 from src.errors import UserError
-from src.files import atomic_write
+from src.files import atomic_write, first_line
 from src.metrics import EPOCH, EPOCH_COLUMNS, RUN, VALIDATION
 from src.session import ITERATION_FILES, MODES
 
@@ -35,11 +58,17 @@ DEFAULT_STORE = "mlflow.db"  # the default local store, in the folder holding th
 ARTIFACTS = "mlartifacts"  # artifacts of a local sqlite store, beside its database file
 RUN_ID_KEY = "mlflow_run_id"  # the parent run's id in config.json
 SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # stores that need SQLAlchemy + alembic
+SERVER_TIMEOUT = 5.0  # seconds an http(s) tracking server gets to answer before it is refused
+TB_INSTALL = "pip install tensorboard==2.21.0"
+TB_MARKER = "session.json"  # in DIR/<session name>/: the session whose runs the folder holds
+TB_STAMP = "source.sha256"  # in each iteration's run: the hash of the files it was logged from
 # validation row (and the engine's Epochs, Seconds) -> metric of the kept model
 ROW_METRICS = {c.name: c.key for c in (*VALIDATION, *RUN) if c.kind != "label"}
 # train_results.txt column -> per-epoch metric (step = the Epoch column)
 EPOCH_METRICS = {c.name: f"epoch/{c.key}" for c in EPOCH if c.name != "Epoch"}
-
+# validation row columns that TensorBoard's HParams view plots against % retained, params, MACs
+FINAL_COLUMNS = tuple(c.name for c in VALIDATION if c.kind in ("percent", "loss")
+                      and c.name != "PercentageRetain")
 
 
 class TrackingError(UserError):
@@ -51,6 +80,9 @@ class Tracker(Protocol):
 
     def start(self, config_path: Path, config: dict[str, Any], begin: int) -> None:
         """A run of the session (config.json at config_path) starts at iteration `begin`."""
+
+    def scores(self, i: int, scores: list[Tensor]) -> None:
+        """Iteration i >= 1 scored the model it prunes: one 1-D tensor per hidden layer."""
 
     def iteration(self, i: int, row: dict[str, Any], folder: Path) -> None:
         """Iteration i is complete: its validation row and its prune_w_retrain/ folder."""
@@ -65,6 +97,9 @@ class NullTracker:
     def start(self, config_path: Path, config: dict[str, Any], begin: int) -> None:
         pass
 
+    def scores(self, i: int, scores: list[Tensor]) -> None:
+        pass
+
     def iteration(self, i: int, row: dict[str, Any], folder: Path) -> None:
         pass
 
@@ -72,21 +107,46 @@ class NullTracker:
         pass
 
 
+class Trackers:
+    """Several trackers at once (--mlflow and --tensorboard): each event goes to every one."""
+
+    def __init__(self, trackers: list[Tracker]):
+        self.trackers = trackers
+
+    def start(self, config_path: Path, config: dict[str, Any], begin: int) -> None:
+        for tracker in self.trackers:
+            tracker.start(config_path, config, begin)
+
+    def scores(self, i: int, scores: list[Tensor]) -> None:
+        for tracker in self.trackers:
+            tracker.scores(i, scores)
+
+    def iteration(self, i: int, row: dict[str, Any], folder: Path) -> None:
+        for tracker in self.trackers:
+            tracker.iteration(i, row, folder)
+
+    def finish(self, results_dir: Path | None, status: str = "FINISHED") -> None:
+        for tracker in self.trackers:
+            tracker.finish(results_dir, status)
+
+
 def default_uri(session_root: Path) -> str:
     """The local store used by `--mlflow` without a URI: sqlite mlflow.db beside the session."""
     return f"sqlite:///{(session_root.parent / DEFAULT_STORE).resolve().as_posix()}"
 
 
-def make_tracker(uri: str | None, experiment: str | None, session_root: Path) -> Tracker:
-    """NullTracker when uri is None (no --mlflow); MLflow tracking otherwise ("" = default)."""
-    if uri is None:
+def make_tracker(uri: str | None, experiment: str | None, session_root: Path,
+                 tensorboard: str | Path | None = None) -> Tracker:
+    """The trackers asked for: MLflow unless uri is None ("" = the default store), TensorBoard
+    unless tensorboard (its DIR) is None; the NullTracker when neither is."""
+    trackers: list[Tracker] = []
+    if tensorboard is not None:
+        trackers.append(TensorBoardTracker(Path(tensorboard), session_root))
+    if uri is not None:
+        trackers.append(MlflowTracker(uri or default_uri(session_root), experiment, session_root))
+    if not trackers:
         return NullTracker()
-    return MlflowTracker(uri or default_uri(session_root), experiment, session_root)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return trackers[0] if len(trackers) == 1 else Trackers(trackers)
 
 
 def sqlite_file(uri: str) -> Path | None:
@@ -95,11 +155,45 @@ def sqlite_file(uri: str) -> Path | None:
     return Path(path).resolve() if path and not path.startswith(":memory:") else None
 
 
+def check_server(uri: str, timeout: float = SERVER_TIMEOUT) -> None:
+    """Refuse an http(s) tracking URI where no server answers within `timeout` seconds.
+
+    Any HTTP answer counts, even an error status (the server is there; MLflow reports what is
+    wrong), and so does a TLS failure (MLflow has its own certificate settings). Other URIs
+    (sqlite, file, databricks, ...) are not checked here."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        host, port = parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError as exc:
+        raise TrackingError(f"--mlflow {uri}: not a valid URI ({exc})") from None
+    if parts.scheme not in ("http", "https"):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ssl.SSLError):
+            return
+        why = exc.reason if isinstance(exc.reason, BaseException) else Exception(exc.reason)
+    except ssl.SSLError:
+        return
+    except (OSError, http.client.HTTPException) as exc:  # a timeout while reading, a hang-up
+        why = exc
+    reason = f"no answer within {timeout:g} s" if isinstance(why, TimeoutError) \
+        else first_line(why)
+    raise TrackingError(
+        f"--mlflow {uri}: no MLflow server answers there ({reason}); "
+        f"start one with `mlflow server --host {host or '127.0.0.1'} --port {port}` "
+        "(pip install mlflow), or use the local store: --mlflow without a URI")
+
+
 def read_epochs(path: Path) -> list[dict[str, float]]:
     """The rows of a train_results.txt as {column: value}."""
     lines = [line.split() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not lines or lines[0] != list(EPOCH_COLUMNS):
-        raise ValueError(f"{path}: header must be {' '.join(EPOCH_COLUMNS)}")
+        raise TrackingError(f"{path}: header must be {' '.join(EPOCH_COLUMNS)}")
     return [dict(zip(EPOCH_COLUMNS, map(float, row), strict=True)) for row in lines[1:]]
 
 
@@ -112,7 +206,7 @@ class MlflowTracker:
             from mlflow.exceptions import MlflowException
             from mlflow.tracking import MlflowClient
         except ImportError as exc:
-            raise TrackingError(f"--mlflow needs MLflow ({_first_line(exc)}): {INSTALL}") from None
+            raise TrackingError(f"--mlflow needs MLflow ({first_line(exc)}): {INSTALL}") from None
         scheme = uri.split(":", 1)[0].split("+", 1)[0] if ":" in uri else ""
         missing = [m for m in ("sqlalchemy", "alembic") if importlib.util.find_spec(m) is None]
         if scheme in SQL_SCHEMES and missing:
@@ -127,6 +221,7 @@ class MlflowTracker:
         self.parent_id: str | None = None
         self.experiment_id: str | None = None
         self.mode_dir: Path | None = None
+        check_server(uri)
         database = sqlite_file(uri)
         if database is not None:
             database.parent.mkdir(parents=True, exist_ok=True)  # sqlite creates no folders
@@ -139,7 +234,7 @@ class MlflowTracker:
         try:
             yield
         except self._error as exc:
-            raise TrackingError(f"MLflow ({self.uri}): {what}: {_first_line(exc)}") from None
+            raise TrackingError(f"MLflow ({self.uri}): {what}: {first_line(exc)}") from None
 
     # ------------------------------------------------------------------------- the parent run
     def start(self, config_path: Path, config: dict[str, Any], begin: int) -> None:
@@ -213,7 +308,7 @@ class MlflowTracker:
                 self.client.set_terminated(self.parent_id, status)
             except Exception as exc:  # noqa: BLE001 - best effort while the run is failing
                 print(f"warning: MLflow could not mark run {self.parent_id} {status}: "
-                      f"{_first_line(exc)}", file=sys.stderr)
+                      f"{first_line(exc)}", file=sys.stderr)
             return
         with self._errors("cannot finish the parent run"):
             if results_dir is not None and results_dir.is_dir():
@@ -226,6 +321,9 @@ class MlflowTracker:
         return self.client.search_runs(
             [self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}'",
             max_results=50_000)
+
+    def scores(self, i: int, scores: list[Tensor]) -> None:
+        """Not logged to MLflow (TensorBoard draws them as histograms)."""
 
     def iteration(self, i: int, row: dict[str, Any], folder: Path) -> None:
         """Log iteration i as child run `iteration-<i>`, superseding older runs of i and later."""
@@ -278,3 +376,156 @@ class MlflowTracker:
             row = {"iteration": i, **read_validation_results(folder / "validation_results.txt"),
                    "Epochs": len(read_epochs(folder / "train_results.txt"))}
             self._log_iteration(i, row, folder, backfilled=True)
+
+
+# ------------------------------------------------------------------------------- TensorBoard
+def iteration_files(mode_dir: Path) -> dict[int, Path]:
+    """{i: prune_w_retrain/ folder} of the complete iterations in a session's mode folder."""
+    if not mode_dir.is_dir():
+        return {}
+    folders = {int(p.name): p / "prune_w_retrain" for p in mode_dir.iterdir() if p.name.isdigit()}
+    return {i: f for i, f in sorted(folders.items()) if (f / "validation_results.txt").is_file()}
+
+
+def source_hash(folder: Path) -> str:
+    """What an iteration's run was logged from: the hash of its results files."""
+    digest = hashlib.sha256()
+    for name in ("validation_results.txt", "train_results.txt"):
+        digest.update((folder / name).read_bytes())
+    return digest.hexdigest()
+
+
+def read_row(folder: Path) -> dict[str, Any]:
+    """An iteration's validation row plus its number of epochs, from its folder."""
+    return {**read_validation_results(folder / "validation_results.txt"),
+            "Epochs": len(read_epochs(folder / "train_results.txt"))}
+
+
+class TensorBoardTracker:
+    """Writes a session as TensorBoard runs under DIR/<session name>/ (see the module docstring)."""
+
+    def __init__(self, logdir: Path, session_root: Path, log=print):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard.summary import hparams
+        except ImportError as exc:
+            raise TrackingError(f"--tensorboard needs TensorBoard ({first_line(exc)}): "
+                             f"{TB_INSTALL}") from None
+        self.SummaryWriter, self.hparams, self.log = SummaryWriter, hparams, log
+        self.session = session_root.resolve()
+        self.logdir, self.root = logdir, logdir / self.session.name
+        self.mode_dir: Path | None = None
+        self._scores: dict[int, list[Tensor]] = {}  # scored, not yet complete iterations
+        for path in (logdir, self.root):
+            if path.exists() and not path.is_dir():
+                raise TrackingError(f"--tensorboard {logdir}: {path} is a file, not a folder")
+        owner = self._owner()
+        if owner is None and self.root.is_dir() and any(self.root.iterdir()):
+            raise TrackingError(f"--tensorboard {logdir}: {self.root} exists and holds no "
+                             "IA-Prune session's runs; choose another DIR")
+        if owner not in (None, self.session) and (owner / "config.json").is_file():
+            raise TrackingError(f"--tensorboard {logdir}: {self.root} holds the runs of session "
+                             f"{owner}; choose another DIR for this session")
+
+    def _owner(self) -> Path | None:
+        """The session whose runs DIR/<session name>/ holds (None: not ours, or no marker)."""
+        try:
+            return Path(json.loads((self.root / TB_MARKER).read_text(encoding="utf-8"))["session"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def start(self, config_path: Path, config: dict[str, Any], begin: int) -> None:
+        """Make DIR/<session name>/ mirror the session's complete iterations (log the missing or
+        outdated ones from their folders, drop runs of iterations the session no longer has)."""
+
+        self.mode_dir = config_path.parent / MODES[config["mode"]]
+        atomic_write(self.root / TB_MARKER, json.dumps({"session": str(self.session)}) + "\n")
+        for leftover in self.root.glob("*.partial"):  # a run killed while writing one
+            shutil.rmtree(leftover)
+        complete = iteration_files(self.mode_dir)
+        for i, run in self.runs().items():
+            if i not in complete:
+                shutil.rmtree(run)
+        stale = [i for i, folder in complete.items() if self._stamp(i) != source_hash(folder)]
+        for i in stale:
+            self._write_iteration(i, complete[i], None)
+        self._write_summary()
+        self.log(f"tensorboard: {self.root} (view with: tensorboard --logdir {self.logdir})")
+        if stale:
+            lost = ", without significance histograms (the scores are not saved)" \
+                if max(stale) > 0 else ""
+            self.log(f"tensorboard: logged iteration(s) {', '.join(map(str, stale))} from "
+                     f"their folders{lost}")
+
+    def runs(self) -> dict[int, Path]:
+        """{i: run folder iteration-<i>/} of the iterations logged so far."""
+        runs = {p.name.removeprefix("iteration-"): p for p in self.root.glob("iteration-*")
+                if p.is_dir()}
+        return {int(i): p for i, p in sorted(runs.items()) if i.isdigit()}
+
+    def _stamp(self, i: int) -> str | None:
+        path = self.root / f"iteration-{i}" / TB_STAMP
+        return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+
+    def scores(self, i: int, scores: list[Tensor]) -> None:
+        """Keep iteration i's scores until the iteration is complete."""
+        self._scores[i] = [s.detach().cpu().clone() for s in scores]
+
+    def iteration(self, i: int, row: dict[str, Any], folder: Path) -> None:
+        """Write iteration i's run (replacing an older one), drop later runs, redo the summary."""
+        self._write_iteration(i, folder, self._scores.pop(i, None))
+        for later, run in self.runs().items():
+            if later > i:  # the engine removed their folders: this run will write them again
+                shutil.rmtree(run)
+        self._write_summary()
+
+    def finish(self, results_dir: Path | None, status: str = "FINISHED") -> None:
+        """Nothing left to write: every run is complete once its iteration is."""
+
+    def _replace(self, name: str, write) -> None:
+        """Write run `name` into a .partial folder with write(writer), then rename it into place.
+
+        purge_step=0 tells a TensorBoard that already read the old run to drop its points."""
+        run, partial = self.root / name, self.root / f"{name}.partial"
+        if partial.exists():
+            shutil.rmtree(partial)
+        with self.SummaryWriter(str(partial), purge_step=0, max_queue=10_000,
+                                flush_secs=3600) as writer:
+            write(writer)
+        if run.exists():
+            shutil.rmtree(run)
+        partial.rename(run)
+
+    def _write_iteration(self, i: int, folder: Path, scores: list[Tensor] | None) -> None:
+        """Run iteration-<i>: per-epoch curves, significance histograms, an HParams session."""
+        row, epochs = read_row(folder), read_epochs(folder / "train_results.txt")
+
+        def write(writer) -> None:
+            for epoch in epochs:
+                for column, name in EPOCH_METRICS.items():
+                    writer.add_scalar(name, epoch[column], int(epoch["Epoch"]))
+            for layer, values in enumerate(scores or [], start=1):
+                writer.add_histogram(f"significance/h{layer}", values, i)
+            settings = {"iteration": i, "hidden": row["Hidden"],
+                        "percent_retained": float(row["PercentageRetain"]),
+                        "params": int(row["Params"]), "macs": int(row["MACs"])}
+            final = {f"final/{ROW_METRICS[key]}": float(row[key]) for key in FINAL_COLUMNS}
+            for summary in self.hparams(settings, final):
+                writer.file_writer.add_summary(summary, i)
+            for tag, value in final.items():
+                writer.add_scalar(tag, value, i)
+            atomic_write(Path(writer.get_logdir()) / TB_STAMP, source_hash(folder) + "\n")
+
+        self._replace(f"iteration-{i}", write)
+
+    def _write_summary(self) -> None:
+        """Run summary/: every complete iteration's row as `pruning/<metric>`, step = iteration."""
+        rows = {i: read_row(folder) for i, folder in iteration_files(self.mode_dir).items()}
+
+        def write(writer) -> None:
+            for i, row in rows.items():
+                for key, name in ROW_METRICS.items():
+                    if key in row:
+                        writer.add_scalar(f"pruning/{name}", float(row[key]), i)
+
+        self._replace("summary", write)

@@ -18,7 +18,7 @@ from torch import nn
 
 from src.adjoint import RULES, LayerBounds, chain, interval_sweep, sweep
 from src.interval import Interval
-from src.model import MLP, build_model
+from src.model import mlp_net
 
 TOL = 1e-9
 D = torch.float64
@@ -74,7 +74,7 @@ def check_sweep_encloses_points(network, seed_mode: str, measure: str) -> None:
     """Random MLP, box and 48 points in it: every point value and autograd derivative at the
     `measure` side of each hidden activation lies in its interval."""
     activation, sizes, seed = network
-    model = build_model(sizes, activation, seed=seed).double()
+    model = mlp_net(sizes, activation, seed=seed).double()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # larger weights and biases make kinks and saturation likelier
         for p in model.parameters():
@@ -111,7 +111,7 @@ def test_degenerate_box_collapses_to_the_point_values(network):
     """On a box of width 0 the intervals have width 0 and equal torch's pre-activations and
     autograd's derivatives (for both seeds)."""
     activation, sizes, seed = network
-    model = build_model(sizes, activation, seed=seed).double()
+    model = mlp_net(sizes, activation, seed=seed).double()
     box = random_box(torch.Generator().manual_seed(seed), sizes[0], degenerate=True)
     points = point_values(model, box.lower[None])
     for seed_mode in ("per_output", "sum"):
@@ -139,7 +139,7 @@ def test_degenerate_box_at_a_relu_kink_is_sound():
 
 def two_two(out_rows: list[list[float]]) -> nn.Sequential:
     """W1 = [[1, -1], [2, 1]], b1 = [0, -1], ReLU, W2 = out_rows, b2 = 0.5."""
-    model = MLP([2, 2, len(out_rows)]).double()
+    model = mlp_net([2, 2, len(out_rows)]).double()
     with torch.no_grad():
         model[0].weight.copy_(torch.tensor([[1.0, -1.0], [2.0, 1.0]]))
         model[0].bias.copy_(torch.tensor([0.0, -1.0]))
@@ -177,7 +177,7 @@ def test_hand_computed_2_2_2_seeds_differ():
 @pytest.mark.parametrize("seed_mode", ["per_output", "sum"])
 def test_batch_of_boxes_equals_one_sweep_per_box(seed_mode):
     """A (batch, n_in) box gives, row by row, the bounds of sweeping each box alone."""
-    model = build_model([5, 4, 3, 2], "tanh", seed=0).double()
+    model = mlp_net([5, 4, 3, 2], "tanh", seed=0).double()
     g = torch.Generator().manual_seed(1)
     boxes = Interval.from_centre_radius(torch.rand(3, 5, generator=g, dtype=D),
                                         0.1 * torch.rand(3, 5, generator=g, dtype=D))
@@ -212,7 +212,7 @@ def test_output_activation_is_swept_through():
 
 def test_sweep_returns_named_pairs_in_float64_when_the_box_is():
     """A float32 model swept over a float64 box gives float64 LayerBounds(value, adjoint)."""
-    model = build_model([3, 2, 2], seed=0)
+    model = mlp_net([3, 2, 2], seed=0)
     (bounds,) = interval_sweep(model, Interval(torch.zeros(3, dtype=D), torch.ones(3, dtype=D)))
     assert isinstance(bounds, LayerBounds) and bounds.value.dtype == D
     assert bounds.adjoint.dtype == D
@@ -246,19 +246,19 @@ def test_non_sequential_model_is_a_type_error():
 def test_wrong_box_shape_is_a_value_error():
     """The box's last dimension must be the model's input size."""
     with pytest.raises(ValueError, match=r"\(3,\)"):
-        interval_sweep(MLP([3, 2, 2]), Interval(torch.zeros(4), torch.ones(4)))
+        interval_sweep(mlp_net([3, 2, 2]), Interval(torch.zeros(4), torch.ones(4)))
 
 
 def test_unknown_seed_is_a_value_error():
     """The seed is "per_output" or "sum"."""
     with pytest.raises(ValueError, match="per_output"):
-        interval_sweep(MLP([3, 2, 2]), Interval(torch.zeros(3), torch.ones(3)), seed="max")
+        interval_sweep(mlp_net([3, 2, 2]), Interval(torch.zeros(3), torch.ones(3)), seed="max")
 
 
 def test_box_must_be_an_interval():
     """A raw tensor is not a box."""
     with pytest.raises(TypeError, match="Interval"):
-        interval_sweep(MLP([3, 2, 2]), torch.zeros(3))
+        interval_sweep(mlp_net([3, 2, 2]), torch.zeros(3))
 
 
 # ---- general chains: convolutional networks ---------------------------------------------------

@@ -330,13 +330,13 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
 def test_base_model_of_other_hidden_sizes_writes_nothing(tmp_path, retain, capsys):
     """A --base-model of other hidden sizes is refused before config.json is written, so the
     corrected command then starts the session."""
-    other = save_checkpoint(tmp_path / "other.pth", build_model([64, 20, 8, 10], seed=0),
+    other = save_checkpoint(tmp_path / "other.pth", mlp_net([64, 20, 8, 10], seed=0),
                             dataset="digits")
     err = error_of(capsys, *FAST, "--retain", retain, "--session", tmp_path / "s",
                    "--base-model", other)
     assert "hidden sizes 20-8" in err and "--hidden 16 8" in err
     assert not (tmp_path / "s").exists()
-    good = save_checkpoint(tmp_path / "good.pth", build_model([64, 16, 8, 10], seed=0),
+    good = save_checkpoint(tmp_path / "good.pth", mlp_net([64, 16, 8, 10], seed=0),
                            dataset="digits")
     assert run(*FAST, "--retain", retain, "--session", tmp_path / "s", "--base-model", good) == 0
 
@@ -421,7 +421,7 @@ def test_base_model_given_by_another_path_of_the_same_file_resumes(tmp_path, ret
                                                                    monkeypatch):
     """--base-model as a relative path, then as an absolute one: the same file, no conflict."""
     monkeypatch.chdir(tmp_path)
-    save_checkpoint(tmp_path / "m.pth", build_model([64, 16, 8, 10], seed=3), dataset="digits")
+    save_checkpoint(tmp_path / "m.pth", mlp_net([64, 16, 8, 10], seed=3), dataset="digits")
     assert run(*FAST, "--retain", retain, "--session", "s", "--base-model", "m.pth") == 0
     assert run(*FAST, "--retain", retain, "--session", "s",
                "--base-model", tmp_path / "m.pth") == 0

@@ -101,7 +101,8 @@ def test_constant_input_feature_contributes_nothing():
     """A feature that is constant over the box adds no width: a neuron fed only by it scores 0,
     and changing that feature's weights leaves every first-layer width unchanged."""
     box = Interval(torch.tensor([0.0, 0.7], dtype=D), torch.tensor([1.0, 0.7], dtype=D))
-    model = set_weights(mlp_net([2, 2, 1]), [[0.0, 5.0], [1.0, 1.0]], [0.0, 0.0], [[1.0, 1.0]], [0.0])
+    model = set_weights(mlp_net([2, 2, 1]), [[0.0, 5.0], [1.0, 1.0]], [0.0, 0.0], [[1.0, 1.0]],
+                        [0.0])
     (s,) = interval_adjoint(model, box)
     assert s[0].item() == 0.0 and s[1].item() > 0
     ((before, _),) = interval_sweep(model, box)
@@ -194,7 +195,8 @@ def test_random_is_seeded():
 
 def test_magnitude_is_the_l1_norm_of_incoming_weights():
     """Rows [1, -2] and [0.5, 0] of W1 score 3 and 0.5 (the bias does not count)."""
-    model = set_weights(mlp_net([2, 2, 1]), [[1.0, -2.0], [0.5, 0.0]], [9.0, 9.0], [[1.0, 1.0]], [0.0])
+    model = set_weights(mlp_net([2, 2, 1]), [[1.0, -2.0], [0.5, 0.0]], [9.0, 9.0], [[1.0, 1.0]],
+                        [0.0])
     (s,) = score("magnitude", model, ScoreData(*small_data(n_in=2)))
     assert s.tolist() == [3.0, 0.5]
 

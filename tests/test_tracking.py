@@ -6,10 +6,14 @@ The sessions share one temporary sqlite store; each gets its own experiment (its
 from __future__ import annotations
 
 import ast
+import http.server
 import importlib.util
 import json
 import shutil
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -20,8 +24,10 @@ from src.retain import ScheduleRow, write_schedule
 from src.tracking import (
     EPOCH_METRICS,
     ROW_METRICS,
+    SERVER_TIMEOUT,
     MlflowTracker,
     NullTracker,
+    check_server,
     default_uri,
     make_tracker,
     read_epochs,
@@ -334,15 +340,85 @@ def test_sqlite_store_without_sqlalchemy_says_what_to_install(tmp_path, monkeypa
         make_tracker(f"sqlite:///{tmp_path / 'x.db'}", None, tmp_path / "s")
 
 
-def test_only_the_tracking_module_imports_mlflow_and_only_inside_functions():
-    """No module of the project imports MLflow at import time; src/tracking.py alone uses it."""
+@pytest.mark.parametrize("package", ["mlflow", "tensorboard"])
+def test_only_the_tracking_module_imports_trackers_and_only_inside_functions(package):
+    """No module of the project imports MLflow or TensorBoard (also via torch.utils.tensorboard)
+    at import time; src/tracking.py alone uses them."""
     repo = Path(__file__).parents[1]
     for path in [*repo.glob("src/*.py"), *repo.glob("deploy/*.py")]:
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        imports = {(node, name.split(".")[0]) for node in ast.walk(tree)
+        imports = {(node, name) for node in ast.walk(tree)
                    for name in ([a.name for a in node.names] if isinstance(node, ast.Import)
                                 else [node.module or ""] if isinstance(node, ast.ImportFrom)
                                 else [])}
-        using = [node for node, top in imports if top == "mlflow"]
+        using = [node for node, name in imports if package in name.split(".")]
         assert not using or path.name == "tracking.py", path
         assert not [node for node in using if node in tree.body], path
+
+
+# ------------------------------------------------------------------------------ unreachable server
+def closed_port() -> int:
+    """A local TCP port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_against(tmp_path: Path, url: str, capsys) -> tuple[int, str, float]:
+    """Start a fresh session tracked at `url`: (exit code, stderr, seconds)."""
+    started = time.perf_counter()
+    code = cli.run(main, [*FAST, "--session", str(tmp_path / "s"), "--mlflow", url])
+    return code, capsys.readouterr().err.strip(), time.perf_counter() - started
+
+
+def test_closed_port_fails_at_once_with_how_to_start_a_server(tmp_path, capsys):
+    """--mlflow at a port nothing listens on is one `error:` line within seconds (MLflow's
+    client alone retries for about 4 minutes) that says how to start a server or use the local
+    store, and nothing is written."""
+    port = closed_port()
+    code, err, seconds = run_against(tmp_path, f"http://127.0.0.1:{port}", capsys)
+    assert code == 2 and seconds < 30  # without the check: about 4 minutes of retries
+    assert err.startswith(f"error: --mlflow http://127.0.0.1:{port}: no MLflow server") and \
+        "\n" not in err
+    assert f"mlflow server --host 127.0.0.1 --port {port}" in err
+    assert "--mlflow without a URI" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_server_that_never_answers_fails_within_seconds(tmp_path, capsys):
+    """A server that accepts connections but never replies is refused after SERVER_TIMEOUT
+    seconds (a few), not after MLflow's minutes of retries."""
+    assert SERVER_TIMEOUT <= 10
+    with socket.socket() as silent:  # the kernel accepts connections; nobody ever answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        code, err, seconds = run_against(tmp_path, url, capsys)
+    assert code == 2 and SERVER_TIMEOUT <= seconds < 30  # without the check: minutes
+    assert err.startswith(f"error: --mlflow {url}: no MLflow server answers there") and \
+        f"(no answer within {SERVER_TIMEOUT:g} s)" in err and "\n" not in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_any_http_answer_counts_as_a_server(tmp_path):
+    """A server that answers, even with an error status, passes the check (MLflow then reports
+    what is wrong); only silence or a refused connection is refused early."""
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the handler API's name
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        check_server(f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(ValueError, match="no MLflow server"):
+        check_server(f"http://127.0.0.1:{closed_port()}")
+    check_server("sqlite:///x.db")  # only http(s) stores are servers
