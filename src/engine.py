@@ -141,11 +141,19 @@ class IterativePruning:
                 theirs["layers"][-1]["out"] != d.num_classes:
             raise EngineError(f"{path}: model ({describe(theirs)}) does not fit {c.dataset} "
                               f"({d.n_features} inputs, {d.num_classes} classes)")
-        same = (theirs["layers"] == self.spec["layers"] if exact else
-                [x["type"] for x in theirs["layers"]] == [x["type"] for x in self.spec["layers"]])
-        if not same:
+        kinds = [x["type"] for x in theirs["layers"]]
+        if kinds != [x["type"] for x in self.spec["layers"]]:
             raise EngineError(f"{path}: architecture {describe(theirs)} is not this run's "
                               f"({describe(self.spec)})")
+        if exact and theirs["layers"] != self.spec["layers"]:
+            have, want = units(model), units(build(self.spec))
+            if c.arch in (None, "mlp"):
+                raise EngineError(
+                    f"{path}: hidden sizes {hidden_label(have)}, this run uses --hidden "
+                    f"{' '.join(map(str, want))} (give --hidden {' '.join(map(str, have))} and a "
+                    "schedule for it)")
+            raise EngineError(f"{path}: units {hidden_label(have)}, this run's --arch {c.arch} "
+                              f"has {hidden_label(want)}")
 
     def base(self) -> Net:
         if self._base is None:

@@ -14,10 +14,13 @@ from src import cli, concatenate, plotting
 from src import data as data_module
 from src.checkpoint import load_model, save_checkpoint
 from src.concatenate import VALIDATION_COLUMNS, read_validation_results
-from src.iterativeprune import IterativePruning, PruneConfig, main
+from src.config import PruneConfig, Scoring, flat
+from src.engine import IterativePruning
+from src.groups import units
+from src.iterativeprune import main
 from src.model import mlp_net
 from src.retain import ScheduleRow, write_schedule
-from src.trainer import TRAIN_COLUMNS
+from src.trainer import TRAIN_COLUMNS, TrainingError
 
 ROWS = [(16, 8), (12, 6), (8, 4)]
 FAST = ["--dataset", "digits", "--hidden", "16", "8", "--epochs", "3", "--retrain-epochs", "2",
@@ -70,7 +73,7 @@ def test_pruned_sizes_follow_the_schedule(tmp_path, retain):
     for i, row in enumerate(ROWS):
         model, meta = load_model(session / "iterative_pruning" / str(i) / "prune_w_retrain" /
                                  "best_model.pth")
-        assert model.sizes == [64, *row, 10] and meta["iteration"] == i
+        assert units(model) == list(row) and meta["iteration"] == i
 
 
 def test_one_shot_mode_writes_its_own_folder(tmp_path, retain):
@@ -178,7 +181,7 @@ def test_schedule_first_row_must_match_hidden(tmp_path, retain, capsys):
     """A schedule for other hidden sizes is a one-line error and nothing is written."""
     err = error_of(capsys, *FAST[:2], "--hidden", "20", "8", "--retain", retain,
                    "--session", tmp_path / "s")
-    assert "does not match --hidden 20-8" in err and not (tmp_path / "s").exists()
+    assert "does not match the model's units 20-8" in err and not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize("flag, value", [("--criterion", "entropy"), ("--dataset", "cifar"),
@@ -282,13 +285,14 @@ def test_label_smoothing_applies_to_base_training_only_by_default(tmp_path, reta
     assert run(*FAST, "--retain", retain, "--session", session,
                "--retrain-label-smoothing", "0.05") == 0
     saved = json.loads((session / "config.json").read_text())
-    assert saved["retrain_label_smoothing"] == 0.05 and saved["label_smoothing"] == 0.1
+    assert saved["retraining"]["label_smoothing"] == 0.05
+    assert saved["training"]["label_smoothing"] == 0.1
 
 
 def test_session_from_before_newer_settings_resumes_as_it_ran():
     """A config.json written before these settings existed ran with smoothing 0.1 throughout
     and retrained at the base batch size."""
-    values = PruneConfig().to_json()
+    values = flat(PruneConfig())  # the flat config.json of earlier versions
     del values["label_smoothing"], values["retrain_label_smoothing"], values["retrain_batch_size"]
     config = PruneConfig.from_json(values, "config.json")
     assert config.train_config(0).label_smoothing == config.train_config(1).label_smoothing == 0.1
@@ -351,7 +355,7 @@ def test_criterion_that_needs_relu_is_refused_before_training(tmp_path, retain, 
     assert "--criterion apoz needs --activation relu" in err
     assert not (tmp_path / "s").exists()
     with pytest.raises(ValueError, match="apoz"):
-        PruneConfig(criterion="apoz", activation="sigmoid")
+        PruneConfig(activation="sigmoid", scoring=Scoring(criterion="apoz"))
 
 
 def test_bad_retraining_settings_are_refused_before_training(tmp_path, retain, capsys,
@@ -365,7 +369,7 @@ def test_bad_retraining_settings_are_refused_before_training(tmp_path, retain, c
 
 def fail_base_training(monkeypatch) -> None:
     def diverge(self):
-        raise ValueError("training diverged")
+        raise TrainingError("training diverged")
     monkeypatch.setattr(IterativePruning, "run_base", diverge)
 
 
@@ -379,7 +383,7 @@ def test_session_without_complete_iteration_starts_again_with_other_settings(
     assert (session / "config.json").is_file()
     monkeypatch.undo()
     assert run(*FAST, "--retain", retain, "--session", session, "--epochs", "2") == 0
-    assert json.loads((session / "config.json").read_text())["epochs"] == 2
+    assert json.loads((session / "config.json").read_text())["training"]["epochs"] == 2
     assert "starting it again" in capsys.readouterr().out
     assert sorted(results(session / "iterative_pruning")) == [0, 1, 2]
 
@@ -395,7 +399,7 @@ def test_session_without_complete_iteration_resumes_its_own_settings(tmp_path, r
     assert run("--session", session, "--quiet") == 0
     assert (session / "config.json").read_text() == config
     model, _ = load_model(session / "iterative_pruning/2/prune_w_retrain/best_model.pth")
-    assert model.sizes == [64, *ROWS[2], 10]
+    assert units(model) == list(ROWS[2])
 
 
 def test_rerunning_the_exact_command_resumes(finished, finished_session, capsys):
