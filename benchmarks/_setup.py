@@ -16,7 +16,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from src.data import Dataset  # noqa: E402
-from src.model import build_model  # noqa: E402
+from src.model import mlp_net  # noqa: E402
 
 REFERENCE_SIZES = [784, 256, 64, 10]
 
@@ -26,7 +26,7 @@ def reference_epoch(data: Dataset, seed: int = 0) -> float:
 
     This is the "reference epoch" of the issues: the way the thesis code trained.
     """
-    model = build_model(REFERENCE_SIZES, seed=seed)
+    model = mlp_net(REFERENCE_SIZES, seed=seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = DataLoader(TensorDataset(data.train.x, data.train.y), batch_size=64, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))

@@ -15,10 +15,10 @@ import time
 
 from _setup import ROOT, markdown_table, median, reference_epoch
 
-from src.concatenate import read_validation_results
+from src.config import PruneConfig
 from src.data import load_dataset
+from src.engine import run
 from src.files import atomic_write
-from src.iterativeprune import main as prune_main
 
 # hidden sizes -> minimum test accuracy (issue 5); thesis reference values for comparison
 TARGETS = {"256-64": 98.0, "54-13": 97.5, "34-9": 97.0, "22-5": 96.0, "11-3": 90.0}
@@ -41,27 +41,14 @@ def main() -> None:
 
     if not args.keep:
         shutil.rmtree(args.session, ignore_errors=True)
-    argv = ["--session", args.session, "--seed", str(args.seed), "--quiet"]
-    if args.data_root:
-        argv += ["--data-root", args.data_root]
     started = time.perf_counter()
-    code = prune_main(argv)
+    results = run(PruneConfig(seed=args.seed), args.session, data_root=args.data_root,
+                  quiet=True, log=lambda line: None)
     wall = time.perf_counter() - started
-    if code != 0:
-        raise SystemExit(f"the pruning run failed with exit code {code}")
     reference.append(reference_epoch(data, seed=2))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    mode_dir = f"{args.session}/iterative_pruning"
-    rows = []
-    i = 0
-    while True:
-        try:
-            rows.append(read_validation_results(
-                f"{mode_dir}/{i}/prune_w_retrain/validation_results.txt"))
-        except (FileNotFoundError, ValueError):
-            break
-        i += 1
+    rows = [r.values for r in results.concatenation.rows]
     table_rows, failures = [], []
     for i, r in enumerate(rows):
         target = TARGETS.get(r["Hidden"])

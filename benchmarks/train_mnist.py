@@ -13,7 +13,7 @@ from _setup import REFERENCE_SIZES, ROOT, markdown_table, median, reference_epoc
 
 from src.data import load_dataset
 from src.files import atomic_write
-from src.model import build_model
+from src.model import mlp_net
 from src.trainer import TrainConfig, train
 from src.validator import evaluate
 
@@ -31,7 +31,7 @@ def main() -> None:
     ours, plain = [], []
     for r in range(args.repeats):
         plain.append(reference_epoch(data, seed=r))
-        model = build_model(REFERENCE_SIZES, seed=r)
+        model = mlp_net(REFERENCE_SIZES, seed=r)
         started = time.perf_counter()
         train(model, data, replace(config, epochs=1, seed=r), quiet=True)
         ours.append(time.perf_counter() - started)
@@ -43,7 +43,7 @@ def main() -> None:
     ratio = median(plain) / median(ours)
 
     # 2. Default training to the best-by-validation-loss epoch.
-    model = build_model(REFERENCE_SIZES, seed=0)
+    model = mlp_net(REFERENCE_SIZES, seed=0)
     started = time.perf_counter()
     result = train(model, data, config)
     wall = time.perf_counter() - started
