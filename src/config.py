@@ -369,7 +369,8 @@ def differences(a: PruneConfig, b: PruneConfig) -> list[str]:
 
 def flat(config: PruneConfig) -> dict[str, Any]:
     """{flag key: value} of every setting (e.g. for trackers' flat parameter lists)."""
-    return {f.key: value_of(config, f.flag) for f in all_flags()}
+    values = {f.key: value_of(config, f.flag) for f in all_flags()}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 def dumps(config: PruneConfig, **extra: Any) -> str:

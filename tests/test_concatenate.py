@@ -26,6 +26,7 @@ from src.concatenate import (
     recommend,
     write_validation_results,
 )
+from src.session import SessionError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -282,7 +283,7 @@ def test_concatenate_on_a_session_folder_names_its_modes(tmp_path):
 
 def test_folder_without_iterations_is_a_clear_error(tmp_path):
     """An empty folder is an error saying no iteration folders were found."""
-    with pytest.raises(ResultsError, match="no iteration folders"):
+    with pytest.raises(SessionError, match="no iteration folders"):
         mode_dirs(tmp_path)
     with pytest.raises(ResultsError, match="no iteration folders"):
         concatenate(tmp_path, quiet=True)

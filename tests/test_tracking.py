@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from src import cli
-from src.iterativeprune import IterativePruning, main
+from src.config import PruneConfig, flat
+from src.engine import IterativePruning
+from src.iterativeprune import main
 from src.retain import ScheduleRow, write_schedule
 from src.tracking import (
     EPOCH_METRICS,
@@ -162,7 +164,8 @@ def test_parent_id_is_kept_in_the_session_config(root, tracked):
 def test_parent_logs_the_config_and_base_metrics(root, tracked):
     """The parent's params are the session's settings; base_* are iteration 0's metrics."""
     parent, children = tracked
-    config = json.loads((root / "a" / "config.json").read_text())
+    config = flat(PruneConfig.from_json(json.loads((root / "a" / "config.json").read_text()),
+                                        "config.json"))
     for key in ("dataset", "hidden", "criterion", "epochs", "retrain_epochs", "seed"):
         assert parent.data.params[key] == str(config[key])
     for name in ROW_METRICS.values():

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from src import cli
-from src.iterativeprune import IterativePruning, main
+from src.engine import IterativePruning
+from src.iterativeprune import main
 from src.retain import ScheduleRow, write_schedule
 from src.tracking import (
     EPOCH_METRICS,
