@@ -1,0 +1,154 @@
+"""The engine as a library on any spec network: the run(config, session) API, sessions of the
+previous version, a user's own model pruned and loaded back, and a CNN end to end (digits)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch import nn
+
+import deploy
+from deploy.__main__ import main as deploy_main
+from src import cli
+from src.checkpoint import load_model, save_checkpoint
+from src.config import PruneConfig, Retraining, Training, flat
+from src.data import load_dataset
+from src.engine import run
+from src.groups import units
+from src.iterativeprune import main
+from src.model import from_module
+from src.retain import ScheduleRow, write_schedule
+from src.validator import main as validator_main
+
+FAST = PruneConfig(dataset="digits", hidden=(16, 8), training=Training(epochs=3, batch_size=64),
+                   retraining=Retraining(epochs=2))
+ROWS = [(16, 8), (12, 6), (8, 4)]
+
+
+def schedule(tmp_path: Path, rows=ROWS) -> Path:
+    total = sum(rows[0])
+    path = tmp_path / "retain.txt"
+    write_schedule([ScheduleRow(t, r, 100 * sum(r) / total) for t, r in enumerate(rows)], path)
+    return path
+
+
+def results(mode_dir: Path) -> dict[int, str]:
+    return {int(p.parts[-3]): p.read_text()
+            for p in mode_dir.glob("*/prune_w_retrain/validation_results.txt")}
+
+
+def quiet(line: str) -> None:
+    pass
+
+
+def test_run_returns_the_rows_and_the_recommendation(tmp_path):
+    """run(config, session) is the whole engine: rows per iteration, the recommended model."""
+    result = run(FAST, tmp_path / "s", retain=schedule(tmp_path), quiet=True, log=quiet)
+    assert [r["Hidden"] for r in result.rows] == ["16-8", "12-6", "8-4"]
+    assert result.recommended.is_file() and not result.resumed
+    again = run(FAST, tmp_path / "s", quiet=True, log=quiet)
+    assert again.rows == [] and again.resumed
+
+
+def _to_first_format(session: Path) -> None:
+    """Rewrite a session as the previous version wrote it: a flat config.json and ia-prune/1
+    checkpoints (sizes + activation)."""
+    config = PruneConfig.from_json(json.loads((session / "config.json").read_text()), "x")
+    (session / "config.json").write_text(json.dumps({**flat(config), "version": "0.1.0"}))
+    for path in session.glob("iterative_pruning/*/prune_w_retrain/best_model.pth"):
+        payload = torch.load(path, weights_only=True)
+        layers = payload.pop("spec")
+        sizes = [64] + [layer["out"] for layer in layers if layer["type"] == "linear"]
+        torch.save({**payload, "format": "ia-prune/1", "sizes": sizes, "activation": "relu"},
+                   path)
+
+
+def test_a_session_of_the_previous_version_resumes_with_the_same_numbers(tmp_path):
+    """A session whose config.json is flat and whose checkpoints are ia-prune/1 resumes (and
+    redoes an iteration) exactly as an uninterrupted run computes it."""
+    retain = schedule(tmp_path)
+    whole = run(FAST, tmp_path / "whole", retain=retain, quiet=True, log=quiet)
+    old = tmp_path / "old"
+    run(FAST, old, retain=retain, quiet=True, log=quiet)
+    _to_first_format(old)
+    assert cli.run(main, ["--session", str(old), "--begin-itr", "2", "--quiet"]) == 0
+    assert results(old / "iterative_pruning") == results(whole.session.mode_dir)
+    model, meta = load_model(old / "iterative_pruning/1/prune_w_retrain/best_model.pth")
+    assert meta["format"] == "ia-prune/1" and units(model) == [12, 6]
+    assert isinstance(deploy.load(old / "iterative_pruning/1/prune_w_retrain/best_model.pth"),
+                      nn.Module)
+
+
+class SimpleNN(nn.Module):
+    """The thesis's own model: fc1/fc2/fc3 attributes, F.relu and x.view in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(64, 16), nn.Linear(16, 8), nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = x.view(len(x), -1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+def test_a_users_own_model_is_pruned_and_loaded_back_into_its_class(tmp_path):
+    """Import SimpleNN, save it, prune two rows with --base-model, load the pruned checkpoint
+    into a fresh SimpleNN: it computes what the pruned model computes."""
+    torch.manual_seed(0)
+    user = SimpleNN()
+    data = load_dataset("digits")
+    net = from_module(user, data.input_shape)
+    base = save_checkpoint(tmp_path / "simple.pth", net, dataset="digits",
+                           input=data.input_info())
+    config = PruneConfig(dataset="digits", base_model=str(base), retraining=Retraining(epochs=2))
+    result = run(config, tmp_path / "s", retain=schedule(tmp_path), quiet=True, log=quiet)
+    assert [r["Hidden"] for r in result.rows] == ["16-8", "12-6", "8-4"]
+    pruned_path = result.session.checkpoint(2)
+    pruned, _ = load_model(pruned_path)
+    mine = deploy.load_pruned_model(SimpleNN(), pruned_path)
+    assert (mine.fc1.out_features, mine.fc2.out_features) == (8, 4)
+    x = data.test.x[:50].reshape(50, 1, 8, 8)
+    torch.testing.assert_close(mine(x), pruned(x))
+
+
+CNN = {"input": [1, 8, 8], "layers": [
+    {"type": "conv2d", "out": 6, "kernel": 3, "padding": 1}, "batchnorm", "relu",
+    {"type": "maxpool2d", "kernel": 2}, {"type": "conv2d", "out": 8, "kernel": 3}, "relu",
+    "flatten", {"type": "dropout", "p": 0.1}, {"type": "linear", "out": 16}, "relu",
+    {"type": "linear", "out": 10}]}
+
+
+def test_a_cnn_spec_is_pruned_validated_and_deployed(tmp_path, capsys):
+    """--arch FILE.json: conv channels and hidden neurons pruned per schedule row; the pruned
+    CNN validates with the recorded numbers and deploys (bundle, verify, predict, ONNX)."""
+    arch = tmp_path / "cnn.json"
+    arch.write_text(json.dumps(CNN))
+    retain = schedule(tmp_path, [(6, 8, 16), (4, 6, 12), (3, 4, 8)])
+    session = tmp_path / "s"
+    assert cli.run(main, ["--dataset", "digits", "--arch", str(arch), "--epochs", "2",
+                          "--retrain-epochs", "1", "--retain", str(retain), "--session",
+                          str(session), "--quiet"]) == 0
+    last = session / "iterative_pruning/2/prune_w_retrain/best_model.pth"
+    model, meta = load_model(last)
+    assert units(model) == [3, 4, 8] and model[1].num_features == 3
+    assert "conv2d" in (last.parent / "summary.txt").read_text()
+    capsys.readouterr()
+    assert cli.run(validator_main, [str(last)]) == 0
+    test_line = capsys.readouterr().out.splitlines()[-1].split()
+    assert float(test_line[-1]) == round(meta["metrics"]["test_accuracy"], 2)
+    bundle = tmp_path / "bundle"
+    assert deploy_main(["bundle", str(last), "--out", str(bundle)]) == 0
+    assert (bundle / "model.onnx").is_file()
+    assert deploy_main(["verify", "--bundle", str(bundle)]) == 0
+    images = (load_digits().images[:4]).astype(np.float32) / 16
+    np.save(tmp_path / "digits.npy", images)
+    capsys.readouterr()
+    assert deploy_main(["predict", "--bundle", str(bundle), str(tmp_path / "digits.npy")]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 4
