@@ -2,8 +2,10 @@
 
 Iteration 0 trains the base model (or takes `base_model`). Iteration i takes iteration i-1's
 best_model.pth (iterative mode) or the base model (one-shot mode), scores every unit of every
-prunable group, keeps schedule row i's units per group, folds the removed ones into their
-consumer, records the accuracy before retraining, retrains and writes
+prunable group (the input features too when the schedule has the input column), keeps schedule
+row i's units per group, folds the removed ones into their consumer, records the accuracy before
+retraining, retrains (keeping the pruned model itself when no retraining epoch reaches its
+validation accuracy) and writes
 `<session>/<mode>/<i>/prune_w_retrain/` (src.session: written into a .partial folder and renamed
 into place only when complete). Every random stream is derived from (seed, iteration), so a
 resumed run gives the same numbers as an uninterrupted one.
@@ -11,6 +13,7 @@ resumed run gives the same numbers as an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -31,8 +34,7 @@ from src.files import atomic_write
 from src.groups import units
 from src.model import hidden_label, layer_table
 from src.prune import keep_global, keep_indices, shrink
-from src.retain import (ScheduleRow, geometric_schedule, prunes_inputs, read_schedule,
-                        write_schedule)
+from src.retain import ScheduleRow, geometric_schedule, prunes_inputs, read_schedule, write_schedule
 from src.session import Session, SessionError, check_session_folder, holds_results
 from src.significance import ScoreData, score
 from src.spec import Net, Select, build, describe, resolve_arch, spec_of
@@ -158,9 +160,7 @@ class IterativePruning:
                 theirs["layers"][-1]["out"] != d.num_classes:
             raise EngineError(f"{path}: model ({describe(theirs)}) does not fit {c.dataset} "
                               f"({d.n_features} inputs, {d.num_classes} classes)")
-        # a pruned model reads its kept input features through a select the base spec lacks
-        kinds = [x["type"] for x in theirs["layers"] if x["type"] != "select"]
-        if kinds != [x["type"] for x in self.spec["layers"]]:
+        if layer_kinds(theirs) != layer_kinds(self.spec):
             raise EngineError(f"{path}: architecture {describe(theirs)} is not this run's "
                               f"({describe(self.spec)})")
         if exact and theirs["layers"] != self.spec["layers"]:
@@ -239,6 +239,8 @@ class IterativePruning:
         model = shrink(source, keep, bias_fold=c.scoring.bias_fold, data=self.data.train.x,
                        inputs=self.inputs)
         _, no_retrain = evaluate_split(model, self.data.test)
+        _, pruned_val = evaluate_split(model, self.data.val)
+        pruned = copy.deepcopy(model.state_dict())
         teacher = {"base": self.base, "previous": lambda: source,
                    "none": lambda: None}[c.retraining.teacher]
         # Retraining stops early once the pruned model is back at the accuracy of the model it
@@ -248,6 +250,11 @@ class IterativePruning:
                        quiet=self.quiet, log_path=self.session.partial(i) / "train_results.txt",
                        desc=f"retrain {self.label(self.units(model))}",
                        stop_at_accuracy=parent_val)
+        # The fold may already have kept the function: when no retraining epoch reaches the
+        # pruned model's validation accuracy (a fresh optimizer's first steps can only lose
+        # it), the iteration keeps the pruned model itself. The test split plays no part.
+        if result.best is not None and pruned_val > result.best.val_accuracy:
+            model.load_state_dict(pruned)
         metrics = evaluate(model, self.data)
         return self.write_iteration(i, model, metrics, no_retrain, result.epochs_run,
                                     time.perf_counter() - started)
@@ -302,6 +309,12 @@ class IterativePruning:
                          f"{c.max_accuracy_drop} points below the base model's {base_val:.2f}%")
                 break
         return rows
+
+
+def layer_kinds(spec: dict[str, Any]) -> list[str]:
+    """The layer types of a spec without its select: pruning the inputs adds one (or changes
+    it), and the network is the same architecture."""
+    return [layer["type"] for layer in spec["layers"] if layer["type"] != "select"]
 
 
 def features_read(model: Net) -> int:

@@ -274,3 +274,16 @@ def test_global_allocation_keeps_each_rows_total(tmp_path):
     assert [sum(k) for k in kept] == [sum(r) for r in IN_ROWS] and min(map(min, kept)) >= 1
     again = run(config, tmp_path / "s", begin=2, quiet=True, log=quiet)
     assert again.rows[0]["Hidden"] == result.rows[2]["Hidden"]
+
+
+def test_an_iteration_keeps_the_pruned_model_when_retraining_only_loses(tmp_path):
+    """A retraining that cannot help (a learning rate that wrecks the model) is discarded: the
+    iteration keeps the pruned model, so its test accuracy is the one before retraining and its
+    validation accuracy beats every retraining epoch's."""
+    config = replace(FAST, retraining=Retraining(epochs=2, lr=5.0))
+    result = run(config, tmp_path / "s", retain=schedule(tmp_path), quiet=True, log=quiet)
+    for row in result.rows[1:]:
+        assert row["Test_Accuracy"] == row["NoRetrain_Test_Accuracy"]
+        history = (result.session.final(row["iteration"]) / "train_results.txt").read_text()
+        epochs = [float(line.split()[4]) for line in history.splitlines()[1:]]
+        assert epochs and max(epochs) < row["Val_Accuracy"]
