@@ -105,11 +105,11 @@ def _check_count(value: int, name: str, minimum: int = 1) -> int:
 
 
 def geometric_schedule(hidden: list[int], q: float | list[float] = 0.8, iterations: int = 31,
-                       min_neurons: int = 1, inputs: int | None = None, q_inputs: float = 0.8,
-                       min_inputs: int = 1) -> list[ScheduleRow]:
+                       min_neurons: int = 1, inputs: int | None = None,
+                       q_inputs: float | None = None, min_inputs: int = 1) -> list[ScheduleRow]:
     """Rows for t = 0 .. iterations-1 of N_l(t) = max(min_neurons, round(h_l * q_l**t)); with
     `inputs` (the unpruned input count) also N_in(t) = max(min_inputs, round(inputs *
-    q_inputs**t)) in the input column."""
+    q_inputs**t)) in the input column (q_inputs defaults to the first hidden layer's q)."""
     hidden = _check_hidden(hidden)
     qs = _check_q(q, len(hidden))
     _check_count(iterations, "iterations")
@@ -120,7 +120,7 @@ def geometric_schedule(hidden: list[int], q: float | list[float] = 0.8, iteratio
     sizes, rates, floors = list(hidden), list(qs), [min_neurons] * len(hidden)
     if inputs is not None:
         _check_count(inputs, "inputs")
-        (q_in,) = _check_q(q_inputs, 1)
+        (q_in,) = _check_q(qs[0] if q_inputs is None else q_inputs, 1)
         _check_count(min_inputs, "min_inputs")
         if min_inputs > inputs:
             raise UserError(f"min_inputs {min_inputs} exceeds the {inputs} inputs; counts "
@@ -360,7 +360,7 @@ class RetainConfig:
     min_neurons: int = 1  # no layer goes below this many neurons
     out: Path = Path("retain")  # folder for retain.txt and the two plots
     inputs: int | None = None  # unpruned input features: adds the input column (None: no column)
-    q_inputs: float = 0.8  # fraction of input features kept per step
+    q_inputs: float | None = None  # fraction of input features kept per step (None: q[0])
     min_inputs: int = 1  # the input column never goes below this many features
 
 
@@ -409,8 +409,8 @@ def main(argv: list[str] | None = None) -> int:
                              "inNodesRetained column, so the inputs are pruned too (default: "
                              "no input column, inputs are never pruned)")
     parser.add_argument("--q-inputs", type=float,
-                        help=f"fraction of input features kept per step (default: "
-                             f"{defaults.q_inputs:g}; needs --inputs)")
+                        help="fraction of input features kept per step (default: the first "
+                             "--q value; needs --inputs)")
     parser.add_argument("--min-inputs", type=int,
                         help=f"fewest input features kept (default: {defaults.min_inputs}; "
                              "needs --inputs)")

@@ -308,6 +308,12 @@ def test_inputs_alone_can_be_pruned():
     assert [r.units for r in rows] == [(64, 16, 8), (32, 16, 8), (16, 16, 8), (8, 16, 8)]
 
 
+def test_the_input_column_shrinks_like_the_first_hidden_layer_unless_told():
+    """Without q_inputs the inputs keep the first hidden layer's fraction per step."""
+    rows = geometric_schedule([256, 64], [0.9, 0.8], iterations=3, inputs=784)
+    assert [r.inputs for r in rows] == [784, 706, 635]
+
+
 @pytest.mark.parametrize("kwargs", [
     {"inputs": 0}, {"inputs": 64, "q_inputs": 0.0}, {"inputs": 64, "q_inputs": 1.2},
     {"inputs": 64, "min_inputs": 0}, {"inputs": 64, "min_inputs": 65},
