@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import socket
+import statistics
 import sys
 import time
 import traceback
@@ -43,7 +44,7 @@ from tqdm.auto import tqdm
 
 from src import __version__, cli
 from src.checkpoint import atomic_write
-from src.concatenate import concatenate
+from src.concatenate import concatenate, read_validation_results
 from src.data import DATASETS, data_root, load_dataset
 from src.iterativeprune import IterativePruning, PruneConfig, check_session_folder
 from src.retain import read_schedule, write_schedule
@@ -58,11 +59,13 @@ from src.study_grid import (
     cell_done,
     check_cached,
     make_plan,
+    read_curve,
     registry,
 )
 from src.study_report import write_reports
 
 RAY_INSTALL = "pip install ray==2.60.0"
+MLFLOW_INSTALL = "pip install mlflow-skinny==3.17.2 SQLAlchemy==2.1.9 alembic==1.20.1"
 
 
 # ----------------------------------------------------------------------------------- one cell
@@ -278,8 +281,8 @@ def connect(runner: Runner) -> Any:
     return ray
 
 
-def run_sequentially(cells: Sequence[Cell], runner: Runner,
-                     progress: Progress) -> dict[str, str]:
+def run_sequentially(cells: Sequence[Cell], runner: Runner, progress: Progress,
+                     on_done: Callable[[Cell], None]) -> dict[str, str]:
     """Run `cells` one after another in this process; returns {cell id: why it failed}."""
     failures: dict[str, str] = {}
     for cell in cells:
@@ -295,12 +298,13 @@ def run_sequentially(cells: Sequence[Cell], runner: Runner,
             progress.fail(cell, failures[cell.id])
         else:
             progress.finished(cell, outcome)
+            on_done(cell)
     progress.update([])
     return failures
 
 
-def run_on_ray(ray: Any, cells: Sequence[Cell], runner: Runner,
-               progress: Progress) -> dict[str, str]:
+def run_on_ray(ray: Any, cells: Sequence[Cell], runner: Runner, progress: Progress,
+               on_done: Callable[[Cell], None]) -> dict[str, str]:
     """Run `cells` as Ray tasks, each after its base; returns {cell id: why it failed}."""
     # The task by its importable name: under `python -m src.study` this module is __main__,
     # which a worker cannot import.
@@ -326,12 +330,15 @@ def run_on_ray(ray: Any, cells: Sequence[Cell], runner: Runner,
                 progress.fail(cell, failures[cell.id])
             else:
                 progress.finished(cell, outcome)
+                on_done(cell)
         progress.update([c for c in pending.values() if is_running(c)])
     return failures
 
 
-def run_study(plan: Plan, runner: Runner, ray: Any = None) -> dict[str, str]:
-    """Run every cell the cache does not hold yet; returns {cell id: why it failed}."""
+def run_study(plan: Plan, runner: Runner, ray: Any = None,
+              on_done: Callable[[Cell], None] = lambda cell: None) -> dict[str, str]:
+    """Run every cell the cache does not hold yet (on Ray when `ray` is given); `on_done` is
+    called in this process for each cell that finishes. Returns {cell id: why it failed}."""
     for cell in plan.cells:  # a stale cache fails now, not after hours of other cells
         if cell.session.config.is_file():
             check_cached(cell)
@@ -341,15 +348,117 @@ def run_study(plan: Plan, runner: Runner, ray: Any = None) -> dict[str, str]:
         if not todo:
             return {}
         if ray is None:
-            return run_sequentially(todo, runner, progress)
-        return run_on_ray(ray, todo, runner, progress)
+            return run_sequentially(todo, runner, progress, on_done)
+        return run_on_ray(ray, todo, runner, progress, on_done)
     finally:
         progress.close()
 
 
+# ----------------------------------------------------------------------------------- MLflow
+class StudyTracker:
+    """The study in MLflow: one parent run (the grid as params, the report as artifacts) with
+    one child run per finished cell (its settings as params, its accuracy per schedule row as
+    the metric `accuracy`, step = row). The parent's id is kept in OUT/<name>.json, so a resumed
+    study logs into the same parent; a cell already logged there is not logged again."""
+
+    def __init__(self, uri: str, experiment: str | None, out: Path, name: str):
+        try:
+            from mlflow.entities import Metric, Param
+            from mlflow.exceptions import MlflowException
+            from mlflow.tracking import MlflowClient
+        except ImportError as exc:
+            raise ValueError(f"--mlflow needs MLflow ({first_line(exc)}): "
+                             f"{MLFLOW_INSTALL}") from None
+        self.Metric, self.Param, self.error = Metric, Param, MlflowException
+        self.artifacts = None  # a local sqlite store keeps its artifacts beside its database
+        if not uri:
+            database = (out / "mlflow.db").resolve()
+            uri, self.artifacts = f"sqlite:///{database.as_posix()}", \
+                (database.parent / "mlartifacts").as_uri()
+        self.uri, self.experiment = uri, experiment or name
+        self.client = MlflowClient(tracking_uri=uri)
+        self.parent_id: str | None = None
+        self.experiment_id: str | None = None
+        self.logged: set[str] = set()
+
+    @contextlib.contextmanager
+    def errors(self, what: str) -> Iterator[None]:
+        """MLflow's errors become one-line ValueErrors naming the store."""
+        try:
+            yield
+        except self.error as exc:
+            raise ValueError(f"MLflow ({self.uri}): {what}: {first_line(exc)}") from None
+
+    def start(self, plan: Plan, run_id: str | None) -> str:
+        """Reattach to the parent run `run_id` when this store has it, else create one."""
+        c = self.client
+        with self.errors("cannot start the study's parent run"):
+            run = None
+            if run_id is not None:
+                with contextlib.suppress(self.error):
+                    run = c.get_run(run_id)
+            if run is not None and run.info.lifecycle_stage == "active":
+                self.parent_id, self.experiment_id = run_id, run.info.experiment_id
+                c.update_run(run_id, status="RUNNING")
+            else:
+                found = c.get_experiment_by_name(self.experiment)
+                self.experiment_id = found.experiment_id if found else c.create_experiment(
+                    self.experiment, artifact_location=self.artifacts)
+                run = c.create_run(self.experiment_id, run_name=plan.study.name,
+                                   tags={"study": str(plan.cache.parent.parent)})
+                self.parent_id = run.info.run_id
+                c.log_batch(self.parent_id, params=[
+                    self.Param(k, " ".join(map(str, v)) if isinstance(v, list) else str(v))
+                    for k, v in plan.study.to_json().items()])
+            children = c.search_runs([self.experiment_id],
+                                     f"tags.mlflow.parentRunId = '{self.parent_id}'",
+                                     max_results=50_000)
+            self.logged = {r.data.tags.get("cell") for r in children
+                           if r.info.status == "FINISHED"}
+        return self.parent_id
+
+    def cell(self, cell: Cell) -> None:
+        """Log a finished cell as a child run (once)."""
+        if cell.id in self.logged or not cell_done(cell):
+            return
+        rows = [read_validation_results(cell.session.final(i) / "validation_results.txt")
+                for i in range(cell.rows)]
+        now = int(time.time() * 1000)
+        params = {"cell": cell.id, "seed": cell.seed, "rows": cell.rows}
+        if cell.track is None:
+            params["curve"] = "base"
+            metrics = [self.Metric(name, float(rows[0][column]), now, 0) for column, name in
+                       (("Test_Accuracy", "test_accuracy"), ("Val_Accuracy", "val_accuracy"))]
+        else:
+            params.update(curve=cell.track.curve, mode=cell.track.mode,
+                          variant=cell.variant.name, **cell.variant.settings)
+            curve = read_curve(cell)
+            metrics = [self.Metric("accuracy", value, now, i) for i, value in enumerate(curve)]
+            metrics += [self.Metric("percent_retained", float(r["PercentageRetain"]), now, i)
+                        for i, r in enumerate(rows)]
+            if len(curve) > 1:
+                metrics.append(self.Metric("mean_accuracy", statistics.fmean(curve[1:]), now, 0))
+        with self.errors(f"cannot log cell {cell.id}"):
+            child = self.client.create_run(
+                self.experiment_id, run_name=cell.id,
+                tags={"mlflow.parentRunId": self.parent_id, "cell": cell.id,
+                      "session": str(cell.root)})
+            self.client.log_batch(child.info.run_id, metrics=metrics, params=[
+                self.Param(k, str(v)) for k, v in params.items()])
+            self.client.set_terminated(child.info.run_id, "FINISHED")
+        self.logged.add(cell.id)
+
+    def finish(self, files: Sequence[Path], status: str) -> None:
+        """Log the report files on the parent run and close it with `status`."""
+        with self.errors("cannot finish the study's parent run"):
+            for path in files:
+                self.client.log_artifact(self.parent_id, str(path), "report")
+            self.client.set_terminated(self.parent_id, status)
+
+
 # ----------------------------------------------------------------------------------- command line
-def parse_args(argv: list[str] | None) -> tuple[StudyConfig, Runner, Path, bool]:
-    """The grid, how to run it, the output folder and whether only the reports are wanted."""
+def parse_args(argv: list[str] | None) -> tuple[StudyConfig, Runner, argparse.Namespace]:
+    """The grid, how to run it, and the other flags (out, report_only, mlflow...)."""
     d = StudyConfig()
     p = argparse.ArgumentParser(
         prog="python -m src.study",
@@ -384,6 +493,10 @@ def parse_args(argv: list[str] | None) -> tuple[StudyConfig, Runner, Path, bool]
     add("--max-retries", type=int, default=Runner.max_retries,
         help=f"retries of a cell whose worker died [{Runner.max_retries}]")
     add("--data-root", help="folder holding MNIST/raw/ [$IAPRUNE_DATA, else data/]")
+    add("--mlflow", nargs="?", const="", metavar="TRACKING_URI",
+        help="log the study in MLflow: a parent run, one child run per cell [off; without a "
+             "URI: sqlite OUT/mlflow.db]")
+    add("--mlflow-experiment", help="MLflow experiment [the study's --name]")
     add("--report-only", action="store_true",
         help="only write the tables and plots from the cache (the grid of OUT/NAME.json, "
              "flags given override it)")
@@ -401,36 +514,64 @@ def parse_args(argv: list[str] | None) -> tuple[StudyConfig, Runner, Path, bool]
     root = a.data_root or os.environ.get("IAPRUNE_DATA")
     runner = Runner(a.workers, a.address, a.max_retries,
                     str(data_root(root).resolve()) if root else None)
-    return study, runner, a.out, a.report_only
+    return study, runner, a
+
+
+def saved_run_id(settings: Path) -> str | None:
+    """The MLflow parent run of an earlier run of the study (None if there is none)."""
+    try:
+        return json.loads(settings.read_text()).get("mlflow_run_id")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the study (or only its reports) and print where the outputs are."""
-    study, runner, out, report_only = parse_args(argv)
-    plan = make_plan(study, out)
-    failures: dict[str, str] = {}
-    if not report_only:
-        todo = [c for c in plan.cells if not cell_done(c)]
-        ray = None if runner.sequential or not todo else connect(runner)
-        try:
-            atomic_write(out / f"{study.name}.json", json.dumps(
-                {"version": __version__, "study": study.to_json()}, indent=2) + "\n")
-            print(f"study: {len(plan.cells)} cells ({len(study.seeds)} seeds, "
-                  f"{len(plan.variants)} variants, {len(plan.tracks)} tracks), "
-                  f"{len(plan.cells) - len(todo)} cached; {runner.describe()}; sessions in "
-                  f"{plan.cache}", flush=True)
-            started = time.perf_counter()
-            failures = run_study(plan, runner, ray)
-            print(f"cells done in {time.perf_counter() - started:.0f}s", flush=True)
-        except KeyboardInterrupt:
-            print("\ninterrupted; run the same command again to resume (finished cells and "
-                  "iterations are kept)", file=sys.stderr)
-            return cli.EXIT_INTERRUPTED
-        finally:
-            if ray is not None:
-                ray.shutdown()
-    for path in write_reports(plan, out):
+    study, runner, args = parse_args(argv)
+    plan = make_plan(study, args.out)
+    if args.report_only:
+        for path in write_reports(plan, args.out):
+            print(f"wrote {path}")
+        return 0
+    todo = [c for c in plan.cells if not cell_done(c)]
+    if todo and runner.address is None:  # a missing dataset: one line now, not one per cell
+        load_dataset(study.dataset, runner.data_root)
+    tracker = None if args.mlflow is None else \
+        StudyTracker(args.mlflow, args.mlflow_experiment, args.out, study.name)
+    settings = args.out / f"{study.name}.json"
+    ray = None if runner.sequential or not todo else connect(runner)
+    try:
+        run_id = saved_run_id(settings)
+        if tracker is not None:
+            run_id = tracker.start(plan, run_id)
+            for cell in plan.cells:  # cells that finished before (or without --mlflow)
+                tracker.cell(cell)
+        atomic_write(settings, json.dumps({"version": __version__, "study": study.to_json(),
+                                           **({"mlflow_run_id": run_id} if run_id else {})},
+                                          indent=2) + "\n")
+        print(f"study: {len(plan.cells)} cells ({len(study.seeds)} seeds, "
+              f"{len(plan.variants)} variants, {len(plan.tracks)} tracks), "
+              f"{len(plan.cells) - len(todo)} cached; {runner.describe()}; sessions in "
+              f"{plan.cache}", flush=True)
+        started = time.perf_counter()
+        failures = run_study(plan, runner, ray, tracker.cell if tracker else lambda cell: None)
+        print(f"cells done in {time.perf_counter() - started:.0f}s", flush=True)
+    except KeyboardInterrupt:
+        if tracker is not None and tracker.parent_id is not None:
+            tracker.finish([], "KILLED")
+        print("\ninterrupted; run the same command again to resume (finished cells and "
+              "iterations are kept)", file=sys.stderr)
+        return cli.EXIT_INTERRUPTED
+    finally:
+        if ray is not None:
+            ray.shutdown()
+    written = write_reports(plan, args.out)
+    for path in written:
         print(f"wrote {path}")
+    if tracker is not None:
+        tracker.finish(written, "FAILED" if failures else "FINISHED")
+        print(f"mlflow: parent run {tracker.parent_id} (experiment {tracker.experiment!r}) in "
+              f"{tracker.uri}")
     if failures:
         print(f"error: {len(failures)} of {len(plan.cells)} cells failed (their logs are in "
               f"{plan.cache / 'logs'}); run again to retry them", file=sys.stderr)

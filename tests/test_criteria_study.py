@@ -29,10 +29,11 @@ criteria = load_criteria()
 def test_preset_is_the_mnist_criteria_study():
     """The preset: MNIST 256-64, seeds 0 1 2, every variant, both curves, iterative; tables named
     criteria_* in benchmarks/results/ with the sessions in its cache/."""
-    grid, runner, out, report_only = study.parse_args(criteria.preset())
+    grid, runner, args = study.parse_args(criteria.preset())
     assert grid == StudyConfig(dataset="mnist", hidden=(256, 64), seeds=(0, 1, 2),
                                curves=CURVES, modes=("iterative",), name="criteria")
-    assert out == ROOT / "benchmarks" / "results" and not report_only
+    out = args.out
+    assert out == ROOT / "benchmarks" / "results" and not args.report_only
     assert runner.workers is None and runner.address is None  # a local Ray on every core
     plan = make_plan(grid, out)
     assert set(plan.variants) == set(registry())
@@ -41,8 +42,7 @@ def test_preset_is_the_mnist_criteria_study():
 
 def test_flags_after_the_preset_override_it():
     """A flag given to the preset wins over the preset's own value."""
-    grid, runner, _, report_only = study.parse_args([*criteria.preset(), "--seeds", "4",
-                                                     "--curves", "no-retrain", "--workers", "0",
-                                                     "--report-only"])
+    grid, runner, args = study.parse_args([*criteria.preset(), "--seeds", "4", "--curves",
+                                           "no-retrain", "--workers", "0", "--report-only"])
     assert grid.seeds == (4,) and grid.curves == ("no-retrain",) and grid.dataset == "mnist"
-    assert runner.sequential and report_only
+    assert runner.sequential and args.report_only

@@ -23,6 +23,7 @@ import pytest
 
 from src import cli, study
 from src.concatenate import read_validation_results, write_validation_results
+from src.data import MissingDataError
 from src.retain import ScheduleRow, write_schedule
 from src.study_grid import StudyConfig, cell_done, check_cached, make_plan
 from src.study_report import aggregate
@@ -371,3 +372,44 @@ def test_plan_runs_retrain_cells_first_and_default_only_tracks():
     one_shot = {c.variant.name for c in plan.cells if c.track and c.track.mode == "one-shot"}
     assert one_shot == {"ia-per_output"}
     assert all(c.base == f"seed{c.seed}/base" for c in plan.cells[2:])
+
+
+def test_mlflow_logs_one_parent_run_and_one_child_per_cell(sequential, tmp_path):
+    """--mlflow: one parent run per study, one child per cell with its accuracy per row; a
+    second run reuses the parent and logs no cell twice."""
+    mlflow = pytest.importorskip("mlflow")
+    out = tmp_path / "out"
+    shutil.copytree(sequential.out, out)  # finished cells, never logged: logged now
+    argv = ["--out", str(out), "--workers", "0", "--mlflow"]
+    grid = json.loads((out / "study.json").read_text())["study"]
+    argv += ["--retain", grid["retain"], *GRID, *MODES]
+    for _ in range(2):
+        code, text = run_main(argv)
+        assert code == 0, text
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("study").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {r.data.tags["cell"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert len(parents) == 1 and len(children) == CELLS == len(runs) - 1
+    assert json.loads((out / "study.json").read_text())["mlflow_run_id"] == \
+        parents[0].info.run_id
+    cell = next(c for c in make_plan(StudyConfig(**grid), out).cells
+                if c.track and c.track.curve == "retrain" and c.variant.name == "magnitude")
+    history = client.get_metric_history(children[cell.id].info.run_id, "accuracy")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [
+        (i, float(read_validation_results(cell.session.final(i) / "validation_results.txt")
+                  ["Test_Accuracy"])) for i in range(3)]
+    assert children[cell.id].data.params["variant"] == "magnitude"
+    reports = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
+    assert "report/study_retrain.md" in reports
+
+
+def test_missing_dataset_is_one_line_before_any_cell(tmp_path, monkeypatch):
+    """A dataset that cannot be loaded stops a local study at once (exit 2), nothing written."""
+    def missing(*args, **kwargs):
+        raise MissingDataError("mnist files not found in nowhere/MNIST/raw")
+
+    monkeypatch.setattr(study, "load_dataset", missing)
+    code, text = run_main(["--dataset", "mnist", "--workers", "0", "--out", str(tmp_path / "o")])
+    assert code == 2 and text.strip() == "error: mnist files not found in nowhere/MNIST/raw"
+    assert not (tmp_path / "o").exists()
