@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -32,8 +33,9 @@ GRID = ["--seeds", "0", "1", "2", "--variants", "ia-per_output", "magnitude", "t
         "--curves", "no-retrain", "retrain", "--default-only", "retrain"]
 
 
-def study_run(argv: list[str], out: Path) -> tuple[float, tuple[float, float]]:
-    """Wall seconds of one `python -m src.study` process, and the 1-minute load before/after."""
+def study_run(argv: list[str], out: Path) -> tuple[float, float, tuple[float, float]]:
+    """Wall seconds of one `python -m src.study` process, the sum of its cells' seconds (as it
+    printed them), and the 1-minute load average before and after."""
     load = os.getloadavg()[0]
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "src.study", *argv, "--out", str(out)],
@@ -41,7 +43,9 @@ def study_run(argv: list[str], out: Path) -> tuple[float, tuple[float, float]]:
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"study failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return seconds, (load, os.getloadavg()[0])
+    cells = [float(m) for m in re.findall(r"^\[ *\d+/\d+\] ran .* ([0-9.]+)s$", proc.stdout,
+                                           re.M)]
+    return seconds, sum(cells), (load, os.getloadavg()[0])
 
 
 def cell_numbers(out: Path) -> dict[str, str]:
@@ -69,18 +73,20 @@ def main(argv: list[str] | None = None) -> int:
     kinds = {"sequential (--workers 0)": ["--workers", "0"],
              f"local Ray (--workers {a.workers})": ["--workers", str(a.workers)]}
     times: dict[str, list[float]] = {k: [] for k in kinds}
+    busy: dict[str, list[float]] = {k: [] for k in kinds}
     loads: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
     numbers: dict[str, dict[str, str]] = {}
     with tempfile.TemporaryDirectory(prefix="study_speed-") as tmp:
         for r in range(a.repeats):
             for k, (kind, flags) in enumerate(kinds.items()):
                 out = Path(tmp) / f"{r}-{k}"
-                seconds, load = study_run([*grid, *flags], out)
+                seconds, cell_seconds, load = study_run([*grid, *flags], out)
                 times[kind].append(seconds)
+                busy[kind].append(cell_seconds)
                 loads[kind].append(load)
                 numbers[kind] = cell_numbers(out)
-                print(f"{kind}: {seconds:.1f}s (load {load[0]:.2f} -> {load[1]:.2f})",
-                      flush=True)
+                print(f"{kind}: {seconds:.1f}s, cells {cell_seconds:.1f}s (load {load[0]:.2f} -> "
+                      f"{load[1]:.2f})", flush=True)
     (seq, seq_numbers), (par, par_numbers) = [(statistics.median(times[k]), numbers[k])
                                               for k in kinds]
     identical = seq_numbers == par_numbers
@@ -88,16 +94,19 @@ def main(argv: list[str] | None = None) -> int:
                                                            "validation_results.txt"))
     medians = {kind: statistics.median(times[kind]) for kind in kinds}
     rows = [[kind, " / ".join(f"{t:.1f}" for t in times[kind]), f"{medians[kind]:.1f}",
-             f"{seq / medians[kind]:.2f}x", ", ".join(f"{b:.2f} -> {e:.2f}" for b, e in
-                                                     loads[kind])] for kind in kinds]
+             f"{seq / medians[kind]:.2f}x", " / ".join(f"{t:.1f}" for t in busy[kind]),
+             ", ".join(f"{b:.2f} -> {e:.2f}" for b, e in loads[kind])] for kind in kinds]
     text = "\n".join([
         f"# Study speed: sequential vs local Ray ({a.dataset}, {cells} cells)", "",
         f"`python benchmarks/study_speed.py --dataset {a.dataset} --workers {a.workers} "
         f"--epochs {a.epochs} --rows {a.rows} --repeats {a.repeats}`: "
         f"{' '.join(grid[:-2] if '--data-root' in grid else grid)}; every run a fresh process "
         "into an empty folder, wall-clock from start to exit.", "",
-        markdown_table(["run", "wall s (each run)", "median s", "speed-up",
+        markdown_table(["run", "wall s (each run)", "median s", "speed-up", "sum of cell s",
                         "load avg (1 min) before -> after"], rows), "",
+        "Sum of cell s: the seconds each cell took, added up. On an idle machine it is about "
+        "the same for both runs; when it grows with the workers, the cores were busy with "
+        "other work.", "",
         f"Speed-up {seq / par:.2f}x; per-cell numbers "
         f"{'identical' if identical else '**DIFFERENT**'} (every iteration's "
         f"validation_results.txt of the {cells} cells, {len(seq_numbers)} files, compared "

@@ -189,9 +189,9 @@ class Progress:
 
     def __init__(self, total: int, cached: int, echo: Callable[[str], None] = print):
         self.total, self.done, self.failed, self.echo = total, cached, 0, echo
-        self.bar = tqdm(total=total, initial=cached, unit="cell", desc="study", smoothing=0,
+        self.bar = tqdm(total=total, initial=cached, unit="cell", smoothing=0,
                         dynamic_ncols=True, disable=not sys.stderr.isatty(),
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} "
+                        bar_format="study: {percentage:3.0f}%|{bar}| {desc} "
                                    "[{elapsed}, {remaining} left]")
         self.update([])
 
@@ -199,10 +199,10 @@ class Progress:
         return f"done {self.done}/{self.total}, running {running}, failed {self.failed}"
 
     def update(self, running: Sequence[Cell]) -> None:
-        """Redraw: the running cells count with the fraction of their rows already complete."""
-        partial = sum(max(0, c.session.last_complete() + 1) / c.rows for c in running)
+        """Redraw; a running cell counts with the share of its rows complete (+1: its end)."""
+        partial = sum(max(0, c.session.last_complete() + 1) / (c.rows + 1) for c in running)
         self.bar.n = min(self.total, self.done + self.failed + partial)
-        self.bar.set_postfix_str(self.status(len(running)), refresh=False)
+        self.bar.set_description_str(self.status(len(running)), refresh=False)
         self.bar.refresh()
 
     def line(self, text: str) -> None:

@@ -413,3 +413,15 @@ def test_missing_dataset_is_one_line_before_any_cell(tmp_path, monkeypatch):
     code, text = run_main(["--dataset", "mnist", "--workers", "0", "--out", str(tmp_path / "o")])
     assert code == 2 and text.strip() == "error: mnist files not found in nowhere/MNIST/raw"
     assert not (tmp_path / "o").exists()
+
+
+def test_progress_counts_done_running_failed_and_rows_of_running_cells(on_ray):
+    """The bar's status says done / running / failed; a running cell adds the share of its
+    rows already complete (never a whole cell before it is collected)."""
+    cell = next(c for c in on_ray.plan.cells if c.track)  # complete: 3 of 3 rows
+    progress = study.Progress(total=CELLS, cached=2)
+    progress.fail(cell, "boom")
+    progress.update([cell])
+    assert progress.status(1) == f"done 2/{CELLS}, running 1, failed 1"
+    assert progress.bar.n == pytest.approx(3 + 3 / 4)
+    progress.close()
