@@ -266,19 +266,45 @@ def connect(runner: Runner) -> Any:
         raise ValueError(f"running cells on Ray needs the ray package ({RAY_INSTALL}); or run "
                          "them one after another with --workers 0") from None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-stats prompt or upload
-    # Workers import src.study from the repository (the same path on every node of a cluster).
-    options = {"job_config": JobConfig(code_search_path=[str(ROOT)]), "log_to_driver": False,
-               "logging_level": logging.ERROR}
+    # Workers import src.study from the repository (the same path on every node of a cluster);
+    # Ray Client (ray://) takes the path as the workers' PYTHONPATH instead of a JobConfig.
+    options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
+    if (runner.address or "").startswith("ray://"):
+        options["runtime_env"] = {"env_vars": {"PYTHONPATH": str(ROOT)}}
+    else:
+        options["job_config"] = JobConfig(code_search_path=[str(ROOT)])
+    if runner.address is not None:
+        check_reachable(runner.address)
     try:
-        if runner.address is None:
-            ray.init(num_cpus=runner.workers or os.cpu_count(), include_dashboard=False,
-                     **options)
+        if runner.address is None:  # "local": a new Ray, never a cluster `ray start` left here
+            ray.init(address="local", num_cpus=runner.workers or os.cpu_count(),
+                     include_dashboard=False, **options)
         else:
             ray.init(address=runner.address, **options)
+    except ImportError as exc:  # ray:// needs the client extra
+        raise ValueError(f"--address {runner.address}: {first_line(exc)}; pip install "
+                         '"ray[client]==2.60.0"') from None
     except (ConnectionError, RuntimeError) as exc:
-        where = runner.address or "a local Ray"
-        raise ValueError(f"cannot start or reach {where}: {first_line(exc)}") from None
+        where = "a local Ray" if runner.address is None else \
+            f"the Ray cluster at --address {runner.address}"
+        hint = "" if runner.address is None or os.environ.get("RAY_AUTH_MODE") else \
+            ("; a cluster started with `ray start` checks a token: export RAY_AUTH_MODE=token "
+             "and give this machine the head's ~/.ray/auth_token")
+        raise ValueError(f"cannot start or reach {where}: {first_line(exc)}{hint}") from None
     return ray
+
+
+def check_reachable(address: str) -> None:
+    """Refuse a HOST:PORT where nothing listens (Ray itself would wait for minutes)."""
+    host, colon, port = address.rpartition(":")
+    if "://" in address or not colon or not port.isdigit():
+        return  # 'auto' and ray:// addresses fail quickly by themselves
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ValueError(f"--address {address}: nothing answers there ({exc.strerror or exc}); "
+                         "start the head node with `ray start --head` or check the address") \
+            from None
 
 
 def run_sequentially(cells: Sequence[Cell], runner: Runner, progress: Progress,

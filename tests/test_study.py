@@ -352,13 +352,15 @@ def test_killed_worker_cell_is_retried(grid, sequential, tmp_path):
 
 
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
-    """Unknown variants, --workers with --address, a bad --name: exit 2, nothing written."""
+    """Unknown variants, --workers with --address, a bad --name, an address where no Ray
+    listens: exit 2, one line, nothing written."""
     cases = [(["--variants", "nope"], "unknown variant 'nope'"),
              (["--workers", "2", "--address", "auto"], "--workers is for a local Ray"),
-             (["--name", "../x"], "--name must be")]
+             (["--name", "../x"], "--name must be"),
+             (["--address", "127.0.0.1:1"], "--address 127.0.0.1:1: nothing answers there")]
     for extra, message in cases:
         code, text = run_main([*GRID, *extra, "--out", str(tmp_path / "out")])
-        assert code == 2 and message in text, text
+        assert code == 2 and message in text and text.count("\n") == 1, text
         assert not (tmp_path / "out").exists()
 
 
