@@ -105,7 +105,6 @@ class Outcome:
 
     ran: bool  # False: it was complete already (another runner finished it)
     seconds: float
-    host: str
 
 
 @contextlib.contextmanager
@@ -170,7 +169,7 @@ def execute(cell: Cell, data_root: str | None,
             previous = cell.log.read_text() if cell.log.is_file() else ""
             atomic_write(cell.log, f"{previous}$ {cell.label} on {socket.gethostname()} pid "
                                    f"{os.getpid()}\n{buffer.getvalue()}\n")
-    return Outcome(ran, time.perf_counter() - started, socket.gethostname())
+    return Outcome(ran, time.perf_counter() - started)
 
 
 def _ray_task(cell: Cell, data_root: str | None, *bases: Outcome) -> Outcome:
@@ -179,6 +178,7 @@ def _ray_task(cell: Cell, data_root: str | None, *bases: Outcome) -> Outcome:
 
 
 def first_line(exc: BaseException) -> str:
+    """'ValueError: the first line of its message'."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
@@ -399,10 +399,12 @@ class StudyTracker:
         self.artifacts = None  # a local sqlite store keeps its artifacts beside its database
         if not uri:
             database = (out / "mlflow.db").resolve()
+            database.parent.mkdir(parents=True, exist_ok=True)  # sqlite creates no folders
             uri, self.artifacts = f"sqlite:///{database.as_posix()}", \
                 (database.parent / "mlartifacts").as_uri()
         self.uri, self.experiment = uri, experiment or name
-        self.client = MlflowClient(tracking_uri=uri)
+        with self.errors("cannot open the tracking store"):
+            self.client = MlflowClient(tracking_uri=uri)
         self.parent_id: str | None = None
         self.experiment_id: str | None = None
         self.logged: set[str] = set()
