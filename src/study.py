@@ -361,13 +361,18 @@ def run_on_ray(ray: Any, cells: Sequence[Cell], runner: Runner, progress: Progre
     return failures
 
 
+def check_cache(plan: Plan) -> None:
+    """Refuse cached sessions of other settings now, not after hours of other cells."""
+    for cell in plan.cells:
+        if cell.session.config.is_file():
+            check_cached(cell)
+
+
 def run_study(plan: Plan, runner: Runner, ray: Any = None,
               on_done: Callable[[Cell], None] = lambda cell: None) -> dict[str, str]:
     """Run every cell the cache does not hold yet (on Ray when `ray` is given); `on_done` is
     called in this process for each cell that finishes. Returns {cell id: why it failed}."""
-    for cell in plan.cells:  # a stale cache fails now, not after hours of other cells
-        if cell.session.config.is_file():
-            check_cached(cell)
+    check_cache(plan)
     todo = [c for c in plan.cells if not cell_done(c)]
     progress = Progress(len(plan.cells), len(plan.cells) - len(todo))
     try:
@@ -495,10 +500,10 @@ def parse_args(argv: list[str] | None) -> tuple[StudyConfig, Runner, argparse.Na
                     "cluster (--address) or sequentially (--workers 0); then tables and plots.")
     add = p.add_argument
     add("--dataset", help=f"{', '.join(DATASETS)} [{d.dataset}]")
-    add("--hidden", type=int, nargs="+", help="hidden layer sizes [256 64]")
-    add("--retain", help="schedule file [retain/retain.txt if its first row is --hidden, else "
-                         "the q=0.8 geometric schedule]")
-    add("--seeds", type=int, nargs="+", help="one base model per seed [0 1 2]")
+    add("--hidden", type=int, nargs="+", metavar="SIZE", help="hidden layer sizes [256 64]")
+    add("--retain", metavar="FILE", help="schedule file [retain/retain.txt if its first row is "
+                                         "--hidden, else the q=0.8 geometric schedule]")
+    add("--seeds", type=int, nargs="+", metavar="SEED", help="one base model per seed [0 1 2]")
     add("--variants", nargs="+", metavar="NAME",
         help=f"variants to compare [all: {', '.join(registry())}]; also 'default' or "
              "criterion/seed_mode/box/bias_fold[/measure]; the default is always included")
@@ -506,25 +511,26 @@ def parse_args(argv: list[str] | None) -> tuple[StudyConfig, Runner, argparse.Na
     add("--modes", nargs="+", choices=MODES, help="[iterative]")
     add("--default-only", nargs="+", choices=CURVES + MODES, metavar="CURVE_OR_MODE",
         help="run only the default variant on these curves or modes (e.g. retrain) [none]")
-    add("--rows", type=int, help="run every curve to schedule row N only [no-retrain: all rows; "
-                                 f"retrain: rows 0..{RETRAIN_LAST_ROW}]")
-    add("--epochs", type=int, help="max epochs of base training [engine default]")
-    add("--retrain-epochs", type=int, help="max retraining epochs per iteration, retrain curve "
-                                           "[engine default]")
+    add("--rows", type=int, metavar="N", help="run every curve to schedule row N only "
+                                              "[no-retrain: all rows; retrain: rows "
+                                              f"0..{RETRAIN_LAST_ROW}]")
+    add("--epochs", type=int, metavar="N", help="max epochs of base training [engine default]")
+    add("--retrain-epochs", type=int, metavar="N",
+        help="max retraining epochs per iteration, retrain curve [engine default]")
     add("--name", help=f"file-name prefix of the tables and plots [{d.name}]")
-    add("--out", type=Path, default=Path("sessions/study"),
+    add("--out", type=Path, default=Path("sessions/study"), metavar="DIR",
         help="tables and plots; sessions in OUT/cache/ [sessions/study]")
-    add("--workers", type=int, help="cells at once on a local Ray [all cores]; 0: one after "
-                                    "another in this process, without Ray")
+    add("--workers", type=int, metavar="N", help="cells at once on a local Ray [all cores]; 0: "
+                                                 "one after another in this process, no Ray")
     add("--address", help="run on a Ray cluster: 'auto' (this node joined one with ray start) "
                           "or ray://HOST:10001 [a local Ray]")
-    add("--max-retries", type=int, default=Runner.max_retries,
+    add("--max-retries", type=int, default=Runner.max_retries, metavar="N",
         help=f"retries of a cell whose worker died [{Runner.max_retries}]")
-    add("--data-root", help="folder holding MNIST/raw/ [$IAPRUNE_DATA, else data/]")
+    add("--data-root", metavar="DIR", help="folder holding MNIST/raw/ [$IAPRUNE_DATA, else data/]")
     add("--mlflow", nargs="?", const="", metavar="TRACKING_URI",
         help="log the study in MLflow: a parent run, one child run per cell [off; without a "
              "URI: sqlite OUT/mlflow.db]")
-    add("--mlflow-experiment", help="MLflow experiment [the study's --name]")
+    add("--mlflow-experiment", metavar="NAME", help="MLflow experiment [the study's --name]")
     add("--report-only", action="store_true",
         help="only write the tables and plots from the cache (the grid of OUT/NAME.json, "
              "flags given override it)")
@@ -561,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in write_reports(plan, args.out):
             print(f"wrote {path}")
         return 0
+    check_cache(plan)
     todo = [c for c in plan.cells if not cell_done(c)]
     if todo and runner.address is None:  # a missing dataset: one line now, not one per cell
         load_dataset(study.dataset, runner.data_root)

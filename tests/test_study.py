@@ -233,11 +233,14 @@ def test_report_only_rebuilds_the_reports_from_the_cache(on_ray, tmp_path):
 
 
 def test_cache_of_other_settings_is_refused(on_ray, grid):
-    """A cached session made with other settings is one error line naming it; nothing runs."""
+    """A cached session made with other settings is one error line naming it; nothing runs
+    and the study's settings file is left as it was."""
     argv = [*grid.argv, "--out", str(on_ray.out), "--workers", "0"]
     argv[argv.index("--epochs") + 1] = "3"
+    settings = (on_ray.out / "study.json").read_text()
     code, text = run_main(argv)
     assert code == 2 and re.search(r"error: .*other settings .*epochs: cached 2, wanted 3", text)
+    assert (on_ray.out / "study.json").read_text() == settings
 
 
 def test_cell_pruned_from_another_base_model_is_refused(on_ray, tmp_path):
