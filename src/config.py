@@ -373,6 +373,12 @@ def flat(config: PruneConfig) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
+def from_flat(values: dict[str, Any]) -> PruneConfig:
+    """A config from {flat key: value} (the keys of `flat`); unset settings take defaults."""
+    return apply(None, {"--" + key.replace("_", "-"): tuple(v) if isinstance(v, list) else v
+                        for key, v in values.items()})
+
+
 def dumps(config: PruneConfig, **extra: Any) -> str:
     """config.json text: the nested settings plus bookkeeping (`version`, ...)."""
     return json.dumps({**config.to_json(), **extra}, indent=2) + "\n"

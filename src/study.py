@@ -44,10 +44,12 @@ from tqdm.auto import tqdm
 
 from src import __version__, cli
 from src.checkpoint import atomic_write
-from src.concatenate import concatenate, read_validation_results
+from src.concatenate import read_validation_results
+from src.config import dumps
 from src.data import DATASETS, data_root, load_dataset
-from src.iterativeprune import IterativePruning, PruneConfig, check_session_folder
-from src.retain import read_schedule, write_schedule
+from src.engine import read_config, run
+from src.retain import write_schedule
+from src.session import check_session_folder
 from src.study_grid import (
     CURVES,
     MODES,
@@ -56,6 +58,7 @@ from src.study_grid import (
     Cell,
     Plan,
     StudyConfig,
+    StudyError,
     cell_done,
     check_cached,
     make_plan,
@@ -71,15 +74,11 @@ MLFLOW_INSTALL = "pip install mlflow-skinny==3.17.2 SQLAlchemy==2.1.9 alembic==1
 # ----------------------------------------------------------------------------------- one cell
 def run_cell(cell: Cell, data_root: str | None, log: Callable[[str], None]) -> None:
     """Run (or resume) the cell's session with the engine: the study's one call into it."""
-    session = cell.session
-    if not session.config.is_file():
+    if not cell.session.config.is_file():
         start_session(cell)
-    config = PruneConfig.from_json(json.loads(session.config.read_text()), str(session.config))
-    schedule = read_schedule(session.retain)  # the session's own (check_cached fitted it)
-    data = load_dataset(config.dataset, data_root, val_size=config.val_size)
-    engine = IterativePruning(config, session, schedule, data, quiet=True, log=log)
-    engine.run(session.last_complete() + 1)
-    concatenate(session.mode_dir, quiet=True)
+    # the session's own settings and schedule (check_cached fitted it): run() resumes it
+    saved = read_config(cell.session)
+    run(saved, cell.root, data_root=data_root, quiet=True, log=log)
 
 
 def start_session(cell: Cell) -> None:
@@ -92,8 +91,7 @@ def start_session(cell: Cell) -> None:
     staging = cell.root.with_name(cell.root.name + ".start")
     shutil.rmtree(staging, ignore_errors=True)
     write_schedule(list(cell.schedule), staging / "retain" / "retain.txt")
-    atomic_write(staging / "config.json", json.dumps(
-        {**cell.config.to_json(), "version": __version__}, indent=2) + "\n")
+    atomic_write(staging / "config.json", dumps(cell.config, version=__version__))
     if cell.root.is_dir():
         cell.root.rmdir()
     staging.rename(cell.root)
@@ -238,12 +236,12 @@ class Runner:
 
     def __post_init__(self):
         if self.workers is not None and self.workers < 0:
-            raise ValueError(f"--workers must be >= 0 (0: sequential), got {self.workers}")
+            raise StudyError(f"--workers must be >= 0 (0: sequential), got {self.workers}")
         if self.address is not None and self.workers is not None:
-            raise ValueError("--workers is for a local Ray; a cluster (--address) runs as many "
+            raise StudyError("--workers is for a local Ray; a cluster (--address) runs as many "
                              "cells at once as it has CPUs")
         if self.max_retries < 0:
-            raise ValueError(f"--max-retries must be >= 0, got {self.max_retries}")
+            raise StudyError(f"--max-retries must be >= 0, got {self.max_retries}")
 
     @property
     def sequential(self) -> bool:
@@ -263,7 +261,7 @@ def connect(runner: Runner) -> Any:
         import ray
         from ray.job_config import JobConfig
     except ImportError:
-        raise ValueError(f"running cells on Ray needs the ray package ({RAY_INSTALL}); or run "
+        raise StudyError(f"running cells on Ray needs the ray package ({RAY_INSTALL}); or run "
                          "them one after another with --workers 0") from None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-stats prompt or upload
     # Workers import src.study from the repository (the same path on every node of a cluster);
@@ -282,7 +280,7 @@ def connect(runner: Runner) -> Any:
         else:
             ray.init(address=runner.address, **options)
     except ImportError as exc:  # ray:// needs the client extra
-        raise ValueError(f"--address {runner.address}: {first_line(exc)}; pip install "
+        raise StudyError(f"--address {runner.address}: {first_line(exc)}; pip install "
                          '"ray[client]==2.60.0"') from None
     except (ConnectionError, RuntimeError) as exc:
         where = "a local Ray" if runner.address is None else \
@@ -290,7 +288,7 @@ def connect(runner: Runner) -> Any:
         hint = "" if runner.address is None or os.environ.get("RAY_AUTH_MODE") else \
             ("; a cluster started with `ray start` checks a token: export RAY_AUTH_MODE=token "
              "and give this machine the head's ~/.ray/auth_token")
-        raise ValueError(f"cannot start or reach {where}: {first_line(exc)}{hint}") from None
+        raise StudyError(f"cannot start or reach {where}: {first_line(exc)}{hint}") from None
     return ray
 
 
@@ -302,7 +300,7 @@ def check_reachable(address: str) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as exc:
-        raise ValueError(f"--address {address}: nothing answers there ({exc.strerror or exc}); "
+        raise StudyError(f"--address {address}: nothing answers there ({exc.strerror or exc}); "
                          "start the head node with `ray start --head` or check the address") \
             from None
 
@@ -398,7 +396,7 @@ class StudyTracker:
             from mlflow.exceptions import MlflowException
             from mlflow.tracking import MlflowClient
         except ImportError as exc:
-            raise ValueError(f"--mlflow needs MLflow ({first_line(exc)}): "
+            raise StudyError(f"--mlflow needs MLflow ({first_line(exc)}): "
                              f"{MLFLOW_INSTALL}") from None
         self.Metric, self.Param, self.error = Metric, Param, MlflowException
         self.artifacts = None  # a local sqlite store keeps its artifacts beside its database
@@ -420,7 +418,7 @@ class StudyTracker:
         try:
             yield
         except self.error as exc:
-            raise ValueError(f"MLflow ({self.uri}): {what}: {first_line(exc)}") from None
+            raise StudyError(f"MLflow ({self.uri}): {what}: {first_line(exc)}") from None
 
     def start(self, plan: Plan, run_id: str | None) -> str:
         """Reattach to the parent run `run_id` when this store has it, else create one."""
@@ -543,7 +541,7 @@ def parse_args(argv: list[str] | None) -> tuple[StudyConfig, Runner, argparse.Na
         try:
             base = StudyConfig.from_json(json.loads(saved.read_text())["study"], str(saved))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{saved}: not a study settings file ({first_line(exc)})") from None
+            raise StudyError(f"{saved}: not a study settings file ({first_line(exc)})") from None
     study = replace(base, **given)
     root = a.data_root or os.environ.get("IAPRUNE_DATA")
     runner = Runner(a.workers, a.address, a.max_retries,

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from src.concatenate import read_validation_results
+from src.config import PruneConfig, flat, from_flat
 from src.data import DATASETS
-from src.iterativeprune import PruneConfig, Session
+from src.errors import UserError
 from src.model import hidden_label
 from src.retain import ScheduleRow, geometric_schedule, read_schedule, write_schedule
+from src.session import Session
 
 ROOT = Path(__file__).resolve().parents[1]
 CURVES = ("no-retrain", "retrain")
@@ -37,6 +39,10 @@ UNCOMPARED = ("base_model", "max_accuracy_drop")
 # Settings that only act while retraining: not compared for a no-retrain cell (retrain_epochs 0).
 RETRAIN_ONLY = ("retrain_patience", "retrain_lr", "retrain_shift", "retrain_label_smoothing",
                 "retrain_batch_size", "distill", "teacher", "temperature")
+
+
+class StudyError(UserError):
+    """A study that cannot run as asked: a bad grid, a cache of other settings."""
 
 
 # ----------------------------------------------------------------------------------- variants
@@ -74,7 +80,7 @@ class Variant:
 
 def registry() -> dict[str, Variant]:
     """The named variants; baselines use the engine's default bias fold."""
-    engine = PruneConfig()
+    engine = flat(PruneConfig())
     ia = [Variant("ia-per_output", "interval_adjoint", "per_output", "data", "linear"),
           Variant("ia-per_output-meanfold", "interval_adjoint", "per_output", "data", "mean"),
           Variant("ia-per_output-nofold", "interval_adjoint", "per_output", "data", "none"),
@@ -83,16 +89,16 @@ def registry() -> dict[str, Variant]:
           Variant("ia-per_output-samples", "interval_adjoint", "per_output", "samples", "linear"),
           Variant("ia-per_output-post", "interval_adjoint", "per_output", "data", "linear",
                   "post")]
-    baselines = [Variant(name, name, engine.seed_mode, engine.box, engine.bias_fold,
-                         engine.measure)
+    baselines = [Variant(name, name, engine["seed_mode"], engine["box"], engine["bias_fold"],
+                         engine["measure"])
                  for name in ("magnitude", "taylor", "apoz", "fpgm", "random")]
     return {v.name: v for v in ia + baselines}
 
 
 def default_variant(known: dict[str, Variant]) -> Variant:
     """The variant with the engine's default settings (a new one if none has them)."""
-    engine = PruneConfig()
-    wanted = {k: getattr(engine, k) for k in VARIANT_SETTINGS}
+    engine = flat(PruneConfig())
+    wanted = {k: engine[k] for k in VARIANT_SETTINGS}
     return next((v for v in known.values() if v.settings == wanted),
                 Variant("engine-default", **wanted))
 
@@ -105,11 +111,11 @@ def parse_variant(name: str, known: dict[str, Variant]) -> Variant:
         return known[name]
     parts = name.split("/")
     if len(parts) not in (4, 5):
-        raise ValueError(f"unknown variant {name!r}; choose from default, {', '.join(known)} or "
+        raise StudyError(f"unknown variant {name!r}; choose from default, {', '.join(known)} or "
                          "write criterion/seed_mode/box/bias_fold[/measure] (e.g. "
                          "interval_adjoint/sum/data/mid or magnitude/per_output/data/none)")
     variant = Variant(name, *parts)
-    PruneConfig(**variant.settings)  # names an unknown criterion, seeding, box, fold or measure
+    from_flat(variant.settings)  # names an unknown criterion, seeding, box, fold or measure
     return variant
 
 
@@ -135,21 +141,21 @@ class StudyConfig:
         for name in ("hidden", "seeds", "variants", "curves", "modes", "default_only"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}")
+            raise StudyError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"--seeds needs one or more distinct seeds, got {list(self.seeds)}")
+            raise StudyError(f"--seeds needs one or more distinct seeds, got {list(self.seeds)}")
         for what, given, allowed in (("curves", self.curves, CURVES), ("modes", self.modes, MODES),
                                      ("default-only", self.default_only, CURVES + MODES)):
             unknown = [g for g in given if g not in allowed]
             if unknown or (not given and what != "default-only"):
-                raise ValueError(f"--{what}: unknown or missing {unknown or 'value'}; choose from "
+                raise StudyError(f"--{what}: unknown or missing {unknown or 'value'}; choose from "
                                  f"{', '.join(allowed)}")
         if self.rows is not None and self.rows < 1:
-            raise ValueError(f"--rows must be >= 1 (row 0 is the unpruned base), got {self.rows}")
+            raise StudyError(f"--rows must be >= 1 (row 0 is the unpruned base), got {self.rows}")
         if self.retrain_epochs is not None and self.retrain_epochs < 1:
-            raise ValueError("--retrain-epochs must be >= 1 (the no-retrain curve uses 0)")
+            raise StudyError("--retrain-epochs must be >= 1 (the no-retrain curve uses 0)")
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
-            raise ValueError(f"--name must be letters, digits, - and _, got {self.name!r}")
+            raise StudyError(f"--name must be letters, digits, - and _, got {self.name!r}")
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
@@ -160,7 +166,7 @@ class StudyConfig:
         """Rebuild from OUT/<name>.json; an unknown key is an error naming the file."""
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"{source}: unknown settings {sorted(unknown)}")
+            raise StudyError(f"{source}: unknown settings {sorted(unknown)}")
         return cls(**values)
 
 
@@ -245,7 +251,7 @@ def make_plan(study: StudyConfig, out: Path) -> Plan:
     """The tracks and cells of `study`, whose sessions live under OUT/cache/."""
     schedule = load_schedule(study)
     if len(schedule) < 2:
-        raise ValueError("the schedule needs at least one pruning row after the base row")
+        raise StudyError("the schedule needs at least one pruning row after the base row")
     known = registry()
     chosen = [parse_variant(n, known) for n in (study.variants or tuple(known))]
     default = default_variant({**known, **{v.name: v for v in chosen}})
@@ -261,7 +267,7 @@ def make_plan(study: StudyConfig, out: Path) -> Plan:
     cache = out.resolve() / "cache" / f"{study.dataset}-{hidden_label(list(study.hidden))}"
     training = {"dataset": study.dataset, "hidden": study.hidden,
                 **({} if study.epochs is None else {"epochs": study.epochs})}
-    cells = [Cell(s, None, None, PruneConfig(**training, seed=s), cache, f"seed{s}/base",
+    cells = [Cell(s, None, None, from_flat({**training, "seed": s}), cache, f"seed{s}/base",
                   tuple(schedule[:1])) for s in study.seeds]
     retrain = {} if study.retrain_epochs is None else {"retrain_epochs": study.retrain_epochs}
     # Retrain cells first: they are the long ones, so that Ray starts them early.
@@ -270,10 +276,10 @@ def make_plan(study: StudyConfig, out: Path) -> Plan:
             base = cells[study.seeds.index(s)]
             for name in track.variants:
                 v = variants[name]
-                config = PruneConfig(**training, **v.settings, seed=s, mode=track.mode,
-                                     base_model=str(base.session.checkpoint(0)),
-                                     **({"retrain_epochs": 0} if track.curve == "no-retrain"
-                                        else retrain))
+                config = from_flat({**training, **v.settings, "seed": s, "mode": track.mode,
+                                    "base_model": str(base.session.checkpoint(0)),
+                                    **({"retrain_epochs": 0} if track.curve == "no-retrain"
+                                       else retrain)})
                 folder = f"seed{s}/{TRACK_FOLDERS[track.curve, track.mode]}/{v.key}"
                 cells.append(Cell(s, track, v, config, cache, folder,
                                   tuple(schedule[:track.rows]), base.id))
@@ -289,20 +295,21 @@ def check_cached(cell: Cell) -> None:
     exactly the missing rows; finished iterations are kept.
     """
     session = cell.session
-    saved = PruneConfig.from_json(json.loads(session.config.read_text()), str(session.config))
-    ignored = UNCOMPARED + (RETRAIN_ONLY if cell.config.retrain_epochs == 0 else ())
-    names = BASE_FIELDS if cell.track is None else \
-        [f.name for f in fields(PruneConfig) if f.name not in ignored]
-    diffs = [f"{n}: cached {getattr(saved, n)!r}, wanted {getattr(cell.config, n)!r}"
-             for n in names if getattr(saved, n) != getattr(cell.config, n)]
+    saved = flat(PruneConfig.from_json(json.loads(session.config.read_text()),
+                                       str(session.config)))
+    wanted = flat(cell.config)
+    ignored = UNCOMPARED + (RETRAIN_ONLY if cell.config.retraining.epochs == 0 else ())
+    names = BASE_FIELDS if cell.track is None else [n for n in wanted if n not in ignored]
+    diffs = [f"{n}: cached {saved[n]!r}, wanted {wanted[n]!r}"
+             for n in names if saved[n] != wanted[n]]
     if diffs:
-        raise ValueError(f"{cell.root} was run with other settings ({'; '.join(diffs)}); "
+        raise StudyError(f"{cell.root} was run with other settings ({'; '.join(diffs)}); "
                          "delete that folder to recompute it, or use another --out")
     stored, wanted = read_schedule(session.retain), list(cell.schedule)
     common = min(len(stored), len(wanted))
     if [(r.iteration, r.neurons) for r in stored[:common]] != \
             [(r.iteration, r.neurons) for r in wanted[:common]]:
-        raise ValueError(f"{session.retain} is another schedule than the study's; delete "
+        raise StudyError(f"{session.retain} is another schedule than the study's; delete "
                          f"{cell.root} to recompute it, or use another --out")
     if cell.track is not None:
         check_same_base(cell)
@@ -318,7 +325,7 @@ def check_same_base(cell: Cell) -> None:
         return
     a, b = read_validation_results(base), read_validation_results(mine)
     if any(a[c] != b[c] for c in ("Test_Accuracy", "Val_Accuracy", "Params")):
-        raise ValueError(f"{cell.root} was pruned from another base model than "
+        raise StudyError(f"{cell.root} was pruned from another base model than "
                          f"{cell.config.base_model} (retrained since?); delete that folder to "
                          "recompute it")
 

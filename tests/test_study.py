@@ -266,7 +266,8 @@ def test_retraining_settings_do_not_invalidate_no_retrain_cells(on_ray, tmp_path
         moved = dataclasses.replace(cell, cache=tmp_path / curve)
         shutil.copytree(cell.root, moved.root)
         saved = json.loads(moved.session.config.read_text())
-        moved.session.config.write_text(json.dumps({**saved, "retrain_lr": 0.123}))
+        saved["retraining"]["lr"] = 0.123
+        moved.session.config.write_text(json.dumps(saved))
         if accepted:
             check_cached(moved)
         else:
