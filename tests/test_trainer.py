@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from src.model import build_model
-from src.trainer import TRAIN_COLUMNS, TrainConfig, learning_rate, train
+from src.trainer import TRAIN_COLUMNS, EpochRecord, TrainConfig, better, learning_rate, train
 from src.validator import evaluate_split
 
 
@@ -17,18 +17,69 @@ def test_training_learns_a_separable_problem(blobs):
     assert result.best.val_accuracy > 95.0
 
 
-def test_model_holds_best_validation_loss_epoch(blobs):
-    """After training, the model's weights are those of the lowest-validation-loss epoch."""
+def test_model_holds_best_validation_accuracy_epoch(blobs):
+    """After training, the model's weights are those of the highest-validation-accuracy epoch
+    (ties to the lower validation loss)."""
     model = build_model([12, 16, 3], seed=0)
     result = train(model, blobs, TrainConfig(epochs=8, batch_size=32, lr=5e-2), quiet=True)
-    best = min(result.history, key=lambda r: r.val_loss)
+    best = max(result.history, key=lambda r: (r.val_accuracy, -r.val_loss))
     assert result.best == best
-    val_loss, _ = evaluate_split(model, blobs.val)
-    assert val_loss == pytest.approx(best.val_loss, rel=1e-5)
+    val_loss, val_acc = evaluate_split(model, blobs.val)
+    assert (val_loss, val_acc) == pytest.approx((best.val_loss, best.val_accuracy), rel=1e-5)
+
+
+def test_better_ranks_accuracy_before_loss():
+    """An epoch beats the best one by a higher validation accuracy whatever its loss; at equal
+    accuracy, by a lower loss."""
+    def record(epoch, loss, acc):
+        return EpochRecord(epoch, 0.0, 0.0, loss, acc, 0.0, 0.0, 0.0)
+
+    best = record(1, 0.30, 98.0)
+    assert better(record(2, 0.40, 98.1), best)  # higher accuracy wins despite a higher loss
+    assert not better(record(2, 0.10, 97.9), best)  # a lower loss alone does not
+    assert better(record(2, 0.20, 98.0), best) and not better(record(2, 0.30, 98.0), best)
+    assert better(record(1, 9.9, 0.0), None)
+
+
+def test_stops_on_a_plateau_and_keeps_the_best_accuracy_epoch(blobs, monkeypatch):
+    """With a cap of 1000 epochs, training stops `patience` epochs after its best epoch, and
+    the model holds that epoch's weights. The validation curve is scripted: accuracy peaks at
+    epoch 4 (tied with epoch 3, lower loss), while the loss bottoms out at epoch 2 - the epoch
+    the old keep-the-lowest-loss rule chose."""
+    val = [(1.00, 50.0), (0.40, 70.0), (0.60, 80.0), (0.55, 80.0), (0.70, 79.0), (0.80, 80.0),
+           (0.90, 78.0), (0.95, 80.0)]
+    weights = []  # the first layer's weights at each epoch's evaluation
+
+    def scripted(model, split):
+        if split is not blobs.val:  # the test split: reported, never used to choose
+            return 1.0, 0.0
+        weights.append(model[0].weight.detach().clone())
+        return val[len(weights) - 1]
+
+    monkeypatch.setattr("src.trainer.evaluate_split", scripted)
+    model = build_model([12, 16, 3], seed=0)
+    result = train(model, blobs, TrainConfig(epochs=1000, batch_size=100, patience=4),
+                   quiet=True)
+    assert result.epochs_run == 8  # epochs 5..8 brought nothing better than epoch 4
+    assert result.best.epoch == 4 and result.best.val_accuracy == 80.0
+    assert min(result.history, key=lambda r: r.val_loss).epoch == 2  # not the kept one
+    assert torch.equal(model[0].weight, weights[3])
+    assert not torch.equal(weights[3], weights[-1])
+
+
+def test_training_converges_and_stops_before_its_cap(blobs):
+    """On a real problem the plateau rule ends training by itself, far below a large cap, with
+    the kept epoch before the last one."""
+    model = build_model([12, 16, 3], seed=0)
+    result = train(model, blobs, TrainConfig(epochs=500, batch_size=50, lr=1e-2, patience=3),
+                   quiet=True)
+    assert result.epochs_run < 100
+    assert result.best.epoch == result.epochs_run - 3
+    assert result.best.val_accuracy > 95.0
 
 
 def test_early_stopping_respects_patience(blobs):
-    """Training stops `patience` epochs after the last improvement of validation loss."""
+    """Training stops `patience` epochs after the last better validation epoch."""
     model = build_model([12, 16, 3], seed=0)
     result = train(model, blobs, TrainConfig(epochs=200, batch_size=400, lr=0.5, patience=2,
                                              schedule="constant", warmup_epochs=0), quiet=True)
@@ -77,9 +128,19 @@ def test_distillation_from_teacher_trains(blobs):
     assert result.best.val_accuracy > 90.0
 
 
+def test_plateau_schedule_decays_at_each_stall_whatever_the_cap():
+    """The plateau schedule warms up, then gives the peak lr times lr_decay per stall so far;
+    the epoch cap (`total`) does not enter it."""
+    config = TrainConfig(lr=1.0, lr_decay=0.5)
+    assert learning_rate(0, 1000, 10, config) == pytest.approx(0.1)
+    for total in (100, 10_000):
+        assert learning_rate(50, total, 10, config) == 1.0
+        assert learning_rate(50, total, 10, config, decays=3) == 0.125
+
+
 def test_cosine_schedule_warms_up_then_decays():
-    """The learning rate rises linearly during warm-up, peaks, then decays towards 0."""
-    config = TrainConfig(lr=1.0)
+    """The cosine schedule rises linearly during warm-up, peaks, then decays towards 0."""
+    config = TrainConfig(lr=1.0, schedule="cosine")
     rates = [learning_rate(s, 100, 10, config) for s in range(100)]
     assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(rates[9:], rates[10:], strict=False))
@@ -87,7 +148,8 @@ def test_cosine_schedule_warms_up_then_decays():
 
 
 @pytest.mark.parametrize("bad", [dict(epochs=-1), dict(lr=0.0), dict(batch_size=0),
-                                 dict(patience=0), dict(schedule="step"), dict(distill=2.0)])
+                                 dict(patience=0), dict(schedule="step"), dict(distill=2.0),
+                                 dict(lr_decay=0.0), dict(lr_decay=1.5), dict(decay_patience=0)])
 def test_bad_settings_are_rejected(bad):
     """Invalid training settings raise ValueError at construction."""
     with pytest.raises(ValueError):
