@@ -9,9 +9,11 @@ DataLoader at batch size 64 (the way the thesis code trained), timed in this sam
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import shutil
 import time
+from pathlib import Path
 
 from _setup import ROOT, markdown_table, median, reference_epoch
 
@@ -19,6 +21,7 @@ from src.checkpoint import atomic_write
 from src.concatenate import read_validation_results
 from src.data import load_dataset
 from src.iterativeprune import main as prune_main
+from src.tracking import read_epochs
 
 # hidden sizes -> minimum test accuracy (issue 5); thesis reference values for comparison
 TARGETS = {"256-64": 98.0, "54-13": 97.5, "34-9": 97.0, "22-5": 96.0, "11-3": 90.0}
@@ -52,15 +55,19 @@ def main() -> None:
     reference.append(reference_epoch(data, seed=2))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    mode_dir = f"{args.session}/iterative_pruning"
-    rows = []
+    mode_dir = Path(args.session) / "iterative_pruning"
+    config = json.loads((Path(args.session) / "config.json").read_text())
+    rows, epochs = [], []  # epochs: per iteration, (epochs run, kept epoch)
     i = 0
     while True:
+        folder = mode_dir / str(i) / "prune_w_retrain"
         try:
-            rows.append(read_validation_results(
-                f"{mode_dir}/{i}/prune_w_retrain/validation_results.txt"))
+            rows.append(read_validation_results(folder / "validation_results.txt"))
         except (FileNotFoundError, ValueError):
             break
+        history = read_epochs(folder / "train_results.txt")
+        kept = max(history, key=lambda e: (e["ValAccuracy"], -e["ValLoss"]))
+        epochs.append((len(history), int(kept["Epoch"])))
         i += 1
     table_rows, failures = [], []
     for i, r in enumerate(rows):
@@ -71,9 +78,11 @@ def main() -> None:
         table_rows.append([i, r["Hidden"], f"{r['PercentageRetain']:.2f}", r["Params"],
                            f"{r['NoRetrain_Test_Accuracy']:.2f}", f"{r['Test_Accuracy']:.2f}",
                            "" if target is None else f">= {target} {ok}",
-                           THESIS.get(r["Hidden"], "")])
+                           THESIS.get(r["Hidden"], ""), f"{epochs[i][0]} ({epochs[i][1]})"])
     table = markdown_table(["itr", "hidden", "% hidden kept", "params", "no-retrain test %",
-                            "test %", "target", "thesis"], table_rows)
+                            "test %", "target", "thesis", "epochs (kept)"], table_rows)
+    caps = [config["epochs"]] + [config["retrain_epochs"]] * (len(rows) - 1)
+    capped = [rows[i]["Hidden"] for i, (run, _) in enumerate(epochs) if run >= caps[i]]
     constant = [r["Hidden"] for r in rows if r["PercentageRetain"] > 20 and
                 r["Test_Accuracy"] < 20]
     first_loss = rows[0]["Test_Accuracy"] - rows[1]["NoRetrain_Test_Accuracy"]
@@ -84,6 +93,9 @@ def main() -> None:
         f"first prune step (205-51) before retraining: -{first_loss:.2f} points (target <= "
         f"{FIRST_STEP_MAX_LOSS}): {'yes' if first_loss <= FIRST_STEP_MAX_LOSS else 'NO'}",
         f"constant predictors above 20% retained: {constant or 'none'}",
+        f"epochs: base {epochs[0][0]} (kept {epochs[0][1]}), retraining "
+        f"{sum(run for run, _ in epochs[1:])} over {len(rows) - 1} iterations; epoch caps "
+        f"({caps[0]} base / {caps[-1]} retraining) reached: {capped or 'none'}",
         f"reference epoch (DataLoader, batch 64, dense): median {ref:.2f} s of "
         f"{', '.join(f'{t:.2f}' for t in reference)}",
         f"whole run: {wall:.1f} s = {cost:.1f} reference epochs (budget "

@@ -6,7 +6,7 @@ schedule row, writing one numbered iteration folder per row (resumable at any it
 Iteration 0 trains the base model (or takes --base-model). Iteration i takes iteration i-1's
 best_model.pth (iterative mode) or the base model (one-shot mode), scores every hidden neuron,
 keeps schedule row i's neurons per layer, folds the removed ones into the next bias, records the
-accuracy before retraining, retrains with early stopping on validation loss and writes
+accuracy before retraining, retrains until the validation accuracy plateaus and writes
 `<session>/<mode>/<i>/prune_w_retrain/`. An iteration is written into a `.partial` folder that is
 renamed into place only when complete, so a killed run never leaves complete-looking files.
 """
@@ -34,7 +34,7 @@ from src.prune import FOLDS, keep_indices, shrink
 from src.retain import ScheduleRow, geometric_schedule, read_schedule, write_schedule
 from src.significance import CRITERIA, ScoreData, score
 from src.tracking import NullTracker, Tracker, make_tracker
-from src.trainer import TrainConfig, train
+from src.trainer import PRECISIONS, SCHEDULES, TrainConfig, train
 from src.validator import Metrics, evaluate, evaluate_split
 
 MODES = {"iterative": "iterative_pruning", "one-shot": "one_shot_pruning"}
@@ -58,7 +58,7 @@ CHANGEABLE = {"max_accuracy_drop"}
 # Settings added after the first release, with the value that sessions written before them ran
 # with: a resumed old session keeps behaving as it did.
 LEGACY = {"label_smoothing": 0.1, "retrain_label_smoothing": 0.1, "measure": "pre",
-          "schedule": "cosine"}
+          "lr_schedule": "cosine", "precision": "fp32"}
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,9 @@ class PruneConfig:
     epochs: int | None = None  # epoch cap of base training (None: the dataset default)
     retrain_epochs: int = 50  # epoch cap of retraining per iteration (0 = no retraining)
     patience: int = TrainConfig.patience  # base training stops after this many stale epochs
-    retrain_patience: int = 2  # retraining stops after this many stale epochs
-    schedule: str = TrainConfig.schedule  # lr schedule: plateau, cosine (over the cap), constant
+    retrain_patience: int = 3  # retraining stops after this many stale epochs
+    lr_schedule: str = TrainConfig.schedule  # plateau, cosine (over the epoch cap), constant
+    precision: str = TrainConfig.precision  # training products: auto, bf16 or fp32 (trainer.py)
     lr: float = TrainConfig.lr  # peak AdamW learning rate of base training
     retrain_lr: float | None = None  # peak lr of retraining (a fresh schedule per iteration)
     batch_size: int | None = None  # mini-batch size of base training (None: dataset default)
@@ -108,7 +109,8 @@ class PruneConfig:
                     object.__setattr__(self, name, value)
         choices = {"dataset": DATASETS, "activation": tuple(ACTIVATIONS), "mode": tuple(MODES),
                    "criterion": tuple(CRITERIA), "seed_mode": SEED_MODES, "box": BOXES,
-                   "measure": MEASURES, "bias_fold": tuple(FOLDS), "teacher": TEACHERS}
+                   "measure": MEASURES, "bias_fold": tuple(FOLDS), "teacher": TEACHERS,
+                   "lr_schedule": SCHEDULES, "precision": PRECISIONS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; "
@@ -128,13 +130,13 @@ class PruneConfig:
         if iteration == 0:
             return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                                patience=self.patience, seed=seed, shift=self.shift,
-                               schedule=self.schedule,
+                               schedule=self.lr_schedule, precision=self.precision,
                                label_smoothing=self.label_smoothing)
         return TrainConfig(epochs=self.retrain_epochs, batch_size=self.retrain_batch_size,
                            lr=self.retrain_lr, patience=self.retrain_patience, seed=seed,
-                           schedule=self.schedule,
+                           schedule=self.lr_schedule, precision=self.precision,
                            shift=self.retrain_shift, label_smoothing=self.retrain_label_smoothing,
-                           warmup_epochs=0.0, temperature=self.temperature,
+                           warmup_epochs=0.0, decay_patience=1, temperature=self.temperature,
                            distill=self.distill if self.teacher != "none" else 0.0)
 
     def to_json(self) -> dict[str, Any]:
@@ -417,12 +419,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                           f"before (pre) or after (post) its activation [{d.measure}]")
     add("--box", help=f"interval-adjoint input box: data or samples [{d.box}]")
     add("--bias-fold", help=f"linear, mean, mid or none [{d.bias_fold}]")
-    add("--epochs", type=int, help=f"max epochs of base training [{d.epochs}; 40 for digits]")
-    add("--retrain-epochs", type=int, help="max epochs of retraining per iteration; 0 = prune "
+    add("--epochs", type=int, help="epoch cap of base training, a safety limit: training "
+                                   "stops when the validation accuracy plateaus "
+                                   f"[{d.epochs}]")
+    add("--retrain-epochs", type=int, help="epoch cap of retraining per iteration; 0 = prune "
                                            f"without retraining [{d.retrain_epochs}]")
-    add("--patience", type=int, help=f"early-stopping patience, base training [{d.patience}]")
-    add("--retrain-patience", type=int, help=f"early-stopping patience, retraining "
+    add("--patience", type=int, help="base training stops after this many epochs without a "
+                                     f"better validation accuracy [{d.patience}]")
+    add("--retrain-patience", type=int, help="the same for retraining "
                                              f"[{d.retrain_patience}]")
+    add("--lr-schedule", help="learning rate: plateau (halved whenever the validation accuracy "
+                           "stalls), cosine (over the epoch cap) or constant [plateau]")
+    add("--precision", help="matrix products of the training steps: bf16, fp32, or auto (bf16 "
+                            "where the CPU has bf16 instructions); evaluation is always fp32 "
+                            "[auto]")
     add("--lr", type=float, help=f"peak learning rate, base training [{d.lr}]")
     add("--retrain-lr", type=float,
         help=f"peak learning rate, retraining [{d.retrain_lr}; 0.005 for digits]")

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from src.model import build_model
-from src.trainer import TRAIN_COLUMNS, EpochRecord, TrainConfig, better, learning_rate, train
+from src.trainer import (
+    TRAIN_COLUMNS,
+    EpochRecord,
+    TrainConfig,
+    better,
+    learning_rate,
+    train,
+    uses_bf16,
+)
 from src.validator import evaluate_split
 
 
@@ -41,30 +49,49 @@ def test_better_ranks_accuracy_before_loss():
     assert better(record(1, 9.9, 0.0), None)
 
 
-def test_stops_on_a_plateau_and_keeps_the_best_accuracy_epoch(blobs, monkeypatch):
-    """With a cap of 1000 epochs, training stops `patience` epochs after its best epoch, and
-    the model holds that epoch's weights. The validation curve is scripted: accuracy peaks at
-    epoch 4 (tied with epoch 3, lower loss), while the loss bottoms out at epoch 2 - the epoch
-    the old keep-the-lowest-loss rule chose."""
-    val = [(1.00, 50.0), (0.40, 70.0), (0.60, 80.0), (0.55, 80.0), (0.70, 79.0), (0.80, 80.0),
-           (0.90, 78.0), (0.95, 80.0)]
-    weights = []  # the first layer's weights at each epoch's evaluation
+def scripted_validation(monkeypatch, data, curve: list[tuple[float, float]]) -> list:
+    """Make train() see `curve[e]` as (val loss, val accuracy) at epoch e + 1; returns the list
+    that collects the first layer's weights at each epoch's evaluation."""
+    weights = []
 
-    def scripted(model, split):
-        if split is not blobs.val:  # the test split: reported, never used to choose
+    def evaluate(model, split):
+        if split is not data.val:  # the test split: reported, never used to choose
             return 1.0, 0.0
         weights.append(model[0].weight.detach().clone())
-        return val[len(weights) - 1]
+        return curve[len(weights) - 1]
 
-    monkeypatch.setattr("src.trainer.evaluate_split", scripted)
+    monkeypatch.setattr("src.trainer.evaluate_split", evaluate)
+    return weights
+
+
+def test_stops_on_a_plateau_and_keeps_the_best_accuracy_epoch(blobs, monkeypatch):
+    """With a cap of 1000 epochs, training stops `patience` epochs after its last progress and
+    leaves the model with the weights of the best-accuracy epoch: epoch 4, tied with epoch 3 at
+    lower loss - not epoch 2, where the loss bottoms out (the old rule's choice)."""
+    curve = [(1.00, 50.0), (0.40, 70.0), (0.60, 80.0), (0.55, 80.0), (0.70, 79.0),
+             (0.80, 80.0), (0.90, 78.0), (0.95, 79.0), (0.99, 79.5)]
+    weights = scripted_validation(monkeypatch, blobs, curve)
     model = build_model([12, 16, 3], seed=0)
     result = train(model, blobs, TrainConfig(epochs=1000, batch_size=100, patience=4),
                    quiet=True)
-    assert result.epochs_run == 8  # epochs 5..8 brought nothing better than epoch 4
-    assert result.best.epoch == 4 and result.best.val_accuracy == 80.0
-    assert min(result.history, key=lambda r: r.val_loss).epoch == 2  # not the kept one
+    assert result.epochs_run == 7  # epochs 4..7 made no progress over epoch 3's 80 %
+    assert result.best.epoch == 4 and result.best.val_loss == 0.55
+    assert min(result.history, key=lambda r: r.val_loss).epoch == 2
     assert torch.equal(model[0].weight, weights[3])
     assert not torch.equal(weights[3], weights[-1])
+
+
+def test_noise_level_gains_do_not_extend_training_but_never_stop_on_a_best(blobs, monkeypatch):
+    """Gains below min_delta (here one sample in 5,000) are not progress, so patience runs out
+    at epoch 4; epoch 4 is a new best, though, so training stops one epoch later and keeps it."""
+    curve = [(0.5, 90.00), (0.5, 90.02), (0.5, 90.00), (0.5, 90.04), (0.5, 90.00),
+             (0.5, 90.06), (0.5, 90.08)]
+    scripted_validation(monkeypatch, blobs, curve)
+    model = build_model([12, 16, 3], seed=0)
+    result = train(model, blobs, TrainConfig(epochs=1000, batch_size=100, patience=3,
+                                             min_delta=0.05), quiet=True)
+    assert result.epochs_run == 5
+    assert result.best.epoch == 4
 
 
 def test_training_converges_and_stops_before_its_cap(blobs):
@@ -74,7 +101,7 @@ def test_training_converges_and_stops_before_its_cap(blobs):
     result = train(model, blobs, TrainConfig(epochs=500, batch_size=50, lr=1e-2, patience=3),
                    quiet=True)
     assert result.epochs_run < 100
-    assert result.best.epoch == result.epochs_run - 3
+    assert result.best.epoch < result.epochs_run
     assert result.best.val_accuracy > 95.0
 
 
@@ -85,6 +112,36 @@ def test_early_stopping_respects_patience(blobs):
                                              schedule="constant", warmup_epochs=0), quiet=True)
     assert result.epochs_run < 200
     assert result.epochs_run - result.best.epoch == 2
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_both_precisions_learn_and_report_fp32_metrics(blobs, precision):
+    """bf16 training learns as fp32 does, and the kept epoch's metrics are fp32 evaluations of
+    the fp32 weights it leaves (what the validator recomputes)."""
+    model = build_model([12, 16, 3], seed=0)
+    result = train(model, blobs, TrainConfig(batch_size=32, lr=1e-2, precision=precision),
+                   quiet=True)
+    assert result.best.val_accuracy > 95.0
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    val_loss, val_acc = evaluate_split(model, blobs.val)
+    assert (val_loss, val_acc) == (result.best.val_loss, result.best.val_accuracy)
+
+
+def test_bf16_changes_the_products_and_auto_follows_the_cpu(blobs, monkeypatch):
+    """precision=bf16 really trains in bfloat16 (other weights than fp32 from the same seed);
+    auto means bf16 exactly where the CPU has bf16 instructions."""
+    weights = {}
+    for precision in ("fp32", "bf16"):
+        model = build_model([12, 16, 3], seed=0)
+        train(model, blobs, TrainConfig(epochs=1, batch_size=32, precision=precision),
+              quiet=True)
+        weights[precision] = model[0].weight.detach()
+    assert not torch.equal(weights["fp32"], weights["bf16"])
+    assert uses_bf16(TrainConfig(precision="bf16"))
+    assert not uses_bf16(TrainConfig(precision="fp32"))
+    for native in (True, False):
+        monkeypatch.setattr("src.trainer.native_bf16", lambda native=native: native)
+        assert uses_bf16(TrainConfig(precision="auto")) is native
 
 
 def test_same_seed_gives_identical_runs(blobs):
@@ -149,7 +206,8 @@ def test_cosine_schedule_warms_up_then_decays():
 
 @pytest.mark.parametrize("bad", [dict(epochs=-1), dict(lr=0.0), dict(batch_size=0),
                                  dict(patience=0), dict(schedule="step"), dict(distill=2.0),
-                                 dict(lr_decay=0.0), dict(lr_decay=1.5), dict(decay_patience=0)])
+                                 dict(lr_decay=0.0), dict(lr_decay=1.5), dict(decay_patience=0),
+                                 dict(precision="fp16")])
 def test_bad_settings_are_rejected(bad):
     """Invalid training settings raise ValueError at construction."""
     with pytest.raises(ValueError):
