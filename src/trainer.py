@@ -69,6 +69,8 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose from "
                              f"{', '.join(PRECISIONS)}")
+        if not self.min_delta >= 0:
+            raise ValueError(f"min_delta must be >= 0 points, got {self.min_delta}")
         if not 0.0 < self.lr_decay <= 1.0:
             raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
         if not 0.0 <= self.label_smoothing < 1.0 or self.shift < 0:
@@ -141,6 +143,12 @@ def native_bf16() -> bool:
 def uses_bf16(config: TrainConfig) -> bool:
     """Whether training under `config` runs its matrix products in bfloat16 here."""
     return config.precision == "bf16" or (config.precision == "auto" and native_bf16())
+
+
+def progress(record: EpochRecord, mark: EpochRecord | None, min_delta: float) -> bool:
+    """Whether `record` is progress over `mark`, the epoch of the last progress: a validation
+    accuracy at least `min_delta` points higher (up to float rounding)."""
+    return mark is None or record.val_accuracy - mark.val_accuracy >= min_delta - 1e-9
 
 
 def learning_rate(step: int, total: int, warmup: int, config: TrainConfig,
@@ -224,7 +232,7 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
     if log_path is not None:
         write_history(log_path, history)  # the header, even when no epoch runs
     best, best_state = None, copy.deepcopy(model.state_dict())
-    mark, stale, decays = None, 0, 0  # val accuracy at the last progress, epochs since, decays
+    mark, stale, decays = None, 0, 0  # the epoch of the last progress, epochs since, decays
     bar = tqdm(range(1, config.epochs + 1), desc=desc, unit="epoch", leave=False,
                disable=quiet or not sys.stderr.isatty(), dynamic_ncols=True)
     step = 0
@@ -274,10 +282,11 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
         if better(record, best):
             best, best_state = record, copy.deepcopy(model.state_dict())
         # Progress needs min_delta points over the last progress: a new best by a sample or
-        # two is noise (on 5,000 images one sample is 0.02 points) and must not keep a flat
-        # run going.
-        if mark is None or record.val_accuracy - mark >= config.min_delta - 1e-9:
-            mark, stale = record.val_accuracy, 0
+        # two is noise (on 5,000 images one sample is 0.02 points, the sampling error of an
+        # accuracy near 99 % about 0.15) and must not keep a flat run going; gains that small
+        # still count once they add up.
+        if progress(record, mark, config.min_delta):
+            mark, stale = record, 0
         else:
             stale += 1
             if stale % config.decay_patience == 0:  # a stall: the plateau schedule decays

@@ -207,7 +207,7 @@ def test_cosine_schedule_warms_up_then_decays():
 @pytest.mark.parametrize("bad", [dict(epochs=-1), dict(lr=0.0), dict(batch_size=0),
                                  dict(patience=0), dict(schedule="step"), dict(distill=2.0),
                                  dict(lr_decay=0.0), dict(lr_decay=1.5), dict(decay_patience=0),
-                                 dict(precision="fp16")])
+                                 dict(precision="fp16"), dict(min_delta=-0.1)])
 def test_bad_settings_are_rejected(bad):
     """Invalid training settings raise ValueError at construction."""
     with pytest.raises(ValueError):
