@@ -1,7 +1,7 @@
 """Engine benchmark (issue 5): the full default MNIST workflow, its accuracy targets, its cost in
 "reference epochs" and its peak memory, measured in one run.
 
-Usage: python benchmarks/prune_mnist.py [--data-root DIR] [--session DIR] [--seed 0]
+Usage: python benchmarks/prune_mnist.py [--data-root DIR] [--session DIR] [--seed 0] [--precision P]
 A reference epoch is one epoch of the dense 784-256-64-10 over 55,000 images with a plain
 DataLoader at batch size 64 (the way the thesis code trained), timed in this same run.
 """
@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--session", default=str(ROOT / "benchmarks/results/cache/prune_mnist"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--precision", help="the engine's --precision (default: its own, "
+                        "auto); fp32 shows the run of a CPU without bf16 instructions")
     parser.add_argument("--keep", action="store_true", help="resume an existing session "
                         "instead of starting afresh (its wall time is then not the whole run)")
     args = parser.parse_args()
@@ -57,6 +59,8 @@ def main() -> None:
     argv = ["--session", args.session, "--seed", str(args.seed), "--quiet"]
     if args.data_root:
         argv += ["--data-root", args.data_root]
+    if args.precision:
+        argv += ["--precision", args.precision]
     started, started_cpu = time.perf_counter(), time.process_time()
     code = prune_main(argv)
     wall, cpu = time.perf_counter() - started, time.process_time() - started_cpu
