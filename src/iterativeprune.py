@@ -34,7 +34,7 @@ from src.prune import FOLDS, keep_indices, shrink
 from src.retain import ScheduleRow, geometric_schedule, read_schedule, write_schedule
 from src.significance import CRITERIA, ScoreData, score
 from src.tracking import NullTracker, Tracker, make_tracker
-from src.trainer import PRECISIONS, SCHEDULES, TrainConfig, train
+from src.trainer import PRECISIONS, SCHEDULES, TrainConfig, kept_metrics, train
 from src.validator import Metrics, evaluate, evaluate_split
 
 MODES = {"iterative": "iterative_pruning", "one-shot": "one_shot_pruning"}
@@ -284,7 +284,8 @@ class IterativePruning:
             result = train(model, self.data, c.train_config(0), quiet=self.quiet,
                            log_path=folder / "train_results.txt", desc="base model")
             epochs = result.epochs_run
-        metrics = evaluate(model, self.data)
+        metrics = evaluate(model, self.data) if c.base_model else kept_metrics(model, self.data,
+                                                                                result)
         row = self.write_iteration(0, model, metrics, metrics.test_accuracy, epochs,
                                    time.perf_counter() - started)
         self._base = model
@@ -308,7 +309,7 @@ class IterativePruning:
         result = train(model, self.data, c.train_config(i), teacher=teacher(), quiet=self.quiet,
                        log_path=self.session.partial(i) / "train_results.txt",
                        desc=f"retrain {hidden_label(row.neurons)}", stop_at_accuracy=parent_val)
-        metrics = evaluate(model, self.data)
+        metrics = kept_metrics(model, self.data, result)
         return self.write_iteration(i, model, metrics, no_retrain, result.epochs_run,
                                     time.perf_counter() - started)
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from src.checkpoint import atomic_write
 from src.data import Dataset
-from src.validator import evaluate_split
+from src.validator import Metrics, evaluate, evaluate_split
 
 TRAIN_COLUMNS = ("Epoch", "TrainLoss", "TrainAccuracy", "ValLoss", "ValAccuracy",
                  "TestLoss", "TestAccuracy", "Seconds")
@@ -164,6 +164,17 @@ def learning_rate(step: int, total: int, warmup: int, config: TrainConfig,
         return config.lr
     progress = (step - warmup) / max(1, total - warmup)
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def kept_metrics(model: nn.Module, data: Dataset, result: TrainResult) -> Metrics:
+    """The metrics of the model `train` left: its kept epoch's validation and test figures (the
+    same fp32 evaluation of the same weights) plus one pass over the training split."""
+    if result.best is None:  # no epoch run: nothing to reuse
+        return evaluate(model, data)
+    train_loss, train_accuracy = evaluate_split(model, data.train)
+    b = result.best
+    return Metrics(train_loss, train_accuracy, b.val_loss, b.val_accuracy, b.test_loss,
+                   b.test_accuracy)
 
 
 def write_history(path: str | os.PathLike, history: list[EpochRecord]) -> None:

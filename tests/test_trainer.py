@@ -11,11 +11,12 @@ from src.trainer import (
     EpochRecord,
     TrainConfig,
     better,
+    kept_metrics,
     learning_rate,
     train,
     uses_bf16,
 )
-from src.validator import evaluate_split
+from src.validator import evaluate, evaluate_split
 
 
 def test_training_learns_a_separable_problem(blobs):
@@ -125,6 +126,16 @@ def test_both_precisions_learn_and_report_fp32_metrics(blobs, precision):
     assert all(p.dtype == torch.float32 for p in model.parameters())
     val_loss, val_acc = evaluate_split(model, blobs.val)
     assert (val_loss, val_acc) == (result.best.val_loss, result.best.val_accuracy)
+
+
+def test_kept_metrics_equal_a_full_evaluation(blobs):
+    """The metrics reused from the kept epoch are exactly what evaluating the model gives."""
+    model = build_model([12, 16, 3], seed=0)
+    result = train(model, blobs, TrainConfig(epochs=6, batch_size=32, lr=5e-2), quiet=True)
+    assert kept_metrics(model, blobs, result) == evaluate(model, blobs)
+    untrained = build_model([12, 16, 3], seed=0)
+    nothing = train(untrained, blobs, TrainConfig(epochs=0), quiet=True)
+    assert kept_metrics(untrained, blobs, nothing) == evaluate(untrained, blobs)
 
 
 def test_bf16_changes_the_products_and_auto_follows_the_cpu(blobs, monkeypatch):
