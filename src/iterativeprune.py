@@ -425,12 +425,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                    f"[{d.epochs}]")
     add("--retrain-epochs", type=int, help="epoch cap of retraining per iteration; 0 = prune "
                                            f"without retraining [{d.retrain_epochs}]")
-    add("--patience", type=int, help="base training stops after this many epochs without a "
-                                     f"better validation accuracy [{d.patience}]")
+    add("--patience", type=int, help="base training stops after this many epochs without "
+                                     "progress (validation accuracy up 0.05 points) "
+                                     f"[{d.patience}]")
     add("--retrain-patience", type=int, help="the same for retraining "
                                              f"[{d.retrain_patience}]")
-    add("--lr-schedule", help="learning rate: plateau (halved whenever the validation accuracy "
-                           "stalls), cosine (over the epoch cap) or constant [plateau]")
+    add("--lr-schedule", help="learning rate: plateau (halved after every 2 epochs without "
+                              "progress, every epoch when retraining), cosine (over the epoch "
+                              "cap) or constant [plateau]")
     add("--precision", help="matrix products of the training steps: bf16, fp32, or auto (bf16 "
                             "where the CPU has bf16 instructions); evaluation is always fp32 "
                             "[auto]")

@@ -284,8 +284,9 @@ def test_session_from_before_newer_settings_resumes_as_it_ran():
 
 
 def test_training_stops_on_a_plateau_by_default_with_caps_as_safety_limits():
-    """New sessions use the plateau schedule; the epoch caps are far above what training needs
-    (MNIST's reference run stops after at most 24 epochs of base training)."""
+    """New sessions use the plateau schedule, with the epoch caps only as safety limits far
+    above what training needs (MNIST's reference run stops after 25 base epochs and at most
+    19 per retraining)."""
     for config in (PruneConfig(), PruneConfig(dataset="digits")):
         base, retrain = config.train_config(0), config.train_config(1)
         assert base.schedule == retrain.schedule == "plateau"
