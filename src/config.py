@@ -135,7 +135,7 @@ class Scoring:
     measure: Measure = setting("pre", "interval-adjoint: read units before (pre) or after "
                                       "(post) their activation")
     box: Box = setting("data", "interval-adjoint input box: data (min/max per feature), "
-                               "quantile (1st to 99th percentile per feature) or samples")
+                               "quantile (5th to 95th percentile per feature) or samples")
     bias_fold: Fold = setting("linear", "fold removed units into the consumer: linear "
                                         "(least-squares), mean, mid or none")
     allocation: Allocation = setting("layer", "how a schedule row is split across groups: "
