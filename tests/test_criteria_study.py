@@ -149,6 +149,18 @@ def test_cache_of_other_settings_is_refused(study):
         criteria.main(argv)
 
 
+@pytest.mark.parametrize("name, other", [("lr_schedule", "cosine"), ("precision", "fp32")])
+def test_cached_base_of_another_training_is_refused(study, name, other):
+    """The lr schedule and the precision shape the base model: a cached base trained with
+    others is not reused."""
+    plan = criteria.make_plan(criteria.parse_args(study.argv)[0])
+    base = next(c for c in plan.cells if c.curve == "base")
+    criteria.check_cached(base, plan.schedule)  # the cached base itself is accepted
+    wanted = dataclasses.replace(base, config=dataclasses.replace(base.config, **{name: other}))
+    with pytest.raises(ValueError, match=f"other settings .*{name}: cached"):
+        criteria.check_cached(wanted, plan.schedule)
+
+
 def test_cell_pruned_from_another_base_model_is_refused(study, tmp_path):
     """A cached cell whose iteration 0 is not the seed's current base model is an error."""
     plan = criteria.make_plan(criteria.parse_args(study.argv)[0])
