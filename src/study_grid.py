@@ -33,7 +33,7 @@ TRACK_FOLDERS = {("no-retrain", "iterative"): "no-retrain", ("retrain", "iterati
                  ("retrain", "one-shot"): "oneshot"}
 # Settings a cached base session must share with the study (nothing else affects iteration 0).
 BASE_FIELDS = ("dataset", "hidden", "activation", "epochs", "patience", "lr", "batch_size",
-               "shift", "label_smoothing", "seed", "val_size")
+               "shift", "label_smoothing", "lr_schedule", "precision", "seed", "val_size")
 # Settings never compared with a cached session: the base model's path may move with the repo.
 UNCOMPARED = ("base_model", "max_accuracy_drop")
 # Settings that only act while retraining: not compared for a no-retrain cell (retrain_epochs 0).

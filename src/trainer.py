@@ -1,9 +1,9 @@
-"""Training loop on in-memory tensors with early stopping on the validation split."""
+"""Training loop on in-memory tensors that runs until the validation accuracy plateaus and
+keeps the best epoch."""
 
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import os
 import re
@@ -134,10 +134,10 @@ def better(record: EpochRecord, best: EpochRecord | None) -> bool:
     return (record.val_accuracy, -record.val_loss) > (best.val_accuracy, -best.val_loss)
 
 
-@functools.cache
 def native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (x86 AVX512-BF16 or AMX-BF16, read from
-    Linux's /proc/cpuinfo). Elsewhere bf16 products are emulated and slower than fp32."""
+    Linux's /proc/cpuinfo, well under a millisecond). Elsewhere bf16 products are emulated and
+    slower than fp32."""
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -167,8 +167,8 @@ def learning_rate(step: int, total: int, warmup: int, config: TrainConfig,
         return config.lr * config.lr_decay ** decays
     if config.schedule == "constant":
         return config.lr
-    progress = (step - warmup) / max(1, total - warmup)
-    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    fraction = (step - warmup) / max(1, total - warmup)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, fraction)))
 
 
 def kept_metrics(model: nn.Module, data: Dataset, result: TrainResult) -> Metrics:
