@@ -21,6 +21,7 @@ from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any, Literal, get_args, get_origin
 
 from src.data import DEFAULT_VAL_SIZE
+from src.device import Device
 from src.errors import UserError
 from src.trainer import TrainConfig
 
@@ -150,6 +151,8 @@ class PruneConfig:
         None, "stop once validation accuracy falls this many points below the base model's")
     base_model: str | None = setting(None, "take iteration 0 from this checkpoint instead of "
                                            "training")
+    device: Device = setting("cpu", "where models are trained, scored and evaluated (a GPU is "
+                                    "never needed)")
     training: Training = field(default_factory=Training)
     retraining: Retraining = field(default_factory=Retraining)
     scoring: Scoring = field(default_factory=Scoring)

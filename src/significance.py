@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,11 @@ from src.interval import Interval
 from src.spec import Net
 
 BoxKind = Literal["data", "samples"]
+Aggregate = Literal["sum", "max"]
+AGGREGATES: tuple[str, ...] = get_args(Aggregate)
+# A conv channel's significance: the sum over its positions (measured against the max on
+# LeNet-5/MNIST without retraining; README, "Convolutional networks").
+CHANNEL_AGGREGATE: Aggregate = "sum"
 SUBSET = 10_000  # taylor/apoz look at up to this many training samples, drawn with the seed
 
 
@@ -43,6 +48,7 @@ class ScoreData:
     seed_mode: Seed = "per_output"  # interval_adjoint reverse-sweep seeding
     measure: Measure = "pre"  # interval_adjoint: neuron read before or after its activation
     box: BoxKind | Interval = "data"  # input box for interval_adjoint
+    aggregate: Aggregate = CHANNEL_AGGREGATE  # interval_adjoint: a channel's positions sum/max
     eps: float = 0.05  # half-width of sample boxes (box="samples")
     n_samples: int = 64  # number of sample boxes (box="samples"; at most len(x))
 
@@ -57,6 +63,9 @@ class ScoreData:
             raise ValueError(f"unknown seed_mode {self.seed_mode!r}; choose from {list(SEEDS)}")
         if self.measure not in MEASURES:
             raise ValueError(f"unknown measure {self.measure!r}; choose from {list(MEASURES)}")
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"unknown aggregate {self.aggregate!r}; choose from "
+                             f"{list(AGGREGATES)}")
         if not isinstance(self.box, Interval) and self.box not in ("data", "samples"):
             raise ValueError(f"box must be 'data', 'samples' or an Interval, got {self.box!r}")
         if not self.eps >= 0:
@@ -106,15 +115,12 @@ def _box(data: ScoreData) -> Interval:
 
 # ---- criteria -----------------------------------------------------------------------------
 
-CHANNEL_AGGREGATE = "sum"  # a conv channel's significance: sum over its positions
-
-
-def _per_unit(values: Tensor, group: Group) -> Tensor:
-    """(batch, units, ...) -> (batch, units): a channel's positions aggregated."""
+def _per_unit(values: Tensor, aggregate: Aggregate) -> Tensor:
+    """(batch, units, ...) -> (batch, units): a channel's positions summed or maximised."""
     if values.ndim == 2:
         return values
     flat = values.flatten(2)
-    return flat.sum(2) if CHANNEL_AGGREGATE == "sum" else flat.amax(2)
+    return flat.sum(2) if aggregate == "sum" else flat.amax(2)
 
 
 def _value_index(group: Group, measure: Measure) -> int:
@@ -127,11 +133,14 @@ def _value_index(group: Group, measure: Measure) -> int:
 
 
 def interval_adjoint(model: Net, box: Interval, seed: Seed = "per_output",
-                     measure: Measure = "pre", inputs: bool = False) -> list[Tensor]:
+                     measure: Measure = "pre", inputs: bool = False,
+                     aggregate: Aggregate = CHANNEL_AGGREGATE) -> list[Tensor]:
     """S = width([z]) · max(|lo [z̄]|, |hi [z̄]|) per unit of every group, max over outputs for
-    "per_output", aggregated over a channel's positions, mean over boxes for a batch of boxes
-    (box shape (batch, n_in)). With measure="post", the post-activation a = φ(z) and its
-    adjoint ā take the place of z and z̄."""
+    "per_output", summed (or maximised) over a conv channel's positions, mean over boxes for a
+    batch of boxes (box shape (batch, n_in)). With measure="post", the post-activation
+    a = φ(z) and its adjoint ā take the place of z and z̄."""
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"unknown aggregate {aggregate!r}; choose from {list(AGGREGATES)}")
     found = groups(model, inputs)
     if not found:
         return []
@@ -142,11 +151,11 @@ def interval_adjoint(model: Net, box: Interval, seed: Seed = "per_output",
     box = Interval(_shaped(model, box.lower), _shaped(model, box.upper))
     result = sweep(list(chain(model)), box, seed, lowest=min(where))
     scores = []
-    for group, i in zip(found, where, strict=True):
+    for i in where:
         value, adjoint = result.values[i], result.adjoints[i]
         reach = adjoint.magnitude  # (batch, k, ...)
         reach = reach.amax(dim=1) if seed == "per_output" else reach[:, 0]
-        significance = _per_unit(value.width * reach, group)  # (batch, units)
+        significance = _per_unit(value.width * reach, aggregate)  # (batch, units)
         scores.append(significance.mean(dim=0) if batched else significance[0])
     return scores
 
@@ -157,7 +166,8 @@ def _shaped(model: Net, x: Tensor) -> Tensor:
 
 
 def _interval_adjoint_criterion(model: Net, data: ScoreData, inputs: bool) -> list[Tensor]:
-    return interval_adjoint(model, _box(data), data.seed_mode, data.measure, inputs)
+    return interval_adjoint(model, _box(data), data.seed_mode, data.measure, inputs,
+                            data.aggregate)
 
 
 def _no_inputs(name: str, inputs: bool) -> None:

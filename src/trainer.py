@@ -170,9 +170,9 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
         model.train()
         # One permutation per epoch; each batch is one index gather (no per-sample Python work,
         # and cheaper than copying the whole shuffled set at once).
-        perm = torch.randperm(n, generator=generator)
-        loss_sum = torch.zeros(())
-        correct = torch.zeros((), dtype=torch.long)
+        perm = torch.randperm(n, generator=generator).to(x.device)  # the generator is the CPU's
+        loss_sum = torch.zeros((), device=x.device)
+        correct = torch.zeros((), dtype=torch.long, device=x.device)
         for start in range(0, n, config.batch_size):
             for group in optimizer.param_groups:  # set the lr first, as nanoGPT does
                 group["lr"] = learning_rate(step, total_steps, warmup, config)

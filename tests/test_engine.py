@@ -152,3 +152,43 @@ def test_a_cnn_spec_is_pruned_validated_and_deployed(tmp_path, capsys):
     capsys.readouterr()
     assert deploy_main(["predict", "--bundle", str(bundle), str(tmp_path / "digits.npy")]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 4
+
+
+def _base_with_a_dead_neuron(tmp_path: Path) -> Path:
+    """A digits MLP 64-16-8-10, trained briefly, whose first hidden neuron never fires."""
+    data = load_dataset("digits")
+    config = PruneConfig(dataset="digits", hidden=(16, 8), training=Training(epochs=5))
+    base = run(config, tmp_path / "base", retain=schedule(tmp_path, [(16, 8)]), quiet=True,
+               log=quiet).session.checkpoint(0)
+    model, meta = load_model(base)
+    with torch.no_grad():
+        model[0].weight[0] = 0.0
+        model[0].bias[0] = -1.0
+    return save_checkpoint(tmp_path / "dead.pth", model, dataset="digits",
+                           input=data.input_info())
+
+
+def test_a_pruned_model_already_at_its_parents_accuracy_is_not_retrained(tmp_path):
+    """Removing a dead neuron changes nothing: the pruned model keeps its parent's validation
+    accuracy, so no retraining epoch is spent on it."""
+    config = PruneConfig(dataset="digits", base_model=str(_base_with_a_dead_neuron(tmp_path)),
+                         retraining=Retraining(epochs=3))
+    result = run(config, tmp_path / "s", retain=schedule(tmp_path, [(16, 8), (15, 8)]),
+                 quiet=True, log=quiet)
+    base, pruned = result.rows
+    assert pruned["Epochs"] == 0 and pruned["Val_Accuracy"] == base["Val_Accuracy"]
+    assert pruned["Test_Accuracy"] == pruned["NoRetrain_Test_Accuracy"]
+
+
+def test_retraining_that_does_worse_on_validation_keeps_the_pruned_model(tmp_path):
+    """A retraining that wrecks the model (a learning rate of 1) is not kept: the iteration
+    holds the pruned model as it was before retraining."""
+    config = PruneConfig(dataset="digits", base_model=str(_base_with_a_dead_neuron(tmp_path)),
+                         retraining=Retraining(epochs=2, lr=1.0))
+    result = run(config, tmp_path / "s", retain=schedule(tmp_path, [(16, 8), (8, 4)]),
+                 quiet=True, log=quiet)
+    pruned = result.rows[1]
+    history = (result.session.final(1) / "train_results.txt").read_text().splitlines()[1:]
+    assert pruned["Epochs"] == len(history) >= 1
+    assert all(float(line.split()[4]) < pruned["Val_Accuracy"] for line in history)
+    assert pruned["Test_Accuracy"] == pruned["NoRetrain_Test_Accuracy"]

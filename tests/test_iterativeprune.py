@@ -443,7 +443,8 @@ def test_begin_itr_on_a_new_session_says_it_has_no_iteration(tmp_path, retain, c
     """--begin-itr 2 on a new session explains itself (no 'last complete iteration is -1')."""
     err = error_of(capsys, *FAST, "--retain", retain, "--session", tmp_path / "s",
                    "--begin-itr", "2")
-    assert "no complete iteration yet" in err and "-1" not in err
+    message = err.replace(str(tmp_path), "TMP")  # pytest's folder may be named pytest-1xx
+    assert "no complete iteration yet" in message and "-1" not in message
     assert not (tmp_path / "s").exists()
 
 

@@ -1,0 +1,110 @@
+"""Where models run: --device, the channels-last placement of conv nets, inference batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from src import cli
+from src.checkpoint import load_model, save_checkpoint
+from src.config import PruneConfig, Retraining, Training
+from src.device import DeviceError, inference_batch, place, torch_device
+from src.engine import run
+from src.iterativeprune import main
+from src.prune import value_at
+from src.retain import ScheduleRow, write_schedule
+from src.spec import build, cnn3, lenet5, mlp
+
+SMALL_CNN = {"input": [1, 8, 8], "layers": [
+    {"type": "conv2d", "out": 4, "kernel": 3, "padding": 1}, "batchnorm", "relu",
+    {"type": "maxpool2d", "kernel": 2}, {"type": "conv2d", "out": 6, "kernel": 3}, "relu",
+    "flatten", {"type": "linear", "out": 10}]}
+
+
+def no_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def test_cpu_is_the_default_device():
+    """Without --device, everything runs on the CPU."""
+    assert PruneConfig().device == "cpu" and torch_device("cpu") == torch.device("cpu")
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
+    """--device cuda on a machine where torch sees no GPU names the problem and the fix."""
+    no_cuda(monkeypatch)
+    with pytest.raises(DeviceError, match="no usable CUDA GPU.*use --device cpu"):
+        torch_device("cuda")
+
+
+def test_cuda_without_a_gpu_is_one_line_and_writes_nothing(monkeypatch, tmp_path, capsys):
+    """The command line refuses --device cuda before it writes anything (exit code 2)."""
+    no_cuda(monkeypatch)
+    session = tmp_path / "s"
+    code = cli.run(main, ["--dataset", "digits", "--device", "cuda", "--session", str(session),
+                          "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: --device cuda") and "\n" not in err
+    assert not session.exists()
+
+
+def test_an_unknown_device_is_refused_naming_the_choices():
+    with pytest.raises(ValueError, match="cpu, cuda"):
+        PruneConfig(device="tpu")
+
+
+def test_placing_a_conv_net_keeps_its_outputs():
+    """Channels-last is only a layout: the placed model computes the same logits."""
+    model = build(SMALL_CNN, seed=0).eval()
+    x = torch.rand(5, 64)
+    before = model(x)
+    placed = place(model)
+    assert placed is model
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(model(x), before)
+
+
+def test_placing_an_mlp_leaves_its_weights_as_they_are():
+    model = build(mlp([64], 10, (16,)), seed=0)
+    weight = model[0].weight
+    place(model)
+    assert model[0].weight is weight and weight.is_contiguous()
+
+
+def test_checkpoints_of_a_placed_model_hold_contiguous_cpu_tensors(tmp_path):
+    """A checkpoint never depends on where or in which layout the model ran."""
+    model = place(build(SMALL_CNN, seed=0))
+    path = save_checkpoint(tmp_path / "m.pth", model)
+    state = torch.load(path, weights_only=True)["state_dict"]
+    assert all(t.is_contiguous() and t.device.type == "cpu" for t in state.values())
+    loaded, _ = load_model(path)
+    x = torch.rand(3, 64)
+    torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+@pytest.mark.parametrize(("spec", "batch"), [
+    (mlp([1, 28, 28], 10), 1024),  # widest: the 784 inputs
+    (lenet5([1, 28, 28], 10), 64),  # widest: conv1's 20x24x24 maps
+    (cnn3([1, 28, 28], 10), 128),  # widest: 8x28x28 maps
+])
+def test_inference_batches_hold_about_a_million_values_of_the_widest_layer(spec, batch):
+    assert inference_batch(build(spec)) == batch
+
+
+def test_values_in_batches_equal_one_pass_over_all_rows():
+    """value_at computes in inference-sized batches: the same values as one big pass."""
+    model = build(lenet5([1, 28, 28], 10), seed=0).eval()
+    x = torch.rand(150, 784)  # more than one batch of 64
+    whole = torch.nn.Sequential(*list(model)[:4])(x.reshape(150, 1, 28, 28))
+    torch.testing.assert_close(value_at(model, x, 4), whole)
+
+
+def test_a_session_records_its_device(tmp_path):
+    """--device is saved in the session's config.json with every other setting."""
+    config = PruneConfig(dataset="digits", hidden=(8,), training=Training(epochs=1),
+                         retraining=Retraining(epochs=1))
+    retain = tmp_path / "retain.txt"
+    write_schedule([ScheduleRow(0, (8,), 100.0), ScheduleRow(1, (6,), 75.0)], retain)
+    result = run(config, tmp_path / "s", retain=retain, quiet=True, log=lambda line: None)
+    assert [r["Hidden"] for r in result.rows] == ["8", "6"]
+    assert '"device": "cpu"' in (tmp_path / "s" / "config.json").read_text()
