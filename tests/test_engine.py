@@ -192,3 +192,29 @@ def test_retraining_that_does_worse_on_validation_keeps_the_pruned_model(tmp_pat
     assert pruned["Epochs"] == len(history) >= 1
     assert all(float(line.split()[4]) < pruned["Val_Accuracy"] for line in history)
     assert pruned["Test_Accuracy"] == pruned["NoRetrain_Test_Accuracy"]
+
+
+def test_the_cnn3_preset_runs_the_whole_workflow_and_its_bundle_predicts_raw_images(
+        tmp_path, capsys):
+    """--arch cnn3: base training, every conv group pruned per row, results gathered, the
+    recommended model validated and bundled; the bundle predicts raw images (integer pixel
+    values) with the labels the engine's model gives them."""
+    session, bundle = tmp_path / "s", tmp_path / "bundle"
+    retain = schedule(tmp_path, [(2, 4, 8), (2, 3, 6), (1, 2, 4)])
+    assert cli.run(main, ["--dataset", "digits", "--arch", "cnn3", "--epochs", "3",
+                          "--retrain-epochs", "1", "--retain", str(retain), "--session",
+                          str(session), "--quiet"]) == 0
+    results = session / "iterative_pruning" / "prune_w_retrain_results"
+    assert len((results / "validations.txt").read_text().splitlines()) == 1 + 3
+    recommended = session / (results / "recommended.txt").read_text().strip()
+    assert cli.run(validator_main, [str(recommended)]) == 0
+    assert deploy_main(["bundle", "--recommended", str(session), "--out", str(bundle)]) == 0
+    raw = load_digits().images[-12:].astype(np.int64)  # pixel values 0..16, as scanned
+    np.save(tmp_path / "raw.npy", raw)
+    capsys.readouterr()
+    assert deploy_main(["predict", "--bundle", str(bundle), str(tmp_path / "raw.npy")]) == 0
+    printed = [line.split(": ")[1].split()[0] for line in capsys.readouterr().out.splitlines()]
+    model, _ = load_model(recommended)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(raw).float().reshape(12, -1) / 16).argmax(1)
+    assert printed == [str(int(c)) for c in expected]
