@@ -123,8 +123,9 @@ class Scoring:
 
     criterion: Criterion = setting("interval_adjoint", "significance criterion")
     seed_mode: SeedMode = setting("per_output", "interval-adjoint reverse-sweep seeding")
-    measure: Measure = setting("pre", "interval-adjoint: read units before (pre) or after "
-                                      "(post) their activation")
+    measure: Measure | None = setting(None, "interval-adjoint: read units before (pre) or after "
+                                            "(post) their activation [post for networks with "
+                                            "conv layers, pre for MLPs]")
     box: Box = setting("data", "interval-adjoint input box: data (min/max) or samples")
     bias_fold: Fold = setting("linear", "fold removed units into the consumer: linear "
                                         "(least-squares), mean, mid or none")

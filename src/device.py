@@ -1,10 +1,11 @@
 """Where a model runs: the device (`--device cpu|cuda`) and the memory layout fastest there.
 
 IA-Prune never needs a GPU; `cuda` only moves training, evaluation, scoring and the folds onto
-one when torch can use it. A convolutional network is kept in channels-last layout: oneDNN's
-NHWC convolutions and PyTorch's NHWC max-pooling made LeNet-5 training ~1.4x and its
-evaluation ~2.5x faster on the CPU than the default NCHW layout (README, "Convolutional
-networks"). A layout is only how a tensor is stored: every value stays the same.
+one when torch can use it. A convolutional network with wide convs is kept in channels-last
+(NHWC) layout: oneDNN vectorises NHWC convolutions across channels, which made an epoch of the
+dense LeNet-5 ~1.5x faster on the CPU, while pruned ones with fewer than 16 channels per conv
+were as fast or faster in the default NCHW layout (README, "Convolutional networks"). A layout
+is only how a tensor is stored: every value stays the same.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ Device = Literal["cpu", "cuda"]
 # than batch 8192), and an MLP still gets batches of 1024.
 BATCH_VALUES = 1 << 20
 MAX_BATCH = 8192
+CHANNELS_LAST_FROM = 16  # channels of the widest conv from which a net is kept channels-last
 
 
 class DeviceError(UserError):
@@ -43,12 +45,14 @@ def torch_device(name: str) -> torch.device:
 
 
 def place(model: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
-    """`model` itself, moved to `device`, with its 4-D weights channels-last when it has a
-    Conv2d (its values are unchanged)."""
+    """`model` itself, moved to `device`, with its 4-D weights channels-last when a Conv2d has
+    at least CHANNELS_LAST_FROM output channels, else in the default layout (its values are
+    unchanged)."""
     model.to(device)
-    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        model.to(memory_format=torch.channels_last)
-    return model
+    widest = max((m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)),
+                 default=0)
+    layout = torch.channels_last if widest >= CHANNELS_LAST_FROM else torch.contiguous_format
+    return model.to(memory_format=layout)
 
 
 def inference_batch(model: nn.Module) -> int:

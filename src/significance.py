@@ -7,7 +7,8 @@ input box [x] is
     S_j = width([z]_j) · max(|lo([z̄]_j)|, |hi([z̄]_j)|)
 
 with [z] the interval value of the unit (before its activation, or after it with
-measure="post") and [z̄] the interval adjoint ∂y/∂z (src.adjoint); for seed="per_output" it is
+measure="post"; by default after it in a network with conv layers and before it in an MLP,
+see `default_measure`) and [z̄] the interval adjoint ∂y/∂z (src.adjoint); for seed="per_output" it is
 maximised over the outputs y_k, for a conv channel it is aggregated over the channel's positions
 (`CHANNEL_AGGREGATE`), and for a batch of boxes (box="samples") it is averaged over the boxes.
 An input feature is scored the same way with the reverse sweep continued to the input.
@@ -32,8 +33,9 @@ from src.spec import Net
 BoxKind = Literal["data", "samples"]
 Aggregate = Literal["sum", "max"]
 AGGREGATES: tuple[str, ...] = get_args(Aggregate)
-# A conv channel's significance: the sum over its positions (measured against the max on
-# LeNet-5/MNIST without retraining; README, "Convolutional networks").
+# A conv channel's significance: the sum over its positions. Against the max, on LeNet-5/MNIST
+# without retraining (3 seeds, 6 rows), the two tied (README, "Convolutional networks"); the sum
+# counts every position a channel can pass on, not the one where it is widest.
 CHANNEL_AGGREGATE: Aggregate = "sum"
 SUBSET = 10_000  # taylor/apoz look at up to this many training samples, drawn with the seed
 
@@ -46,7 +48,7 @@ class ScoreData:
     y: Tensor  # (n,) int64 labels
     seed: int = 0  # for `random` and for choosing samples
     seed_mode: Seed = "per_output"  # interval_adjoint reverse-sweep seeding
-    measure: Measure = "pre"  # interval_adjoint: neuron read before or after its activation
+    measure: Measure | None = None  # interval_adjoint: before/after the activation (None: auto)
     box: BoxKind | Interval = "data"  # input box for interval_adjoint
     aggregate: Aggregate = CHANNEL_AGGREGATE  # interval_adjoint: a channel's positions sum/max
     eps: float = 0.05  # half-width of sample boxes (box="samples")
@@ -61,7 +63,7 @@ class ScoreData:
             raise ValueError("ScoreData needs at least one sample")
         if self.seed_mode not in SEEDS:
             raise ValueError(f"unknown seed_mode {self.seed_mode!r}; choose from {list(SEEDS)}")
-        if self.measure not in MEASURES:
+        if self.measure is not None and self.measure not in MEASURES:
             raise ValueError(f"unknown measure {self.measure!r}; choose from {list(MEASURES)}")
         if self.aggregate not in AGGREGATES:
             raise ValueError(f"unknown aggregate {self.aggregate!r}; choose from "
@@ -132,8 +134,21 @@ def _value_index(group: Group, measure: Measure) -> int:
     return group.output
 
 
+def default_measure(model: Net) -> Measure:
+    """Where units are read when no measure is given: after their activation in a network with
+    conv layers, before it in an MLP.
+
+    On LeNet-5/MNIST without retraining (3 seeds, first 6 rows), reading after the activation
+    kept 96.5 % mean test accuracy against 94.1 % before it, with a fifth of the spread over
+    seeds (std 0.8 against 4.3 points). After a ReLU the width counts only the part of a unit's range that it passes on
+    (over the data box, 55-58 % of LeNet-5's pre-activation widths lie below zero). On the MLP
+    the two tied (96.85 vs 96.88 %), and it keeps the reading its results were measured with
+    (README, "Convolutional networks")."""
+    return "post" if any(isinstance(m, nn.Conv2d) for m in model) else "pre"
+
+
 def interval_adjoint(model: Net, box: Interval, seed: Seed = "per_output",
-                     measure: Measure = "pre", inputs: bool = False,
+                     measure: Measure | None = None, inputs: bool = False,
                      aggregate: Aggregate = CHANNEL_AGGREGATE) -> list[Tensor]:
     """S = width([z]) · max(|lo [z̄]|, |hi [z̄]|) per unit of every group, max over outputs for
     "per_output", summed (or maximised) over a conv channel's positions, mean over boxes for a
@@ -144,6 +159,7 @@ def interval_adjoint(model: Net, box: Interval, seed: Seed = "per_output",
     found = groups(model, inputs)
     if not found:
         return []
+    measure = measure or default_measure(model)
     where = [_value_index(g, measure) for g in found]
     batched = box.lower.ndim == 2
     if not batched:

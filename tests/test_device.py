@@ -53,15 +53,31 @@ def test_an_unknown_device_is_refused_naming_the_choices():
         PruneConfig(device="tpu")
 
 
-def test_placing_a_conv_net_keeps_its_outputs():
+WIDE_CNN = {"input": [1, 8, 8], "layers": [
+    {"type": "conv2d", "out": 16, "kernel": 3}, "relu", {"type": "conv2d", "out": 16, "kernel": 3},
+    "relu", {"type": "maxpool2d", "kernel": 2}, "flatten", {"type": "linear", "out": 10}]}
+
+
+def test_a_conv_net_with_wide_convs_is_placed_channels_last_with_the_same_outputs():
     """Channels-last is only a layout: the placed model computes the same logits."""
-    model = build(SMALL_CNN, seed=0).eval()
+    model = build(WIDE_CNN, seed=0).eval()
     x = torch.rand(5, 64)
     before = model(x)
-    placed = place(model)
-    assert placed is model
-    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert place(model) is model
+    assert model[2].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not model[2].weight.is_contiguous()
     torch.testing.assert_close(model(x), before)
+
+
+def test_a_conv_net_with_narrow_convs_keeps_the_default_layout():
+    """Below 16 channels per conv NCHW is as fast: a narrow (e.g. pruned) net is placed back
+    into the default layout."""
+    model = place(build(WIDE_CNN, seed=0))
+    narrow = place(build(SMALL_CNN, seed=0))
+    assert narrow[0].weight.is_contiguous() and narrow[4].weight.is_contiguous()
+    for conv in (model[0], model[2]):
+        conv.out_channels = 15  # as if pruned to 15 channels (only the counts matter here)
+    assert place(model)[2].weight.is_contiguous()
 
 
 def test_placing_an_mlp_leaves_its_weights_as_they_are():
@@ -73,7 +89,7 @@ def test_placing_an_mlp_leaves_its_weights_as_they_are():
 
 def test_checkpoints_of_a_placed_model_hold_contiguous_cpu_tensors(tmp_path):
     """A checkpoint never depends on where or in which layout the model ran."""
-    model = place(build(SMALL_CNN, seed=0))
+    model = place(build(WIDE_CNN, seed=0))
     path = save_checkpoint(tmp_path / "m.pth", model)
     state = torch.load(path, weights_only=True)["state_dict"]
     assert all(t.is_contiguous() and t.device.type == "cpu" for t in state.values())
