@@ -283,6 +283,14 @@ class DeployedNet(nn.Sequential):
         return x
 
     @property
+    def inference_batch(self) -> int:
+        """The engine's evaluation batch (src.device.inference_batch): the largest power of two
+        whose widest layer holds at most 2**20 values, at most 8192."""
+        widest = max(math.prod(shape) for shape in self.layer_shapes)
+        fits = max(1, (1 << 20) // widest)
+        return min(8192, 1 << (fits.bit_length() - 1))
+
+    @property
     def n_inputs(self) -> int:
         """Values per sample a caller passes in (the whole input, also after input pruning)."""
         return math.prod(self.input_shape)

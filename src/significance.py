@@ -140,10 +140,10 @@ def default_measure(model: Net) -> Measure:
 
     On LeNet-5/MNIST without retraining (3 seeds, first 6 rows), reading after the activation
     kept 96.5 % mean test accuracy against 94.1 % before it, with a fifth of the spread over
-    seeds (std 0.8 against 4.3 points). After a ReLU the width counts only the part of a unit's range that it passes on
-    (over the data box, 55-58 % of LeNet-5's pre-activation widths lie below zero). On the MLP
-    the two tied (96.85 vs 96.88 %), and it keeps the reading its results were measured with
-    (README, "Convolutional networks")."""
+    seeds (std 0.8 against 4.3 points). After a ReLU the width counts only the part of a unit's
+    range that it passes on (over the data box, 55-58 % of LeNet-5's pre-activation widths lie
+    below zero). On the MLP the two tied (96.85 vs 96.88 %), and it keeps the reading its
+    results were measured with (README, "Convolutional networks")."""
     return "post" if any(isinstance(m, nn.Conv2d) for m in model) else "pre"
 
 

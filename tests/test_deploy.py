@@ -32,6 +32,7 @@ from src import spec as src_spec
 from src.checkpoint import load_model, save_checkpoint
 from src.concatenate import concatenate, write_validation_results
 from src.data import load_dataset
+from src.device import inference_batch
 from src.model import layer_table, mlp_net
 from src.validator import evaluate_split
 
@@ -831,6 +832,7 @@ def test_deploy_twin_builds_what_src_builds(name):
     assert torch.equal(twin(x.reshape(5, -1)), net(x.reshape(5, -1)))
     with torch.inference_mode():  # the inference path (max pools by slices) of both
         assert torch.equal(twin(x), net(x))
+    assert twin.inference_batch == inference_batch(net)  # verify evaluates as the engine does
 
 
 def test_deploy_knows_the_layer_types_and_defaults_of_src():
