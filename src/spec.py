@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from src.errors import UserError
+
 Layer = dict[str, Any]
 REQUIRED = object()  # marks a field without a default
 # type -> {field: default}; every field is an int except bias (bool), p (float), indices (list)
@@ -46,7 +48,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoi
 ELEMENTWISE = ("relu", "sigmoid", "tanh", "dropout", "batchnorm")
 
 
-class SpecError(ValueError):
+class SpecError(UserError):
     """An architecture spec (or a model to read one from) that IA-Prune cannot build or use."""
 
 
