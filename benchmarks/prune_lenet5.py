@@ -102,16 +102,19 @@ def main() -> None:
     chosen = concatenation.recommended
     dense_macs = rows[0]["MACs"]
     classes = [predicted_classes(results.session.checkpoint(i), data) for i in range(len(rows))]
+    run_now = {r["iteration"]: r for r in results.rows}  # epochs and seconds of this run
     table_rows = []
     for i, r in enumerate(rows):
         mark = " ★" if i == chosen else ""
+        spent = run_now.get(i, {})
         table_rows.append([f"{i}{mark}", r["Hidden"], f"{r['PercentageRetain']:.2f}",
                            f"{r['Params']:,}", f"{r['MACs']:,}",
                            f"{dense_macs / r['MACs']:.1f}x", f"{r['NoRetrain_Test_Accuracy']:.2f}",
-                           f"{r['Test_Accuracy']:.2f}", f"{r['Val_Accuracy']:.2f}", classes[i]])
+                           f"{r['Test_Accuracy']:.2f}", f"{r['Val_Accuracy']:.2f}", classes[i],
+                           spent.get("Epochs", ""), f"{spent['Seconds']:.1f}" if spent else ""])
     table = markdown_table(["itr", "units", "% units", "params", "MACs", "fewer MACs",
-                            "no-retrain test %", "test %", "val %", "classes predicted"],
-                           table_rows)
+                            "no-retrain test %", "test %", "val %", "classes predicted",
+                            "epochs", "s"], table_rows)
 
     torch.set_num_threads(BenchConfig.threads)
     dense = deploy.load(results.session.checkpoint(0))

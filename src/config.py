@@ -25,7 +25,7 @@ from src.data import DEFAULT_VAL_SIZE, INPUT_SHAPE, dataset_sizes
 from src.device import Device
 from src.errors import UserError
 from src.spec import resolve_arch
-from src.trainer import TrainConfig
+from src.trainer import Precision, Schedule, TrainConfig
 
 Dataset = Literal["mnist", "fashion-mnist", "digits"]
 Activation = Literal["relu", "sigmoid", "tanh"]
@@ -80,14 +80,22 @@ def _literal(hint: Any) -> tuple[str, ...]:
 class Training:
     """Training of the base model (iteration 0)."""
 
-    epochs: int | None = setting(None, "safety cap on base-training epochs; training stops "
-                                       "earlier on a validation plateau [dataset default]")
-    patience: int = setting(5, "epochs without a better validation accuracy before stopping")
+    epochs: int | None = setting(None, "epoch cap of base training, a safety limit: training "
+                                       "stops when the validation accuracy plateaus [100]")
+    patience: int = setting(TrainConfig.patience, "base training stops after this many epochs "
+                                                  "without a better validation accuracy")
     lr: float = setting(3e-3, "peak AdamW learning rate")
     batch_size: int | None = setting(None, "mini-batch size [256; 32 for digits]")
     shift: int | None = setting(None, "random image shifts of up to this many pixels "
                                       "[1; 0 for digits]")
     label_smoothing: float = setting(0.1, "cross-entropy label smoothing")
+    # How the lr moves and how the products are computed, in base training and retraining alike.
+    lr_schedule: Schedule = setting("plateau", "learning rate: plateau (halved whenever the "
+                                               "validation accuracy stalls), cosine (over the "
+                                               "epoch cap) or constant", flag="lr-schedule")
+    precision: Precision = setting("auto", "matrix products of the training steps: bf16, fp32, "
+                                           "or auto (bf16 where the CPU has bf16 instructions); "
+                                           "evaluation is always fp32", flag="precision")
 
     def __post_init__(self):
         _check_choices(self)
@@ -99,9 +107,10 @@ class Training:
 class Retraining:
     """Retraining after each prune step."""
 
-    epochs: int = setting(8, "safety cap on retraining epochs per iteration (0 = prune "
-                             "without retraining)")
-    patience: int = setting(2, "retraining: epochs without improvement before stopping")
+    epochs: int = setting(50, "epoch cap of retraining per iteration, a safety limit (0 = "
+                              "prune without retraining)")
+    patience: int = setting(3, "retraining stops after this many epochs without a better "
+                               "validation accuracy")
     lr: float | None = setting(None, "retraining: peak learning rate [0.007; 0.000875 for conv "
                                      "nets; 0.005 for digits]")
     batch_size: int | None = setting(None, "retraining: mini-batch size [512; 64 for conv nets; "
@@ -215,10 +224,12 @@ class PruneConfig:
             t = self.training
             return TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                                patience=t.patience, seed=seed, shift=t.shift,
+                               schedule=t.lr_schedule, precision=t.precision,
                                label_smoothing=t.label_smoothing)
-        r = self.retraining
+        r, t = self.retraining, self.training
         return TrainConfig(epochs=r.epochs, batch_size=r.batch_size, lr=r.lr,
                            patience=r.patience, seed=seed, shift=r.shift,
+                           schedule=t.lr_schedule, precision=t.precision, decay_patience=1,
                            label_smoothing=r.label_smoothing, warmup_epochs=0.0,
                            temperature=r.temperature,
                            distill=r.distill if r.teacher != "none" else 0.0)
@@ -254,9 +265,9 @@ class PruneConfig:
 # Retraining takes batches of 512 at a peak lr of 7e-3: the pruned models are small, so each step
 # is mostly fixed overhead, and halving the steps cut the run by ~15 % at equal accuracy (seeds
 # 0, 1, 2; README, "What we chose").
-GENERAL_DEFAULTS = {"training": {"epochs": 15, "batch_size": 256, "shift": 1},
+GENERAL_DEFAULTS = {"training": {"epochs": TrainConfig.epochs, "batch_size": 256, "shift": 1},
                     "retraining": {"batch_size": 512, "lr": 7e-3, "shift": 1}}
-DATASET_DEFAULTS = {"digits": {"training": {"epochs": 40, "batch_size": 32, "shift": 0},
+DATASET_DEFAULTS = {"digits": {"training": {"batch_size": 32, "shift": 0},
                                "retraining": {"batch_size": 32, "lr": 5e-3, "shift": 0}}}
 
 
@@ -286,7 +297,8 @@ PREFIXES = {"training": "", "retraining": "retrain-", "scoring": ""}
 IGNORED_KEYS = {"version", "mlflow_run_id"}  # bookkeeping kept in config.json beside settings
 # Settings added after the first release, with the value that sessions written before them ran
 # with: a resumed old session keeps behaving as it did.
-LEGACY = {"label_smoothing": 0.1, "retrain_label_smoothing": 0.1, "measure": "pre"}
+LEGACY = {"label_smoothing": 0.1, "retrain_label_smoothing": 0.1, "measure": "pre",
+          "lr_schedule": "cosine", "precision": "fp32"}
 
 
 def flag_name(f: Field, prefix: str = "") -> str:
@@ -409,6 +421,12 @@ def flat(config: PruneConfig) -> dict[str, Any]:
     """{flag key: value} of every setting (e.g. for trackers' flat parameter lists)."""
     values = {f.key: value_of(config, f.flag) for f in all_flags()}
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def from_flat(values: dict[str, Any]) -> PruneConfig:
+    """A config from {flat key: value} (the keys of `flat`); unset settings take defaults."""
+    return apply(None, {"--" + key.replace("_", "-"): tuple(v) if isinstance(v, list) else v
+                        for key, v in values.items()})
 
 
 def dumps(config: PruneConfig, **extra: Any) -> str:

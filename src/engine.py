@@ -39,7 +39,7 @@ from src.session import Session, SessionError, check_session_folder, holds_resul
 from src.significance import ScoreData, data_box, score
 from src.spec import Net, build, describe, resolve_arch, spec_of
 from src.tracking import NullTracker, Tracker
-from src.trainer import train
+from src.trainer import kept_metrics, train
 from src.validator import Metrics, evaluate, evaluate_split
 
 DEFAULT_RETAIN = Path("retain/retain.txt")
@@ -198,7 +198,8 @@ class IterativePruning:
             result = train(model, self.data, c.train_config(0), quiet=self.quiet,
                            log_path=folder / "train_results.txt", desc="base model")
             epochs = result.epochs_run
-        metrics = evaluate(model, self.data)
+        metrics = evaluate(model, self.data) if c.base_model else kept_metrics(model, self.data,
+                                                                                result)
         row = self.write_iteration(0, model, metrics, metrics.test_accuracy, epochs,
                                    time.perf_counter() - started)
         self._base = model
@@ -235,7 +236,9 @@ class IterativePruning:
                        desc=f"retrain {hidden_label(row.neurons)}", stop_at_accuracy=parent_val)
         if result.best is not None and result.best.val_accuracy < pruned_val:
             model.load_state_dict(pruned_state)
-        metrics = evaluate(model, self.data)
+            metrics = evaluate(model, self.data)
+        else:
+            metrics = kept_metrics(model, self.data, result)
         return self.write_iteration(i, model, metrics, no_retrain, result.epochs_run,
                                     time.perf_counter() - started)
 

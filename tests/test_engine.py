@@ -185,7 +185,7 @@ def test_retraining_that_does_worse_on_validation_keeps_the_pruned_model(tmp_pat
     holds the pruned model as it was before retraining."""
     config = PruneConfig(dataset="digits", base_model=str(_base_with_a_dead_neuron(tmp_path)),
                          retraining=Retraining(epochs=2, lr=1.0))
-    result = run(config, tmp_path / "s", retain=schedule(tmp_path, [(16, 8), (8, 4)]),
+    result = run(config, tmp_path / "s", retain=schedule(tmp_path, [(16, 8), (3, 2)]),
                  quiet=True, log=quiet)
     pruned = result.rows[1]
     history = (result.session.final(1) / "train_results.txt").read_text().splitlines()[1:]

@@ -7,8 +7,17 @@ import torch
 
 from src.errors import UserError
 from src.model import mlp_net
-from src.trainer import TRAIN_COLUMNS, TrainConfig, learning_rate, train
-from src.validator import evaluate_split
+from src.trainer import (
+    TRAIN_COLUMNS,
+    EpochRecord,
+    TrainConfig,
+    better,
+    kept_metrics,
+    learning_rate,
+    train,
+    uses_bf16,
+)
+from src.validator import evaluate, evaluate_split
 
 
 def test_training_learns_a_separable_problem(blobs):
@@ -18,23 +27,133 @@ def test_training_learns_a_separable_problem(blobs):
     assert result.best.val_accuracy > 95.0
 
 
-def test_model_holds_best_validation_loss_epoch(blobs):
-    """After training, the model's weights are those of the lowest-validation-loss epoch."""
+def test_model_holds_best_validation_accuracy_epoch(blobs):
+    """After training, the model's weights are those of the highest-validation-accuracy epoch
+    (ties to the lower validation loss)."""
     model = mlp_net([12, 16, 3], seed=0)
     result = train(model, blobs, TrainConfig(epochs=8, batch_size=32, lr=5e-2), quiet=True)
-    best = min(result.history, key=lambda r: r.val_loss)
+    best = max(result.history, key=lambda r: (r.val_accuracy, -r.val_loss))
     assert result.best == best
-    val_loss, _ = evaluate_split(model, blobs.val)
-    assert val_loss == pytest.approx(best.val_loss, rel=1e-5)
+    val_loss, val_acc = evaluate_split(model, blobs.val)
+    assert (val_loss, val_acc) == pytest.approx((best.val_loss, best.val_accuracy), rel=1e-5)
+
+
+def test_better_ranks_accuracy_before_loss():
+    """An epoch beats the best one by a higher validation accuracy whatever its loss; at equal
+    accuracy, by a lower loss."""
+    def record(epoch, loss, acc):
+        return EpochRecord(epoch, 0.0, 0.0, loss, acc, 0.0, 0.0, 0.0)
+
+    best = record(1, 0.30, 98.0)
+    assert better(record(2, 0.40, 98.1), best)  # higher accuracy wins despite a higher loss
+    assert not better(record(2, 0.10, 97.9), best)  # a lower loss alone does not
+    assert better(record(2, 0.20, 98.0), best) and not better(record(2, 0.30, 98.0), best)
+    assert better(record(1, 9.9, 0.0), None)
+
+
+def scripted_validation(monkeypatch, data, curve: list[tuple[float, float]]) -> list:
+    """Make train() see `curve[e]` as (val loss, val accuracy) at epoch e + 1; returns the list
+    that collects the first layer's weights at each epoch's evaluation."""
+    weights = []
+
+    def evaluate(model, split):
+        if split is not data.val:  # the test split: reported, never used to choose
+            return 1.0, 0.0
+        weights.append(model[0].weight.detach().clone())
+        return curve[len(weights) - 1]
+
+    monkeypatch.setattr("src.trainer.evaluate_split", evaluate)
+    return weights
+
+
+def test_stops_on_a_plateau_and_keeps_the_best_accuracy_epoch(blobs, monkeypatch):
+    """With a cap of 1000 epochs, training stops `patience` epochs after its last progress and
+    leaves the model with the weights of the best-accuracy epoch: epoch 4, tied with epoch 3 at
+    lower loss - not epoch 2, where the loss bottoms out (the old rule's choice)."""
+    curve = [(1.00, 50.0), (0.40, 70.0), (0.60, 80.0), (0.55, 80.0), (0.70, 79.0),
+             (0.80, 80.0), (0.90, 78.0), (0.95, 79.0), (0.99, 79.5)]
+    weights = scripted_validation(monkeypatch, blobs, curve)
+    model = mlp_net([12, 16, 3], seed=0)
+    result = train(model, blobs, TrainConfig(epochs=1000, batch_size=100, patience=4),
+                   quiet=True)
+    assert result.epochs_run == 7  # epochs 4..7 made no progress over epoch 3's 80 %
+    assert result.best.epoch == 4 and result.best.val_loss == 0.55
+    assert min(result.history, key=lambda r: r.val_loss).epoch == 2
+    assert torch.equal(model[0].weight, weights[3])
+    assert not torch.equal(weights[3], weights[-1])
+
+
+def test_noise_level_gains_do_not_extend_training_but_never_stop_on_a_best(blobs, monkeypatch):
+    """Gains below min_delta (here one sample in 5,000) are not progress, so patience runs out
+    at epoch 4; epoch 4 is a new best, though, so training stops one epoch later and keeps it."""
+    curve = [(0.5, 90.00), (0.5, 90.02), (0.5, 90.00), (0.5, 90.04), (0.5, 90.00),
+             (0.5, 90.06), (0.5, 90.08)]
+    scripted_validation(monkeypatch, blobs, curve)
+    model = mlp_net([12, 16, 3], seed=0)
+    result = train(model, blobs, TrainConfig(epochs=1000, batch_size=100, patience=3,
+                                             min_delta=0.05), quiet=True)
+    assert result.epochs_run == 5
+    assert result.best.epoch == 4
+
+
+def test_training_converges_and_stops_before_its_cap(blobs):
+    """On a real problem the plateau rule ends training by itself, far below a large cap, with
+    the kept epoch before the last one."""
+    model = mlp_net([12, 16, 3], seed=0)
+    result = train(model, blobs, TrainConfig(epochs=500, batch_size=50, lr=1e-2, patience=3),
+                   quiet=True)
+    assert result.epochs_run < 100
+    assert result.best.epoch < result.epochs_run
+    assert result.best.val_accuracy > 95.0
 
 
 def test_early_stopping_respects_patience(blobs):
-    """Training stops `patience` epochs after the last improvement of validation loss."""
+    """Training stops `patience` epochs after the last better validation epoch."""
     model = mlp_net([12, 16, 3], seed=0)
     result = train(model, blobs, TrainConfig(epochs=200, batch_size=400, lr=0.5, patience=2,
                                              schedule="constant", warmup_epochs=0), quiet=True)
     assert result.epochs_run < 200
     assert result.epochs_run - result.best.epoch == 2
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_both_precisions_learn_and_report_fp32_metrics(blobs, precision):
+    """bf16 training learns as fp32 does, and the kept epoch's metrics are fp32 evaluations of
+    the fp32 weights it leaves (what the validator recomputes)."""
+    model = mlp_net([12, 16, 3], seed=0)
+    result = train(model, blobs, TrainConfig(batch_size=32, lr=1e-2, precision=precision),
+                   quiet=True)
+    assert result.best.val_accuracy > 95.0
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    val_loss, val_acc = evaluate_split(model, blobs.val)
+    assert (val_loss, val_acc) == (result.best.val_loss, result.best.val_accuracy)
+
+
+def test_kept_metrics_equal_a_full_evaluation(blobs):
+    """The metrics reused from the kept epoch are exactly what evaluating the model gives."""
+    model = mlp_net([12, 16, 3], seed=0)
+    result = train(model, blobs, TrainConfig(epochs=6, batch_size=32, lr=5e-2), quiet=True)
+    assert kept_metrics(model, blobs, result) == evaluate(model, blobs)
+    untrained = mlp_net([12, 16, 3], seed=0)
+    nothing = train(untrained, blobs, TrainConfig(epochs=0), quiet=True)
+    assert kept_metrics(untrained, blobs, nothing) == evaluate(untrained, blobs)
+
+
+def test_bf16_changes_the_products_and_auto_follows_the_cpu(blobs, monkeypatch):
+    """precision=bf16 really trains in bfloat16 (other weights than fp32 from the same seed);
+    auto means bf16 exactly where the CPU has bf16 instructions."""
+    weights = {}
+    for precision in ("fp32", "bf16"):
+        model = mlp_net([12, 16, 3], seed=0)
+        train(model, blobs, TrainConfig(epochs=1, batch_size=32, precision=precision),
+              quiet=True)
+        weights[precision] = model[0].weight.detach()
+    assert not torch.equal(weights["fp32"], weights["bf16"])
+    assert uses_bf16(TrainConfig(precision="bf16"))
+    assert not uses_bf16(TrainConfig(precision="fp32"))
+    for native in (True, False):
+        monkeypatch.setattr("src.trainer.native_bf16", lambda native=native: native)
+        assert uses_bf16(TrainConfig(precision="auto")) is native
 
 
 def test_same_seed_gives_identical_runs(blobs):
@@ -78,9 +197,19 @@ def test_distillation_from_teacher_trains(blobs):
     assert result.best.val_accuracy > 90.0
 
 
+def test_plateau_schedule_decays_at_each_stall_whatever_the_cap():
+    """The plateau schedule warms up, then gives the peak lr times lr_decay per stall so far;
+    the epoch cap (`total`) does not enter it."""
+    config = TrainConfig(lr=1.0, lr_decay=0.5)
+    assert learning_rate(0, 1000, 10, config) == pytest.approx(0.1)
+    for total in (100, 10_000):
+        assert learning_rate(50, total, 10, config) == 1.0
+        assert learning_rate(50, total, 10, config, decays=3) == 0.125
+
+
 def test_cosine_schedule_warms_up_then_decays():
-    """The learning rate rises linearly during warm-up, peaks, then decays towards 0."""
-    config = TrainConfig(lr=1.0)
+    """The cosine schedule rises linearly during warm-up, peaks, then decays towards 0."""
+    config = TrainConfig(lr=1.0, schedule="cosine")
     rates = [learning_rate(s, 100, 10, config) for s in range(100)]
     assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(rates[9:], rates[10:], strict=False))
@@ -88,7 +217,9 @@ def test_cosine_schedule_warms_up_then_decays():
 
 
 @pytest.mark.parametrize("bad", [dict(epochs=-1), dict(lr=0.0), dict(batch_size=0),
-                                 dict(patience=0), dict(schedule="step"), dict(distill=2.0)])
+                                 dict(patience=0), dict(schedule="step"), dict(distill=2.0),
+                                 dict(lr_decay=0.0), dict(lr_decay=1.5), dict(decay_patience=0),
+                                 dict(precision="fp16"), dict(min_delta=-0.1)])
 def test_bad_settings_are_rejected(bad):
     """Invalid training settings raise ValueError at construction."""
     with pytest.raises(ValueError):

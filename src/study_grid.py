@@ -1,0 +1,346 @@
+"""The grid of a study: its variants, settings, tracks (curve x mode) and cells, each cell one
+engine session folder under the study's cache; and the checks that a cached session belongs to it.
+
+Pure data and file reads: nothing is trained here (src.study runs the cells).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from src.concatenate import read_validation_results
+from src.config import PruneConfig, flat, from_flat
+from src.data import DATASETS
+from src.errors import UserError
+from src.model import hidden_label
+from src.retain import ScheduleRow, geometric_schedule, read_schedule, write_schedule
+from src.session import Session
+
+ROOT = Path(__file__).resolve().parents[1]
+CURVES = ("no-retrain", "retrain")
+MODES = ("iterative", "one-shot")
+CURVE_COLUMN = {"no-retrain": "NoRetrain_Test_Accuracy", "retrain": "Test_Accuracy"}
+RETRAIN_LAST_ROW = 14  # 11-3 hidden neurons on the default 256-64 q=0.8 schedule
+DEFAULT_RETAIN = ROOT / "retain" / "retain.txt"
+VARIANT_SETTINGS = ("criterion", "seed_mode", "box", "bias_fold", "measure")
+# Cache folder of each (curve, mode) track: the names benchmarks/criteria.py used, so its cache
+# of finished sessions stays valid.
+TRACK_FOLDERS = {("no-retrain", "iterative"): "no-retrain", ("retrain", "iterative"): "retrain",
+                 ("no-retrain", "one-shot"): "oneshot-no-retrain",
+                 ("retrain", "one-shot"): "oneshot"}
+# Settings a cached base session must share with the study (nothing else affects iteration 0).
+BASE_FIELDS = ("dataset", "hidden", "activation", "epochs", "patience", "lr", "batch_size",
+               "shift", "label_smoothing", "seed", "val_size")
+# Settings never compared with a cached session: the base model's path may move with the repo.
+UNCOMPARED = ("base_model", "max_accuracy_drop")
+# Settings that only act while retraining: not compared for a no-retrain cell (retrain_epochs 0).
+RETRAIN_ONLY = ("retrain_patience", "retrain_lr", "retrain_shift", "retrain_label_smoothing",
+                "retrain_batch_size", "distill", "teacher", "temperature")
+
+
+class StudyError(UserError):
+    """A study that cannot run as asked: a bad grid, a cache of other settings."""
+
+
+# ----------------------------------------------------------------------------------- variants
+@dataclass(frozen=True)
+class Variant:
+    """One pruning setting compared in a study: a criterion and its engine options."""
+
+    name: str  # the column name in the tables
+    criterion: str  # a name in src.significance.CRITERIA
+    seed_mode: str = "per_output"  # interval-adjoint seeding (baselines: unused)
+    box: str = "data"  # interval-adjoint input box (baselines: unused)
+    bias_fold: str = "linear"  # how removed neurons are folded into the next layer
+    measure: str = "pre"  # interval-adjoint: neurons read before or after the activation
+
+    @property
+    def settings(self) -> dict[str, str]:
+        """The engine settings this variant fixes."""
+        return {k: getattr(self, k) for k in VARIANT_SETTINGS}
+
+    @property
+    def key(self) -> str:
+        """Cache folder name: the settings that matter (so a renamed variant keeps its cache)."""
+        if self.criterion == "interval_adjoint":
+            post = "-post" if self.measure == "post" else ""
+            return f"interval_adjoint-{self.seed_mode}-{self.box}{post}-fold_{self.bias_fold}"
+        return f"{self.criterion}-fold_{self.bias_fold}"
+
+    def describe(self) -> str:
+        """One line for the tables' legend."""
+        if self.criterion == "interval_adjoint":
+            return (f"interval_adjoint, {self.seed_mode} seeding, {self.box} box, "
+                    f"{self.measure}-activation, bias fold {self.bias_fold}")
+        return f"{self.criterion}, bias fold {self.bias_fold}"
+
+
+def registry() -> dict[str, Variant]:
+    """The named variants; baselines use the engine's default bias fold."""
+    engine = flat(PruneConfig())
+    ia = [Variant("ia-per_output", "interval_adjoint", "per_output", "data", "linear"),
+          Variant("ia-per_output-meanfold", "interval_adjoint", "per_output", "data", "mean"),
+          Variant("ia-per_output-nofold", "interval_adjoint", "per_output", "data", "none"),
+          Variant("ia-sum", "interval_adjoint", "sum", "data", "linear"),
+          Variant("ia-sum-nofold", "interval_adjoint", "sum", "data", "none"),
+          Variant("ia-per_output-samples", "interval_adjoint", "per_output", "samples", "linear"),
+          Variant("ia-per_output-post", "interval_adjoint", "per_output", "data", "linear",
+                  "post")]
+    baselines = [Variant(name, name, engine["seed_mode"], engine["box"], engine["bias_fold"],
+                         engine["measure"])
+                 for name in ("magnitude", "taylor", "apoz", "fpgm", "random")]
+    return {v.name: v for v in ia + baselines}
+
+
+def default_variant(known: dict[str, Variant]) -> Variant:
+    """The variant with the engine's default settings (a new one if none has them)."""
+    engine = flat(PruneConfig())
+    wanted = {k: engine[k] for k in VARIANT_SETTINGS}
+    return next((v for v in known.values() if v.settings == wanted),
+                Variant("engine-default", **wanted))
+
+
+def parse_variant(name: str, known: dict[str, Variant]) -> Variant:
+    """A registry name, 'default', or `criterion/seed_mode/box/bias_fold[/measure]` (checked)."""
+    if name == "default":
+        return default_variant(known)
+    if name in known:
+        return known[name]
+    parts = name.split("/")
+    if len(parts) not in (4, 5):
+        raise StudyError(f"unknown variant {name!r}; choose from default, {', '.join(known)} or "
+                         "write criterion/seed_mode/box/bias_fold[/measure] (e.g. "
+                         "interval_adjoint/sum/data/mid or magnitude/per_output/data/none)")
+    variant = Variant(name, *parts)
+    from_flat(variant.settings)  # names an unknown criterion, seeding, box, fold or measure
+    return variant
+
+
+# ----------------------------------------------------------------------------------- the grid
+@dataclass(frozen=True)
+class StudyConfig:
+    """The grid of a study (saved to OUT/<name>.json); the command line maps onto it."""
+
+    dataset: str = "mnist"  # mnist, fashion-mnist or digits
+    hidden: tuple[int, ...] = (256, 64)  # hidden sizes of the base models
+    retain: str | None = None  # schedule file (None: retain/retain.txt if it fits, else q=0.8)
+    seeds: tuple[int, ...] = (0, 1, 2)  # one base model per seed
+    variants: tuple[str, ...] = ()  # variant names (empty: all); the default is always included
+    curves: tuple[str, ...] = CURVES  # no-retrain and/or retrain
+    modes: tuple[str, ...] = ("iterative",)  # iterative and/or one-shot
+    default_only: tuple[str, ...] = ()  # curves or modes on which only the default variant runs
+    rows: int | None = None  # last schedule row of every curve (None: all; retrain: <= 14)
+    epochs: int | None = None  # max epochs of base training (None: engine default)
+    retrain_epochs: int | None = None  # max retraining epochs, retrain curve (None: default)
+    name: str = "study"  # file-name prefix of the tables and plots
+
+    def __post_init__(self):
+        for name in ("hidden", "seeds", "variants", "curves", "modes", "default_only"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.dataset not in DATASETS:
+            raise StudyError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise StudyError(f"--seeds needs one or more distinct seeds, got {list(self.seeds)}")
+        for what, given, allowed in (("curves", self.curves, CURVES), ("modes", self.modes, MODES),
+                                     ("default-only", self.default_only, CURVES + MODES)):
+            unknown = [g for g in given if g not in allowed]
+            if unknown or (not given and what != "default-only"):
+                raise StudyError(f"--{what}: unknown or missing {unknown or 'value'}; choose from "
+                                 f"{', '.join(allowed)}")
+        if self.rows is not None and self.rows < 1:
+            raise StudyError(f"--rows must be >= 1 (row 0 is the unpruned base), got {self.rows}")
+        if self.retrain_epochs is not None and self.retrain_epochs < 1:
+            raise StudyError("--retrain-epochs must be >= 1 (the no-retrain curve uses 0)")
+        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise StudyError(f"--name must be letters, digits, - and _, got {self.name!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+                for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any], source: str) -> StudyConfig:
+        """Rebuild from OUT/<name>.json; an unknown key is an error naming the file."""
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise StudyError(f"{source}: unknown settings {sorted(unknown)}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Track:
+    """One (curve, mode) of a study: the variants it runs and how many schedule rows."""
+
+    curve: str
+    mode: str
+    rows: int  # schedule rows 0..rows-1
+    variants: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One engine session of a study: a seed's base model, or a (seed, track, variant)."""
+
+    seed: int
+    track: Track | None  # None for the base model
+    variant: Variant | None  # None for the base model
+    config: PruneConfig  # the settings a fresh session runs with
+    cache: Path  # the study's OUT/cache/<dataset>-<hidden>/ (absolute)
+    id: str  # 'seed0/no-retrain/magnitude-fold_linear': its session folder under the cache
+    schedule: tuple[ScheduleRow, ...]  # the rows it runs (row 0 = the base)
+    base: str | None = None  # the id of the base cell it waits for
+
+    @property
+    def root(self) -> Path:
+        return self.cache / self.id
+
+    @property
+    def rows(self) -> int:
+        return len(self.schedule)
+
+    @property
+    def label(self) -> str:
+        """'seed 0 no-retrain iterative magnitude'."""
+        what = "base" if self.track is None else \
+            f"{self.track.curve} {self.track.mode} {self.variant.name}"
+        return f"seed {self.seed} {what}"
+
+    @property
+    def session(self) -> Session:
+        """The engine's view of the cell's session folder."""
+        return Session(self.root, self.config.mode)
+
+    @property
+    def log(self) -> Path:
+        """The engine's output of every run of this cell."""
+        return self.cache / "logs" / f"{self.id.replace('/', '-')}.log"
+
+    @property
+    def lock(self) -> Path:
+        """Held while a process runs the cell (beside its folder: the engine wants it empty)."""
+        return self.cache / f"{self.id}.lock"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a study runs: the schedule, the variants, the tracks and the cells (bases first)."""
+
+    study: StudyConfig
+    cache: Path  # OUT/cache/<dataset>-<hidden>/ (absolute)
+    schedule: tuple[ScheduleRow, ...]  # the full schedule; each track uses a prefix
+    variants: dict[str, Variant]  # the compared variants, the default first
+    default: Variant
+    tracks: tuple[Track, ...]
+    cells: tuple[Cell, ...] = field(default=())
+
+
+def load_schedule(study: StudyConfig) -> list[ScheduleRow]:
+    """--retain, else retain/retain.txt when its first row is --hidden, else q=0.8 geometric."""
+    hidden = list(study.hidden)
+    if study.retain is not None:
+        return read_schedule(study.retain, hidden)
+    if DEFAULT_RETAIN.is_file() and list(read_schedule(DEFAULT_RETAIN)[0].neurons) == hidden:
+        return read_schedule(DEFAULT_RETAIN)
+    return geometric_schedule(hidden)
+
+
+def make_plan(study: StudyConfig, out: Path) -> Plan:
+    """The tracks and cells of `study`, whose sessions live under OUT/cache/."""
+    schedule = load_schedule(study)
+    if len(schedule) < 2:
+        raise StudyError("the schedule needs at least one pruning row after the base row")
+    known = registry()
+    chosen = [parse_variant(n, known) for n in (study.variants or tuple(known))]
+    default = default_variant({**known, **{v.name: v for v in chosen}})
+    variants = {default.name: default, **{v.name: v for v in chosen}}
+    last = len(schedule) - 1
+    tracks = []
+    for mode in study.modes:
+        for curve in study.curves:
+            rows = (min(study.rows, last) if study.rows is not None else
+                    last if curve == "no-retrain" else min(RETRAIN_LAST_ROW, last)) + 1
+            only = curve in study.default_only or mode in study.default_only
+            tracks.append(Track(curve, mode, rows, (default.name,) if only else tuple(variants)))
+    cache = out.resolve() / "cache" / f"{study.dataset}-{hidden_label(list(study.hidden))}"
+    training = {"dataset": study.dataset, "hidden": study.hidden,
+                **({} if study.epochs is None else {"epochs": study.epochs})}
+    cells = [Cell(s, None, None, from_flat({**training, "seed": s}), cache, f"seed{s}/base",
+                  tuple(schedule[:1])) for s in study.seeds]
+    retrain = {} if study.retrain_epochs is None else {"retrain_epochs": study.retrain_epochs}
+    # Retrain cells first: they are the long ones, so that Ray starts them early.
+    for track in sorted(tracks, key=lambda t: t.curve != "retrain"):
+        for s in study.seeds:
+            base = cells[study.seeds.index(s)]
+            for name in track.variants:
+                v = variants[name]
+                config = from_flat({**training, **v.settings, "seed": s, "mode": track.mode,
+                                    "base_model": str(base.session.checkpoint(0)),
+                                    **({"retrain_epochs": 0} if track.curve == "no-retrain"
+                                       else retrain)})
+                folder = f"seed{s}/{TRACK_FOLDERS[track.curve, track.mode]}/{v.key}"
+                cells.append(Cell(s, track, v, config, cache, folder,
+                                  tuple(schedule[:track.rows]), base.id))
+    return Plan(study, cache, tuple(schedule), variants, default, tuple(tracks), tuple(cells))
+
+
+# ----------------------------------------------------------------------------------- the cache
+def check_cached(cell: Cell) -> None:
+    """Refuse a cached session of other settings; fit its schedule copy to the rows wanted.
+
+    A session whose schedule is a shorter or longer prefix of the wanted one (another --rows)
+    gets the wanted prefix written into its retain/retain.txt, so the engine's resume runs
+    exactly the missing rows; finished iterations are kept.
+    """
+    session = cell.session
+    saved = flat(PruneConfig.from_json(json.loads(session.config.read_text()),
+                                       str(session.config)))
+    wanted = flat(cell.config)
+    ignored = UNCOMPARED + (RETRAIN_ONLY if cell.config.retraining.epochs == 0 else ())
+    names = BASE_FIELDS if cell.track is None else [n for n in wanted if n not in ignored]
+    diffs = [f"{n}: cached {saved[n]!r}, wanted {wanted[n]!r}"
+             for n in names if saved[n] != wanted[n]]
+    if diffs:
+        raise StudyError(f"{cell.root} was run with other settings ({'; '.join(diffs)}); "
+                         "delete that folder to recompute it, or use another --out")
+    stored, wanted = read_schedule(session.retain), list(cell.schedule)
+    common = min(len(stored), len(wanted))
+    if [(r.iteration, r.neurons) for r in stored[:common]] != \
+            [(r.iteration, r.neurons) for r in wanted[:common]]:
+        raise StudyError(f"{session.retain} is another schedule than the study's; delete "
+                         f"{cell.root} to recompute it, or use another --out")
+    if cell.track is not None:
+        check_same_base(cell)
+    if len(stored) != len(wanted) and session.last_complete() < len(wanted) - 1:
+        write_schedule(wanted, session.retain)
+
+
+def check_same_base(cell: Cell) -> None:
+    """Refuse a cached session whose iteration 0 is not the seed's current base model."""
+    base = Path(cell.config.base_model).parent / "validation_results.txt"
+    mine = cell.session.final(0) / "validation_results.txt"
+    if not (base.is_file() and mine.is_file()):
+        return
+    a, b = read_validation_results(base), read_validation_results(mine)
+    if any(a[c] != b[c] for c in ("Test_Accuracy", "Val_Accuracy", "Params")):
+        raise StudyError(f"{cell.root} was pruned from another base model than "
+                         f"{cell.config.base_model} (retrained since?); delete that folder to "
+                         "recompute it")
+
+
+def cell_done(cell: Cell) -> bool:
+    """Whether the cell's session holds every row it needs."""
+    return cell.session.config.is_file() and cell.session.last_complete() >= cell.rows - 1
+
+
+def read_curve(cell: Cell) -> list[float]:
+    """The cell's accuracy per schedule row, for its complete rows 0..k (empty if none)."""
+    values = []
+    for i in range(cell.rows):
+        path = cell.session.final(i) / "validation_results.txt"
+        if not path.is_file():
+            break
+        values.append(float(read_validation_results(path)[CURVE_COLUMN[cell.track.curve]]))
+    return values
