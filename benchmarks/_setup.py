@@ -43,6 +43,13 @@ def reference_epoch(data: Dataset, seed: int = 0, spec: dict[str, Any] | None = 
     return time.perf_counter() - started
 
 
+def cpu_and_wall(fn, *args, **kwargs) -> tuple[float, float]:
+    """(wall seconds as `fn` reports them, CPU seconds of this process) for one call."""
+    started = time.process_time()
+    wall = fn(*args, **kwargs)
+    return wall, time.process_time() - started
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

@@ -39,7 +39,7 @@ from src.session import Session, SessionError, check_session_folder, holds_resul
 from src.significance import ScoreData, data_box, score
 from src.spec import Net, build, describe, resolve_arch, spec_of
 from src.tracking import NullTracker, Tracker
-from src.trainer import kept_metrics, train
+from src.trainer import kept_metrics, train, uses_bf16
 from src.validator import Metrics, evaluate, evaluate_split
 
 DEFAULT_RETAIN = Path("retain/retain.txt")
@@ -103,6 +103,7 @@ class IterativePruning:
                  log: Callable[[str], Any] = print, tracker: Tracker | None = None):
         self.config, self.session, self.schedule = config, session, schedule
         self.device = torch_device(config.device)
+        self.bf16 = uses_bf16(config.train_config(0), self.device)  # for the layout (place)
         self.data = data.to(self.device)  # every model of the run lives there too (place)
         self.spec = spec
         self.quiet, self.log = quiet, log
@@ -117,7 +118,7 @@ class IterativePruning:
         """The kept model of iteration i, checked against this run's dataset and schedule."""
         path = self.session.checkpoint(i)
         checkpoint = load_checkpoint(path)
-        model = place(model_from_checkpoint(checkpoint, path), self.device)
+        model = place(model_from_checkpoint(checkpoint, path), self.device, self.bf16)
         self.check_fits(model, checkpoint, path)
         expected = list(self.schedule[i].neurons)
         if units(model) != expected:
@@ -188,13 +189,13 @@ class IterativePruning:
         started = time.perf_counter()
         if c.base_model:
             checkpoint = load_checkpoint(c.base_model)
-            model = place(model_from_checkpoint(checkpoint, c.base_model), self.device)
+            model = place(model_from_checkpoint(checkpoint, c.base_model), self.device, self.bf16)
             self.check_fits(model, checkpoint, c.base_model, exact=True)
             train(model, self.data, replace(c.train_config(0), epochs=0), quiet=True,
                   log_path=folder / "train_results.txt")
             epochs = 0
         else:
-            model = place(build(self.spec, seed=iteration_seed(c.seed, 0)), self.device)
+            model = place(build(self.spec, seed=iteration_seed(c.seed, 0)), self.device, self.bf16)
             result = train(model, self.data, c.train_config(0), quiet=self.quiet,
                            log_path=folder / "train_results.txt", desc="base model")
             epochs = result.epochs_run
@@ -217,7 +218,7 @@ class IterativePruning:
         self.tracker.scores(i, scores)
         keep = keep_indices(scores, row.neurons)
         model = place(shrink(source, keep, bias_fold=c.scoring.bias_fold,
-                             data=self.data.train.x), self.device)
+                             data=self.data.train.x), self.device, self.bf16)
         _, no_retrain = evaluate_split(model, self.data.test)
         teacher = {"base": self.base, "previous": lambda: source,
                    "none": lambda: None}[c.retraining.teacher]
