@@ -20,11 +20,9 @@ import typing
 from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any, Literal, get_args, get_origin
 
-from src.checkpoint import checkpoint_spec, load_checkpoint
-from src.data import DEFAULT_VAL_SIZE, INPUT_SHAPE, dataset_sizes
+from src.data import DEFAULT_VAL_SIZE
 from src.device import Device
 from src.errors import UserError
-from src.spec import resolve_arch
 from src.trainer import Precision, Schedule, TrainConfig
 
 Dataset = Literal["mnist", "fashion-mnist", "digits"]
@@ -111,10 +109,8 @@ class Retraining:
                               "prune without retraining)")
     patience: int = setting(3, "retraining stops after this many epochs without a better "
                                "validation accuracy")
-    lr: float | None = setting(None, "retraining: peak learning rate [0.007; 0.000875 for conv "
-                                     "nets; 0.005 for digits]")
-    batch_size: int | None = setting(None, "retraining: mini-batch size [512; 64 for conv nets; "
-                                           "32 for digits]")
+    lr: float | None = setting(None, "retraining: peak learning rate [0.007; 0.005 for digits]")
+    batch_size: int | None = setting(None, "retraining: mini-batch size [512; 32 for digits]")
     shift: int | None = setting(None, "retraining: random image shifts [1; 0 for digits]")
     label_smoothing: float = setting(0.0, "retraining: label smoothing (the small pruned "
                                           "models underfit with it)")
@@ -183,14 +179,9 @@ class PruneConfig:
             object.__setattr__(self, "base_model", os.path.abspath(self.base_model))
         if self.val_size is None:
             object.__setattr__(self, "val_size", DEFAULT_VAL_SIZE[self.dataset])
-        # fill the unset settings whose default depends on the dataset or the architecture
-        # (the architecture is looked at only when one of those is unset)
-        convolutional = any(getattr(getattr(self, name), k) is None
-                            for name, values in CONV_DEFAULTS.items() for k in values) and \
-            self.convolutional()
-        for name, values in defaults(self.dataset, convolutional).items():
+        for name, defaults in dataset_defaults(self.dataset).items():  # fill unset ones
             section = getattr(self, name)
-            unset = {k: v for k, v in values.items() if getattr(section, k) is None}
+            unset = {k: v for k, v in defaults.items() if getattr(section, k) is None}
             object.__setattr__(self, name, replace(section, **unset))
         if self.max_accuracy_drop is not None and not self.max_accuracy_drop >= 0:
             raise ConfigError("--max-accuracy-drop must be >= 0 (percentage points)")
@@ -203,19 +194,6 @@ class PruneConfig:
                 self.train_config(iteration)
             except UserError as exc:
                 raise ConfigError(f"{what}: {exc}") from None
-
-    def convolutional(self) -> bool:
-        """Whether the run's network has conv layers: the --arch preset or spec file, else
-        (with only --base-model given) the checkpoint's own architecture; the mlp has none."""
-        if self.arch is None:
-            if self.base_model is None or self.hidden is not None:
-                return False
-            spec = checkpoint_spec(load_checkpoint(self.base_model), self.base_model)
-        else:
-            _, classes = dataset_sizes(self.dataset)
-            spec = resolve_arch(self.arch, INPUT_SHAPE[self.dataset], classes,
-                                self.hidden or (256, 64), self.activation)
-        return any(layer["type"] == "conv2d" for layer in spec["layers"])
 
     def train_config(self, iteration: int) -> TrainConfig:
         """Training settings of `iteration` (0 = base training), seeded by (seed, iteration)."""
@@ -271,22 +249,12 @@ DATASET_DEFAULTS = {"digits": {"training": {"batch_size": 32, "shift": 0},
                                "retraining": {"batch_size": 32, "lr": 5e-3, "shift": 0}}}
 
 
-# A conv net retrains at batch 64 with the MLP's retraining learning rate scaled linearly with
-# the batch (Goyal et al. 2017). The MLP's batch of 512 pays for itself because its steps are
-# fixed overhead; a conv net's step is compute-bound (a LeNet-5 epoch cost the same from batch
-# 64 to 256), so small batches cost nothing there, and they did less damage to freshly pruned
-# LeNet-5s in the first retraining epoch (README, "Convolutional networks"). Base training is
-# unchanged: batch 64 at lr 7.5e-4 trained LeNet-5 as batch 256 at 3e-3 did.
-CONV_DEFAULTS = {"retraining": {"batch_size": 64, "lr": 7e-3 * 64 / 512}}
-
-
-def defaults(dataset: str, convolutional: bool = False) -> dict[str, dict[str, Any]]:
-    """{section: {field: default}} of the settings whose default depends on the dataset or the
-    architecture: the general ones, replaced by a conv net's, replaced by the dataset's."""
-    layers = [GENERAL_DEFAULTS, CONV_DEFAULTS if convolutional else {},
-              DATASET_DEFAULTS.get(dataset, {})]
-    return {name: {k: v for layer in layers for k, v in layer.get(name, {}).items()}
-            for name in GENERAL_DEFAULTS}
+def dataset_defaults(dataset: str) -> dict[str, dict[str, Any]]:
+    """{section: {field: default}} of the settings whose default depends on the dataset (the
+    same for every architecture: LeNet-5 retrained as well and faster with the MLP's settings
+    as with small batches; README, "Convolutional networks")."""
+    special = DATASET_DEFAULTS.get(dataset, {})
+    return {name: {**values, **special.get(name, {})} for name, values in GENERAL_DEFAULTS.items()}
 
 
 # Criteria that only make sense for some activations: apoz counts activations that are exactly

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from src.adjoint import RULES
-from src.device import inference_batch
+from src.device import for_inference, inference_batch
 from src.groups import Group, groups
 from src.interval import Interval
 from src.spec import Net, Select
@@ -58,7 +58,7 @@ def value_at(model: Net, x: Tensor, index: int) -> Tensor:
     """The input of module `index` (the output of modules 0..index-1) for data rows x, computed
     in inference-sized batches (a conv net's feature maps of all rows at once would not fit in
     memory, only the values asked for are kept)."""
-    head = nn.Sequential(*list(model)[:index])
+    head = nn.Sequential(*list(for_inference(model))[:index])
     batch = inference_batch(model)
     return torch.cat([head(model_input(model, x[i:i + batch])) for i in range(0, len(x), batch)])
 

@@ -13,7 +13,7 @@ from torch import nn
 from src import cli
 from src.checkpoint import load_model
 from src.data import DATASETS, Dataset, Split, dataset_sizes, load_dataset
-from src.device import inference_batch
+from src.device import for_inference, inference_batch
 from src.errors import UserError
 from src.groups import units
 from src.model import hidden_label
@@ -38,6 +38,7 @@ class Metrics:
 @torch.no_grad()
 def evaluate_split(model: nn.Module, split: Split) -> tuple[float, float]:
     """(mean cross-entropy, accuracy in percent) of `model` on one split."""
+    model = for_inference(model)
     was_training = model.training
     model.eval()
     loss_sum, correct = 0.0, 0

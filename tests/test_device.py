@@ -8,7 +8,7 @@ import torch
 from src import cli
 from src.checkpoint import load_model, save_checkpoint
 from src.config import PruneConfig, Retraining, Training
-from src.device import DeviceError, inference_batch, place, torch_device
+from src.device import DeviceError, for_inference, inference_batch, place, torch_device
 from src.engine import run
 from src.iterativeprune import main
 from src.prune import value_at
@@ -131,3 +131,18 @@ def test_a_session_records_its_device(tmp_path):
     result = run(config, tmp_path / "s", retain=retain, quiet=True, log=lambda line: None)
     assert [r["Hidden"] for r in result.rows] == ["8", "6"]
     assert '"device": "cpu"' in (tmp_path / "s" / "config.json").read_text()
+
+
+def test_a_narrow_channels_last_net_is_evaluated_from_an_nchw_copy():
+    """for_inference leaves the model alone and returns an NCHW copy with the same outputs;
+    wide nets and MLPs are returned as they are."""
+    narrow = place(build(SMALL_CNN, seed=0), bf16=True).eval()
+    copy = for_inference(narrow)
+    assert copy is not narrow and copy[4].weight.is_contiguous()
+    assert not narrow[4].weight.is_contiguous()  # the model itself keeps its layout
+    x = torch.rand(4, 64)
+    torch.testing.assert_close(copy(x), narrow(x))
+    wide = place(build(WIDE_CNN, seed=0))
+    assert for_inference(wide) is wide
+    net = build(mlp([64], 10, (16,)), seed=0)
+    assert for_inference(net) is net
