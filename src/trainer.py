@@ -145,9 +145,11 @@ def native_bf16() -> bool:
     return re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo) is not None
 
 
-def uses_bf16(config: TrainConfig) -> bool:
-    """Whether training under `config` runs its matrix products in bfloat16 here."""
-    return config.precision == "bf16" or (config.precision == "auto" and native_bf16())
+def uses_bf16(config: TrainConfig, device: torch.device | str = "cpu") -> bool:
+    """Whether training under `config` runs its matrix products in bfloat16 here ("auto" asks
+    the CPU's instructions, so training on a GPU stays fp32 unless bf16 is asked for)."""
+    auto = torch.device(device).type == "cpu" and native_bf16()
+    return config.precision == "bf16" or (config.precision == "auto" and auto)
 
 
 def progress(record: EpochRecord, mark: EpochRecord | None, min_delta: float) -> bool:
@@ -234,7 +236,7 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
     generator = torch.Generator().manual_seed(config.seed)
     # bf16 products with fp32 accumulation: 2.8x faster steps for 784-256-64-10 on a CPU with
     # AVX512-BF16, at equal accuracy (README, "What we chose")
-    bf16 = uses_bf16(config)
+    bf16 = uses_bf16(config, x.device)
     if bf16:  # what autocast would do to every batch, done once: half the bytes to gather
         x = x.to(torch.bfloat16)
     use_teacher = teacher is not None and config.distill > 0
@@ -258,9 +260,9 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
         # One permutation per epoch; each batch is one row gather (no per-sample Python work,
         # and cheaper than copying the whole shuffled set at once). index_select copies whole
         # rows: 3x faster than x[idx], which gathers element by element.
-        perm = torch.randperm(n, generator=generator)
-        loss_sum = torch.zeros(())
-        correct = torch.zeros((), dtype=torch.long)
+        perm = torch.randperm(n, generator=generator).to(x.device)  # the generator is the CPU's
+        loss_sum = torch.zeros((), device=x.device)
+        correct = torch.zeros((), dtype=torch.long, device=x.device)
         for start in range(0, n, config.batch_size):
             for group in optimizer.param_groups:  # set the lr first, as nanoGPT does
                 group["lr"] = learning_rate(step, total_steps, warmup, config, decays)
@@ -268,7 +270,7 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
             xb, yb = x.index_select(0, idx), y.index_select(0, idx)
             if config.shift and len(data.input_shape) >= 2:
                 xb = random_shift(xb, data.input_shape, config.shift, generator)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(xb).float()  # (b, classes); the loss is taken in fp32
             loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
             if use_teacher:
