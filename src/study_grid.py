@@ -78,9 +78,16 @@ class Variant:
         return f"{self.criterion}, bias fold {self.bias_fold}"
 
 
+def engine_defaults() -> dict[str, Any]:
+    """The engine's default settings for a study's network, an MLP (--hidden): where the engine
+    leaves the measure to the architecture, an MLP's is "pre"."""
+    engine = flat(PruneConfig())
+    return {**engine, "measure": engine["measure"] or "pre"}
+
+
 def registry() -> dict[str, Variant]:
     """The named variants; baselines use the engine's default bias fold."""
-    engine = flat(PruneConfig())
+    engine = engine_defaults()
     ia = [Variant("ia-per_output", "interval_adjoint", "per_output", "data", "linear"),
           Variant("ia-per_output-meanfold", "interval_adjoint", "per_output", "data", "mean"),
           Variant("ia-per_output-nofold", "interval_adjoint", "per_output", "data", "none"),
@@ -97,7 +104,7 @@ def registry() -> dict[str, Variant]:
 
 def default_variant(known: dict[str, Variant]) -> Variant:
     """The variant with the engine's default settings (a new one if none has them)."""
-    engine = flat(PruneConfig())
+    engine = engine_defaults()
     wanted = {k: engine[k] for k in VARIANT_SETTINGS}
     return next((v for v in known.values() if v.settings == wanted),
                 Variant("engine-default", **wanted))
