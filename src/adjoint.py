@@ -1,7 +1,8 @@
 """Interval forward sweep and interval reverse (adjoint) sweep over a chain of modules.
 
 A network is a chain: an nn.Sequential of the module types in `RULES` (Linear, Conv2d,
-BatchNorm1d/2d, ReLU/Sigmoid/Tanh, MaxPool2d, AvgPool2d, Flatten, Dropout). The forward sweep
+BatchNorm1d/2d, ReLU/Sigmoid/Tanh, MaxPool2d, AvgPool2d, Flatten, Dropout, and the Select of the
+input features an input-pruned network reads). The forward sweep
 encloses every intermediate value over an input box; the reverse sweep walks the list back from a
 seed on the outputs and encloses the adjoints ∂y/∂v of every intermediate value v. Each module
 type has one `Rule`, its forward map of a value interval and its adjoint map (the transposed
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from src.interval import Interval
+from src.spec import Select
 
 Seed = Literal["per_output", "sum"]
 SEEDS: tuple[str, ...] = get_args(Seed)
@@ -326,6 +328,25 @@ def _flatten_backward(module: nn.Flatten, x: Interval, out_adjoint: Interval) ->
     return out_adjoint.reshape(*out_adjoint.shape[:2], *x.shape[1:])
 
 
+def _select_forward(module: Select, x: Interval) -> Interval:
+    """y_j = x_{indices[j]}: the kept features of a flat input (batch, n_in) -> (batch, k);
+    exact, both bounds picked alike."""
+    return x[:, module.indices]
+
+
+def _select_backward(module: Select, x: Interval, out_adjoint: Interval) -> Interval:
+    """x̄_i = ȳ_j where i = indices[j], and exactly 0 for every feature the network does not
+    read (∂y/∂x_i = 0): the selection's transpose scatters (b, k_out, k) into zeros (b, k_out,
+    n_in)."""
+    index = module.indices.to(out_adjoint.lower.device)
+
+    def scatter(t: Tensor) -> Tensor:
+        full = t.new_zeros(*t.shape[:-1], x.shape[-1])
+        return full.index_copy(-1, index, t)
+
+    return Interval(scatter(out_adjoint.lower), scatter(out_adjoint.upper))
+
+
 def _identity_forward(module: nn.Module, x: Interval) -> Interval:
     """Dropout in eval mode: y = x."""
     return x
@@ -363,6 +384,7 @@ RULES: dict[type[nn.Module], Rule] = {
     nn.AvgPool2d: Rule(_avgpool_forward, _avgpool_backward, ranks=(3,), check=_pool_check),
     nn.Flatten: Rule(_flatten_forward, _flatten_backward, keeps_rank=False),
     nn.Dropout: Rule(_identity_forward, _identity_backward),
+    Select: Rule(_select_forward, _select_backward, ranks=(1,), features=lambda m: m.n_in),
 }
 
 

@@ -282,7 +282,8 @@ def run_label(mode_dir: Path) -> str:
 def _percent_axis(ax: Axes, x: Sequence[float]) -> None:
     log_axis(ax, "x", x)
     ax.invert_xaxis()  # pruning proceeds left to right
-    ax.set_xlabel("hidden neurons retained (%, log scale; pruning proceeds left to right)")
+    ax.set_xlabel("units retained (% of the schedule's units, log scale; pruning proceeds "
+                  "left to right)")
 
 
 def _series(rows: Sequence[IterationResult], column: str) -> list[float]:
@@ -292,7 +293,7 @@ def _series(rows: Sequence[IterationResult], column: str) -> list[float]:
 def _mark_recommended(ax: Axes, result: Concatenation, column: str | None, x: str) -> None:
     """Vertical line at the recommended model (+ a star on `column` when given)."""
     row = result.row(result.recommended)
-    label = (f"recommended: iteration {row.iteration} (hidden {row['Hidden']}, "
+    label = (f"recommended: iteration {row.iteration} (units {row['Hidden']}, "
              f"{plain_number(row['Params'])} params)")
     ax.axvline(float(row[x]), color=COLORS["recommended"], linestyle=":", linewidth=1.5,
                label=None if column else label)
@@ -309,7 +310,7 @@ ACCURACY_SERIES = (("Train_Accuracy", "train", "train", "-"),
 
 
 def plot_accuracies(result: Concatenation, path: str | os.PathLike) -> Path:
-    """Accuracies against % hidden neurons retained: all of them, and a zoom near the base."""
+    """Accuracies against % units retained: all of them, and a zoom near the base."""
     rows, x = result.rows, _series(result.rows, "PercentageRetain")
     fig, (full, zoom) = new_figure(2, 1, width=9.0, height=9.0, sharex=True,
                                    gridspec_kw={"height_ratios": [3, 2]})
@@ -343,11 +344,12 @@ def _hidden_ticks(ax: Axes, rows: Sequence[IterationResult]) -> None:
     top = ax.secondary_xaxis("top")
     top.set_xticks(_series(rows, "PercentageRetain"), [str(r["Hidden"]) for r in rows],
                    rotation=90, fontsize=7)
-    top.set_xlabel("hidden layer sizes", fontsize=8)
+    top.set_xlabel("units (input features read: hidden layer sizes)" if any(
+        ":" in str(r["Hidden"]) for r in rows) else "hidden layer sizes", fontsize=8)
 
 
 def plot_losses(result: Concatenation, path: str | os.PathLike) -> Path:
-    """Train/validation/test loss (log scale) against % hidden neurons retained."""
+    """Train/validation/test loss (log scale) against % units retained."""
     rows, x = result.rows, _series(result.rows, "PercentageRetain")
     fig, (ax,) = new_figure(width=9.0, height=5.5)
     for column, color, name in (("Train_Loss", "train", "train"),
@@ -484,8 +486,8 @@ def _report(result: Concatenation) -> str:
     lines = [f"{result.mode_dir}: {len(result.rows)} complete iterations"
              + (f", skipped {list(result.skipped)}" if result.skipped else ""),
              format_validations(result.rows, marks),
-             f"recommended: iteration {row.iteration} (hidden {row['Hidden']}, "
-             f"{row['Params']} params, {row['PercentageRetain']:.2f}% of hidden neurons): "
+             f"recommended: iteration {row.iteration} (units {row['Hidden']}, "
+             f"{row['Params']} params, {row['PercentageRetain']:.2f}% of the units): "
              f"validation {row['Val_Accuracy']:.2f}% vs {base['Val_Accuracy']:.2f}% at iteration "
              f"{base.iteration} (tolerance {result.tolerance:g} pt), test "
              f"{row['Test_Accuracy']:.2f}%",

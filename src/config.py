@@ -31,9 +31,10 @@ Mode = Literal["iterative", "one-shot"]
 Criterion = Literal["interval_adjoint", "random", "magnitude", "taylor", "apoz", "fpgm"]
 SeedMode = Literal["per_output", "sum"]
 Measure = Literal["pre", "post"]
-Box = Literal["data", "samples"]
+Box = Literal["data", "quantile", "samples"]
 Fold = Literal["linear", "mean", "mid", "none"]
 Teacher = Literal["base", "previous", "none"]
+Allocation = Literal["layer", "global"]
 
 
 def iteration_seed(seed: int, iteration: int) -> int:
@@ -135,9 +136,14 @@ class Scoring:
     measure: Measure | None = setting(None, "interval-adjoint: read units before (pre) or after "
                                             "(post) their activation [post for networks with "
                                             "conv layers, pre for MLPs]")
-    box: Box = setting("data", "interval-adjoint input box: data (min/max) or samples")
+    box: Box = setting("data", "interval-adjoint input box: data (min/max per feature), "
+                               "quantile (1st to 99th percentile per feature) or samples")
     bias_fold: Fold = setting("linear", "fold removed units into the consumer: linear "
                                         "(least-squares), mean, mid or none")
+    allocation: Allocation = setting("layer", "how a schedule row is split across groups: "
+                                              "layer (each column keeps its own count) or "
+                                              "global (the row's total goes to the highest "
+                                              "scores of all groups, at least 1 per group)")
 
     def __post_init__(self):
         _check_choices(self)

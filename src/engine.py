@@ -2,8 +2,10 @@
 
 Iteration 0 trains the base model (or takes `base_model`). Iteration i takes iteration i-1's
 best_model.pth (iterative mode) or the base model (one-shot mode), scores every unit of every
-prunable group, keeps schedule row i's units per group, folds the removed ones into their
-consumer, records the accuracy before retraining, retrains and writes
+prunable group (the input features too when the schedule has the input column), keeps schedule
+row i's units per group, folds the removed ones into their consumer, records the accuracy before
+retraining, retrains (keeping the pruned model itself when no retraining epoch reaches its
+validation accuracy) and writes
 `<session>/<mode>/<i>/prune_w_retrain/` (src.session: written into a .partial folder and renamed
 into place only when complete). Every random stream is derived from (seed, iteration), so a
 resumed run gives the same numbers as an uninterrupted one.
@@ -33,11 +35,11 @@ from src.files import atomic_write
 from src.groups import units
 from src.interval import Interval
 from src.model import hidden_label, layer_table
-from src.prune import keep_indices, shrink
-from src.retain import ScheduleRow, geometric_schedule, read_schedule, write_schedule
+from src.prune import keep_global, keep_indices, shrink
+from src.retain import ScheduleRow, geometric_schedule, prunes_inputs, read_schedule, write_schedule
 from src.session import Session, SessionError, check_session_folder, holds_results
 from src.significance import ScoreData, data_box, score
-from src.spec import Net, build, describe, resolve_arch, spec_of
+from src.spec import Net, Select, build, describe, resolve_arch, spec_of
 from src.tracking import NullTracker, Tracker
 from src.trainer import kept_metrics, train, uses_bf16
 from src.validator import Metrics, evaluate, evaluate_split
@@ -112,6 +114,23 @@ class IterativePruning:
         self._base_scores: list[torch.Tensor] | None = None
         self._data_box: Interval | None = None  # the training inputs' range, computed once
         self._val_accuracy: dict[int, float] = {}  # iteration -> its kept model's val accuracy
+        self.inputs = prunes_inputs(schedule)  # the schedule's input column decides
+
+    def units(self, model: Net) -> list[int]:
+        """The model's units in the schedule's columns (input features first when pruned)."""
+        return units(model, self.inputs)
+
+    def label(self, counts) -> str:
+        """Unit counts as written in the Hidden column ('54-13', or '300:54-13' with inputs)."""
+        return hidden_label(counts, self.inputs)
+
+    def fits_row(self, counts: list[int], i: int) -> bool:
+        """Whether a model with `counts` units is what schedule row i asks for: the row's counts
+        (allocation "layer") or its total (allocation "global")."""
+        row = list(self.schedule[i].units)
+        if self.config.scoring.allocation == "global" and i > 0:
+            return sum(counts) == sum(row) and len(counts) == len(row)
+        return counts == row
 
     # ----------------------------------------------------------------------------- models
     def load(self, i: int) -> Net:
@@ -120,10 +139,9 @@ class IterativePruning:
         checkpoint = load_checkpoint(path)
         model = place(model_from_checkpoint(checkpoint, path), self.device, self.bf16)
         self.check_fits(model, checkpoint, path)
-        expected = list(self.schedule[i].neurons)
-        if units(model) != expected:
-            raise EngineError(f"{path}: units {hidden_label(units(model))} do not match "
-                              f"schedule row {i} ({hidden_label(expected)})")
+        if not self.fits_row(self.units(model), i):
+            raise EngineError(f"{path}: units {self.label(self.units(model))} do not match "
+                              f"schedule row {i} ({self.label(self.schedule[i].units)})")
         metrics = checkpoint.get("metrics")
         if not isinstance(metrics, dict) or "val_accuracy" not in metrics:
             raise EngineError(f"{path}: checkpoint lacks the metrics an iteration records")
@@ -148,8 +166,7 @@ class IterativePruning:
                 theirs["layers"][-1]["out"] != d.num_classes:
             raise EngineError(f"{path}: model ({describe(theirs)}) does not fit {c.dataset} "
                               f"({d.n_features} inputs, {d.num_classes} classes)")
-        kinds = [x["type"] for x in theirs["layers"]]
-        if kinds != [x["type"] for x in self.spec["layers"]]:
+        if layer_kinds(theirs) != layer_kinds(self.spec):
             raise EngineError(f"{path}: architecture {describe(theirs)} is not this run's "
                               f"({describe(self.spec)})")
         if exact and theirs["layers"] != self.spec["layers"]:
@@ -179,9 +196,17 @@ class IterativePruning:
         if c.mode == "one-shot":
             if self._base_scores is None:
                 self._base_scores = score(c.scoring.criterion, self.base(), replace(
-                    data, seed=iteration_seed(c.seed, 0)))
+                    data, seed=iteration_seed(c.seed, 0)), self.inputs)
             return self._base_scores
-        return score(c.scoring.criterion, model, data)
+        return score(c.scoring.criterion, model, data, self.inputs)
+
+    def plan(self, scores: list[torch.Tensor], i: int) -> list[torch.Tensor]:
+        """Keep-indices of every group for schedule row i: per column, or the row's total
+        split across groups by score (allocation "global")."""
+        row = self.schedule[i].units
+        if self.config.scoring.allocation == "global":
+            return keep_global(scores, sum(row))
+        return keep_indices(scores, row)
 
     def run_base(self) -> dict[str, Any]:
         """Iteration 0: train the base model (or take base_model) and write its folder."""
@@ -211,14 +236,17 @@ class IterativePruning:
         c, row = self.config, self.schedule[i]
         started = time.perf_counter()
         source = self.load(i - 1) if c.mode == "iterative" else self.base()
-        if any(n > h for n, h in zip(row.neurons, units(source), strict=True)):
-            raise EngineError(f"schedule row {i} ({hidden_label(row.neurons)}) is larger than "
-                              f"the model it prunes ({hidden_label(units(source))})")
+        have = self.units(source)
+        larger = sum(row.units) > sum(have) if c.scoring.allocation == "global" else any(
+            n > h for n, h in zip(row.units, have, strict=True))
+        if larger:
+            raise EngineError(f"schedule row {i} ({self.label(row.units)}) is larger than "
+                              f"the model it prunes ({self.label(have)})")
         scores = [s.cpu() for s in self.scores(source, i)]
         self.tracker.scores(i, scores)
-        keep = keep_indices(scores, row.neurons)
+        keep = self.plan(scores, i)
         model = place(shrink(source, keep, bias_fold=c.scoring.bias_fold,
-                             data=self.data.train.x), self.device, self.bf16)
+                             data=self.data.train.x, inputs=self.inputs), self.device, self.bf16)
         _, no_retrain = evaluate_split(model, self.data.test)
         teacher = {"base": self.base, "previous": lambda: source,
                    "none": lambda: None}[c.retraining.teacher]
@@ -234,7 +262,8 @@ class IterativePruning:
         pruned_state = copy.deepcopy(model.state_dict())
         result = train(model, self.data, retraining, teacher=teacher(),
                        quiet=self.quiet, log_path=self.session.partial(i) / "train_results.txt",
-                       desc=f"retrain {hidden_label(row.neurons)}", stop_at_accuracy=parent_val)
+                       desc=f"retrain {self.label(self.units(model))}",
+                       stop_at_accuracy=parent_val)
         if result.best is not None and result.best.val_accuracy < pruned_val:
             model.load_state_dict(pruned_state)
             metrics = evaluate(model, self.data)
@@ -249,21 +278,24 @@ class IterativePruning:
         c, d, folder = self.config, self.data, self.session.partial(i)
         table, params, macs = layer_table(model)
         percent = self.schedule[i].percent
-        kept = units(model)
+        kept = self.units(model)
+        read = features_read(model)
         save_checkpoint(folder / "best_model.pth", model, dataset=c.dataset,
                         val_size=len(d.val), split_seed=0, input=d.input_info(),
-                        classes=list(d.classes), iteration=i, hidden=kept,
-                        percent_retained=percent, metrics=metrics.as_dict(),
-                        no_retrain_test_accuracy=no_retrain, params=params, macs=macs,
-                        criterion=c.scoring.criterion, mode=c.mode, version=__version__)
+                        classes=list(d.classes), iteration=i, hidden=units(model),
+                        features_read=read, percent_retained=percent,
+                        metrics=metrics.as_dict(), no_retrain_test_accuracy=no_retrain,
+                        params=params, macs=macs, criterion=c.scoring.criterion, mode=c.mode,
+                        version=__version__)
         atomic_write(folder / "summary.txt",
-                     f"Iteration {i}: units {hidden_label(kept)} ({percent:.2f}% of prunable "
-                     f"units)\narchitecture: {describe(spec_of(model))}\n\n{table}")
+                     f"Iteration {i}: units {self.label(kept)} ({percent:.2f}% of the "
+                     f"schedule's units)\ninput features read: {read} of {d.n_features}\n"
+                     f"architecture: {describe(spec_of(model))}\n\n{table}")
         values = {"Train_Loss": metrics.train_loss, "Test_Loss": metrics.test_loss,
                   "Train_Accuracy": metrics.train_accuracy,
                   "Test_Accuracy": metrics.test_accuracy, "PercentageRetain": percent,
                   "Val_Loss": metrics.val_loss, "Val_Accuracy": metrics.val_accuracy,
-                  "NoRetrain_Test_Accuracy": no_retrain, "Hidden": hidden_label(kept),
+                  "NoRetrain_Test_Accuracy": no_retrain, "Hidden": self.label(kept),
                   "Params": params, "MACs": macs}
         write_validation_results(folder / "validation_results.txt", values)  # written last
         self._val_accuracy[i] = metrics.val_accuracy
@@ -292,6 +324,18 @@ class IterativePruning:
         return rows
 
 
+def layer_kinds(spec: dict[str, Any]) -> list[str]:
+    """The layer types of a spec without its select: pruning the inputs adds one (or changes
+    it), and the network is the same architecture."""
+    return [layer["type"] for layer in spec["layers"] if layer["type"] != "select"]
+
+
+def features_read(model: Net) -> int:
+    """Input features the model reads: its select's length, else its whole input."""
+    first = model[0]
+    return len(first.indices) if isinstance(first, Select) else math.prod(model.input_shape)
+
+
 def progress_line(row: dict[str, Any], last: int) -> str:
     """One line per finished iteration."""
     i = row["iteration"]
@@ -309,10 +353,14 @@ Start = Literal["new", "resume", "restart"]
 def schedule_difference(schedule: list[ScheduleRow], saved: list[ScheduleRow]) -> str | None:
     """How a schedule differs from the session's: the first row keeping other units, or the
     row count (None when both keep the same units row by row)."""
+    if prunes_inputs(schedule) != prunes_inputs(saved):
+        has = "has" if prunes_inputs(schedule) else "lacks"
+        return f"the input column (inNodesRetained): this schedule {has} it, the session's not"
+    inputs = prunes_inputs(schedule)
     for i, (row, old) in enumerate(zip(schedule, saved, strict=False)):  # lengths next
-        if row.neurons != old.neurons:
-            return (f"row {i} keeps {hidden_label(row.neurons)}, the session's "
-                    f"{hidden_label(old.neurons)}")
+        if row.units != old.units:
+            return (f"row {i} keeps {hidden_label(row.units, inputs)}, the session's "
+                    f"{hidden_label(old.units, inputs)}")
     if len(schedule) != len(saved):
         return f"{len(schedule)} rows, the session's {len(saved)}"
     return None
@@ -351,21 +399,33 @@ def resolve(config: PruneConfig, session: Session, retain: Path | None) -> Start
     return "resume"
 
 
-def _schedule(session: Session, start: Start, retain: Path | None, first: list[int],
+def _model_units(model: Net, inputs: bool, path: Path) -> list[int]:
+    """The model's row of a schedule (with the input count first when `inputs`)."""
+    try:
+        return units(model, inputs)
+    except ValueError as exc:
+        raise EngineError(f"{path}: the schedule prunes inputs (inNodesRetained), but {exc}"
+                          ) from None
+
+
+def _schedule(session: Session, start: Start, retain: Path | None, model: Net,
               log) -> list[ScheduleRow]:
     """The schedule: the session's copy on resume, else `retain`, else the default file if it
     fits the model, else the default geometric schedule. Its first row must be the unpruned
-    model's units."""
+    model's units (its input count first when it has the input column)."""
     own = start == "resume" and session.retain.is_file()
     path = session.retain if own else retain if retain is not None else DEFAULT_RETAIN
     explicit = own or retain is not None
+    first = units(model)
     if explicit or path.is_file():
         schedule = read_schedule(path)
-        if list(schedule[0].neurons) == first:
+        inputs = prunes_inputs(schedule)
+        have = _model_units(model, inputs, path) if explicit else units(model)
+        if list(schedule[0].units) == have:
             return schedule
         if explicit:
-            raise EngineError(f"{path}: first row {hidden_label(schedule[0].neurons)} does not "
-                              f"match the model's units {hidden_label(first)}")
+            raise EngineError(f"{path}: first row {hidden_label(schedule[0].units, inputs)} "
+                              f"does not match the model's units {hidden_label(have, inputs)}")
     log(f"note: no schedule for units {hidden_label(first)} at {path}; using the default "
         "geometric schedule (q=0.8; see python -m src.retain)")
     return geometric_schedule(first)
@@ -449,7 +509,7 @@ def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None =
     data = load_dataset(config.dataset, data_root, val_size=config.val_size)
     spec = model_spec(config, data, session, start == "resume" and session.complete(0))
     probe = build(spec)
-    schedule = _schedule(session, start, retain, units(probe), log)
+    schedule = _schedule(session, start, retain, probe, log)
     begin = first_iteration(begin, session, len(schedule))
     engine = IterativePruning(config, session, schedule, data, spec, quiet, log, tracker)
     if begin > 0:
@@ -462,7 +522,8 @@ def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None =
     # The criterion must work on this architecture: find out now, not after training.
     sample = data.train
     score(config.scoring.criterion, probe, ScoreData(sample.x[:64], sample.y[:64],
-                                                     measure=config.scoring.measure))
+                                                     measure=config.scoring.measure),
+          prunes_inputs(schedule))
     if start != "resume":
         write_settings(session, config, schedule, start, log)
     log(f"session {session.root} ({config.mode}, {config.scoring.criterion}): iterations "

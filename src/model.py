@@ -31,9 +31,19 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def hidden_label(units: Sequence[int]) -> str:
-    """Unit counts written like '205-51' (the Hidden column of validation_results.txt)."""
+def hidden_label(units: Sequence[int], inputs: bool = False) -> str:
+    """Unit counts written like '205-51' (the Hidden column of validation_results.txt); with
+    `inputs`, the first count is the input features read: '300:54-13'."""
+    units = list(units)
+    if inputs:
+        return f"{units[0]}:{hidden_label(units[1:])}"
     return "-".join(str(h) for h in units)
+
+
+def parse_hidden_label(label: str) -> tuple[int | None, list[int]]:
+    """(input features read or None, hidden unit counts) of a label written by hidden_label."""
+    inputs, _, hidden = str(label).rpartition(":")
+    return (int(inputs) if inputs else None), [int(n) for n in hidden.split("-")]
 
 
 def _macs(module: nn.Module, out_shape: tuple[int, ...]) -> int:

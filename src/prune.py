@@ -48,6 +48,34 @@ def keep_indices(scores: Sequence[Tensor], counts: Sequence[int]) -> list[Tensor
     return plan
 
 
+def keep_global(scores: Sequence[Tensor], total: int, minimum: int = 1) -> list[Tensor]:
+    """Indices (ascending) of the `total` highest-scoring units over all groups together, each
+    group keeping at least `minimum` of its own (its best ones).
+
+    For scores that are comparable across groups (interval-adjoint significances all bound a
+    change of the outputs), this lets a schedule row's total be split where it matters. Ties
+    are broken by group, then by position, so the plan is deterministic.
+    """
+    sizes = [len(s) for s in scores]
+    floor = [min(minimum, n) for n in sizes]
+    if not sum(floor) <= total <= sum(sizes):
+        raise ValueError(f"cannot keep {total} units of groups of {sizes} units with at least "
+                         f"{minimum} per group (must be between {sum(floor)} and {sum(sizes)})")
+    for g, score in enumerate(scores):
+        if torch.isnan(score).any():
+            raise ValueError(f"group {g + 1}: significance scores contain NaN")
+    reserved = keep_indices(scores, floor)
+    flat = torch.cat([s.double() for s in scores])  # (sum of sizes,)
+    offsets = [sum(sizes[:g]) for g in range(len(sizes))]
+    taken = torch.zeros(len(flat), dtype=torch.bool)
+    for g, idx in enumerate(reserved):
+        taken[offsets[g] + idx] = True
+    free = torch.where(taken, torch.tensor(-torch.inf, dtype=flat.dtype), flat)
+    order = torch.argsort(free, descending=True, stable=True)
+    taken[order[:total - sum(floor)]] = True
+    return [torch.nonzero(taken[o:o + n]).flatten() for o, n in zip(offsets, sizes, strict=True)]
+
+
 def model_input(model: Net, x: Tensor) -> Tensor:
     """Flat data rows (n, n_features) in the shape the Net's first module takes."""
     return x.reshape(len(x), -1) if model.flat_input else x.reshape(len(x), *model.input_shape)

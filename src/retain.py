@@ -2,7 +2,12 @@
 
 Row r of a schedule is pruning iteration r (its session folder is `r/`); its `iteration` is the
 exponent t with N_l(t) = max(min_neurons, round(h_l * q_l**t)). Rows equal to the previous row are
-skipped and the schedule stops at the first row where every layer is at min_neurons.
+skipped and the schedule stops at the first row where every column is at its minimum.
+
+An optional input column (`inNodesRetained`, first after `Iteration`) keeps
+N_in(t) = max(min_inputs, round(n_in * q_in**t)) input features; a schedule without it never
+prunes inputs. perNodesRetained is 100 * (units kept) / (unpruned units) over the schedule's unit
+columns: the hidden units, plus the input features when the input column is there.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from src.files import atomic_write, file_problem
 from src.model import hidden_label
 from src.plotting import COLORS, log_axis, new_figure, save_figure
 
-ITERATION, PERCENT = "Iteration", "perNodesRetained"
+ITERATION, INPUTS, PERCENT = "Iteration", "inNodesRetained", "perNodesRetained"
 PERCENT_SLACK = 0.5  # a written perNodesRetained may be rounded (e.g. to an integer) by this much
 LAYER_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
 
@@ -35,8 +40,15 @@ class ScheduleRow:
     """One pruning iteration of a schedule."""
 
     iteration: int  # the exponent t used for this row
-    neurons: tuple[int, ...]  # kept neurons per hidden layer
-    percent: float  # 100 * sum(neurons) / sum(unpruned hidden sizes)
+    neurons: tuple[int, ...]  # kept units per hidden group (neurons or conv channels), in order
+    percent: float  # 100 * sum(units) / sum(unpruned units), over every unit column
+    inputs: int | None = None  # kept input features (inNodesRetained); None: never pruned
+
+    @property
+    def units(self) -> tuple[int, ...]:
+        """Kept units of every prunable group in the order of src.groups.groups(model, inputs):
+        the input features first when the schedule prunes them."""
+        return self.neurons if self.inputs is None else (self.inputs, *self.neurons)
 
 
 def layer_column(layer: int) -> str:
@@ -44,9 +56,15 @@ def layer_column(layer: int) -> str:
     return f"h{layer}NodesRetained"
 
 
-def header(n_layers: int) -> list[str]:
-    """The retain.txt header for `n_layers` hidden layers."""
-    return [ITERATION, *(layer_column(i) for i in range(1, n_layers + 1)), PERCENT]
+def header(n_layers: int, inputs: bool = False) -> list[str]:
+    """The retain.txt header for `n_layers` hidden layers (and the input column)."""
+    return [ITERATION, *([INPUTS] if inputs else []),
+            *(layer_column(i) for i in range(1, n_layers + 1)), PERCENT]
+
+
+def unit_columns(n_layers: int, inputs: bool = False) -> list[str]:
+    """The header names of a schedule's unit columns (all but Iteration and the percentage)."""
+    return header(n_layers, inputs)[1:-1]
 
 
 def round_half_up(x: float) -> int:
@@ -77,33 +95,59 @@ def _check_q(q: float | Sequence[float], n_layers: int) -> list[float]:
         raise UserError(f"q needs one value or one per hidden layer ({n_layers}), got {len(qs)}")
     if any(not 0.0 < v <= 1.0 for v in qs):  # also rejects NaN
         raise UserError(f"q must be in (0, 1] (the fraction kept per step), got {qs}")
-    if all(v == 1.0 for v in qs):
-        raise UserError("q = 1 for every layer prunes nothing; use q < 1 for some layer")
     return qs
 
 
+def _check_count(value: int, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
 def geometric_schedule(hidden: list[int], q: float | list[float] = 0.8, iterations: int = 31,
-                       min_neurons: int = 1) -> list[ScheduleRow]:
-    """Rows for t = 0 .. iterations-1 of N_l(t) = max(min_neurons, round(h_l * q_l**t))."""
+                       min_neurons: int = 1, inputs: int | None = None,
+                       q_inputs: float | None = None, min_inputs: int = 1) -> list[ScheduleRow]:
+    """Rows for t = 0 .. iterations-1 of N_l(t) = max(min_neurons, round(h_l * q_l**t)); with
+    `inputs` (the unpruned input count) also N_in(t) = max(min_inputs, round(inputs *
+    q_inputs**t)) in the input column (q_inputs defaults to the first hidden layer's q)."""
     hidden = _check_hidden(hidden)
     qs = _check_q(q, len(hidden))
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise UserError(f"iterations must be an integer >= 1, got {iterations!r}")
-    if isinstance(min_neurons, bool) or not isinstance(min_neurons, int) or min_neurons < 1:
-        raise UserError(f"min_neurons must be an integer >= 1, got {min_neurons!r}")
+    _check_count(iterations, "iterations")
+    _check_count(min_neurons, "min_neurons")
     if min_neurons > min(hidden):
         raise UserError(f"min_neurons {min_neurons} exceeds the smallest hidden layer "
                          f"({min(hidden)}); counts would grow")
+    sizes, rates, floors = list(hidden), list(qs), [min_neurons] * len(hidden)
+    if inputs is not None:
+        _check_count(inputs, "inputs")
+        (q_in,) = _check_q(qs[0] if q_inputs is None else q_inputs, 1)
+        _check_count(min_inputs, "min_inputs")
+        if min_inputs > inputs:
+            raise UserError(f"min_inputs {min_inputs} exceeds the {inputs} inputs; counts "
+                             "would grow")
+        sizes, rates, floors = [inputs, *sizes], [q_in, *rates], [min_inputs, *floors]
+    if all(v == 1.0 for v in rates):
+        raise UserError("q = 1 for every column prunes nothing; use q < 1 for some column")
     rows: list[ScheduleRow] = []
     for t in range(iterations):
-        neurons = tuple(max(min_neurons, round_half_up(h * q_l**t))
-                        for h, q_l in zip(hidden, qs, strict=True))
-        if rows and neurons == rows[-1].neurons:
+        units = tuple(max(floor, round_half_up(n * rate**t))
+                      for n, rate, floor in zip(sizes, rates, floors, strict=True))
+        if rows and units == rows[-1].units:
             continue  # the same network again would prune nothing
-        rows.append(ScheduleRow(t, neurons, percent_retained(neurons, hidden)))
-        if all(n == min_neurons for n in neurons):
+        rows.append(_row(t, units, sizes, inputs is not None))
+        if list(units) == floors:
             break
     return rows
+
+
+def _row(iteration: int, units: Sequence[int], unpruned: Sequence[int],
+         inputs: bool) -> ScheduleRow:
+    """A ScheduleRow from the counts of every unit column (the input count first with
+    `inputs`)."""
+    units = tuple(units)
+    percent = percent_retained(units, unpruned)
+    return ScheduleRow(iteration, units[1:], percent, units[0]) if inputs else \
+        ScheduleRow(iteration, units, percent)
 
 
 def _check_rows(rows: Sequence[ScheduleRow]) -> int:
@@ -112,13 +156,20 @@ def _check_rows(rows: Sequence[ScheduleRow]) -> int:
     n_layers = len(rows[0].neurons)
     if any(len(row.neurons) != n_layers for row in rows):
         raise ValueError("every schedule row needs the same number of hidden layers")
+    if any((row.inputs is None) != (rows[0].inputs is None) for row in rows):
+        raise ValueError("every schedule row needs an input count, or none does")
     return n_layers
+
+
+def prunes_inputs(rows: Sequence[ScheduleRow]) -> bool:
+    """Whether a schedule has the input column (a schedule without it never prunes inputs)."""
+    return bool(rows) and rows[0].inputs is not None
 
 
 def format_schedule(rows: Sequence[ScheduleRow], aligned: bool = False) -> str:
     """The retain.txt text (single spaces, seed-compatible) or an aligned table for printing."""
-    table = [header(_check_rows(rows))]
-    table += [[str(r.iteration), *map(str, r.neurons), format_percent(r.percent)] for r in rows]
+    table = [header(_check_rows(rows), prunes_inputs(rows))]
+    table += [[str(r.iteration), *map(str, r.units), format_percent(r.percent)] for r in rows]
     if not aligned:
         return "\n".join(" ".join(line) for line in table) + "\n"
     widths = [max(len(line[c]) for line in table) for c in range(len(table[0]))]
@@ -141,13 +192,15 @@ def _parse_int(token: str, name: str, where: str, minimum: int) -> int:
     return value
 
 
-def _parse_row(tokens: list[str], n_layers: int, where: str) -> tuple[int, tuple[int, ...], float]:
-    if len(tokens) != n_layers + 2:
-        raise ScheduleError(f"{where}: expected {n_layers + 2} columns as in the header, "
+def _parse_row(tokens: list[str], columns: list[str],
+               where: str) -> tuple[int, tuple[int, ...], float]:
+    """(Iteration, the counts of every unit column, perNodesRetained) of one row."""
+    if len(tokens) != len(columns) + 2:
+        raise ScheduleError(f"{where}: expected {len(columns) + 2} columns as in the header, "
                             f"got {len(tokens)}")
     iteration = _parse_int(tokens[0], ITERATION, where, minimum=0)
-    neurons = tuple(_parse_int(tok, layer_column(i), where, minimum=1)
-                    for i, tok in enumerate(tokens[1:-1], start=1))
+    neurons = tuple(_parse_int(tok, name, where, minimum=1)
+                    for name, tok in zip(columns, tokens[1:-1], strict=True))
     try:
         percent = float(tokens[-1])
     except ValueError:
@@ -157,15 +210,16 @@ def _parse_row(tokens: list[str], n_layers: int, where: str) -> tuple[int, tuple
     return iteration, neurons, percent
 
 
-def _check_step(previous: ScheduleRow, iteration: int, neurons: tuple[int, ...], where: str):
+def _check_step(previous: ScheduleRow, iteration: int, units: tuple[int, ...],
+                columns: list[str], where: str):
     if iteration <= previous.iteration:
         raise ScheduleError(f"{where}: {ITERATION} must increase from row to row "
                             f"(got {iteration} after {previous.iteration})")
-    for i, (before, now) in enumerate(zip(previous.neurons, neurons, strict=True), start=1):
+    for name, before, now in zip(columns, previous.units, units, strict=True):
         if now > before:
-            raise ScheduleError(f"{where}: {layer_column(i)} grows from {before} to {now} "
+            raise ScheduleError(f"{where}: {name} grows from {before} to {now} "
                                 f"(counts may only shrink)")
-    if neurons == previous.neurons:
+    if units == previous.units:
         raise ScheduleError(f"{where}: row repeats the previous row's counts (prunes nothing)")
 
 
@@ -186,57 +240,71 @@ def read_schedule(path: str | os.PathLike,
         raise ScheduleError(f"{path}:1: empty file (expected the header "
                             f"'{' '.join(header(2))}' and rows)")
     header_no, names = content[0]
-    n_layers = len(names) - 2
-    if n_layers < 1 or names != header(n_layers):
-        raise ScheduleError(f"{path}:{header_no}: header must be 'Iteration h1NodesRetained ... "
-                            f"hkNodesRetained perNodesRetained', got {' '.join(names)!r}")
+    inputs = len(names) > 1 and names[1] == INPUTS
+    n_layers = len(names) - 2 - inputs
+    if n_layers < 1 or names != header(n_layers, inputs):
+        raise ScheduleError(f"{path}:{header_no}: header must be 'Iteration [inNodesRetained] "
+                            f"h1NodesRetained ... hkNodesRetained perNodesRetained', got "
+                            f"{' '.join(names)!r}")
     if len(content) == 1:
         raise ScheduleError(f"{path}:{header_no}: no schedule rows after the header")
+    columns = unit_columns(n_layers, inputs)
     rows: list[ScheduleRow] = []
     for no, tokens in content[1:]:
         where = f"{path}:{no}"
-        iteration, neurons, written = _parse_row(tokens, n_layers, where)
+        iteration, units, written = _parse_row(tokens, columns, where)
         if not rows:
+            neurons = units[1:] if inputs else units
             if hidden is not None and list(neurons) != list(hidden):
                 raise ScheduleError(f"{where}: first row must be the unpruned hidden sizes "
                                     f"{hidden_label(list(hidden))}, got {hidden_label(neurons)}")
-            unpruned = neurons
+            unpruned = units
         else:
-            _check_step(rows[-1], iteration, neurons, where)
-        percent = percent_retained(neurons, unpruned)
-        if abs(written - percent) > PERCENT_SLACK:
+            _check_step(rows[-1], iteration, units, columns, where)
+        row = _row(iteration, units, unpruned, inputs)
+        if abs(written - row.percent) > PERCENT_SLACK:
             problem = ("first row must be the unpruned network (perNodesRetained 100)" if not rows
                        else f"{PERCENT} does not match the counts (expected "
-                            f"{format_percent(percent)})")
+                            f"{format_percent(row.percent)})")
             raise ScheduleError(f"{where}: {problem}, got {tokens[-1]}")
-        rows.append(ScheduleRow(iteration, neurons, percent))
+        rows.append(row)
     return rows
 
 
-def _layer_legend(rows: Sequence[ScheduleRow], layer: int) -> str:
-    return f"hidden layer {layer + 1} ({rows[0].neurons[layer]} → {rows[-1].neurons[layer]})"
+def _columns(rows: Sequence[ScheduleRow]) -> list[tuple[str, list[int]]]:
+    """(name, counts per row) of every unit column: 'inputs', 'hidden layer 1', ..."""
+    inputs = prunes_inputs(rows)
+    names = (["inputs"] if inputs else []) + [f"hidden layer {layer + 1}"
+                                              for layer in range(_check_rows(rows))]
+    return [(name, [r.units[c] for r in rows]) for c, name in enumerate(names)]
+
+
+def _label(units: Sequence[int], rows: Sequence[ScheduleRow]) -> str:
+    return hidden_label(units, prunes_inputs(rows))
 
 
 def plot_iterations(rows: Sequence[ScheduleRow], path: str | os.PathLike) -> Path:
-    """Neurons kept per hidden layer (log scale) against pruning iteration, one line per layer."""
-    n_layers = _check_rows(rows)
+    """Units kept per column (log scale) against pruning iteration, one line per column."""
+    columns = _columns(rows)
     fig, (ax,) = new_figure(width=8.5, height=5.0)
     steps = range(len(rows))
-    lines = [ax.plot(steps, [r.neurons[layer] for r in rows], marker="o", markersize=4,
-                     color=LAYER_COLORS[layer % len(LAYER_COLORS)],
-                     label=_layer_legend(rows, layer))[0] for layer in range(n_layers)]
-    log_axis(ax, "y", [n for r in rows for n in r.neurons])
+    lines = [ax.plot(steps, counts, marker="o", markersize=4,
+                     color=LAYER_COLORS[c % len(LAYER_COLORS)],
+                     label=f"{name} ({counts[0]} → {counts[-1]})")[0]
+             for c, (name, counts) in enumerate(columns)]
+    log_axis(ax, "y", [n for _, counts in columns for n in counts])
     ax.set_xlabel("pruning iteration (session folder i/)")
-    ax.set_ylabel("neurons retained per layer (count, log scale)")
+    ax.set_ylabel("units retained per column (count, log scale)")
     ax.set_xlim(-0.5, len(rows) - 0.5)
     ax.xaxis.get_major_locator().set_params(integer=True)
     share = ax.twinx()  # the overall fraction on its own axis: a percentage is not a count
+    what = "all units" if prunes_inputs(rows) else "all hidden neurons"
     lines += share.plot(steps, [r.percent for r in rows], linestyle="--", marker=".",
-                        color=COLORS["reference"], label="all hidden neurons (% retained, right)")
+                        color=COLORS["reference"], label=f"{what} (% retained, right)")
     log_axis(share, "y", [r.percent for r in rows])
-    share.set_ylabel("hidden neurons retained (%, log scale)")
-    ax.set_title(f"Retention schedule: hidden {hidden_label(rows[0].neurons)} → "
-                 f"{hidden_label(rows[-1].neurons)} in {len(rows) - 1} pruning iterations")
+    share.set_ylabel(f"{what} retained (%, log scale)")
+    ax.set_title(f"Retention schedule: {_label(rows[0].units, rows)} → "
+                 f"{_label(rows[-1].units, rows)} in {len(rows) - 1} pruning iterations")
     ax.legend(handles=lines, loc="upper right")
     return save_figure(fig, path)
 
@@ -254,28 +322,30 @@ def _annotate_steps(ax, xs: Sequence[float], ys: Sequence[float]) -> None:
 
 
 def plot_distribution(rows: Sequence[ScheduleRow], path: str | os.PathLike) -> Path:
-    """Neurons kept in layer l against layer l+1 (axes inverted), one panel per consecutive pair."""
-    n_layers = _check_rows(rows)
-    pairs = [(i, i + 1) for i in range(n_layers - 1)] or [(0, None)]
+    """Units kept in column c against column c+1 (axes inverted), one panel per consecutive
+    pair (inputs vs hidden layer 1 first when the schedule prunes inputs)."""
+    columns = _columns(rows)
+    pairs = [(i, i + 1) for i in range(len(columns) - 1)] or [(0, None)]
     fig, axes = new_figure(1, len(pairs), width=max(6.5, 5.5 * len(pairs)), height=5.5)
     for ax, (a, b) in zip(axes, pairs, strict=True):
-        xs = [r.neurons[a] for r in rows]
-        ys = [r.neurons[b] for r in rows] if b is not None else list(range(len(rows)))
+        (name_a, xs) = columns[a]
+        ys = columns[b][1] if b is not None else list(range(len(rows)))
         ax.plot(xs, ys, marker="o", markersize=4, color=LAYER_COLORS[0], label="schedule row")
         ax.plot(xs[:1], ys[:1], marker="s", markersize=9, linestyle="none",
-                color=COLORS["test"], label=f"unpruned ({hidden_label(rows[0].neurons)})")
+                color=COLORS["test"], label=f"unpruned ({_label(rows[0].units, rows)})")
         _annotate_steps(ax, xs, ys)
         log_axis(ax, "x", xs)
         ax.invert_xaxis()
-        ax.set_xlabel(f"neurons retained in hidden layer {a + 1} (count, log scale)")
+        ax.set_xlabel(f"units retained in {name_a} (count, log scale)")
         if b is None:
             ax.set_ylabel("pruning iteration")
-            ax.set_title("Neurons retained in hidden layer 1")
+            ax.set_title(f"Units retained in {name_a}")
         else:
             log_axis(ax, "y", ys)
             ax.invert_yaxis()
-            ax.set_ylabel(f"neurons retained in hidden layer {b + 1} (count, log scale)")
-            ax.set_title(f"Hidden layer {a + 1} vs layer {b + 1} (labels: pruning iteration)")
+            ax.set_ylabel(f"units retained in {columns[b][0]} (count, log scale)")
+            ax.set_title(f"{name_a.capitalize()} vs {columns[b][0]} (labels: pruning "
+                         "iteration)")
         ax.legend(loc="lower right")
     return save_figure(fig, path)
 
@@ -289,6 +359,9 @@ class RetainConfig:
     iterations: int = 31  # exponents t = 0 .. iterations-1 are tried
     min_neurons: int = 1  # no layer goes below this many neurons
     out: Path = Path("retain")  # folder for retain.txt and the two plots
+    inputs: int | None = None  # unpruned input features: adds the input column (None: no column)
+    q_inputs: float | None = None  # fraction of input features kept per step (None: q[0])
+    min_inputs: int = 1  # the input column never goes below this many features
 
 
 ROWS_NOTE = "row i is pruning iteration i (session folder i/); Iteration is the exponent t"
@@ -307,7 +380,8 @@ def check_out_folder(out: Path) -> None:
 def generate(config: RetainConfig) -> list[ScheduleRow]:
     """Build the schedule of `config` and write retain.txt and both plots into config.out."""
     q = config.q[0] if len(config.q) == 1 else list(config.q)
-    rows = geometric_schedule(list(config.hidden), q, config.iterations, config.min_neurons)
+    rows = geometric_schedule(list(config.hidden), q, config.iterations, config.min_neurons,
+                              config.inputs, config.q_inputs, config.min_inputs)
     check_out_folder(config.out)
     text, iterations_png, distribution_png = (config.out / name for name in OUTPUTS)
     write_schedule(rows, text)
@@ -330,6 +404,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="exponents t = 0 .. ITERATIONS-1 are tried (default: 31)")
     parser.add_argument("--min-neurons", type=int, default=defaults.min_neurons,
                         help="smallest size of any layer (default: 1)")
+    parser.add_argument("--inputs", type=int,
+                        help="unpruned number of input features (784 for MNIST): adds the "
+                             "inNodesRetained column, so the inputs are pruned too (default: "
+                             "no input column, inputs are never pruned)")
+    parser.add_argument("--q-inputs", type=float,
+                        help="fraction of input features kept per step (default: the first "
+                             "--q value; needs --inputs)")
+    parser.add_argument("--min-inputs", type=int,
+                        help=f"fewest input features kept (default: {defaults.min_inputs}; "
+                             "needs --inputs)")
     parser.add_argument("--out", type=Path, default=defaults.out,
                         help="output folder (default: retain/)")
     parser.add_argument("--check", type=Path, metavar="RETAIN_TXT",
@@ -342,8 +426,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.check}: valid, {len(rows)} rows")
         print(ROWS_NOTE)
         return 0
+    if args.inputs is None and (args.q_inputs is not None or args.min_inputs is not None):
+        raise UserError("--q-inputs and --min-inputs shape the input column; give --inputs N "
+                        "(the unpruned input count) to add it")
+    given = {k: v for k, v in (("q_inputs", args.q_inputs), ("min_inputs", args.min_inputs))
+             if v is not None}
     config = RetainConfig(tuple(args.hidden), tuple(args.q), args.iterations, args.min_neurons,
-                          args.out)
+                          args.out, args.inputs, **given)
     rows = generate(config)
     print(format_schedule(rows, aligned=True), end="")
     print(ROWS_NOTE)

@@ -15,7 +15,8 @@ server that does not answer within SERVER_TIMEOUT seconds is refused before anyt
 
 With `--tensorboard DIR` the session writes event files under DIR/<session name>/: one run per
 iteration, `iteration-<i>/` (its per-epoch curves `epoch/<metric>`, step = epoch; the histogram of
-each hidden layer's significance scores, `significance/h<l>`, step = i; and an HParams session:
+each hidden layer's significance scores, `significance/h<l>` (and `significance/inputs` when the
+input features are pruned), step = i; and an HParams session:
 % retained, hidden sizes, params and MACs against the kept model's metrics `final/<metric>`),
 and a run `summary/` with one point per iteration (`pruning/<metric>`, step = iteration). The
 DIR/<session name>/ folder always mirrors the session's complete iterations: a run is written
@@ -51,6 +52,7 @@ from src.concatenate import read_validation_results
 from src.errors import UserError
 from src.files import atomic_write, first_line
 from src.metrics import EPOCH, EPOCH_COLUMNS, RUN, VALIDATION
+from src.model import parse_hidden_label
 from src.session import ITERATION_FILES, MODES
 
 INSTALL = "pip install mlflow-skinny sqlalchemy alembic (or mlflow, which also has the `mlflow ui`)"
@@ -341,10 +343,10 @@ class MlflowTracker:
             tags["backfilled"] = "true"
         child = self.client.create_run(self.experiment_id, run_name=f"iteration-{i}", tags=tags)
         run_id, now = child.info.run_id, int(time.time() * 1000)
-        neurons = [int(n) for n in str(row["Hidden"]).split("-")]
+        inputs, neurons = parse_hidden_label(row["Hidden"])
         params = {"iteration": i, "hidden": row["Hidden"], "percent_retained":
                   f"{row['PercentageRetain']:.2f}", "criterion": self.config["criterion"],
-                  "mode": self.config["mode"],
+                  "mode": self.config["mode"], **({} if inputs is None else {"inputs": inputs}),
                   **{f"h{layer}": n for layer, n in enumerate(neurons, start=1)}}
         metrics = [self.Metric(name, float(row[key]), now, 0)
                    for key, name in ROW_METRICS.items() if key in row]
@@ -504,8 +506,11 @@ class TensorBoardTracker:
             for epoch in epochs:
                 for column, name in EPOCH_METRICS.items():
                     writer.add_scalar(name, epoch[column], int(epoch["Epoch"]))
-            for layer, values in enumerate(scores or [], start=1):
-                writer.add_histogram(f"significance/h{layer}", values, i)
+            names = [f"h{layer}" for layer in range(1, len(scores or []) + 1)]
+            if parse_hidden_label(row["Hidden"])[0] is not None:  # the input features first
+                names = ["inputs", *names[:-1]]
+            for name, values in zip(names, scores or [], strict=True):
+                writer.add_histogram(f"significance/{name}", values, i)
             settings = {"iteration": i, "hidden": row["Hidden"],
                         "percent_retained": float(row["PercentageRetain"]),
                         "params": int(row["Params"]), "macs": int(row["MACs"])}

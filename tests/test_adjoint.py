@@ -19,6 +19,7 @@ from torch import nn
 from src.adjoint import RULES, LayerBounds, chain, interval_sweep, sweep
 from src.interval import Interval
 from src.model import mlp_net
+from src.spec import Select
 
 TOL = 1e-9
 D = torch.float64
@@ -423,6 +424,68 @@ def test_cnn_batch_of_boxes_equals_one_sweep_per_box(seed_mode):
             torch.testing.assert_close(x.upper[b], y.upper)
 
 
+# ---- input selection (an input-pruned network) ------------------------------------------------
+
+@st.composite
+def selecting_mlps(draw) -> tuple[nn.Sequential, int, int]:
+    """A random MLP that reads a random subset of its n_in inputs (Select first), in float64,
+    with n_in and a seed for box and points."""
+    n_in = draw(st.integers(2, 9))
+    kept = sorted(draw(st.sets(st.integers(0, n_in - 1), min_size=1, max_size=n_in)))
+    activation = draw(st.sampled_from([nn.ReLU, nn.Sigmoid, nn.Tanh]))
+    hidden, n_out, seed = draw(st.integers(1, 5)), draw(st.integers(1, 3)), \
+        draw(st.integers(0, 2**31 - 1))
+    torch.manual_seed(seed)
+    model = nn.Sequential(Select(kept, n_in), nn.Linear(len(kept), hidden), activation(),
+                          nn.Linear(hidden, n_out)).double()
+    return model, n_in, seed
+
+
+@settings(max_examples=100, deadline=None)
+@given(network=selecting_mlps(), seed_mode=st.sampled_from(["per_output", "sum"]))
+def test_select_values_and_adjoints_enclose_the_points(network, seed_mode):
+    """Through a Select, every point value and autograd derivative lies in its interval, the
+    full input's adjoint included (exactly 0 for the features the network does not read)."""
+    model, n_in, seed = network
+    g = torch.Generator().manual_seed(seed)
+    box = random_box(g, n_in, degenerate=False)
+    check_chain_encloses_points(model, box, points_in(box, 16, g), seed_mode)
+    unread = torch.ones(n_in, dtype=torch.bool)
+    unread[model[0].indices] = False
+    adjoint = sweep(model, box, seed_mode).adjoints[0]
+    assert bool((adjoint.lower[..., unread] == 0).all() and (adjoint.upper[..., unread] == 0).all())
+
+
+@settings(max_examples=50, deadline=None)
+@given(network=selecting_mlps())
+def test_select_degenerate_box_reproduces_torch(network):
+    """On a point box, the Select's values and the input adjoint equal torch's and autograd's."""
+    model, n_in, seed = network
+    box = random_box(torch.Generator().manual_seed(seed), n_in, degenerate=True)
+    values, jacobians = chain_points(model, box.lower[None])
+    bounds = sweep(model, box, "per_output")
+    for interval, point in ((bounds.values[1], values[1][0]), (bounds.adjoints[0],
+                                                               jacobians[0][0])):
+        assert torch.equal(interval.lower, interval.upper)
+        torch.testing.assert_close(interval.lower, point, rtol=TOL, atol=TOL)
+
+
+def test_select_of_a_batch_of_boxes_keeps_the_batch():
+    """A (batch, n_in) box through a Select gives (batch, k) values and a (batch, k_out, n_in)
+    input adjoint."""
+    model = nn.Sequential(Select([0, 3], 5), nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2))
+    box = Interval(torch.zeros(4, 5), torch.ones(4, 5))
+    result = sweep(model, box)
+    assert result.values[1].shape == (4, 2) and result.adjoints[0].shape == (4, 2, 5)
+
+
+def test_a_box_of_the_wrong_width_for_a_select_is_a_value_error():
+    """A Select takes the full input: a box of the kept features' width is refused."""
+    model = nn.Sequential(Select([0, 3], 5), nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="Select.*5 features"):
+        sweep(model, Interval(torch.zeros(2), torch.ones(2)))
+
+
 def lenet_like() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(1, 4, 3), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(),
@@ -640,6 +703,6 @@ def test_lowest_out_of_range_is_a_value_error():
 def test_chain_accepts_every_rule_type():
     """chain() takes an nn.Sequential of every module type that has a rule."""
     assert {nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.Sigmoid, nn.Tanh,
-            nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Dropout} == set(RULES)
+            nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Dropout, Select} == set(RULES)
     model = lenet_like()
     assert chain(model) == list(model)

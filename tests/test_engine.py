@@ -4,9 +4,11 @@ previous version, a user's own model pruned and loaded back, and a CNN end to en
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
@@ -16,9 +18,10 @@ import deploy
 from deploy.__main__ import main as deploy_main
 from src import cli
 from src.checkpoint import load_model, save_checkpoint
-from src.config import PruneConfig, Retraining, Training, flat
+from src.config import PruneConfig, Retraining, Scoring, Training, flat
 from src.data import load_dataset
-from src.engine import run
+from src.engine import Results, run
+from src.errors import UserError
 from src.groups import units
 from src.iterativeprune import main
 from src.model import from_module
@@ -218,3 +221,136 @@ def test_the_cnn3_preset_runs_the_whole_workflow_and_its_bundle_predicts_raw_ima
     with torch.no_grad():
         expected = model(torch.from_numpy(raw).float().reshape(12, -1) / 16).argmax(1)
     assert printed == [str(int(c)) for c in expected]
+
+
+# ---- input pruning (a schedule with the inNodesRetained column) ----------------------------
+
+IN_ROWS = [(64, 16, 8), (40, 12, 6), (24, 8, 4)]
+
+
+def input_schedule(tmp_path: Path, rows=IN_ROWS) -> Path:
+    """A retain.txt whose first unit column is the input features."""
+    path = tmp_path / "retain_inputs.txt"
+    write_schedule([ScheduleRow(t, r[1:], 100 * sum(r) / sum(rows[0]), r[0])
+                    for t, r in enumerate(rows)], path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def input_session(tmp_path_factory) -> Results:
+    """One digits session that prunes inputs and hidden neurons (shared by the tests below)."""
+    tmp_path = tmp_path_factory.mktemp("inputs")
+    return run(FAST, tmp_path / "s", retain=input_schedule(tmp_path), quiet=True, log=quiet)
+
+
+def test_an_input_schedule_prunes_the_inputs_too(input_session):
+    """Each row's input count is read by the model it keeps; Hidden says so ('24:8-4'),
+    validation_results.txt keeps its 11 columns, summary.txt says how many inputs are read."""
+    assert [r["Hidden"] for r in input_session.rows] == ["64:16-8", "40:12-6", "24:8-4"]
+    last = input_session.session.checkpoint(2)
+    model, meta = load_model(last)
+    assert units(model, inputs=True) == [24, 8, 4] and meta["features_read"] == 24
+    assert len(model[0].indices) == 24 and meta["hidden"] == [8, 4]
+    header = (last.parent / "validation_results.txt").read_text().split("\n")[0].split()
+    assert len(header) == 11
+    assert "input features read: 24 of 64" in (last.parent / "summary.txt").read_text()
+
+
+def test_an_input_pruned_model_takes_the_full_input_everywhere(input_session, tmp_path,
+                                                               capsys):
+    """The pruned checkpoint takes whole 8x8 images: the validator reproduces its recorded
+    accuracy, the bundle (manifest, ONNX) and predict take raw images, and load_pruned_model
+    gives a user's SimpleNN the same outputs (inputs='indices' or 'zeros')."""
+    last = input_session.session.checkpoint(2)
+    pruned, meta = load_model(last)
+    capsys.readouterr()
+    assert cli.run(validator_main, [str(last)]) == 0
+    test_line = capsys.readouterr().out.splitlines()[-1].split()
+    assert float(test_line[-1]) == round(meta["metrics"]["test_accuracy"], 2)
+    bundle = tmp_path / "bundle"
+    assert deploy_main(["bundle", str(last), "--out", str(bundle)]) == 0
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["features_read"] == 24 and manifest["onnx"]["max_abs_diff"] < 1e-4
+    raw = load_digits().images[:6].astype(np.float32) / 16  # whole images, scaled
+    expected = pruned(torch.from_numpy(raw)).argmax(1)
+    assert torch.equal(deploy.predict(deploy.load(bundle), raw).labels, expected)
+    np.save(tmp_path / "digits.npy", raw)
+    capsys.readouterr()
+    assert deploy_main(["predict", "--bundle", str(bundle), str(tmp_path / "digits.npy")]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 6
+    x = torch.from_numpy(raw).reshape(6, 1, 8, 8)
+    zeros = deploy.load_pruned_model(SimpleNN(), last, inputs="zeros")
+    assert zeros.fc1.in_features == 64
+    torch.testing.assert_close(zeros(x), pruned(x))
+    indexed = deploy.load_pruned_model(SimpleNN(), last, inputs="indices")
+    features = x.reshape(6, -1)[:, indexed.input_indices]
+    torch.testing.assert_close(indexed.fc3(F.relu(indexed.fc2(F.relu(indexed.fc1(features))))),
+                               pruned(x))
+
+
+def test_an_input_session_redone_gives_the_same_numbers(input_session, tmp_path):
+    """Resuming an input-pruning session (--begin-itr 1 from iteration 0's checkpoint) computes
+    exactly what the uninterrupted run did."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(input_session.session.root, copy)
+    again = run(FAST, copy, begin=1, quiet=True, log=quiet)
+    assert again.resumed and [r["Hidden"] for r in again.rows] == ["40:12-6", "24:8-4"]
+    assert results(copy / "iterative_pruning") == results(input_session.session.mode_dir)
+
+
+@pytest.mark.parametrize("criterion", ["interval_adjoint", "random", "magnitude", "taylor",
+                                       "apoz"])
+def test_every_input_criterion_runs_one_shot_and_iterative(tmp_path, criterion):
+    """Every criterion with an input form prunes inputs in both modes (without retraining)."""
+    retain = input_schedule(tmp_path)
+    for mode in ("iterative", "one-shot"):
+        config = replace(FAST, mode=mode, scoring=Scoring(criterion=criterion),
+                         retraining=Retraining(epochs=0), training=Training(epochs=1))
+        result = run(config, tmp_path / mode, retain=retain, quiet=True, log=quiet)
+        assert [r["Hidden"] for r in result.rows] == ["64:16-8", "40:12-6", "24:8-4"]
+
+
+def test_fpgm_with_an_input_schedule_fails_before_anything_is_written(tmp_path):
+    """fpgm has no input form: one UserError naming it, and the session folder stays empty."""
+    config = replace(FAST, scoring=Scoring(criterion="fpgm"))
+    with pytest.raises(UserError, match="fpgm has no input-feature form"):
+        run(config, tmp_path / "s", retain=input_schedule(tmp_path), quiet=True, log=quiet)
+    assert not (tmp_path / "s" / "config.json").exists()
+
+
+def test_an_input_schedule_for_a_cnn_is_refused_before_anything_is_written(tmp_path):
+    """A CNN's first layer is a conv: an input column is an error naming the schedule."""
+    arch = tmp_path / "cnn.json"
+    arch.write_text(json.dumps(CNN))
+    retain = input_schedule(tmp_path, [(64, 6, 8, 16), (40, 4, 6, 12)])
+    with pytest.raises(UserError, match="retain_inputs.txt: the schedule prunes inputs"):
+        run(replace(FAST, arch=str(arch), hidden=None), tmp_path / "s", retain=retain,
+            quiet=True, log=quiet)
+    assert not (tmp_path / "s" / "config.json").exists()
+
+
+def test_global_allocation_keeps_each_rows_total(tmp_path):
+    """allocation='global' keeps each row's total units, split by score across the groups
+    (at least one per group), and a redone iteration reads them back."""
+    config = replace(FAST, scoring=Scoring(allocation="global"))
+    result = run(config, tmp_path / "s", retain=input_schedule(tmp_path), quiet=True, log=quiet)
+    kept = [[int(n) for n in r["Hidden"].replace(":", "-").split("-")] for r in result.rows]
+    assert [sum(k) for k in kept] == [sum(r) for r in IN_ROWS] and min(map(min, kept)) >= 1
+    again = run(config, tmp_path / "s", begin=2, quiet=True, log=quiet)
+    assert again.rows[0]["Hidden"] == result.rows[2]["Hidden"]
+
+
+def test_an_iteration_keeps_the_pruned_model_when_retraining_only_loses(tmp_path):
+    """A retraining that cannot help (a learning rate that wrecks the model) is discarded: the
+    iteration keeps the pruned model, so its test accuracy is the one before retraining and its
+    validation accuracy beats every retraining epoch's."""
+    config = replace(FAST, retraining=Retraining(epochs=2, lr=5.0))
+    result = run(config, tmp_path / "s", retain=schedule(tmp_path), quiet=True, log=quiet)
+    for row in result.rows[1:]:
+        assert row["Test_Accuracy"] == row["NoRetrain_Test_Accuracy"]
+        history = (result.session.final(row["iteration"]) / "train_results.txt").read_text()
+        epochs = [float(line.split()[4]) for line in history.splitlines()[1:]]
+        # (a pruned model already at its parent's accuracy is not retrained at all)
+        assert not epochs or max(epochs) < row["Val_Accuracy"]

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from src.groups import units
-from src.model import count_params, hidden_label, layer_table, mlp_net
+from src.model import count_params, hidden_label, layer_table, mlp_net, parse_hidden_label
 from src.spec import PRESETS, SpecError, build, spec_of
 
 
@@ -70,3 +70,12 @@ def test_layer_table_counts_conv_and_linear_params_and_macs():
     text, params, macs = layer_table(build(PRESETS["lenet5"]([1, 28, 28], 10)))
     assert params == 431_080 and macs == 288_000 + 1_600_000 + 400_000 + 5_000
     assert "conv2d" in text and text.splitlines()[-1].split()[-1] == str(macs)
+
+
+def test_units_label_names_the_inputs_read_first_and_parses_back():
+    """'54-13' for hidden units, '300:54-13' when the input features are pruned too; both read
+    back to (inputs or None, hidden counts)."""
+    assert hidden_label([54, 13]) == "54-13" and hidden_label([300, 54, 13], inputs=True) == \
+        "300:54-13"
+    assert parse_hidden_label("54-13") == (None, [54, 13])
+    assert parse_hidden_label("300:54-13") == (300, [54, 13])

@@ -7,7 +7,7 @@ import torch
 
 from src.groups import units
 from src.model import mlp_net
-from src.prune import keep_indices, shrink, value_at
+from src.prune import keep_global, keep_indices, shrink, value_at
 
 
 def test_plan_keeps_highest_scores_in_order():
@@ -149,3 +149,63 @@ def test_linear_fold_is_exact_for_constant_neurons():
     x = torch.rand(80, 4, dtype=torch.float64)
     small = shrink(model, [torch.tensor([1, 2, 4, 5])], bias_fold="linear", data=x)
     torch.testing.assert_close(small(x), model(x))
+
+
+# ---- input features -------------------------------------------------------------------------
+
+def _constant_inputs(fold: str) -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
+    """A model, the same with its constant inputs 0 and 3 removed by `fold`, and the data."""
+    model = mlp_net([6, 5, 4, 3], seed=2).double()
+    x = torch.rand(60, 6, dtype=torch.float64)
+    x[:, 0], x[:, 3] = 0.25, 0.0  # a grey pixel and a border pixel: the same in every image
+    keep = [torch.tensor([1, 2, 4, 5]), torch.arange(5), torch.arange(4)]
+    return model, shrink(model, keep, fold, data=x, inputs=True), x
+
+
+@pytest.mark.parametrize("fold", ["mean", "linear", "mid"])
+def test_removing_constant_inputs_folds_them_exactly(fold):
+    """Constant input features are folded into the first Linear's bias: the pruned model,
+    given the full input, computes the same outputs (mean, linear, and mid over the data box)."""
+    model, small, x = _constant_inputs(fold)
+    assert small[1].in_features == 4 and small[0].indices.tolist() == [1, 2, 4, 5]
+    torch.testing.assert_close(small(x), model(x))
+
+
+def test_removing_inputs_without_a_fold_drops_their_contribution():
+    """With bias_fold='none' only the zero-valued feature is removed exactly."""
+    model, small, x = _constant_inputs("none")
+    assert not torch.allclose(small(x), model(x))
+
+
+def test_pruning_inputs_again_composes_the_selection():
+    """A second input prune keeps indices into the original input: one Select that reads
+    features 2 and 5 of the six, and the network still takes the full input."""
+    model = mlp_net([6, 5, 3], seed=0)
+    once = shrink(model, [torch.tensor([1, 2, 4, 5]), torch.arange(5)], "none", inputs=True)
+    twice = shrink(once, [torch.tensor([1, 3]), torch.arange(5)], "none", inputs=True)
+    assert [type(m).__name__ for m in twice].count("Select") == 1
+    assert twice[0].indices.tolist() == [2, 5] and units(twice, inputs=True) == [2, 5]
+    x = torch.rand(7, 6)
+    expected = torch.nn.functional.linear(x[:, [2, 5]], model[0].weight[:, [2, 5]],
+                                          model[0].bias)
+    torch.testing.assert_close(twice(x), model[2](torch.relu(expected)))
+
+
+def test_global_plan_splits_the_total_by_score_across_groups():
+    """keep_global takes the highest scores of all groups together, ascending per group."""
+    scores = [torch.tensor([0.1, 5.0, 0.2, 4.0]), torch.tensor([3.0, 0.05, 2.0])]
+    assert [p.tolist() for p in keep_global(scores, 4)] == [[1, 3], [0, 2]]
+    assert [p.tolist() for p in keep_global(scores, 2)] == [[1], [0]]
+
+
+def test_global_plan_keeps_at_least_one_unit_per_group():
+    """A group whose every score is below the others' keeps its best unit all the same."""
+    scores = [torch.tensor([9.0, 8.0, 7.0, 6.0]), torch.tensor([0.1, 0.3, 0.2])]
+    assert [p.tolist() for p in keep_global(scores, 3)] == [[0, 1], [1]]
+
+
+@pytest.mark.parametrize("total", [1, 8])
+def test_global_plan_rejects_impossible_totals(total):
+    """Fewer units than groups, or more than there are, is a ValueError."""
+    with pytest.raises(ValueError, match="cannot keep"):
+        keep_global([torch.rand(4), torch.rand(3)], total)

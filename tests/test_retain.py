@@ -24,6 +24,7 @@ THESIS_256_64 = [(256, 64), (205, 51), (164, 41), (131, 33), (105, 26), (84, 21)
                  (54, 13), (43, 11), (34, 9), (27, 7), (22, 5), (18, 4), (14, 4), (11, 3), (9, 2),
                  (7, 2), (6, 1), (5, 1), (4, 1), (3, 1), (2, 1), (1, 1)]
 HEADER = "Iteration h1NodesRetained h2NodesRetained perNodesRetained"
+IN_HEADER = "Iteration inNodesRetained h1NodesRetained h2NodesRetained perNodesRetained"
 
 
 def write_text(tmp_path: Path, text: str) -> Path:
@@ -162,6 +163,13 @@ MALFORMED = [
     (f"{HEADER}\n0 256 64 100\n0 205 51 80\n", 3, "Iteration must increase"),
     (f"{HEADER}\n0 256 64 100\n1 256 64 100\n", 3, "repeats the previous row"),
     (f"{HEADER}\nx 256 64 100\n", 2, "Iteration must be an integer"),
+    (f"{IN_HEADER}\n0 784 256 64 100\n1 800 205 51 80\n", 3,
+     "inNodesRetained grows from 784 to 800"),
+    (f"{IN_HEADER}\n0 784 256 64 100\n1 0 205 51 80\n", 3, "inNodesRetained must be >= 1"),
+    (f"{IN_HEADER}\n0 784 256 64 100\n1 205 51 80\n", 3, "expected 5 columns"),
+    (f"{IN_HEADER}\n0 784 256 64 100\n1 392 205 51 80\n", 3, "does not match the counts"),
+    ("Iteration h1NodesRetained inNodesRetained h2NodesRetained perNodesRetained\n"
+     "0 256 784 64 100\n", 1, "header must be"),
 ]
 
 
@@ -271,3 +279,77 @@ def test_written_files_get_the_usual_permissions(tmp_path, umask):
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "r").iterdir()}
     assert modes == {"retain.txt": 0o644, "pruneNodesIteration.png": 0o644,
                      "pruneNodesDistribution.png": 0o644}
+
+
+# ---------------------------------------------------------------- the input column
+
+
+def test_input_column_shrinks_with_its_own_q_and_minimum():
+    """With inputs, N_in(t) = max(min_inputs, round(784 · 0.7^t)) comes first in every row's
+    units, hidden layers follow their own q, and the schedule ends when every column is at its
+    minimum; perNodesRetained counts every column."""
+    rows = geometric_schedule([256, 64], 0.8, inputs=784, q_inputs=0.7, min_inputs=100)
+    assert [r.units for r in rows[:3]] == [(784, 256, 64), (549, 205, 51), (384, 164, 41)]
+    assert [r.inputs for r in rows[5:8]] == [132, 100, 100]
+    assert rows[-1].units == (100, 1, 1) and rows[-1].neurons == (1, 1)
+    assert rows[1].percent == pytest.approx(100 * (549 + 205 + 51) / (784 + 256 + 64))
+
+
+def test_a_schedule_without_the_input_column_never_prunes_inputs():
+    """The rows of every existing schedule have no input count: their units are the hidden
+    layers only, as before."""
+    rows = geometric_schedule([256, 64])
+    assert all(r.inputs is None and r.units == r.neurons for r in rows)
+
+
+def test_inputs_alone_can_be_pruned():
+    """q = 1 for the hidden layers and q_inputs < 1 prunes only the input features."""
+    rows = geometric_schedule([16, 8], 1.0, iterations=4, inputs=64, q_inputs=0.5)
+    assert [r.units for r in rows] == [(64, 16, 8), (32, 16, 8), (16, 16, 8), (8, 16, 8)]
+
+
+def test_the_input_column_shrinks_like_the_first_hidden_layer_unless_told():
+    """Without q_inputs the inputs keep the first hidden layer's fraction per step."""
+    rows = geometric_schedule([256, 64], [0.9, 0.8], iterations=3, inputs=784)
+    assert [r.inputs for r in rows] == [784, 706, 635]
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"inputs": 0}, {"inputs": 64, "q_inputs": 0.0}, {"inputs": 64, "q_inputs": 1.2},
+    {"inputs": 64, "min_inputs": 0}, {"inputs": 64, "min_inputs": 65},
+    {"inputs": 64, "q_inputs": 1.0, "q": 1.0},
+])
+def test_input_column_arguments_are_checked(kwargs):
+    """Bad input count, q_inputs or min_inputs, or nothing pruned at all, is a ValueError."""
+    with pytest.raises(ValueError):
+        geometric_schedule([16, 8], **{"q": 0.8, **kwargs})
+
+
+def test_input_column_round_trip(tmp_path):
+    """A schedule with the input column is written with inNodesRetained first after Iteration
+    and reads back the same."""
+    rows = geometric_schedule([256, 64], inputs=784, q_inputs=0.7, min_inputs=64)
+    write_schedule(rows, tmp_path / "retain.txt")
+    lines = (tmp_path / "retain.txt").read_text().splitlines()
+    assert lines[:3] == [IN_HEADER, "0 784 256 64 100", "1 549 205 51 72.92"]
+    assert read_schedule(tmp_path / "retain.txt") == rows
+
+
+def test_command_adds_the_input_column(tmp_path, capsys):
+    """--inputs 784 --q-inputs 0.7 --min-inputs 64 writes the input column and both plots."""
+    out = tmp_path / "r"
+    assert main(["--inputs", "784", "--q-inputs", "0.7", "--min-inputs", "64", "--out",
+                 str(out)]) == 0
+    rows = read_schedule(out / "retain.txt")
+    assert rows == geometric_schedule([256, 64], inputs=784, q_inputs=0.7, min_inputs=64)
+    assert (out / "pruneNodesDistribution.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert "inNodesRetained" in capsys.readouterr().out
+
+
+def test_command_input_flags_without_inputs_are_one_line_and_write_nothing(tmp_path, capsys):
+    """--q-inputs or --min-inputs without --inputs is an error line, exit 2, nothing written."""
+    for flags in (["--q-inputs", "0.7"], ["--min-inputs", "50"]):
+        assert cli.run(main, [*flags, "--out", str(tmp_path / "r")]) == cli.EXIT_USAGE
+        err = capsys.readouterr().err
+        assert err.startswith("error: --q-inputs and --min-inputs") and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()

@@ -20,7 +20,7 @@ from src.significance import (
     sample_boxes,
     score,
 )
-from src.spec import build
+from src.spec import Net, build
 
 D = torch.float64
 
@@ -344,3 +344,85 @@ def test_a_channels_score_sums_or_maximises_width_times_reach_over_its_positions
                                per_position.amax((1, 2)))
     with pytest.raises(ValueError, match="aggregate"):
         interval_adjoint(model, box, aggregate="mean")
+
+
+# ---- input features -------------------------------------------------------------------------
+
+def test_hand_computed_input_significance_2_2_1():
+    """The sweep continued to the input: [x̄] = [z̄] W1 = [-4, 1], [-3, 0] over the unit box,
+    so the inputs score width 1 · 4 and 1 · 3; the hidden scores stay 2 and 6."""
+    model = two_two([[1.0, -2.0]])
+    s_in, s_hidden = interval_adjoint(model, UNIT, inputs=True)
+    assert s_in.tolist() == [4.0, 3.0] and s_hidden.tolist() == [2.0, 6.0]
+
+
+@pytest.mark.parametrize("seed_mode", ["per_output", "sum"])
+def test_constant_input_features_score_exactly_zero(seed_mode):
+    """A feature that is constant over the data box (width 0, like MNIST's border pixels)
+    scores exactly 0, whatever its weights; the others score > 0."""
+    model = mlp_net([12, 7, 5, 3], seed=0)
+    x, y = small_data()
+    x[:, [0, 5]] = torch.tensor([0.0, 0.4])
+    s_in = score("interval_adjoint", model, ScoreData(x, y, seed_mode=seed_mode), inputs=True)[0]
+    assert s_in[[0, 5]].tolist() == [0.0, 0.0]
+    assert bool((s_in[[1, 2, 3, 4, 6, 7, 8, 9, 10, 11]] > 0).all())
+
+
+def test_input_scores_of_a_pruned_model_are_those_of_the_features_it_reads():
+    """A model with a Select scores its kept features exactly as the same network without the
+    Select scores them over the kept features' box: the sweep runs through the Select."""
+    from src.prune import shrink
+
+    x, y = small_data(n_in=12)
+    model = mlp_net([12, 7, 5, 3], seed=3).double()
+    kept = torch.tensor([1, 4, 6, 7, 10])
+    pruned = shrink(model, [kept, torch.arange(7), torch.arange(5)], "none", inputs=True)
+    plain = Net(list(pruned)[1:], [5])  # the same modules without the Select
+    box = data_box(x.double())
+    ours = interval_adjoint(pruned, box, inputs=True)
+    theirs = interval_adjoint(plain, Interval(box.lower[kept], box.upper[kept]), inputs=True)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_magnitude_of_an_input_is_the_l1_norm_of_its_column():
+    """An input feature's magnitude is the L1 norm of its column of the first Linear."""
+    model = set_weights(mlp_net([2, 2, 1]), [[1.0, -2.0], [0.5, 0.0]], [9.0, 9.0], [[1.0, 1.0]],
+                        [0.0])
+    s_in, _ = score("magnitude", model, ScoreData(*small_data(n_in=2)), inputs=True)
+    assert s_in.tolist() == [1.5, 2.0]
+
+
+def test_apoz_of_an_input_is_the_fraction_of_nonzero_values():
+    """Inputs non-zero on 4, 2 and 0 of 4 samples score 1, 0.5 and 0."""
+    model = mlp_net([3, 2, 2], seed=0).double()
+    x = torch.tensor([[0.1, 0.0, 0.0], [0.2, 0.5, 0.0], [0.3, 0.0, 0.0], [0.4, 0.9, 0.0]],
+                     dtype=D)
+    s_in, _ = score("apoz", model, ScoreData(x, torch.zeros(4, dtype=torch.int64)), inputs=True)
+    assert s_in.tolist() == [1.0, 0.5, 0.0]
+
+
+def test_taylor_of_an_input_is_the_first_order_formula():
+    """taylor for inputs = |mean_i x_ij · ∂L_i/∂x_ij|, checked against autograd."""
+    model = mlp_net([4, 3, 2], seed=1).double()
+    x, y = torch.rand(6, 4, dtype=D), torch.tensor([0, 1, 1, 0, 1, 0])
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(xg), y, reduction="sum"), xg)
+    s_in, _ = score("taylor", model, ScoreData(x, y), inputs=True)
+    torch.testing.assert_close(s_in, (x * grad).mean(dim=0).abs())
+
+
+@pytest.mark.parametrize("name", [n for n in CRITERIA if n != "fpgm"])
+def test_every_input_criterion_scores_every_input_first(name):
+    """With inputs=True each criterion (but fpgm) returns a score per input feature first."""
+    model = mlp_net([12, 7, 5, 3], "relu", seed=0)
+    scores = score(name, model, ScoreData(*small_data()), inputs=True)
+    assert [s.shape for s in scores] == [(12,), (7,), (5,)]
+    assert all(bool(s.isfinite().all()) and not s.requires_grad for s in scores)
+
+
+def test_fpgm_has_no_input_form():
+    """fpgm compares a unit's incoming weights; inputs have none: a one-line error naming the
+    criteria that do."""
+    with pytest.raises(ValueError, match="fpgm has no input-feature form.*interval_adjoint"):
+        score("fpgm", mlp_net([12, 4, 3], seed=0), ScoreData(*small_data()), inputs=True)

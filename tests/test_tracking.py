@@ -70,7 +70,7 @@ def client(uri) -> MlflowClient:
 def run(root: Path, uri: str | None, session: str, *extra) -> int:
     """Run the engine on session `session` (a fresh one gets the 3-row schedule)."""
     argv = [*FAST, "--session", root / session, *extra]
-    if not (root / session / "config.json").exists():
+    if not (root / session / "config.json").exists() and "--retain" not in extra:
         argv += ["--retain", root / "retain.txt"]
     if uri is not None:
         argv += ["--mlflow", uri]
@@ -180,6 +180,19 @@ def test_child_params_describe_the_pruned_network(tracked):
         assert (params["hidden"], params["h1"], params["h2"]) == (f"{h1}-{h2}", str(h1), str(h2))
         assert float(params["percent_retained"]) == pytest.approx(100 * (h1 + h2) / 24, abs=0.01)
         assert params["criterion"] == "interval_adjoint" and params["iteration"] == str(i)
+
+
+def test_child_params_name_the_inputs_read_when_the_inputs_are_pruned(root, uri, client):
+    """With the input column in the schedule, each child also has `inputs` (the features read)
+    beside h1, h2, and `hidden` is the label written in validation_results.txt."""
+    rows = [(64, 16, 8), (40, 12, 6)]
+    write_schedule([ScheduleRow(t, r[1:], 100 * sum(r) / sum(rows[0]), r[0])
+                    for t, r in enumerate(rows)], root / "retain_inputs.txt")
+    assert run(root, uri, "inputs", "--retain", root / "retain_inputs.txt") == 0
+    _, children = split(runs(client, "inputs"))
+    params = children[1][0].data.params
+    assert (params["hidden"], params["inputs"], params["h1"], params["h2"]) == (
+        "40:12-6", "40", "12", "6")
 
 
 def test_child_metrics_match_the_iteration_files(root, tracked):
