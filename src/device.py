@@ -6,7 +6,7 @@ that trains it faster on the CPU (README, "Convolutional networks"): oneDNN vect
 convolutions across channels, which made LeNet-5 epochs ~1.5x faster in fp32 and 1.3-2x faster
 with bf16 products at every pruned size; in fp32, nets with fewer than 16 channels per conv
 trained as fast or faster in the default NCHW layout, and evaluating them (always fp32) took
-25-30 % less time in NCHW, so they are evaluated from an NCHW copy (`for_inference`). A layout
+24-32 % less time in NCHW, so they are evaluated from an NCHW copy (`for_inference`). A layout
 is only how a tensor is stored: every value stays the same.
 """
 
