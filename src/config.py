@@ -137,7 +137,7 @@ class Scoring:
                                             "(post) their activation [post for networks with "
                                             "conv layers, pre for MLPs]")
     box: Box = setting("data", "interval-adjoint input box: data (min/max per feature), "
-                               "quantile (1st to 99th percentile per feature) or samples")
+                               "quantile (5th to 95th percentile per feature) or samples")
     bias_fold: Fold = setting("linear", "fold removed units into the consumer: linear "
                                         "(least-squares), mean, mid or none")
     allocation: Allocation = setting("layer", "how a schedule row is split across groups: "

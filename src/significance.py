@@ -41,7 +41,7 @@ CHANNEL_AGGREGATE: Aggregate = "sum"
 SUBSET = 10_000  # taylor/apoz look at up to this many training samples, drawn with the seed
 # box="quantile" spans each feature's QUANTILE to 1 - QUANTILE quantile of the training values:
 # a pixel lit in a handful of images gets the width of its typical values, not of its outliers
-QUANTILE = 0.01
+QUANTILE = 0.05
 
 
 @dataclass(frozen=True)

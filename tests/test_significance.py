@@ -17,6 +17,7 @@ from src.significance import (
     default_measure,
     geometric_median,
     interval_adjoint,
+    quantile_box,
     sample_boxes,
     score,
 )
@@ -144,6 +145,24 @@ def test_data_box_is_the_per_feature_range_of_flattened_inputs():
     assert box.upper.tolist() == pytest.approx([0.5, 0.9])
 
 
+def test_quantile_box_ignores_values_seen_in_few_samples():
+    """box="quantile": a feature lit in 2 of 100 samples gets width 0 (a pixel that is almost
+    always dark scores 0); a feature spread evenly keeps nearly its range; q = 0 is the data
+    box, and the box always lies inside it."""
+    x = torch.zeros(100, 3)
+    x[:2, 0] = 1.0  # rare
+    x[:, 1] = torch.linspace(0, 1, 100)  # spread
+    x[:, 2] = 0.3  # constant
+    box = quantile_box(x)
+    assert box.width.tolist() == pytest.approx([0.0, 0.9, 0.0], abs=0.011)
+    assert bool((box.lower >= data_box(x).lower).all() and (box.upper <= data_box(x).upper).all())
+    full = quantile_box(x, 0.0)
+    assert torch.equal(full.lower, data_box(x).lower) and torch.equal(full.upper,
+                                                                      data_box(x).upper)
+    with pytest.raises(ValueError, match="quantile"):
+        quantile_box(x, 0.5)
+
+
 def test_sample_boxes_surround_seeded_samples_within_the_data_range():
     """n boxes of half-width eps around distinct rows of X, cut to the data box, reproducible."""
     x, _ = small_data(n=50, n_in=4)
@@ -167,7 +186,8 @@ def test_sample_boxes_validate_their_arguments():
 
 
 def test_box_choice_in_score_data():
-    """box="data" uses data_box(x); box="samples" the seeded sample boxes; an Interval itself."""
+    """box="data" uses data_box(x); "quantile" quantile_box(x); "samples" the seeded sample
+    boxes; an Interval itself."""
     model = mlp_net([12, 6, 3], seed=0)
     x, y = small_data()
     data = ScoreData(x, y)
@@ -176,6 +196,9 @@ def test_box_choice_in_score_data():
     samples = ScoreData(x, y, box="samples", eps=0.1, n_samples=5, seed=2)
     torch.testing.assert_close(score("interval_adjoint", model, samples)[0],
                                interval_adjoint(model, sample_boxes(x, 0.1, 5, seed=2))[0])
+    quantiles = ScoreData(x, y, box="quantile")
+    torch.testing.assert_close(score("interval_adjoint", model, quantiles)[0],
+                               interval_adjoint(model, quantile_box(x))[0])
     own = Interval(torch.zeros(12), torch.full((12,), 0.5))
     given = ScoreData(x, y, box=own, seed_mode="sum")
     torch.testing.assert_close(score("interval_adjoint", model, given)[0],
