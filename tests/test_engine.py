@@ -45,6 +45,18 @@ def results(mode_dir: Path) -> dict[int, str]:
             for p in mode_dir.glob("*/prune_w_retrain/validation_results.txt")}
 
 
+def validated_bundle(capsys, checkpoint: Path, meta: dict, tmp_path: Path) -> Path:
+    """The validator re-evaluates `checkpoint` to its recorded test accuracy; then it is
+    bundled into tmp_path/bundle (returned)."""
+    capsys.readouterr()
+    assert cli.run(validator_main, [str(checkpoint)]) == 0
+    test_line = capsys.readouterr().out.splitlines()[-1].split()
+    assert float(test_line[-1]) == round(meta["metrics"]["test_accuracy"], 2)
+    bundle = tmp_path / "bundle"
+    assert deploy_main(["bundle", str(checkpoint), "--out", str(bundle)]) == 0
+    return bundle
+
+
 def quiet(line: str) -> None:
     pass
 
@@ -142,12 +154,7 @@ def test_a_cnn_spec_is_pruned_validated_and_deployed(tmp_path, capsys):
     model, meta = load_model(last)
     assert units(model) == [3, 4, 8] and model[1].num_features == 3
     assert "conv2d" in (last.parent / "summary.txt").read_text()
-    capsys.readouterr()
-    assert cli.run(validator_main, [str(last)]) == 0
-    test_line = capsys.readouterr().out.splitlines()[-1].split()
-    assert float(test_line[-1]) == round(meta["metrics"]["test_accuracy"], 2)
-    bundle = tmp_path / "bundle"
-    assert deploy_main(["bundle", str(last), "--out", str(bundle)]) == 0
+    bundle = validated_bundle(capsys, last, meta, tmp_path)
     assert (bundle / "model.onnx").is_file()
     assert deploy_main(["verify", "--bundle", str(bundle)]) == 0
     images = (load_digits().images[:4]).astype(np.float32) / 16
@@ -263,12 +270,7 @@ def test_an_input_pruned_model_takes_the_full_input_everywhere(input_session, tm
     gives a user's SimpleNN the same outputs (inputs='indices' or 'zeros')."""
     last = input_session.session.checkpoint(2)
     pruned, meta = load_model(last)
-    capsys.readouterr()
-    assert cli.run(validator_main, [str(last)]) == 0
-    test_line = capsys.readouterr().out.splitlines()[-1].split()
-    assert float(test_line[-1]) == round(meta["metrics"]["test_accuracy"], 2)
-    bundle = tmp_path / "bundle"
-    assert deploy_main(["bundle", str(last), "--out", str(bundle)]) == 0
+    bundle = validated_bundle(capsys, last, meta, tmp_path)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["features_read"] == 24 and manifest["onnx"]["max_abs_diff"] < 1e-4
     raw = load_digits().images[:6].astype(np.float32) / 16  # whole images, scaled
