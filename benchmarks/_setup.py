@@ -6,6 +6,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # benchmarks run as scripts: make `src` importable
@@ -17,16 +18,18 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from src.data import Dataset  # noqa: E402
 from src.model import mlp_net  # noqa: E402
+from src.spec import build  # noqa: E402
 
 REFERENCE_SIZES = [784, 256, 64, 10]
 
 
-def reference_epoch(data: Dataset, seed: int = 0) -> float:
-    """Seconds for one epoch of the dense 784-256-64-10 with a plain DataLoader at batch 64.
+def reference_epoch(data: Dataset, seed: int = 0, spec: dict[str, Any] | None = None) -> float:
+    """Seconds for one epoch of the dense 784-256-64-10 (or of the dense `spec`, e.g. LeNet-5)
+    with a plain DataLoader at batch 64, as built (no layout or device placement).
 
     This is the "reference epoch" of the issues: the way the thesis code trained.
     """
-    model = mlp_net(REFERENCE_SIZES, seed=seed)
+    model = mlp_net(REFERENCE_SIZES, seed=seed) if spec is None else build(spec, seed=seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = DataLoader(TensorDataset(data.train.x, data.train.y), batch_size=64, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
@@ -38,6 +41,13 @@ def reference_epoch(data: Dataset, seed: int = 0) -> float:
         loss.backward()
         optimizer.step()
     return time.perf_counter() - started
+
+
+def cpu_and_wall(fn, *args, **kwargs) -> tuple[float, float]:
+    """(wall seconds as `fn` reports them, CPU seconds of this process) for one call."""
+    started = time.process_time()
+    wall = fn(*args, **kwargs)
+    return wall, time.process_time() - started
 
 
 def median(values: list[float]) -> float:

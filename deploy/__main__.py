@@ -28,7 +28,6 @@ from .onnx_export import OnnxUnavailable, check_onnx
 
 DEFAULT_BUNDLE = "deploy/bundle"
 ACCURACY_TOLERANCE = 0.01  # percentage points: 1 image in 10,000
-EVAL_BATCH = 8192  # the engine's evaluation batch, so every logit is computed the same way
 EXIT_USAGE, EXIT_FAILED = 2, 1
 
 
@@ -105,8 +104,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
               f"{dataset!r})")
         return 0
     images, labels = load_test_split(dataset, args.data_root)
-    logits = torch.cat([predict(model, images[i:i + EVAL_BATCH]).logits
-                        for i in range(0, len(images), EVAL_BATCH)])
+    batch = model.inference_batch  # the engine's evaluation batches
+    logits = torch.cat([predict(model, images[i:i + batch]).logits
+                        for i in range(0, len(images), batch)])
     correct = int((logits.argmax(1) == torch.from_numpy(labels.astype(np.int64))).sum())
     accuracy = 100.0 * correct / len(labels)
     failed = False

@@ -231,6 +231,25 @@ def _module(layer: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
     return ACTIVATIONS[kind]()
 
 
+def max_pool(pool: nn.MaxPool2d, x: Tensor) -> Tensor:
+    """pool(x) for a spec's max pool (no padding, dilation or ceil mode) as the elementwise
+    maximum of its kh·kw strided slices: the same values, without the indices of the maxima
+    that torch's CPU kernel computes (a pruned LeNet-5 runs ~5x faster with it)."""
+    kh, kw = _two(pool.kernel_size)
+    sh, sw = _two(pool.stride or pool.kernel_size)
+    rows, cols = (x.shape[-2] - kh) // sh + 1, (x.shape[-1] - kw) // sw + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            window = x[..., i:i + sh * (rows - 1) + 1:sh, j:j + sw * (cols - 1) + 1:sw]
+            out = window if out is None else torch.maximum(out, window)
+    return out
+
+
+def _two(value: int | Sequence[int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (value[0], value[1])
+
+
 class DeployedNet(nn.Sequential):
     """The network of a spec, in src.spec.build's layout ('0.weight', '0.bias', '2.weight', ...).
 
@@ -258,7 +277,18 @@ class DeployedNet(nn.Sequential):
             x = x.reshape(x.shape[0], -1)
         else:
             x = x.reshape(x.shape[0], *self.input_shape)
-        return super().forward(x)
+        inference = not torch.is_grad_enabled()  # no backward: max pools need no indices
+        for module in self:
+            x = max_pool(module, x) if inference and type(module) is nn.MaxPool2d else module(x)
+        return x
+
+    @property
+    def inference_batch(self) -> int:
+        """The engine's evaluation batch (src.device.inference_batch): the largest power of two
+        whose widest layer holds at most 2**20 values, at most 8192."""
+        widest = max(math.prod(shape) for shape in self.layer_shapes)
+        fits = max(1, (1 << 20) // widest)
+        return min(8192, 1 << (fits.bit_length() - 1))
 
     @property
     def n_inputs(self) -> int:

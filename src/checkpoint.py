@@ -39,7 +39,9 @@ def save_checkpoint(path: str | os.PathLike, model: Net, **meta: Any) -> Path:
             raise ValueError(f"input shape {shape} does not fit the model's {spec['input']}")
     info["shape"] = shape
     payload = {"format": FORMAT, "spec": spec["layers"], "input": info, **meta}
-    payload["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    # CPU tensors in the default layout, whatever device and layout the model ran in
+    payload["state_dict"] = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+                             for k, v in model.state_dict().items()}
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     return atomic_write(path, buffer.getvalue())

@@ -21,6 +21,7 @@ from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any, Literal, get_args, get_origin
 
 from src.data import DEFAULT_VAL_SIZE
+from src.device import Device
 from src.errors import UserError
 from src.trainer import Precision, Schedule, TrainConfig
 
@@ -132,8 +133,9 @@ class Scoring:
 
     criterion: Criterion = setting("interval_adjoint", "significance criterion")
     seed_mode: SeedMode = setting("per_output", "interval-adjoint reverse-sweep seeding")
-    measure: Measure = setting("pre", "interval-adjoint: read units before (pre) or after "
-                                      "(post) their activation")
+    measure: Measure | None = setting(None, "interval-adjoint: read units before (pre) or after "
+                                            "(post) their activation [post for networks with "
+                                            "conv layers, pre for MLPs]")
     box: Box = setting("data", "interval-adjoint input box: data (min/max per feature), "
                                "quantile (5th to 95th percentile per feature) or samples")
     bias_fold: Fold = setting("linear", "fold removed units into the consumer: linear "
@@ -165,6 +167,8 @@ class PruneConfig:
         None, "stop once validation accuracy falls this many points below the base model's")
     base_model: str | None = setting(None, "take iteration 0 from this checkpoint instead of "
                                            "training")
+    device: Device = setting("cpu", "where models are trained, scored and evaluated (a GPU is "
+                                    "never needed)")
     training: Training = field(default_factory=Training)
     retraining: Retraining = field(default_factory=Retraining)
     scoring: Scoring = field(default_factory=Scoring)
@@ -252,7 +256,9 @@ DATASET_DEFAULTS = {"digits": {"training": {"batch_size": 32, "shift": 0},
 
 
 def dataset_defaults(dataset: str) -> dict[str, dict[str, Any]]:
-    """{section: {field: default}} of the settings whose default depends on the dataset."""
+    """{section: {field: default}} of the settings whose default depends on the dataset (the
+    same for every architecture: LeNet-5 retrained as well and faster with the MLP's settings
+    as with small batches; README, "Convolutional networks")."""
     special = DATASET_DEFAULTS.get(dataset, {})
     return {name: {**values, **special.get(name, {})} for name, values in GENERAL_DEFAULTS.items()}
 

@@ -11,7 +11,7 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +96,10 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
+    def to(self, device: torch.device | str) -> Split:
+        """This split on `device` (itself when it is there already)."""
+        return Split(self.x.to(device), self.y.to(device))
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -113,6 +117,11 @@ class Dataset:
     @property
     def n_features(self) -> int:
         return int(np.prod(self.input_shape))
+
+    def to(self, device: torch.device | str) -> Dataset:
+        """The same dataset with its splits on `device` (no copy on the device they are on)."""
+        return replace(self, train=self.train.to(device), val=self.val.to(device),
+                       test=self.test.to(device))
 
     def input_info(self) -> dict:
         """The input preprocessing recorded in checkpoints and deploy bundles."""

@@ -29,23 +29,25 @@ from src.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoi
 from src.concatenate import READ_ONLY, Concatenation, concatenate, write_validation_results
 from src.config import PruneConfig, differences, dumps, flat, iteration_seed, value_of
 from src.data import Dataset, load_dataset
+from src.device import place, torch_device
 from src.errors import UserError
 from src.files import atomic_write
 from src.groups import units
+from src.interval import Interval
 from src.model import hidden_label, layer_table
 from src.prune import keep_global, keep_indices, shrink
 from src.retain import ScheduleRow, geometric_schedule, prunes_inputs, read_schedule, write_schedule
 from src.session import Session, SessionError, check_session_folder, holds_results
-from src.significance import ScoreData, score
+from src.significance import ScoreData, data_box, score
 from src.spec import Net, Select, build, describe, resolve_arch, spec_of
 from src.tracking import NullTracker, Tracker
-from src.trainer import kept_metrics, train
+from src.trainer import kept_metrics, train, uses_bf16
 from src.validator import Metrics, evaluate, evaluate_split
 
 DEFAULT_RETAIN = Path("retain/retain.txt")
 DEFAULT_HIDDEN = (256, 64)  # the thesis MLP's hidden sizes
 # Settings a resumed run may change; every other setting must match the session's config.json.
-CHANGEABLE = {"--max-accuracy-drop"}
+CHANGEABLE = {"--max-accuracy-drop", "--device"}
 
 
 class EngineError(UserError):
@@ -101,12 +103,16 @@ class IterativePruning:
     def __init__(self, config: PruneConfig, session: Session, schedule: list[ScheduleRow],
                  data: Dataset, spec: dict[str, Any], quiet: bool = False,
                  log: Callable[[str], Any] = print, tracker: Tracker | None = None):
-        self.config, self.session, self.schedule, self.data = config, session, schedule, data
+        self.config, self.session, self.schedule = config, session, schedule
+        self.device = torch_device(config.device)
+        self.bf16 = uses_bf16(config.train_config(0), self.device)  # for the layout (place)
+        self.data = data.to(self.device)  # every model of the run lives there too (place)
         self.spec = spec
         self.quiet, self.log = quiet, log
         self.tracker = tracker or NullTracker()
         self._base: Net | None = None
         self._base_scores: list[torch.Tensor] | None = None
+        self._data_box: Interval | None = None  # the training inputs' range, computed once
         self._val_accuracy: dict[int, float] = {}  # iteration -> its kept model's val accuracy
         self.inputs = prunes_inputs(schedule)  # the schedule's input column decides
 
@@ -131,7 +137,7 @@ class IterativePruning:
         """The kept model of iteration i, checked against this run's dataset and schedule."""
         path = self.session.checkpoint(i)
         checkpoint = load_checkpoint(path)
-        model = model_from_checkpoint(checkpoint, path)
+        model = place(model_from_checkpoint(checkpoint, path), self.device, self.bf16)
         self.check_fits(model, checkpoint, path)
         if not self.fits_row(self.units(model), i):
             raise EngineError(f"{path}: units {self.label(self.units(model))} do not match "
@@ -182,9 +188,11 @@ class IterativePruning:
     def scores(self, model: Net, i: int) -> list[torch.Tensor]:
         """Unit significances for iteration i (one-shot: the base model's, computed once)."""
         c = self.config
+        if c.scoring.box == "data" and self._data_box is None:  # the same box every iteration
+            self._data_box = data_box(self.data.train.x)
         data = ScoreData(self.data.train.x, self.data.train.y, seed=iteration_seed(c.seed, i),
-                         seed_mode=c.scoring.seed_mode, box=c.scoring.box,
-                         measure=c.scoring.measure)
+                         seed_mode=c.scoring.seed_mode, measure=c.scoring.measure,
+                         box=self._data_box if c.scoring.box == "data" else c.scoring.box)
         if c.mode == "one-shot":
             if self._base_scores is None:
                 self._base_scores = score(c.scoring.criterion, self.base(), replace(
@@ -206,13 +214,13 @@ class IterativePruning:
         started = time.perf_counter()
         if c.base_model:
             checkpoint = load_checkpoint(c.base_model)
-            model = model_from_checkpoint(checkpoint, c.base_model)
+            model = place(model_from_checkpoint(checkpoint, c.base_model), self.device, self.bf16)
             self.check_fits(model, checkpoint, c.base_model, exact=True)
             train(model, self.data, replace(c.train_config(0), epochs=0), quiet=True,
                   log_path=folder / "train_results.txt")
             epochs = 0
         else:
-            model = build(self.spec, seed=iteration_seed(c.seed, 0))
+            model = place(build(self.spec, seed=iteration_seed(c.seed, 0)), self.device, self.bf16)
             result = train(model, self.data, c.train_config(0), quiet=self.quiet,
                            log_path=folder / "train_results.txt", desc="base model")
             epochs = result.epochs_run
@@ -234,28 +242,30 @@ class IterativePruning:
         if larger:
             raise EngineError(f"schedule row {i} ({self.label(row.units)}) is larger than "
                               f"the model it prunes ({self.label(have)})")
-        scores = self.scores(source, i)
+        scores = [s.cpu() for s in self.scores(source, i)]
         self.tracker.scores(i, scores)
         keep = self.plan(scores, i)
-        model = shrink(source, keep, bias_fold=c.scoring.bias_fold, data=self.data.train.x,
-                       inputs=self.inputs)
+        model = place(shrink(source, keep, bias_fold=c.scoring.bias_fold,
+                             data=self.data.train.x, inputs=self.inputs), self.device, self.bf16)
         _, no_retrain = evaluate_split(model, self.data.test)
-        _, pruned_val = evaluate_split(model, self.data.val)
-        pruned = copy.deepcopy(model.state_dict())
         teacher = {"base": self.base, "previous": lambda: source,
                    "none": lambda: None}[c.retraining.teacher]
-        # Retraining stops early once the pruned model is back at the accuracy of the model it
-        # was pruned from: most of the budget goes where pruning did damage.
+        # Retraining is there to recover what pruning lost, so most of the budget goes where
+        # pruning did damage: it stops once the model is back at the validation accuracy of the
+        # model it was pruned from (a pruned model already there is not retrained at all), and
+        # a retrained model that does worse on validation than the pruned one is not kept.
         parent_val = self.val_accuracy(i - 1 if c.mode == "iterative" else 0)
-        result = train(model, self.data, c.train_config(i), teacher=teacher(),
+        _, pruned_val = evaluate_split(model, self.data.val)
+        retraining = c.train_config(i)
+        if pruned_val >= parent_val:
+            retraining = replace(retraining, epochs=0)
+        pruned_state = copy.deepcopy(model.state_dict())
+        result = train(model, self.data, retraining, teacher=teacher(),
                        quiet=self.quiet, log_path=self.session.partial(i) / "train_results.txt",
                        desc=f"retrain {self.label(self.units(model))}",
                        stop_at_accuracy=parent_val)
-        # The fold may already have kept the function: when no retraining epoch reaches the
-        # pruned model's validation accuracy (a fresh optimizer's first steps can only lose
-        # it), the iteration keeps the pruned model itself. The test split plays no part.
-        if result.best is not None and pruned_val > result.best.val_accuracy:
-            model.load_state_dict(pruned)
+        if result.best is not None and result.best.val_accuracy < pruned_val:
+            model.load_state_dict(pruned_state)
             metrics = evaluate(model, self.data)
         else:
             metrics = kept_metrics(model, self.data, result)
@@ -484,6 +494,7 @@ def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None =
     session = Session(root, config.mode)
     retain = Path(retain) if retain is not None else None
     start = resolve(config, session, retain)
+    torch_device(config.device)  # a GPU asked for but not usable: an error before any write
     tracker = tracker or NullTracker()
     if start == "resume":
         schedule = read_schedule(session.retain) if session.retain.is_file() else None

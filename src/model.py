@@ -73,7 +73,7 @@ def layer_table(model: Net) -> tuple[str, int, int]:
         rows.append((i, spec["layers"][i]["type"], "x".join(map(str, layer_shapes[i])),
                      "x".join(map(str, layer_shapes[i + 1])), params,
                      _macs(module, layer_shapes[i + 1])))
-    probe = copy.deepcopy(model).float()  # thop adds buffers to the modules it profiles
+    probe = copy.deepcopy(model).float().cpu()  # thop adds buffers to the modules it profiles
     macs, _ = profile(probe, inputs=(torch.zeros(1, *spec["input"]),), verbose=False)
     total_params, total_macs = sum(r[4] for r in rows), sum(r[5] for r in rows)
     conv_or_linear = sum(_macs(m, s) for m, s in zip(model, layer_shapes[1:], strict=True))

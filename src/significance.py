@@ -7,7 +7,8 @@ input box [x] is
     S_j = width([z]_j) · max(|lo([z̄]_j)|, |hi([z̄]_j)|)
 
 with [z] the interval value of the unit (before its activation, or after it with
-measure="post") and [z̄] the interval adjoint ∂y/∂z (src.adjoint); for seed="per_output" it is
+measure="post"; by default after it in a network with conv layers and before it in an MLP,
+see `default_measure`) and [z̄] the interval adjoint ∂y/∂z (src.adjoint); for seed="per_output" it is
 maximised over the outputs y_k, for a conv channel it is aggregated over the channel's positions
 (`CHANNEL_AGGREGATE`), and for a batch of boxes (box="samples") it is averaged over the boxes.
 An input feature is scored the same way with the reverse sweep continued to the input.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,12 @@ from src.interval import Interval
 from src.spec import Net
 
 BoxKind = Literal["data", "quantile", "samples"]
+Aggregate = Literal["sum", "max"]
+AGGREGATES: tuple[str, ...] = get_args(Aggregate)
+# A conv channel's significance: the sum over its positions. Against the max, on LeNet-5/MNIST
+# without retraining (3 seeds, 6 rows), the two tied (README, "Convolutional networks"); the sum
+# counts every position a channel can pass on, not the one where it is widest.
+CHANNEL_AGGREGATE: Aggregate = "sum"
 SUBSET = 10_000  # taylor/apoz look at up to this many training samples, drawn with the seed
 # box="quantile" spans each feature's QUANTILE to 1 - QUANTILE quantile of the training values:
 # a pixel lit in a handful of images gets the width of its typical values, not of its outliers
@@ -45,8 +52,9 @@ class ScoreData:
     y: Tensor  # (n,) int64 labels
     seed: int = 0  # for `random` and for choosing samples
     seed_mode: Seed = "per_output"  # interval_adjoint reverse-sweep seeding
-    measure: Measure = "pre"  # interval_adjoint: neuron read before or after its activation
+    measure: Measure | None = None  # interval_adjoint: before/after the activation (None: auto)
     box: BoxKind | Interval = "data"  # input box for interval_adjoint
+    aggregate: Aggregate = CHANNEL_AGGREGATE  # interval_adjoint: a channel's positions sum/max
     eps: float = 0.05  # half-width of sample boxes (box="samples")
     n_samples: int = 64  # number of sample boxes (box="samples"; at most len(x))
 
@@ -59,8 +67,11 @@ class ScoreData:
             raise ValueError("ScoreData needs at least one sample")
         if self.seed_mode not in SEEDS:
             raise ValueError(f"unknown seed_mode {self.seed_mode!r}; choose from {list(SEEDS)}")
-        if self.measure not in MEASURES:
+        if self.measure is not None and self.measure not in MEASURES:
             raise ValueError(f"unknown measure {self.measure!r}; choose from {list(MEASURES)}")
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"unknown aggregate {self.aggregate!r}; choose from "
+                             f"{list(AGGREGATES)}")
         if not isinstance(self.box, Interval) and self.box not in ("data", "quantile", "samples"):
             raise ValueError(f"box must be 'data', 'quantile', 'samples' or an Interval, got "
                              f"{self.box!r}")
@@ -127,15 +138,12 @@ def _box(data: ScoreData) -> Interval:
 
 # ---- criteria -----------------------------------------------------------------------------
 
-CHANNEL_AGGREGATE = "sum"  # a conv channel's significance: sum over its positions
-
-
-def _per_unit(values: Tensor, group: Group) -> Tensor:
-    """(batch, units, ...) -> (batch, units): a channel's positions aggregated."""
+def _per_unit(values: Tensor, aggregate: Aggregate) -> Tensor:
+    """(batch, units, ...) -> (batch, units): a channel's positions summed or maximised."""
     if values.ndim == 2:
         return values
     flat = values.flatten(2)
-    return flat.sum(2) if CHANNEL_AGGREGATE == "sum" else flat.amax(2)
+    return flat.sum(2) if aggregate == "sum" else flat.amax(2)
 
 
 def _value_index(group: Group, measure: Measure) -> int:
@@ -147,15 +155,32 @@ def _value_index(group: Group, measure: Measure) -> int:
     return group.output
 
 
+def default_measure(model: Net) -> Measure:
+    """Where units are read when no measure is given: after their activation in a network with
+    conv layers, before it in an MLP.
+
+    On LeNet-5/MNIST without retraining (3 seeds, first 6 rows), reading after the activation
+    kept 96.5 % mean test accuracy against 94.1 % before it, with a fifth of the spread over
+    seeds (std 0.8 against 4.3 points). After a ReLU the width counts only the part of a unit's
+    range that it passes on (over the data box, 55-58 % of LeNet-5's pre-activation widths lie
+    below zero). On the MLP the two tied (96.85 vs 96.88 %), and it keeps the reading its
+    results were measured with (README, "Convolutional networks")."""
+    return "post" if any(isinstance(m, nn.Conv2d) for m in model) else "pre"
+
+
 def interval_adjoint(model: Net, box: Interval, seed: Seed = "per_output",
-                     measure: Measure = "pre", inputs: bool = False) -> list[Tensor]:
+                     measure: Measure | None = None, inputs: bool = False,
+                     aggregate: Aggregate = CHANNEL_AGGREGATE) -> list[Tensor]:
     """S = width([z]) · max(|lo [z̄]|, |hi [z̄]|) per unit of every group, max over outputs for
-    "per_output", aggregated over a channel's positions, mean over boxes for a batch of boxes
-    (box shape (batch, n_in)). With measure="post", the post-activation a = φ(z) and its
-    adjoint ā take the place of z and z̄."""
+    "per_output", summed (or maximised) over a conv channel's positions, mean over boxes for a
+    batch of boxes (box shape (batch, n_in)). With measure="post", the post-activation
+    a = φ(z) and its adjoint ā take the place of z and z̄."""
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"unknown aggregate {aggregate!r}; choose from {list(AGGREGATES)}")
     found = groups(model, inputs)
     if not found:
         return []
+    measure = measure or default_measure(model)
     where = [_value_index(g, measure) for g in found]
     batched = box.lower.ndim == 2
     if not batched:
@@ -163,11 +188,11 @@ def interval_adjoint(model: Net, box: Interval, seed: Seed = "per_output",
     box = Interval(_shaped(model, box.lower), _shaped(model, box.upper))
     result = sweep(list(chain(model)), box, seed, lowest=min(where))
     scores = []
-    for group, i in zip(found, where, strict=True):
+    for i in where:
         value, adjoint = result.values[i], result.adjoints[i]
         reach = adjoint.magnitude  # (batch, k, ...)
         reach = reach.amax(dim=1) if seed == "per_output" else reach[:, 0]
-        significance = _per_unit(value.width * reach, group)  # (batch, units)
+        significance = _per_unit(value.width * reach, aggregate)  # (batch, units)
         scores.append(significance.mean(dim=0) if batched else significance[0])
     return scores
 
@@ -178,7 +203,8 @@ def _shaped(model: Net, x: Tensor) -> Tensor:
 
 
 def _interval_adjoint_criterion(model: Net, data: ScoreData, inputs: bool) -> list[Tensor]:
-    return interval_adjoint(model, _box(data), data.seed_mode, data.measure, inputs)
+    return interval_adjoint(model, _box(data), data.seed_mode, data.measure, inputs,
+                            data.aggregate)
 
 
 def _no_inputs(name: str, inputs: bool) -> None:

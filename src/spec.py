@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from src.errors import UserError
+
 Layer = dict[str, Any]
 REQUIRED = object()  # marks a field without a default
 # type -> {field: default}; every field is an int except bias (bool), p (float), indices (list)
@@ -46,7 +48,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoi
 ELEMENTWISE = ("relu", "sigmoid", "tanh", "dropout", "batchnorm")
 
 
-class SpecError(ValueError):
+class SpecError(UserError):
     """An architecture spec (or a model to read one from) that IA-Prune cannot build or use."""
 
 
@@ -192,7 +194,29 @@ class Net(nn.Sequential):
             x = x.reshape(x.shape[0], -1)
         else:
             x = x.reshape(x.shape[0], *self.input_shape)
-        return super().forward(x)
+        inference = not torch.is_grad_enabled()  # no backward: max pools need no indices
+        for module in self:
+            x = max_pool(module, x) if inference and type(module) is nn.MaxPool2d else module(x)
+        return x
+
+
+def max_pool(pool: nn.MaxPool2d, x: Tensor) -> Tensor:
+    """pool(x) for a spec's max pool (no padding, dilation or ceil mode) as the elementwise
+    maximum of its kh·kw strided slices: the same values, without the indices of the maxima
+    that torch's CPU kernel computes. At inference it pools LeNet-5's maps ~10x faster, and a
+    pruned LeNet-5 ran ~5x faster with it (README, "Convolutional networks")."""
+    (kh, kw), (sh, sw) = _pair2(pool.kernel_size), _pair2(pool.stride or pool.kernel_size)
+    rows, cols = (x.shape[-2] - kh) // sh + 1, (x.shape[-1] - kw) // sw + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            window = x[..., i:i + sh * (rows - 1) + 1:sh, j:j + sw * (cols - 1) + 1:sw]
+            out = window if out is None else torch.maximum(out, window)
+    return out
+
+
+def _pair2(value: int | Sequence[int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (value[0], value[1])
 
 
 def _module(layer: Layer, shape: tuple[int, ...]) -> nn.Module:

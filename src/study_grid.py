@@ -33,7 +33,7 @@ TRACK_FOLDERS = {("no-retrain", "iterative"): "no-retrain", ("retrain", "iterati
                  ("retrain", "one-shot"): "oneshot"}
 # Settings a cached base session must share with the study (nothing else affects iteration 0).
 BASE_FIELDS = ("dataset", "hidden", "activation", "epochs", "patience", "lr", "batch_size",
-               "shift", "label_smoothing", "seed", "val_size")
+               "shift", "label_smoothing", "lr_schedule", "precision", "seed", "val_size")
 # Settings never compared with a cached session: the base model's path may move with the repo.
 UNCOMPARED = ("base_model", "max_accuracy_drop")
 # Settings that only act while retraining: not compared for a no-retrain cell (retrain_epochs 0).
@@ -78,9 +78,16 @@ class Variant:
         return f"{self.criterion}, bias fold {self.bias_fold}"
 
 
+def engine_defaults() -> dict[str, Any]:
+    """The engine's default settings for a study's network, an MLP (--hidden): where the engine
+    leaves the measure to the architecture, an MLP's is "pre"."""
+    engine = flat(PruneConfig())
+    return {**engine, "measure": engine["measure"] or "pre"}
+
+
 def registry() -> dict[str, Variant]:
     """The named variants; baselines use the engine's default bias fold."""
-    engine = flat(PruneConfig())
+    engine = engine_defaults()
     ia = [Variant("ia-per_output", "interval_adjoint", "per_output", "data", "linear"),
           Variant("ia-per_output-meanfold", "interval_adjoint", "per_output", "data", "mean"),
           Variant("ia-per_output-nofold", "interval_adjoint", "per_output", "data", "none"),
@@ -97,7 +104,7 @@ def registry() -> dict[str, Variant]:
 
 def default_variant(known: dict[str, Variant]) -> Variant:
     """The variant with the engine's default settings (a new one if none has them)."""
-    engine = flat(PruneConfig())
+    engine = engine_defaults()
     wanted = {k: engine[k] for k in VARIANT_SETTINGS}
     return next((v for v in known.values() if v.settings == wanted),
                 Variant("engine-default", **wanted))

@@ -13,12 +13,11 @@ from torch import nn
 from src import cli
 from src.checkpoint import load_model
 from src.data import DATASETS, Dataset, Split, dataset_sizes, load_dataset
+from src.device import for_inference, inference_batch
 from src.errors import UserError
 from src.groups import units
 from src.model import hidden_label
 from src.spec import describe, spec_of
-
-EVAL_BATCH = 8192  # large batches: evaluation has no backward pass, memory stays small
 
 
 @dataclass(frozen=True)
@@ -39,11 +38,13 @@ class Metrics:
 @torch.no_grad()
 def evaluate_split(model: nn.Module, split: Split) -> tuple[float, float]:
     """(mean cross-entropy, accuracy in percent) of `model` on one split."""
+    model = for_inference(model)
     was_training = model.training
     model.eval()
     loss_sum, correct = 0.0, 0
-    for start in range(0, len(split), EVAL_BATCH):
-        x, y = split.x[start:start + EVAL_BATCH], split.y[start:start + EVAL_BATCH]
+    batch = inference_batch(model)
+    for start in range(0, len(split), batch):
+        x, y = split.x[start:start + batch], split.y[start:start + batch]
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()

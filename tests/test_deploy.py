@@ -32,6 +32,7 @@ from src import spec as src_spec
 from src.checkpoint import load_model, save_checkpoint
 from src.concatenate import concatenate, write_validation_results
 from src.data import load_dataset
+from src.device import inference_batch
 from src.model import layer_table, mlp_net
 from src.validator import evaluate_split
 
@@ -829,6 +830,9 @@ def test_deploy_twin_builds_what_src_builds(name):
     x = torch.rand(5, *spec["input"], generator=torch.Generator().manual_seed(0))
     assert torch.equal(twin(x), net(x))
     assert torch.equal(twin(x.reshape(5, -1)), net(x.reshape(5, -1)))
+    with torch.inference_mode():  # the inference path (max pools by slices) of both
+        assert torch.equal(twin(x), net(x))
+    assert twin.inference_batch == inference_batch(net)  # verify evaluates as the engine does
 
 
 def test_deploy_knows_the_layer_types_and_defaults_of_src():
@@ -1155,3 +1159,14 @@ def test_verify_confirms_the_recorded_accuracy_and_catches_a_wrong_one(tmp_path,
     (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
     assert main(["verify", "--bundle", str(tmp_path / "b"), "--data-root", str(root)]) == 1
     assert "MISMATCH" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("kernel", "stride", "size"), [(2, 2, 24), (2, 2, 7), (3, 2, 9),
+                                                        (3, 1, 6)])
+def test_deploy_pools_by_slices_with_torchs_values(kernel, stride, size):
+    """deploy's inference max pool equals torch's, odd sizes and overlapping windows included."""
+    from deploy.model import max_pool
+
+    pool = torch.nn.MaxPool2d(kernel, stride)
+    x = torch.randn(2, 3, size, size)
+    assert torch.equal(max_pool(pool, x), pool(x))

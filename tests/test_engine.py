@@ -45,6 +45,18 @@ def results(mode_dir: Path) -> dict[int, str]:
             for p in mode_dir.glob("*/prune_w_retrain/validation_results.txt")}
 
 
+def validated_bundle(capsys, checkpoint: Path, meta: dict, tmp_path: Path) -> Path:
+    """The validator re-evaluates `checkpoint` to its recorded test accuracy; then it is
+    bundled into tmp_path/bundle (returned)."""
+    capsys.readouterr()
+    assert cli.run(validator_main, [str(checkpoint)]) == 0
+    test_line = capsys.readouterr().out.splitlines()[-1].split()
+    assert float(test_line[-1]) == round(meta["metrics"]["test_accuracy"], 2)
+    bundle = tmp_path / "bundle"
+    assert deploy_main(["bundle", str(checkpoint), "--out", str(bundle)]) == 0
+    return bundle
+
+
 def quiet(line: str) -> None:
     pass
 
@@ -142,12 +154,7 @@ def test_a_cnn_spec_is_pruned_validated_and_deployed(tmp_path, capsys):
     model, meta = load_model(last)
     assert units(model) == [3, 4, 8] and model[1].num_features == 3
     assert "conv2d" in (last.parent / "summary.txt").read_text()
-    capsys.readouterr()
-    assert cli.run(validator_main, [str(last)]) == 0
-    test_line = capsys.readouterr().out.splitlines()[-1].split()
-    assert float(test_line[-1]) == round(meta["metrics"]["test_accuracy"], 2)
-    bundle = tmp_path / "bundle"
-    assert deploy_main(["bundle", str(last), "--out", str(bundle)]) == 0
+    bundle = validated_bundle(capsys, last, meta, tmp_path)
     assert (bundle / "model.onnx").is_file()
     assert deploy_main(["verify", "--bundle", str(bundle)]) == 0
     images = (load_digits().images[:4]).astype(np.float32) / 16
@@ -155,6 +162,72 @@ def test_a_cnn_spec_is_pruned_validated_and_deployed(tmp_path, capsys):
     capsys.readouterr()
     assert deploy_main(["predict", "--bundle", str(bundle), str(tmp_path / "digits.npy")]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 4
+
+
+def _base_with_a_dead_neuron(tmp_path: Path) -> Path:
+    """A digits MLP 64-16-8-10, trained briefly, whose first hidden neuron never fires."""
+    data = load_dataset("digits")
+    config = PruneConfig(dataset="digits", hidden=(16, 8), training=Training(epochs=5))
+    base = run(config, tmp_path / "base", retain=schedule(tmp_path, [(16, 8)]), quiet=True,
+               log=quiet).session.checkpoint(0)
+    model, meta = load_model(base)
+    with torch.no_grad():
+        model[0].weight[0] = 0.0
+        model[0].bias[0] = -1.0
+    return save_checkpoint(tmp_path / "dead.pth", model, dataset="digits",
+                           input=data.input_info())
+
+
+def test_a_pruned_model_already_at_its_parents_accuracy_is_not_retrained(tmp_path):
+    """Removing a dead neuron changes nothing: the pruned model keeps its parent's validation
+    accuracy, so no retraining epoch is spent on it."""
+    config = PruneConfig(dataset="digits", base_model=str(_base_with_a_dead_neuron(tmp_path)),
+                         retraining=Retraining(epochs=3))
+    result = run(config, tmp_path / "s", retain=schedule(tmp_path, [(16, 8), (15, 8)]),
+                 quiet=True, log=quiet)
+    base, pruned = result.rows
+    assert pruned["Epochs"] == 0 and pruned["Val_Accuracy"] == base["Val_Accuracy"]
+    assert pruned["Test_Accuracy"] == pruned["NoRetrain_Test_Accuracy"]
+
+
+def test_retraining_that_does_worse_on_validation_keeps_the_pruned_model(tmp_path):
+    """A retraining that wrecks the model (a learning rate of 1) is not kept: the iteration
+    holds the pruned model as it was before retraining."""
+    config = PruneConfig(dataset="digits", base_model=str(_base_with_a_dead_neuron(tmp_path)),
+                         retraining=Retraining(epochs=2, lr=1.0))
+    result = run(config, tmp_path / "s", retain=schedule(tmp_path, [(16, 8), (3, 2)]),
+                 quiet=True, log=quiet)
+    pruned = result.rows[1]
+    history = (result.session.final(1) / "train_results.txt").read_text().splitlines()[1:]
+    assert pruned["Epochs"] == len(history) >= 1
+    assert all(float(line.split()[4]) < pruned["Val_Accuracy"] for line in history)
+    assert pruned["Test_Accuracy"] == pruned["NoRetrain_Test_Accuracy"]
+
+
+def test_the_cnn3_preset_runs_the_whole_workflow_and_its_bundle_predicts_raw_images(
+        tmp_path, capsys):
+    """--arch cnn3: base training, every conv group pruned per row, results gathered, the
+    recommended model validated and bundled; the bundle predicts raw images (integer pixel
+    values) with the labels the engine's model gives them."""
+    session, bundle = tmp_path / "s", tmp_path / "bundle"
+    retain = schedule(tmp_path, [(2, 4, 8), (2, 3, 6), (1, 2, 4)])
+    assert cli.run(main, ["--dataset", "digits", "--arch", "cnn3", "--epochs", "3",
+                          "--retrain-epochs", "1", "--retain", str(retain), "--session",
+                          str(session), "--quiet"]) == 0
+    results = session / "iterative_pruning" / "prune_w_retrain_results"
+    assert len((results / "validations.txt").read_text().splitlines()) == 1 + 3
+    recommended = session / (results / "recommended.txt").read_text().strip()
+    assert cli.run(validator_main, [str(recommended)]) == 0
+    assert deploy_main(["bundle", "--recommended", str(session), "--out", str(bundle)]) == 0
+    raw = load_digits().images[-12:].astype(np.int64)  # pixel values 0..16, as scanned
+    np.save(tmp_path / "raw.npy", raw)
+    capsys.readouterr()
+    assert deploy_main(["predict", "--bundle", str(bundle), str(tmp_path / "raw.npy")]) == 0
+    printed = [line.split(": ")[1].split()[0] for line in capsys.readouterr().out.splitlines()]
+    model, _ = load_model(recommended)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(raw).float().reshape(12, -1) / 16).argmax(1)
+    assert printed == [str(int(c)) for c in expected]
 
 
 # ---- input pruning (a schedule with the inNodesRetained column) ----------------------------
@@ -197,12 +270,7 @@ def test_an_input_pruned_model_takes_the_full_input_everywhere(input_session, tm
     gives a user's SimpleNN the same outputs (inputs='indices' or 'zeros')."""
     last = input_session.session.checkpoint(2)
     pruned, meta = load_model(last)
-    capsys.readouterr()
-    assert cli.run(validator_main, [str(last)]) == 0
-    test_line = capsys.readouterr().out.splitlines()[-1].split()
-    assert float(test_line[-1]) == round(meta["metrics"]["test_accuracy"], 2)
-    bundle = tmp_path / "bundle"
-    assert deploy_main(["bundle", str(last), "--out", str(bundle)]) == 0
+    bundle = validated_bundle(capsys, last, meta, tmp_path)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["features_read"] == 24 and manifest["onnx"]["max_abs_diff"] < 1e-4
     raw = load_digits().images[:6].astype(np.float32) / 16  # whole images, scaled
@@ -286,4 +354,5 @@ def test_an_iteration_keeps_the_pruned_model_when_retraining_only_loses(tmp_path
         assert row["Test_Accuracy"] == row["NoRetrain_Test_Accuracy"]
         history = (result.session.final(row["iteration"]) / "train_results.txt").read_text()
         epochs = [float(line.split()[4]) for line in history.splitlines()[1:]]
-        assert epochs and max(epochs) < row["Val_Accuracy"]
+        # (a pruned model already at its parent's accuracy is not retrained at all)
+        assert not epochs or max(epochs) < row["Val_Accuracy"]

@@ -496,3 +496,18 @@ def test_tolerance_chosen_with_concatenate_survives_a_rerun(finished, capsys):
     results_dir = finished / "iterative_pruning" / "prune_w_retrain_results"
     assert json.loads((results_dir / "concatenate.json").read_text())["tolerance"] == 100
     assert (results_dir / "recommended.txt").read_text().startswith("iterative_pruning/2/")
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "no such architecture file"),
+    ("{not json", "not valid JSON"),
+    ('[{"type": "conv2d", "out": 4}]', "conv2d needs 'kernel'"),
+])
+def test_a_bad_architecture_file_is_one_line_and_writes_nothing(tmp_path, capsys, content,
+                                                                message):
+    """--arch FILE that is missing, not JSON or not a valid spec: one `error:` line, exit 2."""
+    arch = tmp_path / "arch.json"
+    if content is not None:
+        arch.write_text(content)
+    err = error_of(capsys, "--dataset", "digits", "--arch", arch, "--session", tmp_path / "s")
+    assert message in err and not (tmp_path / "s").exists()

@@ -7,20 +7,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.adjoint import interval_sweep
+from src.adjoint import chain, interval_sweep, sweep
 from src.interval import Interval
 from src.model import mlp_net
 from src.significance import (
     CRITERIA,
     ScoreData,
     data_box,
+    default_measure,
     geometric_median,
     interval_adjoint,
     quantile_box,
     sample_boxes,
     score,
 )
-from src.spec import Net
+from src.spec import Net, build
 
 D = torch.float64
 
@@ -328,6 +329,44 @@ def test_score_data_validates_its_tensors():
         ScoreData(x, y[:-1])
     with pytest.raises(ValueError):
         ScoreData(x[:0], y[:0])
+
+
+# ---- conv channels ---------------------------------------------------------------------------
+CNN = {"input": [1, 6, 6], "layers": [
+    {"type": "conv2d", "out": 3, "kernel": 3}, "relu", {"type": "maxpool2d", "kernel": 2},
+    "flatten", {"type": "linear", "out": 5}, "relu", {"type": "linear", "out": 2}]}
+
+
+def test_conv_nets_read_units_after_their_activation_and_mlps_before_it_by_default():
+    """Without a measure, a network with conv layers is scored post-activation and an MLP
+    pre-activation (the choices measured on LeNet-5 and the MLP)."""
+    cnn, net = build(CNN, seed=0), mlp_net([12, 6, 3], seed=0)
+    box = Interval(torch.zeros(36), torch.ones(36))
+    assert default_measure(cnn) == "post" and default_measure(net) == "pre"
+    for got, want in zip(interval_adjoint(cnn, box), interval_adjoint(cnn, box, measure="post"),
+                         strict=True):
+        torch.testing.assert_close(got, want)
+    small = Interval(torch.zeros(12), torch.ones(12))
+    for got, want in zip(interval_adjoint(net, small), interval_adjoint(net, small, measure="pre"),
+                         strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_a_channels_score_sums_or_maximises_width_times_reach_over_its_positions():
+    """Channel c of a conv scores Σ_p (or max_p) width([a]_cp) · max_k |[ā_k]_cp| over its
+    positions p, read after its ReLU (measure="post")."""
+    model = build(CNN, seed=0).double()
+    box = Interval(torch.zeros(36, dtype=D), torch.ones(36, dtype=D))
+    image = Interval(box.lower.reshape(1, 1, 6, 6), box.upper.reshape(1, 1, 6, 6))
+    swept = sweep(list(chain(model)), image, "per_output", lowest=0)
+    value, adjoint = swept.values[2], swept.adjoints[2]  # the ReLU's output: (1, 3, 4, 4)
+    per_position = value.width[0] * adjoint.magnitude[0].amax(0)  # (3, 4, 4)
+    torch.testing.assert_close(interval_adjoint(model, box, measure="post")[0],
+                               per_position.sum((1, 2)))
+    torch.testing.assert_close(interval_adjoint(model, box, measure="post", aggregate="max")[0],
+                               per_position.amax((1, 2)))
+    with pytest.raises(ValueError, match="aggregate"):
+        interval_adjoint(model, box, aggregate="mean")
 
 
 # ---- input features -------------------------------------------------------------------------

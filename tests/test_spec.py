@@ -8,7 +8,18 @@ import pytest
 import torch
 from torch import nn
 
-from src.spec import PRESETS, SpecError, build, check_spec, mlp, read_spec, resolve_arch, spec_of
+from src.spec import (
+    PRESETS,
+    SpecError,
+    build,
+    check_spec,
+    lenet5,
+    max_pool,
+    mlp,
+    read_spec,
+    resolve_arch,
+    spec_of,
+)
 
 EVERY_LAYER = {"input": [1, 12, 12], "layers": [
     {"type": "conv2d", "out": 4, "kernel": 3, "padding": 1}, "batchnorm", "relu",
@@ -102,3 +113,25 @@ def test_resolve_arch_builds_the_mlp_from_hidden_sizes():
         12, 6, 10]
     with pytest.raises(SpecError, match=r"integers >= 1, got \[0, 64\]"):
         resolve_arch("mlp", [1, 8, 8], 10, hidden=[0, 64])
+
+
+@pytest.mark.parametrize(("kernel", "stride", "size"), [(2, 2, 24), (2, 2, 7), (3, 2, 9),
+                                                        (3, 1, 6), (2, 3, 8), (5, 5, 5)])
+def test_max_pool_by_slices_equals_torchs_max_pool(kernel, stride, size):
+    """The inference path of a Net's max pools gives torch's values exactly, odd sizes and
+    overlapping windows included, and NaN where torch has NaN."""
+    pool = nn.MaxPool2d(kernel, stride)
+    x = torch.randn(3, 4, size, size + 1)
+    x[0, 0, 0, 0] = float("nan")
+    assert torch.equal(max_pool(pool, x).isnan(), pool(x).isnan())
+    torch.testing.assert_close(max_pool(pool, x), pool(x), rtol=0, atol=0, equal_nan=True)
+
+
+def test_a_net_infers_what_it_trains_with():
+    """Without autograd (evaluation, deployment) a Net pools by slices; its outputs equal the
+    ones computed with autograd through torch's max pools."""
+    model = build(lenet5([1, 28, 28], 10), seed=0).eval()
+    x = torch.rand(6, 784)
+    with torch.no_grad():
+        inferred = model(x)
+    torch.testing.assert_close(inferred, model(x).detach(), rtol=0, atol=0)
