@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import statistics
 import sys
 import time
@@ -50,6 +49,8 @@ from src.study_grid import (
 )
 from src.study_report import write_reports
 from src.study_runner import Runner, check_cache, connect, first_line, run_cells
+from src.study_search import SearchConfig, load_records, make_search, run_search
+from src.study_search_report import write_search_report
 
 MLFLOW_INSTALL = "pip install mlflow-skinny==3.17.2 SQLAlchemy==2.1.9 alembic==1.20.1"
 
@@ -159,20 +160,29 @@ class StudyTracker:
 
 
 # ----------------------------------------------------------------------------------- command line
-def parse_args(argv: list[str] | None) -> tuple[StudyConfig, Runner, argparse.Namespace]:
-    """The grid, how to run it, and the other flags (out, report_only, mlflow...)."""
-    d = StudyConfig()
+GRID_ONLY = ("retain", "variants", "curves", "modes", "default_only", "rows", "mlflow",
+             "mlflow_experiment")
+SEARCH_ONLY = ("trials", "max_accuracy_drop", "curve", "q_range", "sampler_seed")
+
+
+def parse_args(argv: list[str] | None
+               ) -> tuple[StudyConfig | SearchConfig, Runner, argparse.Namespace]:
+    """The grid (or with --search the search), how to run it, and the other flags (out,
+    report_only, mlflow...)."""
+    d, s = StudyConfig(), SearchConfig()
     p = argparse.ArgumentParser(
         prog="python -m src.study",
         description="Compare pruning criteria, their variants, seeds, modes and curves: every "
                     "cell an engine session (resumable; OUT/cache/), run on a local Ray, a Ray "
-                    "cluster (--address) or sequentially (--workers 0); then tables and plots.")
+                    "cluster (--address) or sequentially (--workers 0); then tables and plots. "
+                    "With --search: Ray Tune and Optuna pick per-layer retention factors q.")
     add = p.add_argument
     add("--dataset", help=f"{', '.join(DATASETS)} [{d.dataset}]")
     add("--hidden", type=int, nargs="+", metavar="SIZE", help="hidden layer sizes [256 64]")
     add("--retain", metavar="FILE", help="schedule file [retain/retain.txt if its first row is "
                                          "--hidden, else the q=0.8 geometric schedule]")
-    add("--seeds", type=int, nargs="+", metavar="SEED", help="one base model per seed [0 1 2]")
+    add("--seeds", type=int, nargs="+", metavar="SEED",
+        help="one base model per seed [0 1 2; --search: 0]")
     add("--variants", nargs="+", metavar="NAME",
         help=f"variants to compare [all: {', '.join(registry())}]; also 'default' or "
              "criterion/seed_mode/box/bias_fold[/measure]; the default is always included")
@@ -186,11 +196,13 @@ def parse_args(argv: list[str] | None) -> tuple[StudyConfig, Runner, argparse.Na
     add("--epochs", type=int, metavar="N", help="max epochs of base training [engine default]")
     add("--retrain-epochs", type=int, metavar="N",
         help="max retraining epochs per iteration, retrain curve [engine default]")
-    add("--name", help=f"file-name prefix of the tables and plots [{d.name}]")
+    add("--name", help=f"file-name prefix of the tables and plots [{d.name}; --search: "
+                       f"{s.name}]")
     add("--out", type=Path, default=Path("sessions/study"), metavar="DIR",
         help="tables and plots; sessions in OUT/cache/ [sessions/study]")
-    add("--workers", type=int, metavar="N", help="cells at once on a local Ray [all cores]; 0: "
-                                                 "one after another in this process, no Ray")
+    add("--workers", type=int, metavar="N", help="cells (trials) at once on a local Ray [all "
+                                                 "cores]; 0: one after another in this "
+                                                 "process, no Ray")
     add("--address", help="run on a Ray cluster: 'auto' (this node joined one with ray start) "
                           "or ray://HOST:10001 [a local Ray]")
     add("--max-retries", type=int, default=Runner.max_retries, metavar="N",
@@ -201,23 +213,44 @@ def parse_args(argv: list[str] | None) -> tuple[StudyConfig, Runner, argparse.Na
              "URI: sqlite OUT/mlflow.db]")
     add("--mlflow-experiment", metavar="NAME", help="MLflow experiment [the study's --name]")
     add("--report-only", action="store_true",
-        help="only write the tables and plots from the cache (the grid of OUT/NAME.json, "
-             "flags given override it)")
+        help="only write the tables and plots from the cache (the settings of OUT/NAME.json, "
+             "flags given override them)")
+    search = p.add_argument_group(
+        "search", "--search: Ray Tune (Optuna's TPE sampler) picks one retention factor q per "
+                  "hidden layer to find the smallest model whose validation accuracy stays "
+                  "within --max-accuracy-drop of the base model's; compared with q = 0.8")
+    add = search.add_argument
+    add("--search", action="store_true", help="run the search instead of the grid")
+    add("--trials", type=int, metavar="N", help=f"completed trials [{s.trials}]")
+    add("--max-accuracy-drop", type=float, metavar="POINTS",
+        help=f"validation accuracy points below the base model's [{s.max_accuracy_drop:g}]")
+    add("--curve", choices=CURVES, help=f"[{s.curve}]")
+    add("--q-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+        help=f"each q on the 0.01 grid in this range [{' '.join(map(str, s.q_range))}]")
+    add("--sampler-seed", type=int, metavar="N", help=f"seed of the TPE sampler [{s.sampler_seed}]")
     a = p.parse_args(argv)
-    given = {f.name: getattr(a, f.name) for f in fields(StudyConfig)
+    kind, other = (SearchConfig, GRID_ONLY) if a.search else (StudyConfig, SEARCH_ONLY)
+    wrong = [n for n in other if getattr(a, n) is not None]
+    if wrong:
+        flag = "--" + wrong[0].replace("_", "-")
+        raise StudyError(f"{flag} is for the grid, not --search" if a.search else
+                         f"{flag} needs --search")
+    given = {f.name: getattr(a, f.name) for f in fields(kind)
              if getattr(a, f.name, None) is not None}
-    saved = a.out / f"{given.get('name', d.name)}.json"
-    base = d
+    default = kind()
+    saved = a.out / f"{given.get('name', default.name)}.json"
+    key = "search" if a.search else "study"
     if a.report_only and saved.is_file():
         try:
-            base = StudyConfig.from_json(json.loads(saved.read_text())["study"], str(saved))
+            default = kind.from_json(json.loads(saved.read_text())[key], str(saved))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise StudyError(f"{saved}: not a study settings file ({first_line(exc)})") from None
-    study = replace(base, **given)
-    root = a.data_root or os.environ.get("IAPRUNE_DATA")
+            raise StudyError(f"{saved}: not a {key} settings file ({first_line(exc)})") \
+                from None
+    config = replace(default, **given)
+    # resolved: Tune runs each trial in a folder of its own
     runner = Runner(a.workers, a.address, a.max_retries,
-                    str(data_root(root).resolve()) if root else None)
-    return study, runner, a
+                    str(data_root(a.data_root).resolve()))
+    return config, runner, a
 
 
 def saved_run_id(settings: Path) -> str | None:
@@ -231,6 +264,8 @@ def saved_run_id(settings: Path) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     """Run the study (or only its reports) and print where the outputs are."""
     study, runner, args = parse_args(argv)
+    if isinstance(study, SearchConfig):
+        return search_main(study, runner, args.out, args.report_only)
     plan = make_plan(study, args.out)
     if args.report_only:
         for path in write_reports(plan, args.out):
@@ -280,6 +315,30 @@ def main(argv: list[str] | None = None) -> int:
     if failures:
         print(f"error: {len(failures)} of {len(plan.cells)} cells failed (their logs are in "
               f"{plan.cache / 'logs'}); run again to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def search_main(config: SearchConfig, runner: Runner, out: Path, report_only: bool) -> int:
+    """Run the search (or only its report) and print where the outputs are."""
+    search = make_search(config, out)
+    if report_only:
+        for path in write_search_report(search, load_records(search)):
+            print(f"wrote {path}")
+        return 0
+    started = time.perf_counter()
+    try:
+        trials, failed = run_search(search, runner)
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume (finished trials and "
+              "iterations are kept)", file=sys.stderr)
+        return cli.EXIT_INTERRUPTED
+    print(f"search done in {time.perf_counter() - started:.0f}s", flush=True)
+    for path in write_search_report(search, trials):
+        print(f"wrote {path}")
+    if failed:
+        print(f"error: {len(failed)} failed ({'; '.join(f'{k}: {v}' for k, v in failed.items())}"
+              f"); logs in {search.cache / 'logs'}; run again to retry", file=sys.stderr)
         return 1
     return 0
 

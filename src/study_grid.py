@@ -199,6 +199,7 @@ class Cell:
     id: str  # 'seed0/no-retrain/magnitude-fold_linear': its session folder under the cache
     schedule: tuple[ScheduleRow, ...]  # the rows it runs (row 0 = the base)
     base: str | None = None  # the id of the base cell it waits for
+    note: str = ""  # appended to its label (a search trial: its q's)
 
     @property
     def root(self) -> Path:
@@ -213,7 +214,7 @@ class Cell:
         """'seed 0 no-retrain iterative magnitude'."""
         what = "base" if self.track is None else \
             f"{self.track.curve} {self.track.mode} {self.variant.name}"
-        return f"seed {self.seed} {what}"
+        return f"seed {self.seed} {what}{self.note}"
 
     @property
     def session(self) -> Session:
