@@ -8,13 +8,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from matplotlib.ticker import FuncFormatter
+
 from src.checkpoint import atomic_write
-from src.plotting import COLORS, log_axis, new_figure, save_figure
+from src.plotting import COLORS, log_axis, new_figure, plain_number, save_figure
 from src.study_grid import CURVE_COLUMN
 from src.study_report import CURVE_TITLE, markdown_table
 from src.study_search import REFERENCE_Q, STEP, Found, Search, TrialRecord, best, q_text
 
 STATES = {"COMPLETE": "done", "FAIL": "failed or killed", "RUNNING": "running"}
+
+
+def points(drop: float) -> str:
+    """'1 point', '0.5 points'."""
+    return f"{drop:g} point{'' if drop == 1 else 's'}"
 
 
 def percent(part: float, whole: float) -> str:
@@ -39,11 +46,11 @@ def comparison(top: Found | None, reference: Found | None, drop: float) -> str:
     if top.params < reference.params:
         return (f"The best found has {ratio:.3f}x the reference's parameters "
                 f"({100 * (1 - ratio):.1f} % fewer, {reference.params - top.params:,} fewer), "
-                f"both within {drop:g} points of the base model's validation accuracy; {gaps}.")
+                f"both within {points(drop)} of the base model's validation accuracy; {gaps}.")
     if top.params == reference.params:
         return f"The search found a model as small as the reference's, not smaller; {gaps}."
     return (f"The search found nothing smaller than the q = {REFERENCE_Q} reference within "
-            f"{drop:g} points: its best has {ratio:.3f}x the reference's parameters; {gaps}.")
+            f"{points(drop)}: its best has {ratio:.3f}x the reference's parameters; {gaps}.")
 
 
 def write_search_report(search: Search, trials: Sequence[TrialRecord]) -> list[Path]:
@@ -55,20 +62,22 @@ def write_search_report(search: Search, trials: Sequence[TrialRecord]) -> list[P
     base = (reference or top or next((f for f in known.values() if f), None))
     base_text = "" if base is None else \
         f" ({base.base.val:.2f} % on seed {next(iter(base.rows))})"
-    seeds = " ".join(map(str, c.seeds))
+    seeds = f"seed{'s' * (len(c.seeds) > 1)} {' '.join(map(str, c.seeds))}"
+    over_seeds = "" if len(c.seeds) == 1 else \
+        " (on every seed; accuracies are means over the seeds)"
     header = ["", "trial", f"q ({' '.join(n[2:] for n in search.names)})", "units", "params",
               "% of base params", "val acc %", "test acc %", "row"]
     lines = [f"# {c.name}: per-layer retention factors q, the smallest model within "
-             f"{c.max_accuracy_drop:g} points", "",
-             f"Dataset {c.dataset}, hidden {'-'.join(map(str, c.hidden))}, seeds {seeds}; "
+             f"{points(c.max_accuracy_drop)}", "",
+             f"Dataset {c.dataset}, hidden {'-'.join(map(str, c.hidden))}, {seeds}; "
              f"curve {c.curve} ({CURVE_TITLE[c.curve]}; column "
              f"{CURVE_COLUMN[c.curve]}); criterion {search.variant.describe()}.", "",
              f"Each trial prunes the base model along the geometric schedule of its q's (one "
              f"per hidden layer, on the {STEP} grid in [{q_text(c.q_range)}]) and stops at the "
-             f"first iteration whose validation accuracy is more than {c.max_accuracy_drop:g} "
-             f"points below the base model's{base_text}. Its objective is the parameter count "
-             "of the smallest iteration before that stop (`row`; on every seed, accuracies are "
-             "means over seeds). Validation accuracy alone chooses; test accuracy is only "
+             f"first iteration whose validation accuracy is more than "
+             f"{points(c.max_accuracy_drop)} below the base model's{base_text}. Its objective "
+             "is the parameter count of the smallest iteration before that stop (column `row`)"
+             f"{over_seeds}. Validation accuracy alone chooses; test accuracy is only "
              f"reported. Search: Optuna's TPE sampler (seed {c.sampler_seed}) over "
              f"{c.trials} trials; the q = {REFERENCE_Q} reference for every layer runs beside "
              "them (and is given to the sampler as a known point when in the range).", "",
@@ -94,8 +103,8 @@ def write_search_report(search: Search, trials: Sequence[TrialRecord]) -> list[P
             [f.hidden, f"{f.params:,}", f"{f.val:.2f}", f"{f.test:.2f}", str(f.index)]
         rows.append([f"#{t.number}", *(f"{v:.2f}" for v in t.q), state, *numbers])
     lines += ["## Every trial", "",
-              "In the order the sampler proposed them; a q's seen before reads its sessions from "
-              "the cache.", "",
+              "In the order the sampler proposed them (q's proposed again are read from the "
+              "cache).", "",
               markdown_table(["trial", *search.names, "state", "units", "params", "val acc %",
                               "test acc %", "row"], rows), ""]
     written = [atomic_write(out / f"{c.name}.md", "\n".join(lines))]
@@ -119,10 +128,9 @@ def plot_search(search: Search, trials: Sequence[TrialRecord], known: dict, refe
     if reference is not None:
         left.axhline(reference.params, color="#000000", linestyle="--",
                      label=f"q = {REFERENCE_Q} reference ({reference.params:,})")
-    log_axis(left, "y", [f.params for _, f in done] + ([reference.params] if reference else []))
+    left.yaxis.set_major_formatter(FuncFormatter(plain_number))
     left.set_xlabel("trial (Optuna's number)")
-    left.set_ylabel(f"parameters of the smallest model within {c.max_accuracy_drop:g} points "
-                    "(log scale)")
+    left.set_ylabel(f"parameters of the smallest model within {points(c.max_accuracy_drop)}")
     left.set_title("Objective per trial (lower is better)")
     if left.get_legend_handles_labels()[0]:
         left.legend(loc="best", fontsize=8)
@@ -142,7 +150,10 @@ def plot_search(search: Search, trials: Sequence[TrialRecord], known: dict, refe
     if every:
         base = every[0].base
         right.axhline(base.val - c.max_accuracy_drop, color=COLORS["before"], linestyle=":",
-                      label=f"base − {c.max_accuracy_drop:g} points")
+                      label=f"base − {points(c.max_accuracy_drop)}")
+        # the stop rows may fall far below the line: show the region that decides
+        low = min(r.val for f in every for r in next(iter(f.rows.values())))
+        right.set_ylim(max(low, base.val - 3 * c.max_accuracy_drop - 1) - 0.2, base.val + 0.5)
         params = [r.params for f in every for r in next(iter(f.rows.values()))]
         log_axis(right, "x", params)
         right.invert_xaxis()  # pruning proceeds left to right
