@@ -16,6 +16,9 @@ The session folders are the cache: a finished cell is read, not run; an unfinish
 after its last complete iteration. On Ray a cell is a task on one CPU and one thread (N cores run
 N cells) that waits for its seed's base model and is retried when its worker dies; every random
 stream is derived from (seed, iteration), so the numbers equal a sequential run's, cell by cell.
+
+`--search` runs src.study_search instead of the grid: Ray Tune and Optuna's TPE sampler pick one
+retention factor q per hidden layer for the smallest model within --max-accuracy-drop.
 """
 
 from __future__ import annotations

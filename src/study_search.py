@@ -120,6 +120,21 @@ class SearchConfig:
             raise StudyError(f"{source}: unknown settings {sorted(unknown)}")
         return cls(**values)
 
+    def command(self, out: Path) -> str:
+        """The command line that runs this search into `out` (the main settings always, the
+        others where they are not the defaults)."""
+        default, words = SearchConfig(), ["python -m src.study --search"]
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value != getattr(default, f.name) or f.name in (
+                    "dataset", "curve", "trials", "max_accuracy_drop"):
+                shown = " ".join(map(str, value)) if isinstance(value, tuple) else \
+                    f"{value:g}" if isinstance(value, float) else str(value)
+                words.append(f"--{f.name.replace('_', '-')} {shown}")
+        root = Path(__file__).resolve().parents[1]
+        where = out.relative_to(root) if out.is_relative_to(root) else out
+        return " ".join([*words, f"--out {where}"])
+
     def differences(self, saved: SearchConfig) -> list[str]:
         """The settings other than --trials that differ from an earlier run's."""
         return [f"{f.name}: saved {getattr(saved, f.name)!r}, wanted {getattr(self, f.name)!r}"

@@ -60,11 +60,10 @@ def write_search_report(search: Search, trials: Sequence[TrialRecord]) -> list[P
     top = best(search, trials)
     known = {t.q: search.found(t.q) for t in trials}
     base = (reference or top or next((f for f in known.values() if f), None))
-    base_text = "" if base is None else \
-        f" ({base.base.val:.2f} % on seed {next(iter(base.rows))})"
+    base_text = "" if base is None else " (" + ", ".join(
+        f"{rows[0].val:.2f} % on seed {seed}" for seed, rows in base.rows.items()) + ")"
     seeds = f"seed{'s' * (len(c.seeds) > 1)} {' '.join(map(str, c.seeds))}"
-    over_seeds = "" if len(c.seeds) == 1 else \
-        " (on every seed; accuracies are means over the seeds)"
+    several = len(c.seeds) > 1
     header = ["", "trial", f"q ({' '.join(n[2:] for n in search.names)})", "units", "params",
               "% of base params", "val acc %", "test acc %", "row"]
     lines = [f"# {c.name}: per-layer retention factors q, the smallest model within "
@@ -76,11 +75,14 @@ def write_search_report(search: Search, trials: Sequence[TrialRecord]) -> list[P
              f"per hidden layer, on the {STEP} grid in [{q_text(c.q_range)}]) and stops at the "
              f"first iteration whose validation accuracy is more than "
              f"{points(c.max_accuracy_drop)} below the base model's{base_text}. Its objective "
-             "is the parameter count of the smallest iteration before that stop (column `row`)"
-             f"{over_seeds}. Validation accuracy alone chooses; test accuracy is only "
+             "is the parameter count of the smallest iteration before that stop"
+             f"{' on every seed' if several else ''} (column `row`)"
+             f"{'; accuracies are means over the seeds' if several else ''}. Validation "
+             "accuracy alone chooses; test accuracy is only "
              f"reported. Search: Optuna's TPE sampler (seed {c.sampler_seed}) over "
              f"{c.trials} trials; the q = {REFERENCE_Q} reference for every layer runs beside "
              "them (and is given to the sampler as a known point when in the range).", "",
+             f"`{c.command(out)}`", "",
              "## Best found vs q = 0.8", ""]
     table = []
     if base is not None:
