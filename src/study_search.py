@@ -255,7 +255,7 @@ class Search:
 
     def q_of(self, params: Mapping[str, float]) -> tuple[float, ...]:
         """The q's of a trial's parameters, on the grid (0.8200000000000001 -> 0.82)."""
-        return tuple(round(float(params[n]) / STEP) * STEP for n in self.names)
+        return tuple(round(round(float(params[n]) / STEP) * STEP, 6) for n in self.names)
 
     def params_of(self, q: Sequence[float]) -> dict[str, float]:
         return {n: round(v, 2) for n, v in zip(self.names, q, strict=True)}

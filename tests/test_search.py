@@ -32,6 +32,12 @@ def run_main(argv: list[str]) -> tuple[int, str]:
     return code, out.getvalue()
 
 
+def report(out: Path) -> str:
+    """OUT/search.md without its command line (which names OUT)."""
+    return re.sub(r"^`python -m src.study --search .*`$", "", (out / "search.md").read_text(),
+                  flags=re.M)
+
+
 def checkpoints(out: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("best_model.pth")}
 
@@ -60,8 +66,7 @@ def on_ray(tmp_path_factory) -> SimpleNamespace:
     assert code == 0, text
     search = make_search(SearchConfig(dataset="digits", hidden=(16, 8), epochs=4, trials=3,
                                       max_accuracy_drop=5.0), out)
-    return SimpleNamespace(out=out, text=text, search=search,
-                           report=(out / "search.md").read_text())
+    return SimpleNamespace(out=out, text=text, search=search, report=report(out))
 
 
 def copy_without_state(on_ray, tmp_path: Path) -> Path:
@@ -85,6 +90,9 @@ def test_search_on_ray_reports_every_trial_and_the_reference(on_ray):
         assert row["params"] == f"{found.params:,}" and row["val acc %"] == f"{found.val:.2f}"
         assert row["state"] in ("reference", "done")
     assert (on_ray.out / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "`python -m src.study --search --dataset digits --hidden 16 8 --curve no-retrain " \
+           f"--trials 3 --max-accuracy-drop 5 --epochs 4 --out {on_ray.out}`" in \
+           (on_ray.out / "search.md").read_text()
 
 
 def test_objective_is_the_smallest_iteration_before_the_engine_stopped(on_ray):
@@ -133,7 +141,7 @@ def test_sequential_rerun_reads_every_trial_from_the_cache(on_ray, tmp_path, mon
     assert code == 0, text
     assert trial_lines(text) == trial_lines(on_ray.text)
     assert checkpoints(out) == before
-    assert (out / "search.md").read_text() == on_ray.report
+    assert report(out) == on_ray.report
 
 
 def test_finished_search_runs_again_without_running_anything(on_ray, tmp_path):
@@ -144,7 +152,7 @@ def test_finished_search_runs_again_without_running_anything(on_ray, tmp_path):
     code, text = run_main([*ARGS, "--workers", "1", "--out", str(out)])
     assert code == 0 and "3 trials (3 done)" in text and not trial_lines(text), text
     assert checkpoints(out) == before
-    assert (out / "search.md").read_text() == on_ray.report
+    assert report(out) == on_ray.report
 
 
 def test_killed_trial_is_retried_first_and_its_session_resumes(on_ray, tmp_path):
@@ -172,8 +180,7 @@ def test_killed_trial_is_retried_first_and_its_session_resumes(on_ray, tmp_path)
     assert "4 trials (3 done, 1 to retry)" in text and trial_lines(text) == ["0.60 0.60"]
     assert {i: cell.session.checkpoint(i).stat().st_mtime_ns for i in (0, 1)} == kept
     assert study_search.cell_done(cell)
-    states = [r["state"] for r in table((out / "search.md").read_text(),
-                                         "## Every trial").values()]
+    states = [r["state"] for r in table(report(out), "## Every trial").values()]
     assert states == ["reference", "done", "done", "done", "failed or killed", "done"]
 
 
@@ -184,7 +191,7 @@ def test_report_only_rebuilds_the_report(on_ray, tmp_path):
     (out / "search.md").unlink()
     code, text = run_main(["--search", "--report-only", "--out", str(out)])
     assert code == 0, text
-    assert (out / "search.md").read_text() == on_ray.report
+    assert report(out) == on_ray.report
 
 
 def test_search_of_other_settings_is_refused(on_ray, tmp_path):
@@ -263,7 +270,9 @@ def test_trial_cells_are_named_by_their_rounded_q_and_prune_to_one_unit():
     """q's on the 0.01 grid name the session folder (float noise of the sampler ignored); the
     schedule runs to one unit per layer; the reference is the q = 0.8 geometric schedule."""
     search = make_search(SearchConfig(dataset="digits", hidden=(16, 8)), Path("unused"))
-    (cell,) = search.cells(search.q_of({"q_h1": 0.8200000000000001, "q_h2": 0.75}))
+    q = search.q_of({"q_h1": 0.8200000000000001, "q_h2": 0.75})
+    assert q == (0.82, 0.75)
+    (cell,) = search.cells(q)
     assert cell.id == "seed0/search-no-retrain/q0.82-0.75"
     assert cell.schedule[-1].neurons == (1, 1) and cell.config.max_accuracy_drop == 1.0
     assert cell.config.retraining.epochs == 0 and cell.config.base_model.endswith(
