@@ -16,371 +16,46 @@ The session folders are the cache: a finished cell is read, not run; an unfinish
 after its last complete iteration. On Ray a cell is a task on one CPU and one thread (N cores run
 N cells) that waits for its seed's base model and is retried when its worker dies; every random
 stream is derived from (seed, iteration), so the numbers equal a sequential run's, cell by cell.
+
+`--search` runs src.study_search instead of the grid: Ray Tune and Optuna's TPE sampler pick one
+retention factor q per hidden layer for the smallest model within --max-accuracy-drop.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
-import importlib
-import io
 import json
-import logging
-import os
-import shutil
-import socket
 import statistics
 import sys
 import time
-import traceback
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
-
-import torch
-from tqdm.auto import tqdm
 
 from src import __version__, cli
 from src.checkpoint import atomic_write
 from src.concatenate import read_validation_results
-from src.config import dumps
 from src.data import DATASETS, data_root, load_dataset
-from src.engine import read_config, run
-from src.retain import write_schedule
-from src.session import check_session_folder
 from src.study_grid import (
     CURVES,
     MODES,
     RETRAIN_LAST_ROW,
-    ROOT,
     Cell,
     Plan,
     StudyConfig,
     StudyError,
     cell_done,
-    check_cached,
     make_plan,
     read_curve,
     registry,
 )
 from src.study_report import write_reports
+from src.study_runner import Runner, check_cache, connect, first_line, run_cells
+from src.study_search import SearchConfig, load_records, make_search, run_search
+from src.study_search_report import write_search_report
 
-RAY_INSTALL = "pip install ray==2.60.0"
 MLFLOW_INSTALL = "pip install mlflow-skinny==3.17.2 SQLAlchemy==2.1.9 alembic==1.20.1"
-
-
-# ----------------------------------------------------------------------------------- one cell
-def run_cell(cell: Cell, data_root: str | None, log: Callable[[str], None]) -> None:
-    """Run (or resume) the cell's session with the engine: the study's one call into it."""
-    if not cell.session.config.is_file():
-        start_session(cell)
-    # the session's own settings and schedule (check_cached fitted it): run() resumes it
-    saved = read_config(cell.session)
-    run(saved, cell.root, data_root=data_root, quiet=True, log=log)
-
-
-def start_session(cell: Cell) -> None:
-    """Create the cell's session folder with its config.json and schedule in one rename.
-
-    A worker killed at any moment of the start leaves no folder that looks like a session
-    (only a staging folder, which the next start replaces).
-    """
-    check_session_folder(cell.root)  # absent or empty: anything else is not the study's
-    staging = cell.root.with_name(cell.root.name + ".start")
-    shutil.rmtree(staging, ignore_errors=True)
-    write_schedule(list(cell.schedule), staging / "retain" / "retain.txt")
-    atomic_write(staging / "config.json", dumps(cell.config, version=__version__))
-    if cell.root.is_dir():
-        cell.root.rmdir()
-    staging.rename(cell.root)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What running a cell did."""
-
-    ran: bool  # False: it was complete already (another runner finished it)
-    seconds: float
-
-
-@contextlib.contextmanager
-def holding(lock: Path) -> Iterator[None]:
-    """Hold `lock` (the kernel's flock) while a cell runs: one runner per session folder.
-
-    The kernel drops the lock with its process, so a killed runner never leaves one behind.
-    The file is opened in place, not written atomically: a lock must stay the same file. It
-    names the holder (host and pid) while held.
-    """
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a+", encoding="utf-8") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            fh.seek(0)
-            fh.truncate()
-            fh.write(f"{socket.gethostname()} {os.getpid()}\n")
-            fh.flush()
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def is_running(cell: Cell) -> bool:
-    """Whether some process holds the cell's lock now."""
-    try:
-        with open(cell.lock, encoding="utf-8") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(fh, fcntl.LOCK_UN)
-    except FileNotFoundError:
-        pass
-    return False
-
-
-def execute(cell: Cell, data_root: str | None,
-            on_line: Callable[[str], None] = lambda line: None) -> Outcome:
-    """Run one cell in this process on one thread, its output appended to its log file."""
-    started, threads = time.perf_counter(), torch.get_num_threads()
-    buffer = io.StringIO()
-    ran = False
-
-    def log(line: str) -> None:
-        print(line, file=buffer)
-        on_line(line)
-
-    try:
-        torch.set_num_threads(1)  # one cell per core; the same numbers as any other run
-        with holding(cell.lock), contextlib.redirect_stdout(buffer), \
-                contextlib.redirect_stderr(buffer):
-            ran = not cell_done(cell)  # another runner may have finished it meanwhile
-            if ran:
-                run_cell(cell, data_root, log)
-    except BaseException:
-        buffer.write(traceback.format_exc())
-        raise
-    finally:
-        torch.set_num_threads(threads)
-        if ran or buffer.getvalue():
-            previous = cell.log.read_text() if cell.log.is_file() else ""
-            atomic_write(cell.log, f"{previous}$ {cell.label} on {socket.gethostname()} pid "
-                                   f"{os.getpid()}\n{buffer.getvalue()}\n")
-    return Outcome(ran, time.perf_counter() - started)
-
-
-def _ray_task(cell: Cell, data_root: str | None, *bases: Outcome) -> Outcome:
-    """A cell as a Ray task; `bases` (its base model's outcome) only orders it after its base."""
-    return execute(cell, data_root)
-
-
-def first_line(exc: BaseException) -> str:
-    """'ValueError: the first line of its message'."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
-# ----------------------------------------------------------------------------------- progress
-class Progress:
-    """One bar over the cells (done / running / failed, time left); lines when not a terminal."""
-
-    def __init__(self, total: int, cached: int, echo: Callable[[str], None] = print):
-        self.total, self.done, self.failed, self.echo = total, cached, 0, echo
-        self.bar = tqdm(total=total, initial=cached, unit="cell", smoothing=0,
-                        dynamic_ncols=True, disable=not sys.stderr.isatty(),
-                        bar_format="study: {percentage:3.0f}%|{bar}| {desc} "
-                                   "[{elapsed}, {remaining} left]")
-        self.update([])
-
-    def status(self, running: int) -> str:
-        return f"done {self.done}/{self.total}, running {running}, failed {self.failed}"
-
-    def update(self, running: Sequence[Cell]) -> None:
-        """Redraw; a running cell counts with the share of its rows complete (+1: its end)."""
-        partial = sum(max(0, c.session.last_complete() + 1) / (c.rows + 1) for c in running)
-        self.bar.n = min(self.total, self.done + self.failed + partial)
-        self.bar.set_description_str(self.status(len(running)), refresh=False)
-        self.bar.refresh()
-
-    def line(self, text: str) -> None:
-        if self.bar.disable:
-            self.echo(text)
-        else:
-            self.bar.write(text)
-
-    def finished(self, cell: Cell, outcome: Outcome) -> None:
-        self.done += 1
-        what = "ran" if outcome.ran else "cached"
-        self.line(f"[{self.done + self.failed:>3}/{self.total}] {what:<6} {cell.label:<48} "
-                  f"{cell.rows:>2} rows {outcome.seconds:7.1f}s")
-
-    def fail(self, cell: Cell, why: str) -> None:
-        self.failed += 1
-        self.line(f"[{self.done + self.failed:>3}/{self.total}] FAILED {cell.label}: {why} "
-                  f"(log: {cell.log})")
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-# ----------------------------------------------------------------------------------- running
-@dataclass(frozen=True)
-class Runner:
-    """How the cells run; not part of the grid (every choice gives the same numbers)."""
-
-    workers: int | None = None  # local Ray with this many CPUs (None: all); 0: in-process, no Ray
-    address: str | None = None  # a Ray cluster ('auto', 'ray://HOST:10001'); None: a local Ray
-    max_retries: int = 3  # times a cell whose worker died is run again (Ray)
-    data_root: str | None = None  # folder holding MNIST/raw/ (None: $IAPRUNE_DATA, else data/)
-
-    def __post_init__(self):
-        if self.workers is not None and self.workers < 0:
-            raise StudyError(f"--workers must be >= 0 (0: sequential), got {self.workers}")
-        if self.address is not None and self.workers is not None:
-            raise StudyError("--workers is for a local Ray; a cluster (--address) runs as many "
-                             "cells at once as it has CPUs")
-        if self.max_retries < 0:
-            raise StudyError(f"--max-retries must be >= 0, got {self.max_retries}")
-
-    @property
-    def sequential(self) -> bool:
-        return self.workers == 0
-
-    def describe(self) -> str:
-        if self.sequential:
-            return "sequential, in this process"
-        if self.address is not None:
-            return f"Ray cluster at {self.address}"
-        return f"local Ray, {self.workers or os.cpu_count()} workers"
-
-
-def connect(runner: Runner) -> Any:
-    """Import Ray and start a local Ray (or join the cluster at --address); returns `ray`."""
-    try:
-        import ray
-        from ray.job_config import JobConfig
-    except ImportError:
-        raise StudyError(f"running cells on Ray needs the ray package ({RAY_INSTALL}); or run "
-                         "them one after another with --workers 0") from None
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-stats prompt or upload
-    # Workers import src.study from the repository (the same path on every node of a cluster);
-    # Ray Client (ray://) takes the path as the workers' PYTHONPATH instead of a JobConfig.
-    options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
-    if (runner.address or "").startswith("ray://"):
-        options["runtime_env"] = {"env_vars": {"PYTHONPATH": str(ROOT)}}
-    else:
-        options["job_config"] = JobConfig(code_search_path=[str(ROOT)])
-    if runner.address is not None:
-        check_reachable(runner.address)
-    try:
-        if runner.address is None:  # "local": a new Ray, never a cluster `ray start` left here
-            ray.init(address="local", num_cpus=runner.workers or os.cpu_count(),
-                     include_dashboard=False, **options)
-        else:
-            ray.init(address=runner.address, **options)
-    except ImportError as exc:  # ray:// needs the client extra
-        raise StudyError(f"--address {runner.address}: {first_line(exc)}; pip install "
-                         '"ray[client]==2.60.0"') from None
-    except (ConnectionError, RuntimeError) as exc:
-        where = "a local Ray" if runner.address is None else \
-            f"the Ray cluster at --address {runner.address}"
-        hint = "" if runner.address is None or os.environ.get("RAY_AUTH_MODE") else \
-            ("; a cluster started with `ray start` checks a token: export RAY_AUTH_MODE=token "
-             "and give this machine the head's ~/.ray/auth_token")
-        raise StudyError(f"cannot start or reach {where}: {first_line(exc)}{hint}") from None
-    return ray
-
-
-def check_reachable(address: str) -> None:
-    """Refuse a HOST:PORT where nothing listens (Ray itself would wait for minutes)."""
-    host, colon, port = address.rpartition(":")
-    if "://" in address or not colon or not port.isdigit():
-        return  # 'auto' and ray:// addresses fail quickly by themselves
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as exc:
-        raise StudyError(f"--address {address}: nothing answers there ({exc.strerror or exc}); "
-                         "start the head node with `ray start --head` or check the address") \
-            from None
-
-
-def run_sequentially(cells: Sequence[Cell], runner: Runner, progress: Progress,
-                     on_done: Callable[[Cell], None]) -> dict[str, str]:
-    """Run `cells` one after another in this process; returns {cell id: why it failed}."""
-    failures: dict[str, str] = {}
-    for cell in cells:
-        if cell.base in failures:
-            failures[cell.id] = "its base model failed"
-            progress.fail(cell, failures[cell.id])
-            continue
-        progress.update([cell])
-        try:
-            outcome = execute(cell, runner.data_root, lambda line, c=cell: progress.update([c]))
-        except Exception as exc:  # noqa: BLE001 - one failed cell does not stop the others
-            failures[cell.id] = first_line(exc)
-            progress.fail(cell, failures[cell.id])
-        else:
-            progress.finished(cell, outcome)
-            on_done(cell)
-    progress.update([])
-    return failures
-
-
-def run_on_ray(ray: Any, cells: Sequence[Cell], runner: Runner, progress: Progress,
-               on_done: Callable[[Cell], None]) -> dict[str, str]:
-    """Run `cells` as Ray tasks, each after its base; returns {cell id: why it failed}."""
-    # The task by its importable name: under `python -m src.study` this module is __main__,
-    # which a worker cannot import.
-    function = importlib.import_module("src.study")._ray_task
-    task = ray.remote(num_cpus=1, max_retries=runner.max_retries)(function)
-    refs: dict[str, Any] = {}
-    pending: dict[Any, Cell] = {}
-    for cell in cells:  # bases come first, so a cell's base is submitted before it
-        ref = task.remote(cell, runner.data_root, *([refs[cell.base]] if cell.base in refs
-                                                    else []))
-        refs[cell.id], pending[ref] = ref, cell
-    failures: dict[str, str] = {}
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0.5)
-        for ref in sorted(ready, key=lambda r: pending[r].track is not None):  # bases first
-            cell = pending.pop(ref)
-            try:
-                outcome = ray.get(ref)
-            except ray.exceptions.RayError as exc:
-                cause = getattr(exc, "cause", None)
-                failures[cell.id] = "its base model failed" if cell.base in failures else \
-                    first_line(cause if isinstance(cause, BaseException) else exc)
-                progress.fail(cell, failures[cell.id])
-            else:
-                progress.finished(cell, outcome)
-                on_done(cell)
-        progress.update([c for c in pending.values() if is_running(c)])
-    return failures
-
-
-def check_cache(plan: Plan) -> None:
-    """Refuse cached sessions of other settings now, not after hours of other cells."""
-    for cell in plan.cells:
-        if cell.session.config.is_file():
-            check_cached(cell)
-
-
-def run_study(plan: Plan, runner: Runner, ray: Any = None,
-              on_done: Callable[[Cell], None] = lambda cell: None) -> dict[str, str]:
-    """Run every cell the cache does not hold yet (on Ray when `ray` is given); `on_done` is
-    called in this process for each cell that finishes. Returns {cell id: why it failed}."""
-    check_cache(plan)
-    todo = [c for c in plan.cells if not cell_done(c)]
-    progress = Progress(len(plan.cells), len(plan.cells) - len(todo))
-    try:
-        if not todo:
-            return {}
-        if ray is None:
-            return run_sequentially(todo, runner, progress, on_done)
-        return run_on_ray(ray, todo, runner, progress, on_done)
-    finally:
-        progress.close()
 
 
 # ----------------------------------------------------------------------------------- MLflow
@@ -488,20 +163,29 @@ class StudyTracker:
 
 
 # ----------------------------------------------------------------------------------- command line
-def parse_args(argv: list[str] | None) -> tuple[StudyConfig, Runner, argparse.Namespace]:
-    """The grid, how to run it, and the other flags (out, report_only, mlflow...)."""
-    d = StudyConfig()
+GRID_ONLY = ("retain", "variants", "curves", "modes", "default_only", "rows", "mlflow",
+             "mlflow_experiment")
+SEARCH_ONLY = ("trials", "max_accuracy_drop", "curve", "q_range", "sampler_seed")
+
+
+def parse_args(argv: list[str] | None
+               ) -> tuple[StudyConfig | SearchConfig, Runner, argparse.Namespace]:
+    """The grid (or with --search the search), how to run it, and the other flags (out,
+    report_only, mlflow...)."""
+    d, s = StudyConfig(), SearchConfig()
     p = argparse.ArgumentParser(
         prog="python -m src.study",
         description="Compare pruning criteria, their variants, seeds, modes and curves: every "
                     "cell an engine session (resumable; OUT/cache/), run on a local Ray, a Ray "
-                    "cluster (--address) or sequentially (--workers 0); then tables and plots.")
+                    "cluster (--address) or sequentially (--workers 0); then tables and plots. "
+                    "With --search: Ray Tune and Optuna pick per-layer retention factors q.")
     add = p.add_argument
     add("--dataset", help=f"{', '.join(DATASETS)} [{d.dataset}]")
     add("--hidden", type=int, nargs="+", metavar="SIZE", help="hidden layer sizes [256 64]")
     add("--retain", metavar="FILE", help="schedule file [retain/retain.txt if its first row is "
                                          "--hidden, else the q=0.8 geometric schedule]")
-    add("--seeds", type=int, nargs="+", metavar="SEED", help="one base model per seed [0 1 2]")
+    add("--seeds", type=int, nargs="+", metavar="SEED",
+        help="one base model per seed [0 1 2; --search: 0]")
     add("--variants", nargs="+", metavar="NAME",
         help=f"variants to compare [all: {', '.join(registry())}]; also 'default' or "
              "criterion/seed_mode/box/bias_fold[/measure]; the default is always included")
@@ -515,11 +199,13 @@ def parse_args(argv: list[str] | None) -> tuple[StudyConfig, Runner, argparse.Na
     add("--epochs", type=int, metavar="N", help="max epochs of base training [engine default]")
     add("--retrain-epochs", type=int, metavar="N",
         help="max retraining epochs per iteration, retrain curve [engine default]")
-    add("--name", help=f"file-name prefix of the tables and plots [{d.name}]")
+    add("--name", help=f"file-name prefix of the tables and plots [{d.name}; --search: "
+                       f"{s.name}]")
     add("--out", type=Path, default=Path("sessions/study"), metavar="DIR",
         help="tables and plots; sessions in OUT/cache/ [sessions/study]")
-    add("--workers", type=int, metavar="N", help="cells at once on a local Ray [all cores]; 0: "
-                                                 "one after another in this process, no Ray")
+    add("--workers", type=int, metavar="N", help="cells (trials) at once on a local Ray [all "
+                                                 "cores]; 0: one after another in this "
+                                                 "process, no Ray")
     add("--address", help="run on a Ray cluster: 'auto' (this node joined one with ray start) "
                           "or ray://HOST:10001 [a local Ray]")
     add("--max-retries", type=int, default=Runner.max_retries, metavar="N",
@@ -530,23 +216,44 @@ def parse_args(argv: list[str] | None) -> tuple[StudyConfig, Runner, argparse.Na
              "URI: sqlite OUT/mlflow.db]")
     add("--mlflow-experiment", metavar="NAME", help="MLflow experiment [the study's --name]")
     add("--report-only", action="store_true",
-        help="only write the tables and plots from the cache (the grid of OUT/NAME.json, "
-             "flags given override it)")
+        help="only write the tables and plots from the cache (the settings of OUT/NAME.json, "
+             "flags given override them)")
+    search = p.add_argument_group(
+        "search", "--search: Ray Tune (Optuna's TPE sampler) picks one retention factor q per "
+                  "hidden layer to find the smallest model whose validation accuracy stays "
+                  "within --max-accuracy-drop of the base model's; compared with q = 0.8")
+    add = search.add_argument
+    add("--search", action="store_true", help="run the search instead of the grid")
+    add("--trials", type=int, metavar="N", help=f"completed trials [{s.trials}]")
+    add("--max-accuracy-drop", type=float, metavar="POINTS",
+        help=f"validation accuracy points below the base model's [{s.max_accuracy_drop:g}]")
+    add("--curve", choices=CURVES, help=f"[{s.curve}]")
+    add("--q-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+        help=f"each q on the 0.01 grid in this range [{' '.join(map(str, s.q_range))}]")
+    add("--sampler-seed", type=int, metavar="N", help=f"seed of the TPE sampler [{s.sampler_seed}]")
     a = p.parse_args(argv)
-    given = {f.name: getattr(a, f.name) for f in fields(StudyConfig)
+    kind, other = (SearchConfig, GRID_ONLY) if a.search else (StudyConfig, SEARCH_ONLY)
+    wrong = [n for n in other if getattr(a, n) is not None]
+    if wrong:
+        flag = "--" + wrong[0].replace("_", "-")
+        raise StudyError(f"{flag} is for the grid, not --search" if a.search else
+                         f"{flag} needs --search")
+    given = {f.name: getattr(a, f.name) for f in fields(kind)
              if getattr(a, f.name, None) is not None}
-    saved = a.out / f"{given.get('name', d.name)}.json"
-    base = d
+    default = kind()
+    saved = a.out / f"{given.get('name', default.name)}.json"
+    key = "search" if a.search else "study"
     if a.report_only and saved.is_file():
         try:
-            base = StudyConfig.from_json(json.loads(saved.read_text())["study"], str(saved))
+            default = kind.from_json(json.loads(saved.read_text())[key], str(saved))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise StudyError(f"{saved}: not a study settings file ({first_line(exc)})") from None
-    study = replace(base, **given)
-    root = a.data_root or os.environ.get("IAPRUNE_DATA")
+            raise StudyError(f"{saved}: not a {key} settings file ({first_line(exc)})") \
+                from None
+    config = replace(default, **given)
+    # resolved: Tune runs each trial in a folder of its own
     runner = Runner(a.workers, a.address, a.max_retries,
-                    str(data_root(root).resolve()) if root else None)
-    return study, runner, a
+                    str(data_root(a.data_root).resolve()))
+    return config, runner, a
 
 
 def saved_run_id(settings: Path) -> str | None:
@@ -560,12 +267,14 @@ def saved_run_id(settings: Path) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     """Run the study (or only its reports) and print where the outputs are."""
     study, runner, args = parse_args(argv)
+    if isinstance(study, SearchConfig):
+        return search_main(study, runner, args.out, args.report_only)
     plan = make_plan(study, args.out)
     if args.report_only:
         for path in write_reports(plan, args.out):
             print(f"wrote {path}")
         return 0
-    check_cache(plan)
+    check_cache(plan.cells)
     todo = [c for c in plan.cells if not cell_done(c)]
     if todo and runner.address is None:  # a missing dataset: one line now, not one per cell
         load_dataset(study.dataset, runner.data_root)
@@ -587,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(plan.cells) - len(todo)} cached; {runner.describe()}; sessions in "
               f"{plan.cache}", flush=True)
         started = time.perf_counter()
-        failures = run_study(plan, runner, ray, tracker.cell if tracker else lambda cell: None)
+        failures = run_cells(plan.cells, runner, ray,
+                             tracker.cell if tracker else lambda cell: None)
         print(f"cells done in {time.perf_counter() - started:.0f}s", flush=True)
     except KeyboardInterrupt:
         if tracker is not None and tracker.parent_id is not None:
@@ -608,6 +318,30 @@ def main(argv: list[str] | None = None) -> int:
     if failures:
         print(f"error: {len(failures)} of {len(plan.cells)} cells failed (their logs are in "
               f"{plan.cache / 'logs'}); run again to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def search_main(config: SearchConfig, runner: Runner, out: Path, report_only: bool) -> int:
+    """Run the search (or only its report) and print where the outputs are."""
+    search = make_search(config, out)
+    if report_only:
+        for path in write_search_report(search, load_records(search)):
+            print(f"wrote {path}")
+        return 0
+    started = time.perf_counter()
+    try:
+        trials, failed = run_search(search, runner)
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume (finished trials and "
+              "iterations are kept)", file=sys.stderr)
+        return cli.EXIT_INTERRUPTED
+    print(f"search done in {time.perf_counter() - started:.0f}s", flush=True)
+    for path in write_search_report(search, trials):
+        print(f"wrote {path}")
+    if failed:
+        print(f"error: {len(failed)} failed ({'; '.join(f'{k}: {v}' for k, v in failed.items())}"
+              f"); logs in {search.cache / 'logs'}; run again to retry", file=sys.stderr)
         return 1
     return 0
 

@@ -199,6 +199,7 @@ class Cell:
     id: str  # 'seed0/no-retrain/magnitude-fold_linear': its session folder under the cache
     schedule: tuple[ScheduleRow, ...]  # the rows it runs (row 0 = the base)
     base: str | None = None  # the id of the base cell it waits for
+    note: str = ""  # appended to its label (a search trial: its q's)
 
     @property
     def root(self) -> Path:
@@ -213,7 +214,7 @@ class Cell:
         """'seed 0 no-retrain iterative magnitude'."""
         what = "base" if self.track is None else \
             f"{self.track.curve} {self.track.mode} {self.variant.name}"
-        return f"seed {self.seed} {what}"
+        return f"seed {self.seed} {what}{self.note}"
 
     @property
     def session(self) -> Session:
@@ -271,26 +272,52 @@ def make_plan(study: StudyConfig, out: Path) -> Plan:
                     last if curve == "no-retrain" else min(RETRAIN_LAST_ROW, last)) + 1
             only = curve in study.default_only or mode in study.default_only
             tracks.append(Track(curve, mode, rows, (default.name,) if only else tuple(variants)))
-    cache = out.resolve() / "cache" / f"{study.dataset}-{hidden_label(list(study.hidden))}"
-    training = {"dataset": study.dataset, "hidden": study.hidden,
-                **({} if study.epochs is None else {"epochs": study.epochs})}
-    cells = [Cell(s, None, None, from_flat({**training, "seed": s}), cache, f"seed{s}/base",
-                  tuple(schedule[:1])) for s in study.seeds]
-    retrain = {} if study.retrain_epochs is None else {"retrain_epochs": study.retrain_epochs}
+    cache = cache_folder(out, study.dataset, study.hidden)
+    training = training_settings(study.dataset, study.hidden, study.epochs)
+    cells = base_cells(training, study.seeds, schedule[0], cache)
     # Retrain cells first: they are the long ones, so that Ray starts them early.
     for track in sorted(tracks, key=lambda t: t.curve != "retrain"):
         for s in study.seeds:
             base = cells[study.seeds.index(s)]
             for name in track.variants:
                 v = variants[name]
-                config = from_flat({**training, **v.settings, "seed": s, "mode": track.mode,
-                                    "base_model": str(base.session.checkpoint(0)),
-                                    **({"retrain_epochs": 0} if track.curve == "no-retrain"
-                                       else retrain)})
+                config = pruning_config(training, v, base, track.mode, track.curve,
+                                        study.retrain_epochs)
                 folder = f"seed{s}/{TRACK_FOLDERS[track.curve, track.mode]}/{v.key}"
                 cells.append(Cell(s, track, v, config, cache, folder,
                                   tuple(schedule[:track.rows]), base.id))
     return Plan(study, cache, tuple(schedule), variants, default, tuple(tracks), tuple(cells))
+
+
+def cache_folder(out: Path, dataset: str, hidden: tuple[int, ...]) -> Path:
+    """OUT/cache/<dataset>-<hidden>/ (absolute): the sessions of every study and search of
+    that network in OUT (a search shares the grid's base models)."""
+    return out.resolve() / "cache" / f"{dataset}-{hidden_label(list(hidden))}"
+
+
+def training_settings(dataset: str, hidden: tuple[int, ...], epochs: int | None
+                      ) -> dict[str, Any]:
+    """The engine settings of the base models (the rest are the engine's defaults)."""
+    return {"dataset": dataset, "hidden": tuple(hidden),
+            **({} if epochs is None else {"epochs": epochs})}
+
+
+def base_cells(training: dict[str, Any], seeds: tuple[int, ...], first: ScheduleRow,
+               cache: Path) -> list[Cell]:
+    """One base-model session per seed (schedule row 0 only), shared by every other cell."""
+    return [Cell(s, None, None, from_flat({**training, "seed": s}), cache, f"seed{s}/base",
+                 (first,)) for s in seeds]
+
+
+def pruning_config(training: dict[str, Any], variant: Variant, base: Cell, mode: str,
+                   curve: str, retrain_epochs: int | None,
+                   max_accuracy_drop: float | None = None) -> PruneConfig:
+    """The settings of a cell that prunes `base`'s model with `variant` on `curve`."""
+    retrain = {"retrain_epochs": 0} if curve == "no-retrain" else \
+        {} if retrain_epochs is None else {"retrain_epochs": retrain_epochs}
+    return from_flat({**training, **variant.settings, "seed": base.seed, "mode": mode,
+                      "base_model": str(base.session.checkpoint(0)),
+                      "max_accuracy_drop": max_accuracy_drop, **retrain})
 
 
 # ----------------------------------------------------------------------------------- the cache
@@ -338,8 +365,24 @@ def check_same_base(cell: Cell) -> None:
 
 
 def cell_done(cell: Cell) -> bool:
-    """Whether the cell's session holds every row it needs."""
-    return cell.session.config.is_file() and cell.session.last_complete() >= cell.rows - 1
+    """Whether the cell's session holds every row it needs, or the engine stopped it early
+    (its settings' max_accuracy_drop)."""
+    if not cell.session.config.is_file():
+        return False
+    last = cell.session.last_complete()
+    return last >= cell.rows - 1 or stopped(cell, last)
+
+
+def stopped(cell: Cell, last: int) -> bool:
+    """Whether row `last`'s validation accuracy is more than the cell's max_accuracy_drop below
+    row 0's: the engine's stop rule, read from the files (lossless floats)."""
+    drop = cell.config.max_accuracy_drop
+    if drop is None or last < 1:
+        return False
+    base, now = (float(read_validation_results(cell.session.final(i) /
+                                               "validation_results.txt")["Val_Accuracy"])
+                 for i in (0, last))
+    return now < base - drop
 
 
 def read_curve(cell: Cell) -> list[float]:

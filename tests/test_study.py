@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from src import cli, study
+from src import cli, study, study_runner
 from src.concatenate import read_validation_results, write_validation_results
 from src.data import MissingDataError
 from src.retain import ScheduleRow, write_schedule
@@ -340,7 +340,7 @@ def test_killed_worker_cell_is_retried(grid, sequential, tmp_path):
         running = []
 
         def some_cell_runs() -> bool:
-            running.extend(c for c in plan.cells if study.is_running(c))
+            running.extend(c for c in plan.cells if study_runner.is_running(c))
             return bool(running)
 
         wait_for(some_cell_runs, 120, "a running cell")
@@ -425,7 +425,7 @@ def test_progress_counts_done_running_failed_and_rows_of_running_cells(on_ray):
     """The bar's status says done / running / failed; a running cell adds the share of its
     rows already complete (never a whole cell before it is collected)."""
     cell = next(c for c in on_ray.plan.cells if c.track)  # complete: 3 of 3 rows
-    progress = study.Progress(total=CELLS, cached=2)
+    progress = study_runner.Progress(total=CELLS, cached=2)
     progress.fail(cell, "boom")
     progress.update([cell])
     assert progress.status(1) == f"done 2/{CELLS}, running 1, failed 1"
