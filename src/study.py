@@ -2,13 +2,15 @@
 as Ray tasks on this machine or a Ray cluster, or one after another in-process; then tables and
 plots of the curves.
 
-    python -m src.study [--dataset mnist] [--hidden 256 64] [--seeds 0 1 2] [--variants NAME ...]
+    python -m src.study [--dataset mnist] [--arch mlp|lenet5|cnn3|FILE.json] [--hidden 256 64]
+        [--seeds 0 1 2] [--variants NAME ...]
         [--curves no-retrain retrain] [--modes iterative one-shot] [--default-only retrain ...]
         [--workers N | --address auto|ray://HOST:10001] [--out sessions/study] [--report-only]
 
 For every seed one base model is trained once (a one-row session) and shared by every other cell
 of that seed (--base-model), so that only the pruning settings differ. Each cell is an ordinary
-engine session under OUT/cache/<dataset>-<hidden>/seed<s>/<track>/<variant>/:
+engine session under OUT/cache/<dataset>-<network>/seed<s>/<track>/<variant>/ (the network:
+the mlp's hidden sizes, '256-64', else its name and units, 'lenet5-20-50-500'):
 - curve `no-retrain`: --retrain-epochs 0, the test accuracy right after each pruning step;
   curve `retrain`: the engine's retraining, the test accuracy after it;
 - mode `iterative` (re-score every pruned model) or `one-shot` (score the base model once).
@@ -18,7 +20,8 @@ N cells) that waits for its seed's base model and is retried when its worker die
 stream is derived from (seed, iteration), so the numbers equal a sequential run's, cell by cell.
 
 `--search` runs src.study_search instead of the grid: Ray Tune and Optuna's TPE sampler pick one
-retention factor q per hidden layer for the smallest model within --max-accuracy-drop.
+retention factor q per prunable group (hidden layer, conv layer) for the smallest model within
+--max-accuracy-drop.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from src.study_grid import (
     make_plan,
     read_curve,
     registry,
+    write_network,
 )
 from src.study_report import write_reports
 from src.study_runner import Runner, check_cache, connect, first_line, run_cells
@@ -181,9 +185,14 @@ def parse_args(argv: list[str] | None
                     "With --search: Ray Tune and Optuna pick per-layer retention factors q.")
     add = p.add_argument
     add("--dataset", help=f"{', '.join(DATASETS)} [{d.dataset}]")
-    add("--hidden", type=int, nargs="+", metavar="SIZE", help="hidden layer sizes [256 64]")
-    add("--retain", metavar="FILE", help="schedule file [retain/retain.txt if its first row is "
-                                         "--hidden, else the q=0.8 geometric schedule]")
+    add("--arch", metavar="PRESET_OR_FILE",
+        help="architecture: a preset (mlp, lenet5, cnn3) or a JSON spec file, as in "
+             "src.iterativeprune [mlp]")
+    add("--hidden", type=int, nargs="+", metavar="SIZE",
+        help="hidden layer sizes of --arch mlp [256 64]")
+    add("--retain", metavar="FILE", help="schedule file, its first row the network's units "
+                                         "[retain/retain.txt if its first row is, else the "
+                                         "q=0.8 geometric schedule]")
     add("--seeds", type=int, nargs="+", metavar="SEED",
         help="one base model per seed [0 1 2; --search: 0]")
     add("--variants", nargs="+", metavar="NAME",
@@ -220,8 +229,9 @@ def parse_args(argv: list[str] | None
              "flags given override them)")
     search = p.add_argument_group(
         "search", "--search: Ray Tune (Optuna's TPE sampler) picks one retention factor q per "
-                  "hidden layer to find the smallest model whose validation accuracy stays "
-                  "within --max-accuracy-drop of the base model's; compared with q = 0.8")
+                  "prunable group (hidden layer, conv layer) to find the smallest model whose "
+                  "validation accuracy stays within --max-accuracy-drop of the base model's; "
+                  "compared with q = 0.8")
     add = search.add_argument
     add("--search", action="store_true", help="run the search instead of the grid")
     add("--trials", type=int, metavar="N", help=f"completed trials [{s.trials}]")
@@ -249,6 +259,8 @@ def parse_args(argv: list[str] | None
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise StudyError(f"{saved}: not a {key} settings file ({first_line(exc)})") \
                 from None
+    if given.get("arch", default.arch) != default.arch and "hidden" not in given:
+        given["hidden"] = None  # the default's (or saved) mlp sizes are not another network's
     config = replace(default, **given)
     # resolved: Tune runs each trial in a folder of its own
     runner = Runner(a.workers, a.address, a.max_retries,
@@ -256,12 +268,18 @@ def parse_args(argv: list[str] | None
     return config, runner, a
 
 
-def saved_run_id(settings: Path) -> str | None:
-    """The MLflow parent run of an earlier run of the study (None if there is none)."""
+def saved_run_id(settings: Path, plan: Plan) -> str | None:
+    """The MLflow parent run of an earlier run of the study (None if there is none, or if that
+    run pruned another network: its cells are not this study's)."""
     try:
-        return json.loads(settings.read_text()).get("mlflow_run_id")
-    except (OSError, json.JSONDecodeError, AttributeError):
+        saved = json.loads(settings.read_text())
+        grid = StudyConfig.from_json(saved["study"], str(settings))
+    except (OSError, json.JSONDecodeError, AttributeError, KeyError, TypeError, StudyError):
         return None
+    same = (grid.dataset, grid.arch, grid.hidden) == (plan.study.dataset, plan.study.arch,
+                                                      plan.study.hidden) \
+        and saved.get("spec", plan.network.spec) == plan.network.spec
+    return saved.get("mlflow_run_id") if same else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,12 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = args.out / f"{study.name}.json"
     ray = None if runner.sequential or not todo else connect(runner)
     try:
-        run_id = saved_run_id(settings)
+        run_id = saved_run_id(settings, plan)
+        write_network(plan.cache, plan.network)
         if tracker is not None:
             run_id = tracker.start(plan, run_id)
             for cell in plan.cells:  # cells that finished before (or without --mlflow)
                 tracker.cell(cell)
         atomic_write(settings, json.dumps({"version": __version__, "study": study.to_json(),
+                                           "spec": plan.network.spec,
                                            **({"mlflow_run_id": run_id} if run_id else {})},
                                           indent=2) + "\n")
         print(f"study: {len(plan.cells)} cells ({len(study.seeds)} seeds, "

@@ -1,23 +1,33 @@
 """The grid of a study: its variants, settings, tracks (curve x mode) and cells, each cell one
 engine session folder under the study's cache; and the checks that a cached session belongs to it.
 
-Pure data and file reads: nothing is trained here (src.study runs the cells).
+The study's network (--arch, --hidden): its units, its cache folder and the spec kept there.
+
+Pure data and file reads (and that spec file): nothing is trained here (src.study runs the
+cells).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from src.concatenate import read_validation_results
 from src.config import PruneConfig, flat, from_flat
-from src.data import DATASETS
+from src.data import DATASETS, INPUT_SHAPE, dataset_sizes
 from src.errors import UserError
+from src.files import atomic_write, first_line
+from src.groups import units
 from src.model import hidden_label
 from src.retain import ScheduleRow, geometric_schedule, read_schedule, write_schedule
 from src.session import Session
+from src.significance import default_measure
+from src.spec import PRESETS, build, describe, resolve_arch
 
 ROOT = Path(__file__).resolve().parents[1]
 CURVES = ("no-retrain", "retrain")
@@ -32,13 +42,17 @@ TRACK_FOLDERS = {("no-retrain", "iterative"): "no-retrain", ("retrain", "iterati
                  ("no-retrain", "one-shot"): "oneshot-no-retrain",
                  ("retrain", "one-shot"): "oneshot"}
 # Settings a cached base session must share with the study (nothing else affects iteration 0).
-BASE_FIELDS = ("dataset", "hidden", "activation", "epochs", "patience", "lr", "batch_size",
+BASE_FIELDS = ("dataset", "arch", "hidden", "activation", "epochs", "patience", "lr", "batch_size",
                "shift", "label_smoothing", "lr_schedule", "precision", "seed", "val_size")
 # Settings never compared with a cached session: the base model's path may move with the repo.
 UNCOMPARED = ("base_model", "max_accuracy_drop")
 # Settings that only act while retraining: not compared for a no-retrain cell (retrain_epochs 0).
 RETRAIN_ONLY = ("retrain_patience", "retrain_lr", "retrain_shift", "retrain_label_smoothing",
                 "retrain_batch_size", "distill", "teacher", "temperature")
+
+
+ARCH_FILE = "arch.json"  # in the cache folder of a network other than the mlp: its spec
+DEFAULT_HIDDEN = (256, 64)  # the mlp's hidden sizes when --hidden is not given
 
 
 class StudyError(UserError):
@@ -78,16 +92,18 @@ class Variant:
         return f"{self.criterion}, bias fold {self.bias_fold}"
 
 
-def engine_defaults() -> dict[str, Any]:
-    """The engine's default settings for a study's network, an MLP (--hidden): where the engine
-    leaves the measure to the architecture, an MLP's is "pre"."""
+def engine_defaults(measure: str = "pre") -> dict[str, Any]:
+    """The engine's default settings for a study's network: where the engine leaves the
+    measure to the architecture, the network's `measure` (an MLP's is "pre", a conv net's
+    "post": src.significance.default_measure)."""
     engine = flat(PruneConfig())
-    return {**engine, "measure": engine["measure"] or "pre"}
+    return {**engine, "measure": engine["measure"] or measure}
 
 
-def registry() -> dict[str, Variant]:
-    """The named variants; baselines use the engine's default bias fold."""
-    engine = engine_defaults()
+def registry(measure: str = "pre") -> dict[str, Variant]:
+    """The named variants; baselines use the engine's default bias fold (and the network's
+    default `measure`, which they do not read)."""
+    engine = engine_defaults(measure)
     ia = [Variant("ia-per_output", "interval_adjoint", "per_output", "data", "linear"),
           Variant("ia-per_output-meanfold", "interval_adjoint", "per_output", "data", "mean"),
           Variant("ia-per_output-nofold", "interval_adjoint", "per_output", "data", "none"),
@@ -102,18 +118,21 @@ def registry() -> dict[str, Variant]:
     return {v.name: v for v in ia + baselines}
 
 
-def default_variant(known: dict[str, Variant]) -> Variant:
-    """The variant with the engine's default settings (a new one if none has them)."""
-    engine = engine_defaults()
+def default_variant(known: dict[str, Variant], measure: str = "pre") -> Variant:
+    """The variant with the engine's default settings for a network whose default measure is
+    `measure` (a new one if none has them): ia-per_output for an MLP, ia-per_output-post for
+    a conv net."""
+    engine = engine_defaults(measure)
     wanted = {k: engine[k] for k in VARIANT_SETTINGS}
     return next((v for v in known.values() if v.settings == wanted),
                 Variant("engine-default", **wanted))
 
 
-def parse_variant(name: str, known: dict[str, Variant]) -> Variant:
-    """A registry name, 'default', or `criterion/seed_mode/box/bias_fold[/measure]` (checked)."""
+def parse_variant(name: str, known: dict[str, Variant], measure: str = "pre") -> Variant:
+    """A registry name, 'default', or `criterion/seed_mode/box/bias_fold[/measure]` (checked;
+    without a measure, the network's default `measure`)."""
     if name == "default":
-        return default_variant(known)
+        return default_variant(known, measure)
     if name in known:
         return known[name]
     parts = name.split("/")
@@ -121,9 +140,135 @@ def parse_variant(name: str, known: dict[str, Variant]) -> Variant:
         raise StudyError(f"unknown variant {name!r}; choose from default, {', '.join(known)} or "
                          "write criterion/seed_mode/box/bias_fold[/measure] (e.g. "
                          "interval_adjoint/sum/data/mid or magnitude/per_output/data/none)")
-    variant = Variant(name, *parts)
+    variant = Variant(name, *parts) if len(parts) == 5 else Variant(name, *parts, measure)
     from_flat(variant.settings)  # names an unknown criterion, seeding, box, fold or measure
     return variant
+
+
+# ----------------------------------------------------------------------------------- the network
+def network_flags(arch: str, hidden: Sequence[int] | None
+                  ) -> tuple[str, tuple[int, ...] | None]:
+    """--arch and --hidden checked together: the mlp gets its hidden sizes (256 64 unless
+    given), any other network none; a spec file is named by its absolute path (a study run
+    from another folder, or resumed from its settings file, finds the same file)."""
+    if not isinstance(arch, str) or not arch:
+        raise StudyError(f"--arch must be a preset ({', '.join(PRESETS)}) or a JSON spec file, "
+                         f"got {arch!r}")
+    if arch == "mlp":
+        return arch, tuple(DEFAULT_HIDDEN if hidden is None else hidden)
+    if hidden is not None:
+        raise StudyError(f"--hidden is for --arch mlp; --arch {arch} has its own layer sizes")
+    return (arch if arch in PRESETS else os.path.abspath(arch)), None
+
+
+@dataclass(frozen=True)
+class Network:
+    """The network a study prunes: the mlp of --hidden sizes, a preset, or a JSON spec file."""
+
+    arch: str  # "mlp", a preset's name or a spec file's absolute path
+    hidden: tuple[int, ...] | None  # the mlp's hidden sizes (None: another network)
+    spec: dict[str, Any]  # for the dataset's input shape and classes
+    units: tuple[int, ...]  # units of every prunable group (src.groups): the schedule's row 0
+    measure: str  # where interval_adjoint reads units by default: pre (MLP) or post (convs)
+
+    @property
+    def mlp(self) -> bool:
+        return self.hidden is not None
+
+    @property
+    def name(self) -> str:
+        """'mlp', the preset's name, or the spec file's stem (letters, digits, '.', '_', '-')."""
+        if self.arch in PRESETS:
+            return self.arch
+        return re.sub(r"[^A-Za-z0-9._-]", "_", Path(self.arch).stem) or "arch"
+
+    @property
+    def folder(self) -> str:
+        """The cache folder's name after '<dataset>-': the hidden sizes for the mlp ('256-64',
+        the name of earlier versions, whose caches stay valid), else '<name>-<units>'
+        ('lenet5-20-50-500')."""
+        label = hidden_label(list(self.units))
+        return label if self.mlp else f"{self.name}-{label}"
+
+    @property
+    def word(self) -> str:
+        """What the reports call a schedule row's counts: 'hidden' (mlp) or 'units'."""
+        return "hidden" if self.mlp else "units"
+
+    @property
+    def flag(self) -> str:
+        """'--hidden 256 64' or '--arch lenet5' (for messages)."""
+        if self.mlp:
+            return f"--hidden {' '.join(map(str, self.hidden))}"
+        return f"--arch {self.arch}"
+
+    def text(self) -> str:
+        """The network in a report's first line: 'hidden 256-64', or 'lenet5 (conv2d 20 5 ...
+        on [1, 28, 28]), units 20-50-500'."""
+        label = hidden_label(list(self.units))
+        return f"hidden {label}" if self.mlp else \
+            f"network {self.name} ({describe(self.spec)}), units {label}"
+
+    def settings(self, cache: Path) -> dict[str, Any]:
+        """The engine settings that make a session's network: --hidden for the mlp (no arch, as
+        in the sessions of earlier versions), a preset's name, or the cache's copy of a spec
+        file (OUT is shared by every node of a Ray cluster; the user's file may not be)."""
+        if self.mlp:
+            return {"hidden": self.hidden}
+        return {"arch": self.arch if self.arch in PRESETS else str(cache / ARCH_FILE)}
+
+
+def resolve_network(dataset: str, arch: str, hidden: tuple[int, ...] | None) -> Network:
+    """The network of --arch (and --hidden) for `dataset`: its spec, units and default measure.
+    A spec file that cannot be read or built, or that does not fit the dataset, is one line."""
+    _, classes = dataset_sizes(dataset)
+    spec = resolve_arch(arch, INPUT_SHAPE[dataset], classes, hidden)
+    model = build(spec, seed=0)  # a seed: the global random stream stays untouched
+    found = tuple(units(model))
+    if not found:
+        raise StudyError(f"--arch {arch}: nothing to prune (no hidden Linear or Conv2d before "
+                         "the output layer)")
+    return Network(arch, hidden if arch == "mlp" else None, spec, found, default_measure(model))
+
+
+def _spec_text(spec: Any) -> str:
+    try:
+        return describe(spec)
+    except (KeyError, TypeError, AttributeError):
+        return "not a spec"
+
+
+def check_network(cache: Path, network: Network) -> None:
+    """Refuse a cache folder that holds the sessions of another network: every network but the
+    mlp keeps its spec there in arch.json, which must be this one's (a spec file edited since,
+    or another file of the same name and units); an mlp's folder has none."""
+    path = cache / ARCH_FILE
+    if network.mlp:
+        if path.is_file():
+            raise StudyError(f"{cache} holds the sessions of a network from a spec file (its "
+                             f"{ARCH_FILE}), not the mlp of {network.flag}; use another --out")
+        return
+    if not path.is_file():
+        if any(cache.glob("seed*")):
+            raise StudyError(f"{cache} holds sessions without a {ARCH_FILE} (an mlp's?), not "
+                             f"those of {network.flag}; use another --out")
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StudyError(f"{path}: unreadable ({first_line(exc)}); delete {cache} to "
+                         "recompute its sessions, or use another --out") from None
+    if saved != network.spec:
+        raise StudyError(f"{cache} holds the sessions of another network ({_spec_text(saved)}), "
+                         f"not {network.flag} ({describe(network.spec)}); delete that folder "
+                         "to recompute them, or use another --out")
+
+
+def write_network(cache: Path, network: Network) -> None:
+    """Keep the network's spec in its cache folder (not for the mlp), before any cell runs."""
+    path = cache / ARCH_FILE
+    if not network.mlp and not path.is_file():
+        atomic_write(path, json.dumps(network.spec, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------------- the grid
@@ -132,7 +277,8 @@ class StudyConfig:
     """The grid of a study (saved to OUT/<name>.json); the command line maps onto it."""
 
     dataset: str = "mnist"  # mnist, fashion-mnist or digits
-    hidden: tuple[int, ...] = (256, 64)  # hidden sizes of the base models
+    arch: str = "mlp"  # a preset (mlp, lenet5, cnn3) or a JSON spec file (its absolute path)
+    hidden: tuple[int, ...] | None = None  # the mlp's hidden sizes (None: 256 64; others: None)
     retain: str | None = None  # schedule file (None: retain/retain.txt if it fits, else q=0.8)
     seeds: tuple[int, ...] = (0, 1, 2)  # one base model per seed
     variants: tuple[str, ...] = ()  # variant names (empty: all); the default is always included
@@ -145,8 +291,11 @@ class StudyConfig:
     name: str = "study"  # file-name prefix of the tables and plots
 
     def __post_init__(self):
-        for name in ("hidden", "seeds", "variants", "curves", "modes", "default_only"):
+        for name in ("seeds", "variants", "curves", "modes", "default_only"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        arch, hidden = network_flags(self.arch, self.hidden)
+        object.__setattr__(self, "arch", arch)
+        object.__setattr__(self, "hidden", hidden)
         if self.dataset not in DATASETS:
             raise StudyError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -195,7 +344,7 @@ class Cell:
     track: Track | None  # None for the base model
     variant: Variant | None  # None for the base model
     config: PruneConfig  # the settings a fresh session runs with
-    cache: Path  # the study's OUT/cache/<dataset>-<hidden>/ (absolute)
+    cache: Path  # the study's OUT/cache/<dataset>-<network>/ (absolute; see cache_folder)
     id: str  # 'seed0/no-retrain/magnitude-fold_linear': its session folder under the cache
     schedule: tuple[ScheduleRow, ...]  # the rows it runs (row 0 = the base)
     base: str | None = None  # the id of the base cell it waits for
@@ -237,7 +386,8 @@ class Plan:
     """What a study runs: the schedule, the variants, the tracks and the cells (bases first)."""
 
     study: StudyConfig
-    cache: Path  # OUT/cache/<dataset>-<hidden>/ (absolute)
+    network: Network
+    cache: Path  # OUT/cache/<dataset>-<network>/ (absolute; see cache_folder)
     schedule: tuple[ScheduleRow, ...]  # the full schedule; each track uses a prefix
     variants: dict[str, Variant]  # the compared variants, the default first
     default: Variant
@@ -245,24 +395,40 @@ class Plan:
     cells: tuple[Cell, ...] = field(default=())
 
 
-def load_schedule(study: StudyConfig) -> list[ScheduleRow]:
-    """--retain, else retain/retain.txt when its first row is --hidden, else q=0.8 geometric."""
-    hidden = list(study.hidden)
+def load_schedule(study: StudyConfig, network: Network) -> list[ScheduleRow]:
+    """--retain (its first row the network's units), else retain/retain.txt when its first row
+    is, else the q=0.8 geometric schedule of the units."""
+    first = list(network.units)
     if study.retain is not None:
-        return read_schedule(study.retain, hidden)
-    if DEFAULT_RETAIN.is_file() and list(read_schedule(DEFAULT_RETAIN)[0].neurons) == hidden:
+        if network.mlp:
+            return read_schedule(study.retain, first)
+        rows = read_schedule(study.retain)
+        if list(rows[0].neurons) != first:
+            raise StudyError(f"{study.retain}: first row {hidden_label(rows[0].neurons)} is not "
+                             f"the units {hidden_label(first)} of {network.flag}")
+        return rows
+    if DEFAULT_RETAIN.is_file() and list(read_schedule(DEFAULT_RETAIN)[0].neurons) == first:
         return read_schedule(DEFAULT_RETAIN)
-    return geometric_schedule(hidden)
+    return geometric_schedule(first)
+
+
+def study_network(study: StudyConfig, out: Path) -> tuple[Network, Path]:
+    """The study's network and its cache folder (checked to hold that network's sessions)."""
+    network = resolve_network(study.dataset, study.arch, study.hidden)
+    cache = cache_folder(out, study.dataset, network)
+    check_network(cache, network)
+    return network, cache
 
 
 def make_plan(study: StudyConfig, out: Path) -> Plan:
     """The tracks and cells of `study`, whose sessions live under OUT/cache/."""
-    schedule = load_schedule(study)
+    network, cache = study_network(study, out)
+    schedule = load_schedule(study, network)
     if len(schedule) < 2:
         raise StudyError("the schedule needs at least one pruning row after the base row")
-    known = registry()
-    chosen = [parse_variant(n, known) for n in (study.variants or tuple(known))]
-    default = default_variant({**known, **{v.name: v for v in chosen}})
+    known = registry(network.measure)
+    chosen = [parse_variant(n, known, network.measure) for n in (study.variants or tuple(known))]
+    default = default_variant({**known, **{v.name: v for v in chosen}}, network.measure)
     variants = {default.name: default, **{v.name: v for v in chosen}}
     last = len(schedule) - 1
     tracks = []
@@ -272,8 +438,7 @@ def make_plan(study: StudyConfig, out: Path) -> Plan:
                     last if curve == "no-retrain" else min(RETRAIN_LAST_ROW, last)) + 1
             only = curve in study.default_only or mode in study.default_only
             tracks.append(Track(curve, mode, rows, (default.name,) if only else tuple(variants)))
-    cache = cache_folder(out, study.dataset, study.hidden)
-    training = training_settings(study.dataset, study.hidden, study.epochs)
+    training = training_settings(study.dataset, network, cache, study.epochs)
     cells = base_cells(training, study.seeds, schedule[0], cache)
     # Retrain cells first: they are the long ones, so that Ray starts them early.
     for track in sorted(tracks, key=lambda t: t.curve != "retrain"):
@@ -286,19 +451,21 @@ def make_plan(study: StudyConfig, out: Path) -> Plan:
                 folder = f"seed{s}/{TRACK_FOLDERS[track.curve, track.mode]}/{v.key}"
                 cells.append(Cell(s, track, v, config, cache, folder,
                                   tuple(schedule[:track.rows]), base.id))
-    return Plan(study, cache, tuple(schedule), variants, default, tuple(tracks), tuple(cells))
+    return Plan(study, network, cache, tuple(schedule), variants, default, tuple(tracks),
+                tuple(cells))
 
 
-def cache_folder(out: Path, dataset: str, hidden: tuple[int, ...]) -> Path:
-    """OUT/cache/<dataset>-<hidden>/ (absolute): the sessions of every study and search of
+def cache_folder(out: Path, dataset: str, network: Network) -> Path:
+    """OUT/cache/<dataset>-<network>/ (absolute; 'mnist-256-64' for the mlp, as in earlier
+    versions, 'mnist-lenet5-20-50-500' for others): the sessions of every study and search of
     that network in OUT (a search shares the grid's base models)."""
-    return out.resolve() / "cache" / f"{dataset}-{hidden_label(list(hidden))}"
+    return out.resolve() / "cache" / f"{dataset}-{network.folder}"
 
 
-def training_settings(dataset: str, hidden: tuple[int, ...], epochs: int | None
+def training_settings(dataset: str, network: Network, cache: Path, epochs: int | None
                       ) -> dict[str, Any]:
     """The engine settings of the base models (the rest are the engine's defaults)."""
-    return {"dataset": dataset, "hidden": tuple(hidden),
+    return {"dataset": dataset, **network.settings(cache),
             **({} if epochs is None else {"epochs": epochs})}
 
 
@@ -329,9 +496,9 @@ def check_cached(cell: Cell) -> None:
     exactly the missing rows; finished iterations are kept.
     """
     session = cell.session
-    saved = flat(PruneConfig.from_json(json.loads(session.config.read_text()),
-                                       str(session.config)))
-    wanted = flat(cell.config)
+    saved = comparable(flat(PruneConfig.from_json(json.loads(session.config.read_text()),
+                                                  str(session.config))))
+    wanted = comparable(flat(cell.config))
     ignored = UNCOMPARED + (RETRAIN_ONLY if cell.config.retraining.epochs == 0 else ())
     names = BASE_FIELDS if cell.track is None else [n for n in wanted if n not in ignored]
     diffs = [f"{n}: cached {saved[n]!r}, wanted {wanted[n]!r}"
@@ -349,6 +516,14 @@ def check_cached(cell: Cell) -> None:
         check_same_base(cell)
     if len(stored) != len(wanted) and session.last_complete() < len(wanted) - 1:
         write_schedule(wanted, session.retain)
+
+
+def comparable(settings: dict[str, Any]) -> dict[str, Any]:
+    """A session's flat settings as a cached one is compared: a spec file is the cache's own
+    arch.json wherever OUT has moved (check_network compares its content), so only 'a spec
+    file' is compared, not its path."""
+    arch = settings["arch"]
+    return {**settings, "arch": arch if arch is None or arch in PRESETS else ARCH_FILE}
 
 
 def check_same_base(cell: Cell) -> None:

@@ -106,11 +106,12 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 def plot_curves(series: Mapping[str, Series], x: Sequence[float], x_labels: Sequence[str],
                 title: str, path: Path, reference: str | None = None,
-                dashed: Sequence[str] = ()) -> Path:
+                dashed: Sequence[str] = (), mlp: bool = True) -> Path:
     """Mean per series with a ±std band against % retained (x decreasing, log scale).
 
     `reference` (a series name) is drawn thick, and a lower panel shows every series' mean
-    minus the reference's; the series named in `dashed` are drawn dashed (e.g. baselines).
+    minus the reference's; the series named in `dashed` are drawn dashed (e.g. baselines). The
+    axes speak of hidden layers for an `mlp`, else of units (neurons and conv channels).
     """
     rows = len(x)
     ref = row_stats(series[reference], rows) if reference in series else None
@@ -144,11 +145,12 @@ def plot_curves(series: Mapping[str, Series], x: Sequence[float], x_labels: Sequ
     bottom = axes[-1]
     log_axis(bottom, "x", list(x))
     bottom.invert_xaxis()  # pruning proceeds left to right
-    bottom.set_xlabel("hidden neurons retained (%, log scale; pruning proceeds left to right)")
+    bottom.set_xlabel(f"{'hidden neurons' if mlp else 'units'} retained (%, log scale; "
+                      "pruning proceeds left to right)")
     top = axes[0].secondary_xaxis("top")
     top.set_xticks(list(x), list(x_labels), rotation=90, fontsize=7)
     top.xaxis.set_minor_locator(NullLocator())  # no log-scale minor labels on the size axis
-    top.set_xlabel("hidden layer sizes", fontsize=8)
+    top.set_xlabel("hidden layer sizes" if mlp else "units per prunable group", fontsize=8)
     return save_figure(fig, path)
 
 
@@ -184,7 +186,8 @@ def track_section(plan: Plan, track: Track, results: Results) -> list[str]:
     span = (f"rows 1..{last} ({hidden_label(list(plan.schedule[1].neurons))} .. "
             f"{hidden_label(list(plan.schedule[last].neurons))})")
     lines = [f"## {track.mode.capitalize()} mode", "",
-             markdown_table(["row", "hidden", "% retained", *(column(plan, v) for v in series)],
+             markdown_table(["row", plan.network.word, "% retained",
+                             *(column(plan, v) for v in series)],
                             table), "",
              f"### Ranking: mean over {span}", "",
              "Per seed the mean over these rows, then mean ± std over seeds (seeds with all "
@@ -206,7 +209,7 @@ def track_section(plan: Plan, track: Track, results: Results) -> list[str]:
                   "Per seed the default's accuracy minus the variant's (same base model), then "
                   "mean ± std over seeds, in percentage points: positive means the default is "
                   "ahead. The last row pairs the per-seed means over the rows.", "",
-                  markdown_table(["row", "hidden", *others], table), ""]
+                  markdown_table(["row", plan.network.word, *others], table), ""]
     return lines
 
 
@@ -222,7 +225,7 @@ def modes_section(plan: Plan, curve: str, results: Results) -> list[str]:
     table = [[str(i), row_label(plan.schedule[i])[0],
               *(stat_text(diffs[v][i], n, signed=True) for v in both)] for i in range(1, rows)]
     return ["## One-shot − iterative (paired per seed, percentage points)", "",
-            markdown_table(["row", "hidden", *both], table), ""]
+            markdown_table(["row", plan.network.word, *both], table), ""]
 
 
 def write_reports(plan: Plan, out: Path, results: Results | None = None) -> list[Path]:
@@ -236,7 +239,7 @@ def write_reports(plan: Plan, out: Path, results: Results | None = None) -> list
               f"{v.describe()}" for v in plan.variants.values()]
     for curve in s.curves:
         head = [f"# {s.name}: {CURVE_TITLE[curve]}", "",
-                f"Dataset {s.dataset}, hidden {hidden_label(list(s.hidden))}, seeds {seeds}; "
+                f"Dataset {s.dataset}, {plan.network.text()}, seeds {seeds}; "
                 f"column {CURVE_COLUMN[curve]} of each iteration. Cells: mean ± sample standard "
                 f"deviation over seeds (n={len(s.seeds)} unless marked); the best mean per row "
                 "in bold (none where all tie). One base model per seed is trained once and "
@@ -255,17 +258,19 @@ def write_reports(plan: Plan, out: Path, results: Results | None = None) -> list
                 series, x[:t.rows], labels[:t.rows],
                 f"{CURVE_TITLE[curve].capitalize()}, {t.mode} — {s.dataset}, seeds {seeds} "
                 "(band: ±1 std)", out / f"{s.name}_{curve.replace('-', '_')}{suffix}.png",
-                reference=column(plan, plan.default.name), dashed=dashed))
+                reference=column(plan, plan.default.name), dashed=dashed,
+                mlp=plan.network.mlp))
     written.append(write_csv(plan, out / f"{s.name}_results.csv"))
     return written
 
 
 def write_csv(plan: Plan, path: Path) -> Path:
-    """Every cell's accuracy per row: seed, mode, curve, variant, row, hidden, % kept, accuracy."""
+    """Every cell's accuracy per row: seed, mode, curve, variant, row, hidden (units for a
+    network other than the mlp), % kept, accuracy."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["seed", "mode", "curve", "variant", "row", "hidden", "percent_retained",
-                     "test_accuracy"])
+    writer.writerow(["seed", "mode", "curve", "variant", "row", plan.network.word,
+                     "percent_retained", "test_accuracy"])
     for cell in plan.cells:
         if cell.track is not None:
             for i, value in enumerate(read_curve(cell)):

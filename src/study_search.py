@@ -3,12 +3,14 @@ picks each trial's q's, to find the smallest model whose validation accuracy sta
 --max-accuracy-drop points of the base model's; the fixed q = 0.8 runs beside it as the
 reference.
 
-    python -m src.study --search [--trials 16] [--max-accuracy-drop 1] [--curve no-retrain]
-        [--q-range 0.5 0.95] [--seeds 0] [--workers N | --address ...] [--out DIR]
+    python -m src.study --search [--arch mlp|lenet5|cnn3|FILE.json] [--trials 16]
+        [--max-accuracy-drop 1] [--curve no-retrain] [--q-range 0.5 0.95] [--seeds 0]
+        [--workers N | --address ...] [--out DIR]
 
 A trial is one engine session per seed, pruned from the seed's base model (the grid's
-OUT/cache/<dataset>-<hidden>/seed<s>/base, shared) along the geometric schedule of its q's (one
-per hidden layer) down to one unit per layer, with the engine's max_accuracy_drop: it stops at
+OUT/cache/<dataset>-<network>/seed<s>/base, shared) along the geometric schedule of its q's (one
+per prunable group: hidden layer or conv layer; src.groups) down to one unit per group, with
+the engine's max_accuracy_drop: it stops at
 the first iteration whose validation accuracy falls more than D below the base model's. The
 trial's objective (minimised) is the parameter count of the smallest iteration before that stop,
 on every seed: validation accuracy chooses, test accuracy is only reported. Each finished
@@ -47,7 +49,9 @@ from src.data import load_dataset
 from src.retain import geometric_schedule
 from src.study_grid import (
     CURVE_COLUMN,
+    ROOT,
     Cell,
+    Network,
     StudyConfig,
     StudyError,
     Track,
@@ -56,16 +60,20 @@ from src.study_grid import (
     cache_folder,
     cell_done,
     check_cached,
+    check_network,
     default_variant,
+    network_flags,
     pruning_config,
     registry,
+    resolve_network,
     training_settings,
+    write_network,
 )
 from src.study_runner import Runner, check_cache, connect, execute, first_line, run_cells
 
 SEARCH_INSTALL = 'pip install "ray[tune]==2.60.0" optuna==5.0.0'
 OPTUNA_INSTALL = "pip install optuna==5.0.0"
-REFERENCE_Q = 0.8  # the fixed retention factor every layer gets in the reference trial
+REFERENCE_Q = 0.8  # the fixed retention factor every group gets in the reference trial
 STEP = 0.01  # the q grid: equal q's share one session folder
 STUDY = "search"  # the Optuna study's name in its journal
 METRIC = "objective"  # what a trial reports to Tune: parameters of its smallest model
@@ -76,7 +84,8 @@ class SearchConfig:
     """A search (saved to OUT/<name>.json); the command line maps onto it."""
 
     dataset: str = "mnist"  # mnist, fashion-mnist or digits
-    hidden: tuple[int, ...] = (256, 64)  # hidden sizes of the base models
+    arch: str = "mlp"  # a preset (mlp, lenet5, cnn3) or a JSON spec file (its absolute path)
+    hidden: tuple[int, ...] | None = None  # the mlp's hidden sizes (None: 256 64; others: None)
     seeds: tuple[int, ...] = (0,)  # every trial runs on each seed's base model
     curve: str = "no-retrain"  # no-retrain (prune only) or retrain (retrain after each step)
     trials: int = 16  # completed trials the search runs (the q = 0.8 reference on top)
@@ -88,10 +97,13 @@ class SearchConfig:
     name: str = "search"  # OUT/<name>.md, .png, .json and the state folder OUT/<name>/
 
     def __post_init__(self):
-        for name in ("hidden", "seeds", "q_range"):
+        for name in ("seeds", "q_range"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        arch, hidden = network_flags(self.arch, self.hidden)
+        object.__setattr__(self, "arch", arch)
+        object.__setattr__(self, "hidden", hidden)
         # the checks the grid makes of the same settings
-        StudyConfig(dataset=self.dataset, hidden=self.hidden, seeds=self.seeds,
+        StudyConfig(dataset=self.dataset, arch=self.arch, hidden=self.hidden, seeds=self.seeds,
                     curves=(self.curve,), epochs=self.epochs,
                     retrain_epochs=self.retrain_epochs, name=self.name)
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
@@ -105,8 +117,6 @@ class SearchConfig:
                 any(abs(v / STEP - round(v / STEP)) > 1e-6 for v in self.q_range):
             raise StudyError(f"--q-range needs LOW HIGH with 0 < LOW < HIGH < 1, multiples of "
                              f"{STEP}, got {' '.join(map(str, self.q_range))}")
-        if all(h == 1 for h in self.hidden):
-            raise StudyError("--hidden: every layer has 1 unit already; nothing to prune")
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
@@ -126,20 +136,24 @@ class SearchConfig:
         default, words = SearchConfig(), ["python -m src.study --search"]
         for f in fields(self):
             value = getattr(self, f.name)
-            if value != getattr(default, f.name) or f.name in (
-                    "dataset", "curve", "trials", "max_accuracy_drop"):
+            if value is not None and (value != getattr(default, f.name) or f.name in (
+                    "dataset", "curve", "trials", "max_accuracy_drop")):
                 shown = " ".join(map(str, value)) if isinstance(value, tuple) else \
-                    f"{value:g}" if isinstance(value, float) else str(value)
+                    f"{value:g}" if isinstance(value, float) else \
+                    shorter(Path(value)) if f.name == "arch" and "/" in value else str(value)
                 words.append(f"--{f.name.replace('_', '-')} {shown}")
-        root = Path(__file__).resolve().parents[1]
-        where = out.relative_to(root) if out.is_relative_to(root) else out
-        return " ".join([*words, f"--out {where}"])
+        return " ".join([*words, f"--out {shorter(out)}"])
 
     def differences(self, saved: SearchConfig) -> list[str]:
         """The settings other than --trials that differ from an earlier run's."""
         return [f"{f.name}: saved {getattr(saved, f.name)!r}, wanted {getattr(self, f.name)!r}"
                 for f in fields(self) if f.name != "trials"
                 and getattr(saved, f.name) != getattr(self, f.name)]
+
+
+def shorter(path: Path) -> Path:
+    """`path` relative to the repository when it lies inside it (a report's command line)."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
 # ----------------------------------------------------------------------------------- results
@@ -225,20 +239,23 @@ class Search:
     """What a search runs: its base models, its trials' cells (by q's) and its state folder."""
 
     config: SearchConfig
+    network: Network
     out: Path  # absolute
-    cache: Path  # OUT/cache/<dataset>-<hidden>/, shared with the grid
+    cache: Path  # OUT/cache/<dataset>-<network>/, shared with the grid
     training: Mapping[str, Any]
     bases: tuple[Cell, ...]
     variant: Variant  # the engine's default criterion and fold
 
     @property
     def names(self) -> tuple[str, ...]:
-        """The search space's parameters: one q per hidden layer ('q_h1', 'q_h2')."""
-        return tuple(f"q_h{i}" for i in range(1, len(self.config.hidden) + 1))
+        """The search space's parameters: one q per prunable group, 'q_h1', 'q_h2' for the
+        mlp's hidden layers, 'q_g1', 'q_g2', ... for the groups of another network."""
+        letter = "h" if self.network.mlp else "g"
+        return tuple(f"q_{letter}{i}" for i in range(1, len(self.network.units) + 1))
 
     @property
     def reference(self) -> tuple[float, ...]:
-        return (REFERENCE_Q,) * len(self.config.hidden)
+        return (REFERENCE_Q,) * len(self.network.units)
 
     @property
     def state(self) -> Path:
@@ -263,11 +280,11 @@ class Search:
     def cells(self, q: Sequence[float]) -> tuple[Cell, ...]:
         """The trial's sessions, one per seed: the geometric schedule of its q's to the floor,
         stopped by the engine at the drop."""
-        c, q = self.config, tuple(round(v, 2) for v in q)
-        # enough exponents t for every layer to reach 1 unit (round(h * q**t) < 1.5)
+        c, q, first = self.config, tuple(round(v, 2) for v in q), list(self.network.units)
+        # enough exponents t for every group to reach 1 unit (round(h * q**t) < 1.5)
         steps = max(math.ceil(math.log(max(h, 1.5) / 1.5) / -math.log(v))
-                    for h, v in zip(c.hidden, q, strict=True)) + 2
-        schedule = tuple(geometric_schedule(list(c.hidden), list(q), iterations=steps))
+                    for h, v in zip(first, q, strict=True)) + 2
+        schedule = tuple(geometric_schedule(first, list(q), iterations=steps))
         track = Track(c.curve, "iterative", len(schedule), (self.variant.name,))
         folder = f"search-{c.curve}/q{q_text(q).replace(' ', '-')}"
         return tuple(Cell(b.seed, track, self.variant, pruning_config(
@@ -297,12 +314,17 @@ def complete_rows(cell: Cell) -> list[Row]:
 def make_search(config: SearchConfig, out: Path) -> Search:
     """The search of `config`, its sessions under OUT/cache/."""
     c = config
-    cache = cache_folder(out, c.dataset, c.hidden)
-    training = training_settings(c.dataset, c.hidden, c.epochs)
-    first = geometric_schedule(list(c.hidden))[0]
-    return Search(c, out.resolve(), cache, training,
+    network = resolve_network(c.dataset, c.arch, c.hidden)
+    if all(n == 1 for n in network.units):
+        every = "layer" if network.mlp else "group"
+        raise StudyError(f"{network.flag}: every {every} has 1 unit already; nothing to prune")
+    cache = cache_folder(out, c.dataset, network)
+    check_network(cache, network)
+    training = training_settings(c.dataset, network, cache, c.epochs)
+    first = geometric_schedule(list(network.units))[0]
+    return Search(c, network, out.resolve(), cache, training,
                   tuple(base_cells(training, c.seeds, first, cache)),
-                  default_variant(registry()))
+                  default_variant(registry(network.measure), network.measure))
 
 
 # ----------------------------------------------------------------------------------- a trial
@@ -612,10 +634,13 @@ def check_settings(search: Search) -> None:
     if not (path.is_file() and search.journal.is_file()):
         return
     try:
-        saved = SearchConfig.from_json(json.loads(path.read_text())["search"], str(path))
+        values = json.loads(path.read_text())
+        saved = SearchConfig.from_json(values["search"], str(path))
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise StudyError(f"{path}: not a search settings file ({first_line(exc)})") from None
     diffs = search.config.differences(saved)
+    if values.get("spec", search.network.spec) != search.network.spec:  # a spec file edited
+        diffs.append(f"spec of --arch {search.config.arch}: saved another network")
     if diffs:
         raise StudyError(f"{search.state} holds a search of other settings ({'; '.join(diffs)})"
                          "; use another --name or --out, or delete that folder and "
@@ -636,8 +661,10 @@ def run_search(search: Search, runner: Runner, echo: Callable[[str], None] = pri
     if todo and runner.address is None:  # a missing dataset: one line now
         load_dataset(search.config.dataset, runner.data_root)
     with search_lock(search):
+        write_network(search.cache, search.network)
         atomic_write(settings_file(search), json.dumps(
-            {"version": __version__, "search": search.config.to_json()}, indent=2) + "\n")
+            {"version": __version__, "search": search.config.to_json(),
+             "spec": search.network.spec}, indent=2) + "\n")
         storage = journal(search, optuna)
         study = open_study(search, optuna, storage)
         queued = retry_unfinished(search, study, optuna)
@@ -647,7 +674,8 @@ def run_search(search: Search, runner: Runner, echo: Callable[[str], None] = pri
         try:
             echo(f"search: {search.config.trials} trials ({done} done"
                  f"{f', {queued} to retry' if queued else ''}) + the q = {REFERENCE_Q} "
-                 f"reference; q per hidden layer in [{q_text(search.config.q_range)}]; "
+                 f"reference; q per {'hidden layer' if search.network.mlp else 'prunable group'}"
+                 f" in [{q_text(search.config.q_range)}]; "
                  f"{runner.describe()}; sessions in {search.cache}")
             failures = run_cells(first, runner, ray)
             failed = {c.label: why for c in first if (why := failures.get(c.id))}

@@ -64,15 +64,16 @@ def write_search_report(search: Search, trials: Sequence[TrialRecord]) -> list[P
         f"{rows[0].val:.2f} % on seed {seed}" for seed, rows in base.rows.items()) + ")"
     seeds = f"seed{'s' * (len(c.seeds) > 1)} {' '.join(map(str, c.seeds))}"
     several = len(c.seeds) > 1
+    group = "hidden layer" if search.network.mlp else "prunable group"
     header = ["", "trial", f"q ({' '.join(n[2:] for n in search.names)})", "units", "params",
               "% of base params", "val acc %", "test acc %", "row"]
     lines = [f"# {c.name}: per-layer retention factors q, the smallest model within "
              f"{points(c.max_accuracy_drop)}", "",
-             f"Dataset {c.dataset}, hidden {'-'.join(map(str, c.hidden))}, {seeds}; "
+             f"Dataset {c.dataset}, {search.network.text()}, {seeds}; "
              f"curve {c.curve} ({CURVE_TITLE[c.curve]}; column "
              f"{CURVE_COLUMN[c.curve]}); criterion {search.variant.describe()}.", "",
              f"Each trial prunes the base model along the geometric schedule of its q's (one "
-             f"per hidden layer, on the {STEP} grid in [{q_text(c.q_range)}]) and stops at the "
+             f"per {group}, on the {STEP} grid in [{q_text(c.q_range)}]) and stops at the "
              f"first iteration whose validation accuracy is more than "
              f"{points(c.max_accuracy_drop)} below the base model's{base_text}. Its objective "
              "is the parameter count of the smallest iteration before that stop"
@@ -80,8 +81,9 @@ def write_search_report(search: Search, trials: Sequence[TrialRecord]) -> list[P
              f"{'; accuracies are means over the seeds' if several else ''}. Validation "
              "accuracy alone chooses; test accuracy is only "
              f"reported. Search: Optuna's TPE sampler (seed {c.sampler_seed}) over "
-             f"{c.trials} trials; the q = {REFERENCE_Q} reference for every layer runs beside "
-             "them (and is given to the sampler as a known point when in the range).", "",
+             f"{c.trials} trials; the q = {REFERENCE_Q} reference for every "
+             f"{group.split()[-1]} runs beside them (and is given to the sampler as a known "
+             "point when in the range).", "",
              f"`{c.command(out)}`", "",
              "## Best found vs q = 0.8", ""]
     table = []
@@ -163,6 +165,9 @@ def plot_search(search: Search, trials: Sequence[TrialRecord], known: dict, refe
     right.set_xlabel("parameters (log scale; pruning proceeds left to right)")
     right.set_ylabel("validation accuracy (%)")
     right.set_title(f"Every trial's iterations until the stop (seed {c.seeds[0]})")
-    fig.suptitle(f"{c.name}: {c.dataset} {'-'.join(map(str, c.hidden))}, curve {c.curve}, "
+    network = "-".join(map(str, search.network.units))
+    if not search.network.mlp:
+        network = f"{search.network.name} {network}"
+    fig.suptitle(f"{c.name}: {c.dataset} {network}, curve {c.curve}, "
                  f"{c.trials} trials")
     return save_figure(fig, path)

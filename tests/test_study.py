@@ -24,7 +24,7 @@ import pytest
 from src import cli, study, study_runner
 from src.concatenate import read_validation_results, write_validation_results
 from src.data import MissingDataError
-from src.retain import ScheduleRow, write_schedule
+from src.retain import ScheduleRow, geometric_schedule, write_schedule
 from src.study_grid import StudyConfig, cell_done, check_cached, make_plan
 from src.study_report import aggregate
 
@@ -37,9 +37,9 @@ MODES = ["--modes", "iterative", "one-shot", "--default-only", "one-shot"]
 CELLS = 14
 
 
-def write_retain(folder: Path) -> Path:
+def write_retain(folder: Path, rows: list[tuple[int, ...]] = ROWS) -> Path:
     path = folder / "retain.txt"
-    write_schedule([ScheduleRow(t, r, 100 * sum(r) / sum(ROWS[0])) for t, r in enumerate(ROWS)],
+    write_schedule([ScheduleRow(t, r, 100 * sum(r) / sum(rows[0])) for t, r in enumerate(rows)],
                    path)
     return path
 
@@ -431,3 +431,178 @@ def test_progress_counts_done_running_failed_and_rows_of_running_cells(on_ray):
     assert progress.status(1) == f"done 2/{CELLS}, running 1, failed 1"
     assert progress.bar.n == pytest.approx(3 + 3 / 4)
     progress.close()
+
+
+# ----------------------------------------------------------------------------------- --arch
+# A tiny CNN on digits: 3 conv channels and 8 hidden neurons, the units of its schedule.
+TINY_CNN = {"input": [1, 8, 8], "layers": [
+    {"type": "conv2d", "out": 3, "kernel": 3}, "relu", {"type": "maxpool2d", "kernel": 2},
+    "flatten", {"type": "linear", "out": 8}, "relu", {"type": "linear", "out": 10}]}
+CNN_ROWS = [(3, 8), (2, 4), (1, 2)]
+
+
+def cnn_argv(folder: Path, out: Path) -> list[str]:
+    """A CNN study: 2 criteria x 1 seed, 3 rows, the no-retrain curve, in-process."""
+    return ["--dataset", "digits", "--arch", str(folder / "tiny.json"), "--seeds", "0",
+            "--variants", "magnitude", "--curves", "no-retrain", "--epochs", "10",
+            "--retain", str(folder / "retain.txt"), "--workers", "0", "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory) -> SimpleNamespace:
+    """The tiny CNN study from a spec file, run once."""
+    folder = tmp_path_factory.mktemp("cnn")
+    (folder / "tiny.json").write_text(json.dumps(TINY_CNN))
+    write_retain(folder, CNN_ROWS)
+    out = folder / "out"
+    code, text = run_main(cnn_argv(folder, out))
+    assert code == 0, text
+    plan = make_plan(StudyConfig.from_json(json.loads((out / "study.json").read_text())["study"],
+                                           "study.json"), out)
+    return SimpleNamespace(folder=folder, out=out, text=text, plan=plan)
+
+
+def test_cnn_study_prunes_the_units_of_its_spec_file(cnn):
+    """Every cell is a session of the spec's network (the cache's copy of the file), pruned
+    along the schedule's rows of conv channels and neurons; its cache folder is named by the
+    file and the units; the default is the engine's conv-net default (post-activation)."""
+    cache = cnn.out / "cache" / "digits-tiny-3-8"
+    assert cnn.plan.cache == cache and "3 cells" in cnn.text
+    assert json.loads((cache / "arch.json").read_text())["layers"][0] == {
+        "type": "conv2d", "out": 3, "kernel": 3, "stride": 1, "padding": 0, "bias": True}
+    assert cnn.plan.default.name == "ia-per_output-post"
+    for cell in cnn.plan.cells:
+        saved = json.loads(cell.session.config.read_text())
+        assert saved["arch"] == str(cache / "arch.json") and saved["hidden"] is None
+        units = [read_validation_results(cell.session.final(i) / "validation_results.txt")
+                 ["Hidden"] for i in range(cell.rows)]
+        assert units == ["3-8", "2-4", "1-2"][:cell.rows]
+
+
+def test_cnn_report_says_units_and_holds_the_sessions_numbers(cnn):
+    """The report names the network and its units (not 'hidden'); each table cell is the
+    session's no-retrain accuracy; the plot and the CSV are written."""
+    text = (cnn.out / "study_no_retrain.md").read_text()
+    assert "Dataset digits, network tiny (conv2d 3 3 1 0, relu, maxpool2d 2 2, flatten, " \
+           "linear 8, relu, linear 10 on [1, 8, 8]), units 3-8, seeds 0;" in text
+    assert "hidden" not in text.split("Variants:")[0]
+    rows = table(text, "## Iterative mode")
+    for cell in (c for c in cnn.plan.cells if c.track):
+        for i, label in enumerate(["3-8", "2-4", "1-2"]):
+            value = float(read_validation_results(cell.session.final(i) /
+                                                  "validation_results.txt")
+                          ["NoRetrain_Test_Accuracy"])
+            name = f"{cell.variant.name}{' (default)' if cell.variant is cnn.plan.default else ''}"
+            assert rows[str(i)]["units"] == label
+            assert rows[str(i)][name].strip("*") == f"{value:.2f} (n=1)"
+    assert (cnn.out / "study_no_retrain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    csv_lines = (cnn.out / "study_results.csv").read_text().splitlines()
+    assert csv_lines[0] == "seed,mode,curve,variant,row,units,percent_retained,test_accuracy"
+    assert len(csv_lines) == 1 + 2 * 3
+
+
+def test_cnn_study_runs_again_from_its_cache(cnn):
+    """The same command again: every cell cached, nothing retrained; --report-only with just
+    --out rebuilds the same report from OUT/study.json."""
+    before = checkpoints(cnn.out)
+    report = (cnn.out / "study_no_retrain.md").read_text()
+    code, text = run_main(cnn_argv(cnn.folder, cnn.out))
+    assert code == 0 and "3 cells" in text and "3 cached" in text, text
+    code, text = run_main(["--out", str(cnn.out), "--report-only"])
+    assert code == 0, text
+    assert checkpoints(cnn.out) == before
+    assert (cnn.out / "study_no_retrain.md").read_text() == report
+
+
+def test_cnn_cache_of_another_spec_is_refused(cnn, tmp_path):
+    """A spec file edited since (the same name and units, another layer) finds the cache of
+    the old network: one error line, nothing run, the settings file unchanged."""
+    folder = tmp_path / "edited"
+    shutil.copytree(cnn.folder, folder, ignore=shutil.ignore_patterns("out"))
+    edited = json.loads(json.dumps(TINY_CNN))
+    edited["layers"][0]["padding"] = 1
+    (folder / "tiny.json").write_text(json.dumps(edited))
+    settings = (cnn.out / "study.json").read_text()
+    argv = cnn_argv(folder, cnn.out)
+    code, text = run_main(argv)
+    assert code == 2 and text.count("\n") == 1, text
+    assert "digits-tiny-3-8 holds the sessions of another network (conv2d 3 3 1 0," in text
+    assert (cnn.out / "study.json").read_text() == settings
+
+
+def test_cached_cell_of_a_spec_file_survives_a_moved_out_but_not_another_arch(cnn, tmp_path):
+    """A cell's config names the cache's arch.json by path: a moved OUT still matches; a
+    session of a preset instead of the spec file is refused."""
+    cell = next(c for c in cnn.plan.cells if c.track and c.variant.name == "magnitude")
+    moved = dataclasses.replace(cell, cache=tmp_path / "moved")
+    shutil.copytree(cell.root, moved.root)
+    check_cached(moved)
+    saved = json.loads(moved.session.config.read_text())
+    saved["arch"] = "cnn3"
+    moved.session.config.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="arch: cached 'cnn3', wanted 'arch.json'"):
+        check_cached(moved)
+
+
+def test_default_schedule_is_the_geometric_schedule_of_the_units():
+    """lenet5: row 0 is its units 20-50-500 (conv channels, neurons), then q = 0.8; the cache
+    folder names the preset and the units; cells run the preset. An mlp keeps the cache name
+    of earlier versions."""
+    plan = make_plan(StudyConfig(dataset="mnist", arch="lenet5", seeds=(0,)), Path("unused"))
+    assert list(plan.schedule) == geometric_schedule([20, 50, 500])
+    assert plan.cache.name == "mnist-lenet5-20-50-500"
+    assert {c.config.arch for c in plan.cells} == {"lenet5"}
+    assert {c.config.hidden for c in plan.cells} == {None}
+    mlp = make_plan(StudyConfig(dataset="digits", arch="mlp", hidden=(16, 8)), Path("unused"))
+    assert mlp.cache.name == "digits-16-8" and mlp.default.name == "ia-per_output"
+    assert {(c.config.arch, c.config.hidden) for c in mlp.cells} == {(None, (16, 8))}
+
+
+def test_an_earlier_mlflow_parent_run_is_reused_only_for_the_same_network(tmp_path):
+    """The study's MLflow parent run is continued for the same network, not for another
+    --arch (its cells, named alike, are other sessions)."""
+    settings = tmp_path / "study.json"
+    mlp = StudyConfig(dataset="digits", hidden=(16, 8))
+    settings.write_text(json.dumps({"study": mlp.to_json(), "mlflow_run_id": "abc"}))
+    assert study.saved_run_id(settings, make_plan(mlp, tmp_path)) == "abc"
+    cnn3 = StudyConfig(dataset="digits", arch="cnn3")
+    assert study.saved_run_id(settings, make_plan(cnn3, tmp_path)) is None
+
+
+def test_criterion_that_does_not_apply_fails_its_cells_as_in_the_engine(tmp_path):
+    """apoz on a tanh network: its cell fails with the engine's one-line reason; the other
+    cells finish; exit 1."""
+    spec = json.loads(json.dumps(TINY_CNN))
+    spec["layers"][5] = "tanh"
+    (tmp_path / "tanh.json").write_text(json.dumps(spec))
+    code, text = run_main(["--dataset", "digits", "--arch", str(tmp_path / "tanh.json"),
+                           "--seeds", "0", "--variants", "apoz", "--curves", "no-retrain",
+                           "--rows", "1", "--epochs", "1", "--workers", "0", "--out",
+                           str(tmp_path / "out")])
+    assert code == 1, text
+    assert re.search(r"FAILED seed 0 no-retrain iterative apoz: UserError: apoz counts zero "
+                     r"activations and needs ReLU", text)
+    assert "error: 1 of 3 cells failed" in text
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--arch", "lenet5", "--hidden", "16", "8"], "--hidden is for --arch mlp"),
+    (["--arch", "{bad"], "not valid JSON"),
+    (["--arch", "mnist"], "input [1, 28, 28] does not match the dataset's [1, 8, 8]"),
+    (["--arch", "linear"], "nothing to prune"),
+    (["--arch", "nowhere.json"], "no such architecture file (or preset: mlp, lenet5, cnn3)"),
+    (["--arch", "tiny", "--retain", "retain.txt"], "first row 16-8 is not the units 3-8"),
+])
+def test_bad_arch_is_one_line_and_writes_nothing(extra, message, tmp_path, monkeypatch):
+    """--arch with --hidden, a spec file that is no JSON, does not fit digits or has nothing to
+    prune, a missing file, a schedule of other units: exit 2, one line, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    Path("{bad").write_text('{"input": [1, 8, 8], "layers": [')
+    Path("mnist").write_text(json.dumps({**TINY_CNN, "input": [1, 28, 28]}))
+    Path("linear").write_text(json.dumps(["flatten", {"type": "linear", "out": 10}]))
+    Path("tiny").write_text(json.dumps(TINY_CNN))
+    write_retain(tmp_path)
+    code, text = run_main(["--dataset", "digits", "--variants", "magnitude", *extra,
+                           "--workers", "0", "--out", str(tmp_path / "out")])
+    assert code == 2 and message in text and text.count("\n") == 1, text
+    assert not (tmp_path / "out").exists()
