@@ -218,6 +218,7 @@ def test_search_of_other_settings_is_refused(on_ray, tmp_path):
     (["--mlflow"], "--mlflow is for the grid, not --search"),
     (["--hidden", "1", "1"], "nothing to prune"),
     (["--seeds", "0", "0"], "--seeds needs one or more distinct seeds"),
+    (["--arch", "lenet5"], "--hidden is for --arch mlp; --arch lenet5 has its own layer sizes"),
 ])
 def test_bad_search_flags_are_one_line_errors(extra, message, tmp_path):
     """Each bad flag: exit 2, one line, nothing written."""
@@ -284,3 +285,73 @@ def test_trial_cells_are_named_by_their_rounded_q_and_prune_to_one_unit():
 def test_settings_file_round_trips():
     config = SearchConfig(dataset="digits", hidden=(16, 8), trials=5, q_range=(0.6, 0.9))
     assert SearchConfig.from_json(json.loads(json.dumps(config.to_json())), "x") == config
+
+
+# ----------------------------------------------------------------------------------- --arch
+TINY_CNN = {"input": [1, 8, 8], "layers": [
+    {"type": "conv2d", "out": 3, "kernel": 3}, "relu", {"type": "maxpool2d", "kernel": 2},
+    "flatten", {"type": "linear", "out": 8}, "relu", {"type": "linear", "out": 10}]}
+
+
+def test_cnn_search_has_one_q_per_prunable_group(tmp_path):
+    """--arch FILE.json --workers 0: two trials and the reference on a conv net, each one q per
+    group (conv channels, hidden neurons), pruned from the shared base model down to 1-1; the
+    report names the network and the q's per group."""
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(TINY_CNN))
+    out = tmp_path / "out"
+    argv = ["--search", "--dataset", "digits", "--arch", str(spec), "--epochs", "10",
+            "--trials", "2", "--max-accuracy-drop", "5", "--workers", "0", "--out", str(out)]
+    code, text = run_main(argv)
+    assert code == 0, text
+    assert "q per prunable group" in text and len(trial_lines(text)) == 2
+    search = make_search(SearchConfig(dataset="digits", arch=str(spec), epochs=10, trials=2,
+                                      max_accuracy_drop=5.0), out)
+    assert search.names == ("q_g1", "q_g2") and search.cache.name == "digits-tiny-3-8"
+    (reference,) = search.cells(search.reference)
+    assert list(reference.schedule) == geometric_schedule([3, 8])
+    for q in {search.reference, *(tuple(map(float, q.split())) for q in trial_lines(text))}:
+        (cell,) = search.cells(q)
+        assert cell.schedule[-1].neurons == (1, 1)
+        assert json.loads(cell.session.config.read_text())["arch"] == \
+            str(search.cache / "arch.json")
+        assert study_search.read_row(cell, 0).hidden == "3-8"
+    text = report(out)
+    assert "Dataset digits, network tiny (conv2d 3 3 1 0," in text and "units 3-8, seed 0" in text
+    trials = table(text, "## Every trial")
+    assert len(trials) == 3 and trials["#0"]["q_g1"] == "0.80" and \
+        trials["#0"]["state"] == "reference"
+    assert "| | trial | q (g1 g2) | units |" in text.replace("|  |", "| |")
+
+
+def test_search_of_another_arch_is_refused(on_ray, tmp_path):
+    """Continuing a search with another --arch is one error line; nothing is changed."""
+    out = tmp_path / "other"
+    shutil.copytree(on_ray.out, out)
+    settings = (out / "search.json").read_text()
+    argv = [*ARGS, "--workers", "0", "--out", str(out)]
+    at = argv.index("--hidden")
+    argv[at:at + 3] = ["--arch", "cnn3"]
+    code, text = run_main(argv)
+    assert code == 2 and text.count("\n") == 1, text
+    assert "holds a search of other settings (arch: saved 'mlp', wanted 'cnn3'" in text
+    assert (out / "search.json").read_text() == settings
+
+
+def test_bad_search_spec_file_is_one_line(tmp_path):
+    """A spec file that does not fit the dataset: exit 2, one line, nothing written."""
+    spec = tmp_path / "big.json"
+    spec.write_text(json.dumps({**TINY_CNN, "input": [1, 28, 28]}))
+    argv = ["--search", "--dataset", "digits", "--arch", str(spec), "--out", str(tmp_path / "o")]
+    code, text = run_main(argv)
+    assert code == 2 and text.count("\n") == 1, text
+    assert "input [1, 28, 28] does not match the dataset's [1, 8, 8]" in text
+    assert not (tmp_path / "o").exists()
+
+
+def test_cnn_search_command_names_the_arch_not_hidden():
+    """The report's command line of a search on a preset shows --arch and no --hidden."""
+    config = SearchConfig(dataset="digits", arch="cnn3", trials=2)
+    assert config.command(Path("/x")) == (
+        "python -m src.study --search --dataset digits --arch cnn3 --curve no-retrain "
+        "--trials 2 --max-accuracy-drop 1 --out /x")
