@@ -234,6 +234,7 @@ def write_reports(plan: Plan, out: Path, results: Results | None = None) -> list
     s, written = plan.study, []
     seeds = " ".join(map(str, s.seeds))
     x = [row.percent for row in plan.schedule]
+    network = "" if plan.network.mlp else f" {plan.network.name}"
     labels = [hidden_label(list(row.neurons)) for row in plan.schedule]
     legend = [f"- `{v.name}`{' (the engine default)' if v is plan.default else ''}: "
               f"{v.describe()}" for v in plan.variants.values()]
@@ -256,7 +257,8 @@ def write_reports(plan: Plan, out: Path, results: Results | None = None) -> list
                       if plan.variants[v].criterion != "interval_adjoint"]
             written.append(plot_curves(
                 series, x[:t.rows], labels[:t.rows],
-                f"{CURVE_TITLE[curve].capitalize()}, {t.mode} — {s.dataset}, seeds {seeds} "
+                f"{CURVE_TITLE[curve].capitalize()}, {t.mode} — {s.dataset}{network}, "
+                f"seeds {seeds} "
                 "(band: ±1 std)", out / f"{s.name}_{curve.replace('-', '_')}{suffix}.png",
                 reference=column(plan, plan.default.name), dashed=dashed,
                 mlp=plan.network.mlp))
