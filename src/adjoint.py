@@ -264,9 +264,12 @@ def _maxpool_derivative(module: nn.MaxPool2d, x: Interval) -> Interval:
     bound's sums of products are off by, far below any difference between entries that is not a
     tie; entries closer than δ count as possibly tied (d in [0, 1]).
     A window whose entries all have width 0 is a single point, the same at every point of the
-    box: where its maximum is attained exactly (bit for bit) and every other entry is more than
-    δ below it, d is exactly torch's choice, 1 at the first maximum and 0 elsewhere (both compute
-    the same numbers, as a constant region gives the same constant, so they tie alike).
+    box. There d is exactly torch's choice, 1 at the first maximum and 0 elsewhere, where the
+    interval's numbers are the ones torch computes: where the window's maximum is attained
+    exactly (bit for bit) and every other entry is more than δ below it (a constant region gives
+    the same constant in both, so they tie alike), and where the layer's whole input is one
+    point (a degenerate box: the sweep is torch's own computation at that point, whose
+    rounding, not exact arithmetic, breaks the ties). Other point windows follow the rule above.
     """
     geometry = _pool_geometry(module)
     lo, hi = (_windows(t, geometry, -math.inf) for t in (x.lower, x.upper))
@@ -282,8 +285,9 @@ def _maxpool_derivative(module: nn.MaxPool2d, x: Interval) -> Interval:
     margin = _TIE_ULPS * torch.finfo(x.dtype).eps * magnitude
     certain, possible = lo > others + margin, hi >= floor - margin
     point = (lo == hi).all(dim=2, keepdim=True)  # no subtraction: padding is -inf in both
-    # a point window's near maxima (within δ) are all exact maxima: torch ties them alike
-    point &= (possible == (lo == floor)).all(dim=2, keepdim=True)
+    exact = (possible == (lo == floor)).all(dim=2, keepdim=True)  # near maxima tie bit for bit
+    whole = (x.lower == x.upper).flatten(1).all(dim=1)[:, None, None, None]  # (b, 1, 1, 1)
+    point &= exact | whole
     if bool(point.any()):
         first = lo.movedim(2, -1).argmax(dim=-1)  # first maximum (a contiguous reduction)
         first = F.one_hot(first, lo.shape[2]).movedim(-1, 2).bool()

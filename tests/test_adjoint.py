@@ -608,6 +608,18 @@ def test_maxpool_tie_at_a_corner_survives_rounded_bounds():
     assert result.adjoints[1].upper.flatten().tolist() == [1.0, 1.0]
 
 
+def test_maxpool_at_a_point_follows_the_rounding_that_breaks_a_tie():
+    """Averages over 3 of [0.1, 0.2, 0.3, 0.1] are both 0.2 exactly, but summed in scan order
+    they round to 0.2 + 2 ulp and 0.2 - 1 ulp; torch's max picks the first. On a degenerate
+    box the sweep is that same computation and gives torch's [1, 0] with width 0."""
+    x = torch.tensor([[[0.1, 0.2, 0.3, 0.1]]], dtype=D)
+    model = nn.Sequential(nn.AvgPool2d((1, 3), 1), nn.MaxPool2d((1, 2)))
+    values, jacobians = chain_points(model, x[None])
+    assert values[1][0, 0, 0, 0] > values[1][0, 0, 0, 1]  # the rounding this test is about
+    adjoint = sweep(model, Interval.point(x), "sum").adjoints[1]
+    assert adjoint.lower.tolist() == adjoint.upper.tolist() == jacobians[1][0].tolist()
+
+
 def test_overlapping_max_windows_sum_their_adjoints():
     """With stride 1, a 5 that wins two overlapping windows gets adjoint 1 + 1 = 2."""
     x = [[0.0, 5.0, 0.0], [0.0, 0.0, 0.0]]
