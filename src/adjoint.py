@@ -239,18 +239,37 @@ def _maxpool_forward(module: nn.MaxPool2d, x: Interval) -> Interval:
     return result
 
 
+# A max-pool window's routing is decided on rounded bounds: two entries whose bounds lie within
+# _TIE_ULPS · ε · (their channel's largest magnitude) of each other count as possibly tied.
+_TIE_ULPS = 2**10
+
+
 def _maxpool_derivative(module: nn.MaxPool2d, x: Interval) -> Interval:
     """The range [d_wi] of ∂y_w/∂x_i over the box for each window w and entry i: (b, C, K, L).
 
     At a point x, torch routes the adjoint of window w to one input: the first (in scan order)
-    of the window's maxima, so ∂y_w/∂x_i ∈ {0, 1}. Over the box:
-    - d = 0 if hi_i < max_j lo_j: then x_i <= hi_i < max_j lo_j <= max_j x_j at every point, so
-      x_i is never a maximum (a padding entry, hi = -inf, is never one);
-    - d = 1 if lo_i > max_{j≠i} hi_j: then x_i > x_j for all j ≠ i at every point, so x_i is the
-      only maximum;
+    of the window's maxima, so ∂y_w/∂x_i ∈ {0, 1}. Over the box, with a margin δ >= 0:
+    - d = 0 if hi_i < max_j lo_j - δ: then x_i <= hi_i < max_j lo_j <= max_j x_j at every point,
+      so x_i is never a maximum (a padding entry, hi = -inf, is never one);
+    - d = 1 if lo_i > max_{j≠i} hi_j + δ: then x_i > x_j for all j ≠ i at every point, so x_i is
+      the only maximum;
     - [0, 1] otherwise (ties allowed: with hi_i = max lo_j both may be the maximum).
+    With δ = 0 this is exact reasoning on exact bounds. The bounds are rounded, not directed
+    outward, and ties are common, not rare: at a box corner where the inputs are 0 every entry
+    of a channel is its bias, and a dead region maps to one constant. A bound that equals such a
+    tie value exactly may come out an ulp below it (e.g. (w h/2 + b) + |w| h/2 for
+    max(b + w x) over x in [0, h], w < 0), and δ = 0 would then exclude the entry that torch's
+    point computation finds tied and picks. So δ = 2¹⁰ ε · m (m the largest magnitude in the
+    channel's bounds, ε the dtype's machine epsilon): far above the few ulps of m that each
+    bound's sums of products are off by, far below any difference between entries that is not a
+    tie; entries closer than δ count as possibly tied (d in [0, 1]).
     A window whose entries all have width 0 is a single point, the same at every point of the
-    box: there d is exactly torch's choice, 1 at the first maximum and 0 elsewhere.
+    box. There d is exactly torch's choice, 1 at the first maximum and 0 elsewhere, where the
+    interval's numbers are the ones torch computes: where the window's maximum is attained
+    exactly (bit for bit) and every other entry is more than δ below it (a constant region gives
+    the same constant in both, so they tie alike), and where the layer's whole input is one
+    point (a degenerate box: the sweep is torch's own computation at that point, whose
+    rounding, not exact arithmetic, breaks the ties). Other point windows follow the rule above.
     """
     geometry = _pool_geometry(module)
     lo, hi = (_windows(t, geometry, -math.inf) for t in (x.lower, x.upper))
@@ -262,8 +281,13 @@ def _maxpool_derivative(module: nn.MaxPool2d, x: Interval) -> Interval:
                              top.values[:, :, :1])  # max over j ≠ i of hi_j
     else:
         others = torch.full_like(hi, -math.inf)  # a window of one entry
-    certain, possible = lo > others, hi >= floor
+    magnitude = x.magnitude.flatten(2).amax(dim=2)[..., None, None]  # (b, C, 1, 1)
+    margin = _TIE_ULPS * torch.finfo(x.dtype).eps * magnitude
+    certain, possible = lo > others + margin, hi >= floor - margin
     point = (lo == hi).all(dim=2, keepdim=True)  # no subtraction: padding is -inf in both
+    exact = (possible == (lo == floor)).all(dim=2, keepdim=True)  # near maxima tie bit for bit
+    whole = (x.lower == x.upper).flatten(1).all(dim=1)[:, None, None, None]  # (b, 1, 1, 1)
+    point &= exact | whole
     if bool(point.any()):
         first = lo.movedim(2, -1).argmax(dim=-1)  # first maximum (a contiguous reduction)
         first = F.one_hot(first, lo.shape[2]).movedim(-1, 2).bool()

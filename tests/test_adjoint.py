@@ -316,6 +316,7 @@ def cnns(draw) -> tuple[nn.Sequential, tuple[int, ...], int]:
     """A random small CNN (conv/bn/activations/pooling/dropout, then flatten and a linear head,
     maybe with BatchNorm1d), in float64 eval mode, its input shape and a seed for box/points."""
     seed = draw(st.integers(0, 2**31 - 1))
+    torch.manual_seed(seed)  # the layers' initial weights: the example alone fixes the network
     input_shape = (draw(st.integers(1, 2)), draw(st.integers(4, 8)), draw(st.integers(4, 8)))
     shape, layers = input_shape, []
     for kind in draw(st.lists(st.sampled_from(LAYERS), min_size=2, max_size=6)):
@@ -584,6 +585,39 @@ def test_maxpool_tie_at_a_point_matches_torch():
     adjoint = pool_adjoint(nn.MaxPool2d(2), x[0].tolist(), x[0].tolist())
     assert adjoint.lower.tolist() == adjoint.upper.tolist() == grad[0].tolist() == [[1, 0],
                                                                                     [0, 0]]
+
+
+def test_maxpool_tie_at_a_corner_survives_rounded_bounds():
+    """v = b + w x with w = -1.3, b = 0.05 on x ∈ [[0, 0.3], [0, 0]], then a max over the two
+    entries: at the corner x = 0 both are b, a tie torch routes to the first (∂y/∂x_0 = w). The
+    first entry's upper bound b is rounded an ulp below b, which must not rule it out of the
+    maximum: its adjoint range includes 1 and x_0's includes w."""
+    conv = nn.Conv2d(1, 1, 1).double()
+    with torch.no_grad():
+        conv.weight.fill_(-1.3)
+        conv.bias.fill_(0.05)
+    model = nn.Sequential(conv, nn.MaxPool2d((1, 2)))
+    box = Interval(torch.tensor([[[0.0, 0.0]]], dtype=D), torch.tensor([[[0.3, 0.0]]], dtype=D))
+    result = sweep(model, box, "sum")
+    assert result.values[1].upper[0, 0, 0].item() < 0.05  # the rounding this test is about
+    values, jacobians = chain_points(model, torch.zeros(1, 1, 1, 2, dtype=D))
+    assert jacobians[1].flatten().tolist() == [1.0, 0.0]  # torch's choice at the tie
+    for adjoint, jacobian in zip(result.adjoints, jacobians, strict=True):
+        assert_encloses(adjoint, jacobian[0])
+    assert result.adjoints[1].lower.flatten().tolist() == [0.0, 0.0]  # each may win, or not
+    assert result.adjoints[1].upper.flatten().tolist() == [1.0, 1.0]
+
+
+def test_maxpool_at_a_point_follows_the_rounding_that_breaks_a_tie():
+    """Averages over 3 of [0.1, 0.2, 0.3, 0.1] are both 0.2 exactly, but summed in scan order
+    they round to 0.2 + 2 ulp and 0.2 - 1 ulp; torch's max picks the first. On a degenerate
+    box the sweep is that same computation and gives torch's [1, 0] with width 0."""
+    x = torch.tensor([[[0.1, 0.2, 0.3, 0.1]]], dtype=D)
+    model = nn.Sequential(nn.AvgPool2d((1, 3), 1), nn.MaxPool2d((1, 2)))
+    values, jacobians = chain_points(model, x[None])
+    assert values[1][0, 0, 0, 0] > values[1][0, 0, 0, 1]  # the rounding this test is about
+    adjoint = sweep(model, Interval.point(x), "sum").adjoints[1]
+    assert adjoint.lower.tolist() == adjoint.upper.tolist() == jacobians[1][0].tolist()
 
 
 def test_overlapping_max_windows_sum_their_adjoints():
