@@ -43,11 +43,11 @@ import torch
 from tqdm.auto import tqdm
 
 from src import __version__, cli
-from src.checkpoint import atomic_write
 from src.concatenate import read_validation_results
 from src.config import dumps
 from src.data import DATASETS, data_root, load_dataset
 from src.engine import read_config, run
+from src.files import atomic_write, folder_problem
 from src.retain import write_schedule
 from src.session import check_session_folder
 from src.study_grid import (
@@ -66,6 +66,7 @@ from src.study_grid import (
     registry,
 )
 from src.study_report import write_reports
+from src.tracking import sqlite_file
 
 RAY_INSTALL = "pip install ray==2.60.0"
 MLFLOW_INSTALL = "pip install mlflow-skinny==3.17.2 SQLAlchemy==2.1.9 alembic==1.20.1"
@@ -405,6 +406,10 @@ class StudyTracker:
             database.parent.mkdir(parents=True, exist_ok=True)  # sqlite creates no folders
             uri, self.artifacts = f"sqlite:///{database.as_posix()}", \
                 (database.parent / "mlartifacts").as_uri()
+        elif (database := sqlite_file(uri)) is not None:
+            problem = folder_problem(database.parent)  # MLflow would fail to make the folder
+            if problem:
+                raise StudyError(f"--mlflow {uri}: {problem}")
         self.uri, self.experiment = uri, experiment or name
         with self.errors("cannot open the tracking store"):
             self.client = MlflowClient(tracking_uri=uri)
@@ -533,6 +538,9 @@ def parse_args(argv: list[str] | None) -> tuple[StudyConfig, Runner, argparse.Na
         help="only write the tables and plots from the cache (the grid of OUT/NAME.json, "
              "flags given override it)")
     a = p.parse_args(argv)
+    problem = folder_problem(a.out)
+    if problem:
+        raise StudyError(f"{problem} (--out names the folder for the tables, plots and cache)")
     given = {f.name: getattr(a, f.name) for f in fields(StudyConfig)
              if getattr(a, f.name, None) is not None}
     saved = a.out / f"{given.get('name', d.name)}.json"
@@ -540,7 +548,7 @@ def parse_args(argv: list[str] | None) -> tuple[StudyConfig, Runner, argparse.Na
     if a.report_only and saved.is_file():
         try:
             base = StudyConfig.from_json(json.loads(saved.read_text())["study"], str(saved))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
             raise StudyError(f"{saved}: not a study settings file ({first_line(exc)})") from None
     study = replace(base, **given)
     root = a.data_root or os.environ.get("IAPRUNE_DATA")
