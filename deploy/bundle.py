@@ -210,6 +210,9 @@ def write_bundle(checkpoint_path: str | os.PathLike, out: str | os.PathLike,
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder")
+    blocker = next((p for p in out.parents if p.exists()), None)  # nothing written below a file
+    if blocker is not None and not blocker.is_dir():
+        raise ValueError(f"{out}: {blocker} is a file, not a folder")
     checkpoint, data = load_checkpoint_file(checkpoint_path)
     model = model_from_checkpoint(checkpoint, checkpoint_path)
     manifest = build_manifest(checkpoint, model, data, str(checkpoint_path))
@@ -282,7 +285,11 @@ def find_recommended(path: str | os.PathLike, mode: str | None = None) -> Path:
     if len(found) > 1:
         raise ValueError(f"{path}: both modes have a recommendation; choose one with --mode "
                          f"({' or '.join(MODES)})")
-    lines = [line.strip() for line in found[0].read_text().splitlines() if line.strip()]
+    try:
+        text = found[0].read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{found[0]}: not a text file") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         raise ValueError(f"{found[0]}: empty")
     return _resolve(lines[0], found[0])

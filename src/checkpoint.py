@@ -23,6 +23,9 @@ from src.spec import Net, SpecError, build, mlp, spec_of
 
 FORMAT = "ia-prune/2"
 LEGACY_FORMAT = "ia-prune/1"  # an MLP by its sizes and activation
+# Metadata the commands act on, and the type it must have when present (a hand-made or damaged
+# checkpoint with another type would fail deep inside, e.g. in torch.manual_seed).
+METADATA = {"dataset": str, "val_size": int, "split_seed": int}
 
 
 class CheckpointError(UserError):
@@ -80,6 +83,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     for key in needed:
         if key not in payload:
             raise CheckpointError(f"{path}: checkpoint lacks {key!r}")
+    for key, kind in METADATA.items():
+        value = payload.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            what = "a string" if kind is str else "an integer"
+            raise CheckpointError(f"{path}: {key} must be {what}, got {value!r}")
     return payload
 
 

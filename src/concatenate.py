@@ -437,6 +437,9 @@ def concatenate(mode_dir: str | os.PathLike, tolerance: float | None = None,
     mode_dir = Path(mode_dir)
     rows, skipped = gather(mode_dir, quiet)
     out = mode_dir / RESULTS_DIR
+    if out.exists() and not out.is_dir():
+        raise ResultsError(f"{out}: is a file, not a folder (the results are written there; "
+                           "move the file away)")
     settings = read_settings(out)
     if tolerance is None:
         tolerance = float(settings.get("tolerance", DEFAULT_TOLERANCE))

@@ -42,6 +42,11 @@ def iteration_seed(seed: int, iteration: int) -> int:
     return seed * 1_000_003 + iteration
 
 
+# |seed| below this keeps every iteration seed within torch's 64-bit seeds (2**40 * 1_000_003 <
+# 2**60): a larger --seed would fail with an overflow deep inside the first training.
+SEED_LIMIT = 2**40
+
+
 def setting(default: Any, help: str, flag: str | None = None) -> Any:  # noqa: A002
     """A config field with its help text (and, when it differs from the field name, its flag)."""
     return field(default=default, metadata={"help": help, "flag": flag})
@@ -175,6 +180,10 @@ class PruneConfig:
 
     def __post_init__(self):
         _check_choices(self)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or \
+                not -SEED_LIMIT < self.seed < SEED_LIMIT:
+            raise ConfigError(f"--seed must be an integer between -2**40 and 2**40, got "
+                              f"{self.seed!r}")
         if self.hidden is not None:
             object.__setattr__(self, "hidden", tuple(self.hidden))
             if not self.hidden or any(isinstance(n, bool) or not isinstance(n, int) or n < 1

@@ -447,6 +447,20 @@ def first_iteration(begin: int | None, session: Session, rows: int) -> int:
     return begin
 
 
+def check_shifts(config: PruneConfig, input_shape: tuple[int, ...]) -> None:
+    """Random image shifts (base training and retraining) must leave part of the image in
+    view: below its height and width. Flat inputs are never shifted."""
+    if len(input_shape) < 2:
+        return
+    size = min(input_shape[-2:])
+    for iteration, flag in ((0, "--shift"), (1, "--retrain-shift")):
+        shift = config.train_config(iteration).shift
+        if shift >= size:
+            raise EngineError(f"{flag} {shift} would move the {input_shape[-2]}x"
+                              f"{input_shape[-1]} {config.dataset} images out of view; use a "
+                              f"shift below {size}")
+
+
 def write_settings(session: Session, config: PruneConfig, schedule: list[ScheduleRow],
                    start: Start, log) -> None:
     """Write a new or restarted session's config.json and schedule copy (a restart with the
@@ -507,6 +521,7 @@ def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None =
             tracker.finish(session.results_dir)
             return Results(session, config, schedule, [], True, result)
     data = load_dataset(config.dataset, data_root, val_size=config.val_size)
+    check_shifts(config, data.input_shape)
     spec = model_spec(config, data, session, start == "resume" and session.complete(0))
     probe = build(spec)
     schedule = _schedule(session, start, retain, probe, log)

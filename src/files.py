@@ -1,4 +1,5 @@
-"""Small file utilities: the one atomic-write helper and the first line of an error."""
+"""Small file utilities: the one atomic-write helper, the first line of an error, and why a path
+cannot be read as a file or used as a folder."""
 
 from __future__ import annotations
 
@@ -55,3 +56,14 @@ def file_problem(path: Path, what: str = "file", inside: str | None = None) -> s
         hint = f" (did you mean {path / inside}?)" if inside and (path / inside).is_file() else ""
         return f"{path}: is a folder, not a {what}{hint}"
     return f"{path}: no such {what}"
+
+
+def folder_problem(path: Path, what: str = "folder") -> str | None:
+    """Why `path` cannot be used as (or created as) a `what`: it is a file, or lies below one;
+    None when it is a folder or can be made one."""
+    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocker is None or blocker.is_dir():
+        return None
+    if blocker == path:
+        return f"{path}: is a file, not a {what}"
+    return f"{path}: {blocker} is a file, not a folder"

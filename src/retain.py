@@ -22,7 +22,7 @@ from pathlib import Path
 
 from src import cli
 from src.errors import UserError
-from src.files import atomic_write, file_problem
+from src.files import atomic_write, file_problem, folder_problem
 from src.model import hidden_label
 from src.plotting import COLORS, log_axis, new_figure, save_figure
 
@@ -370,11 +370,9 @@ OUTPUTS = ("retain.txt", "pruneNodesIteration.png", "pruneNodesDistribution.png"
 
 def check_out_folder(out: Path) -> None:
     """Refuse an output folder that is an existing file or lies below one (before writing)."""
-    blocker = next((p for p in (out, *out.parents) if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        which = "" if blocker == out else f"{blocker} "
-        raise UserError(f"{out}: {which}is a file, not a folder (--out names the folder for "
-                         f"retain.txt and its two plots)")
+    problem = folder_problem(out)
+    if problem:
+        raise UserError(f"{problem} (--out names the folder for retain.txt and its two plots)")
 
 
 def generate(config: RetainConfig) -> list[ScheduleRow]:

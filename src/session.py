@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from src.errors import UserError
+from src.files import folder_problem
 
 MODES = {"iterative": "iterative_pruning", "one-shot": "one_shot_pruning"}
 CONFIG_FILE = "config.json"
@@ -147,8 +148,9 @@ def mode_dirs(path: str | os.PathLike) -> list[Path]:
 
 def check_session_folder(root: Path) -> None:
     """A session must be a new/empty folder or a session (one with config.json)."""
-    if root.exists() and not root.is_dir():
-        raise SessionError(f"{root} is a file, not a session folder")
+    problem = folder_problem(root, "session folder")  # a file, or a path below one
+    if problem:
+        raise SessionError(problem)
     if root.is_dir() and any(root.iterdir()) and not (root / CONFIG_FILE).is_file():
         raise SessionError(f"{root} is not a session folder (no {CONFIG_FILE}) and not empty; "
                            "choose a new --session")

@@ -37,9 +37,9 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from src import __version__, cli
-from src.checkpoint import atomic_write
 from src.concatenate import read_validation_results
 from src.data import DATASETS, data_root, load_dataset
+from src.files import atomic_write, folder_problem
 from src.study_grid import (
     CURVES,
     MODES,
@@ -58,6 +58,7 @@ from src.study_report import write_reports
 from src.study_runner import Runner, check_cache, connect, first_line, run_cells
 from src.study_search import SearchConfig, load_records, make_search, run_search
 from src.study_search_report import write_search_report
+from src.tracking import sqlite_file
 
 MLFLOW_INSTALL = "pip install mlflow-skinny==3.17.2 SQLAlchemy==2.1.9 alembic==1.20.1"
 
@@ -84,6 +85,10 @@ class StudyTracker:
             database.parent.mkdir(parents=True, exist_ok=True)  # sqlite creates no folders
             uri, self.artifacts = f"sqlite:///{database.as_posix()}", \
                 (database.parent / "mlartifacts").as_uri()
+        elif (database := sqlite_file(uri)) is not None:
+            problem = folder_problem(database.parent)  # MLflow would fail to make the folder
+            if problem:
+                raise StudyError(f"--mlflow {uri}: {problem}")
         self.uri, self.experiment = uri, experiment or name
         with self.errors("cannot open the tracking store"):
             self.client = MlflowClient(tracking_uri=uri)
@@ -248,6 +253,9 @@ def parse_args(argv: list[str] | None
         flag = "--" + wrong[0].replace("_", "-")
         raise StudyError(f"{flag} is for the grid, not --search" if a.search else
                          f"{flag} needs --search")
+    problem = folder_problem(a.out)
+    if problem:
+        raise StudyError(f"{problem} (--out names the folder for the tables, plots and cache)")
     given = {f.name: getattr(a, f.name) for f in fields(kind)
              if getattr(a, f.name, None) is not None}
     default = kind()
@@ -256,7 +264,7 @@ def parse_args(argv: list[str] | None
     if a.report_only and saved.is_file():
         try:
             default = kind.from_json(json.loads(saved.read_text())[key], str(saved))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
             raise StudyError(f"{saved}: not a {key} settings file ({first_line(exc)})") \
                 from None
     if given.get("arch", default.arch) != default.arch and "hidden" not in given:

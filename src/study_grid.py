@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -323,7 +325,32 @@ class StudyConfig:
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise StudyError(f"{source}: unknown settings {sorted(unknown)}")
+        hints = typing.get_type_hints(cls)
+        for name, value in values.items():
+            if not _fits(value, hints[name]):
+                raise StudyError(f"{source}: {name} must be {_kind(hints[name])}, got {value!r}")
         return cls(**values)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has a StudyConfig field's type: str, int, a list for tuple[X, ...],
+    or None where the type allows it."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, list) and all(_fits(v, typing.get_args(hint)[0]) for v in value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return value is None if hint is type(None) else isinstance(value, hint)
+
+
+def _kind(hint: Any) -> str:
+    """A field's type in words: 'a list of int', 'int or null'."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_kind(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {_kind(typing.get_args(hint)[0])}"
+    return "null" if hint is type(None) else hint.__name__
 
 
 @dataclass(frozen=True)

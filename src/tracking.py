@@ -50,7 +50,7 @@ from torch import Tensor
 
 from src.concatenate import read_validation_results
 from src.errors import UserError
-from src.files import atomic_write, first_line
+from src.files import atomic_write, first_line, folder_problem
 from src.metrics import EPOCH, EPOCH_COLUMNS, RUN, VALIDATION
 from src.model import parse_hidden_label
 from src.session import ITERATION_FILES, MODES
@@ -226,6 +226,9 @@ class MlflowTracker:
         check_server(uri)
         database = sqlite_file(uri)
         if database is not None:
+            problem = folder_problem(database.parent)
+            if problem:
+                raise TrackingError(f"--mlflow {uri}: {problem}")
             database.parent.mkdir(parents=True, exist_ok=True)  # sqlite creates no folders
         with self._errors("cannot open the tracking store"):
             self.client = MlflowClient(tracking_uri=uri)
@@ -418,9 +421,9 @@ class TensorBoardTracker:
         self.logdir, self.root = logdir, logdir / self.session.name
         self.mode_dir: Path | None = None
         self._scores: dict[int, list[Tensor]] = {}  # scored, not yet complete iterations
-        for path in (logdir, self.root):
-            if path.exists() and not path.is_dir():
-                raise TrackingError(f"--tensorboard {logdir}: {path} is a file, not a folder")
+        problem = folder_problem(self.root)  # DIR/<name>, DIR or a folder above is a file
+        if problem:
+            raise TrackingError(f"--tensorboard {logdir}: {problem}")
         owner = self._owner()
         if owner is None and self.root.is_dir() and any(self.root.iterdir()):
             raise TrackingError(f"--tensorboard {logdir}: {self.root} exists and holds no "

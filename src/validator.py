@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     check_dataset(model, trained_on, name, args.checkpoint)  # before reading any data
     # the recorded validation size belongs to the dataset the model was trained on
     recorded = checkpoint.get("val_size") if name == trained_on else None
-    data = load_dataset(name, args.data_root, val_size=args.val_size or recorded,
+    val_size = recorded if args.val_size is None else args.val_size  # 0 is refused, not unset
+    data = load_dataset(name, args.data_root, val_size=val_size,
                         seed=checkpoint.get("split_seed", 0))
     print(f"{args.checkpoint}: {name}, units {hidden_label(units(model))}, "
           f"{describe(spec_of(model))}")

@@ -610,7 +610,7 @@ def test_maxpool_tie_at_a_corner_survives_rounded_bounds():
 
 def test_maxpool_at_a_point_follows_the_rounding_that_breaks_a_tie():
     """Averages over 3 of [0.1, 0.2, 0.3, 0.1] are both 0.2 exactly, but summed in scan order
-    they round to 0.2 + 2 ulp and 0.2 - 1 ulp; torch's max picks the first. On a degenerate
+    they round to 0.2 + 1 ulp and 0.2 - 1 ulp; torch's max picks the first. On a degenerate
     box the sweep is that same computation and gives torch's [1, 0] with width 0."""
     x = torch.tensor([[[0.1, 0.2, 0.3, 0.1]]], dtype=D)
     model = nn.Sequential(nn.AvgPool2d((1, 3), 1), nn.MaxPool2d((1, 2)))

@@ -323,6 +323,17 @@ def test_command_reports_a_malformed_file_in_one_line_with_exit_code_2(tmp_path,
     assert err == f"error: {bad}: empty file (expected a header line and one row of values)\n"
 
 
+def test_command_on_a_results_path_that_is_a_file_is_one_line(tmp_path, capsys):
+    """A file where prune_w_retrain_results/ belongs is one `error:` line naming it, exit code
+    2 (was a FileExistsError traceback), and the file is left as it was."""
+    mode = make_mode(tmp_path / "iterative_pruning", [98.0, 97.0])
+    (mode / RESULTS_DIR).write_text("keep")
+    assert cli.run(main, [str(mode)]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {mode / RESULTS_DIR}: is a file, not a folder")
+    assert err.count("\n") == 1 and (mode / RESULTS_DIR).read_text() == "keep"
+
+
 def test_command_rejects_negative_tolerance(tmp_path, capsys):
     """--tolerance below zero is an `error:` line and exit code 2."""
     make_mode(tmp_path, [98.0])

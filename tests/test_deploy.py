@@ -379,6 +379,29 @@ def test_files_given_for_folders_say_they_are_files(tmp_path, checkpoint, capsys
     assert capsys.readouterr().err.startswith(f"error: {checkpoint}: is a file, not a session")
 
 
+def test_bundle_out_below_a_file_is_one_line_and_writes_nothing(tmp_path, checkpoint, capsys):
+    """bundle --out DIR where DIR lies below an existing file: one line naming the file, exit 2
+    (was a NotADirectoryError traceback)."""
+    notes = tmp_path / "notes"
+    notes.write_text("x")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert run(main, ["bundle", str(checkpoint), "--out", str(notes / "b"), "--no-onnx"]) == 2
+    assert capsys.readouterr().err == f"error: {notes / 'b'}: {notes} is a file, not a folder\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and notes.read_text() == "x"
+
+
+def test_a_recommended_txt_that_is_not_text_is_named(tmp_path, capsys):
+    """bundle --recommended with a binary recommended.txt names the file (the error was
+    'utf-8' codec can't decode... without saying which file)."""
+    results = tmp_path / "s" / "iterative_pruning" / "prune_w_retrain_results"
+    results.mkdir(parents=True)
+    (results / "recommended.txt").write_bytes(b"\xff\xfe\x00")
+    argv = ["bundle", "--recommended", str(tmp_path / "s"), "--out", str(tmp_path / "o")]
+    assert run(main, argv) == 2
+    assert capsys.readouterr().err == f"error: {results / 'recommended.txt'}: not a text file\n"
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_missing_bundle_names_both_accepted_kinds(tmp_path, capsys):
     """predict --bundle MISSING says neither a bundle folder nor a checkpoint file is there."""
     np.save(tmp_path / "x.npy", images(1))

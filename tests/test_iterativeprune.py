@@ -380,6 +380,35 @@ def test_bad_retraining_settings_are_refused_before_training(tmp_path, retain, c
     assert "retraining" in err and not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--seed", "99999999999999999999", "--seed must be an integer between -2**40 and 2**40"),
+    ("--shift", "100", "--shift 100 would move the 8x8 digits images out of view"),
+    ("--retrain-shift", "8", "--retrain-shift 8 would move the 8x8 digits images out of view")])
+def test_settings_that_would_fail_inside_training_are_refused_first(tmp_path, retain, capsys,
+                                                                    flag, value, message):
+    """A seed beyond torch's 64-bit seeds (an overflow traceback in the first training) and an
+    image shift as large as the image (a crop traceback in the first batch) are one-line
+    errors before anything is written."""
+    err = error_of(capsys, *FAST, "--retain", retain, "--session", tmp_path / "s", flag, value)
+    assert message in err and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("flag", ["--session", "--tensorboard", "--mlflow"])
+def test_a_folder_below_a_file_is_refused_and_nothing_written(tmp_path, retain, capsys, flag):
+    """--session, --tensorboard DIR and --mlflow sqlite:///DIR/x.db below an existing file are
+    one-line errors naming the file (were NotADirectoryError/FileExistsError tracebacks), and
+    nothing is written."""
+    (tmp_path / "notes").write_text("x")
+    below = tmp_path / "notes" / "sub"
+    session = below if flag == "--session" else tmp_path / "s"
+    extra = {"--session": [], "--tensorboard": ["--tensorboard", below],
+             "--mlflow": ["--mlflow", f"sqlite:///{below / 'x.db'}"]}[flag]
+    err = error_of(capsys, *FAST, "--retain", retain, "--session", session, *extra)
+    assert str(tmp_path / "notes") in err and "is a file, not a folder" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "retain.txt"]
+    assert (tmp_path / "notes").read_text() == "x"
+
+
 def fail_base_training(monkeypatch) -> None:
     def diverge(self):
         raise TrainingError("training diverged")

@@ -368,6 +368,38 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
         assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("case", ["out-file", "out-below-file", "mlflow-below-file", "seed"])
+def test_paths_below_a_file_and_huge_seeds_are_one_line(tmp_path, case):
+    """--out naming a file or a folder below one, an --mlflow sqlite store below a file (were
+    FileExistsError/NotADirectoryError tracebacks) and a seed beyond torch's 64-bit seeds (was
+    a failure in every cell): exit 2, one line, nothing written."""
+    notes = tmp_path / "notes"
+    notes.write_text("x")
+    out = {"out-file": notes, "out-below-file": notes / "out"}.get(case, tmp_path / "out")
+    extra = {"mlflow-below-file": ["--mlflow", f"sqlite:///{notes / 'sub' / 'x.db'}"],
+             "seed": ["--seeds", "99999999999999999999"]}.get(case, [])
+    code, text = run_main([*GRID, *extra, "--workers", "0", "--out", str(out)])
+    assert code == 2 and text.startswith("error: ") and text.count("\n") == 1, text
+    if case == "seed":
+        assert "--seed must be an integer between" in text
+    else:
+        assert str(notes) in text and "is a file, not a folder" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"] and notes.read_text() == "x"
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfe", "not a study settings file (UnicodeDecodeError"),
+    (b'{"study": {"seeds": "x"}}', "seeds must be a list of int, got 'x'")])
+def test_report_only_with_a_broken_settings_file_is_one_line(tmp_path, content, message):
+    """--report-only reads OUT/<name>.json: a binary file or a value of the wrong type (were
+    UnicodeDecodeError/TypeError tracebacks) is one line naming the file, exit 2."""
+    settings = tmp_path / "study.json"
+    settings.write_bytes(content)
+    code, text = run_main(["--report-only", "--out", str(tmp_path)])
+    assert code == 2 and text.startswith(f"error: {settings}: {message}")
+    assert text.count("\n") == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["study.json"]
+
+
 def test_plan_runs_retrain_cells_first_and_default_only_tracks():
     """Bases come first, then the (long) retrain cells; --default-only limits a track."""
     plan = make_plan(StudyConfig(dataset="digits", hidden=(16, 8), seeds=(0, 1),

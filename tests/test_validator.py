@@ -56,6 +56,29 @@ def test_command_line_error_is_one_line_exit_2(tmp_path):
     assert str(bad) in proc.stderr
 
 
+def test_a_validation_size_of_0_is_refused_not_ignored(tmp_path, capsys):
+    """--val-size 0 is a one-line error with exit code 2 (it used to be taken as "not given"
+    and the recorded size silently used)."""
+    path = save_checkpoint(tmp_path / "best_model.pth", mlp_net([64, 8, 10], seed=0),
+                           dataset="digits", val_size=180, split_seed=0)
+    assert cli.run(main, [str(path), "--val-size", "0"]) == cli.EXIT_USAGE
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: validation size must be between 1 and ")
+    assert captured.err.count("\n") == 1 and captured.out == ""
+
+
+@pytest.mark.parametrize("key, value", [("val_size", "abc"), ("split_seed", "x")])
+def test_a_checkpoint_with_mistyped_metadata_is_one_line(tmp_path, capsys, key, value):
+    """A checkpoint whose recorded val_size or split_seed is not an integer (hand-made or
+    damaged) is one line naming the file, exit 2 (were TypeError/RuntimeError tracebacks)."""
+    path = save_checkpoint(tmp_path / "best_model.pth", mlp_net([64, 8, 10], seed=0),
+                           dataset="digits", **{key: value})
+    assert cli.run(main, [str(path)]) == cli.EXIT_USAGE
+    captured = capsys.readouterr()
+    assert captured.err == f"error: {path}: {key} must be an integer, got {value!r}\n"
+    assert captured.out == ""
+
+
 def test_model_that_does_not_fit_dataset_is_refused(tmp_path):
     """A checkpoint whose input size does not fit the dataset is a one-line error."""
     path = save_checkpoint(tmp_path / "m.pth", mlp_net([10, 4, 10], seed=0),
