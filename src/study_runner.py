@@ -72,17 +72,26 @@ class Outcome:
     seconds: float
 
 
+class LockHeld(Exception):
+    """A lock that `holding(..., wait=False)` found held; the message names the holder."""
+
+
 @contextlib.contextmanager
-def holding(lock: Path) -> Iterator[None]:
-    """Hold `lock` (the kernel's flock) while a cell runs: one runner per session folder.
+def holding(lock: Path, wait: bool = True) -> Iterator[None]:
+    """Hold `lock` (the kernel's flock) while a cell or a search runs: one runner per folder.
 
     The kernel drops the lock with its process, so a killed runner never leaves one behind.
     The file is opened in place, not written atomically: a lock must stay the same file. It
-    names the holder (host and pid) while held.
+    names the holder (host and pid) while held. With `wait=False` a lock held by another
+    process raises LockHeld (naming that holder) instead of waiting for it.
     """
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a+", encoding="utf-8") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            raise LockHeld(fh.read().strip()) from None
         try:
             fh.seek(0)
             fh.truncate()

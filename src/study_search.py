@@ -26,12 +26,10 @@ trials run one after another in this process through Optuna alone, without Ray.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
 import shutil
-import socket
 import statistics
 import sys
 import time
@@ -69,7 +67,16 @@ from src.study_grid import (
     training_settings,
     write_network,
 )
-from src.study_runner import Runner, check_cache, connect, execute, first_line, run_cells
+from src.study_runner import (
+    LockHeld,
+    Runner,
+    check_cache,
+    connect,
+    execute,
+    first_line,
+    holding,
+    run_cells,
+)
 
 SEARCH_INSTALL = 'pip install "ray[tune]==2.60.0" optuna==5.0.0'
 OPTUNA_INSTALL = "pip install optuna==5.0.0"
@@ -524,23 +531,13 @@ def add_reference(search: Search, study: Any, optuna: Any, found: Found) -> None
 @contextlib.contextmanager
 def search_lock(search: Search) -> Iterator[None]:
     """Hold OUT/<name>/lock while the search runs: one driver per Optuna journal."""
-    search.state.mkdir(parents=True, exist_ok=True)
-    lock = search.state / "lock"
-    with open(lock, "a+", encoding="utf-8") as fh:
+    with contextlib.ExitStack() as stack:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            raise StudyError(f"another search runs in {search.state} ({fh.read().strip()}); "
+            stack.enter_context(holding(search.state / "lock", wait=False))
+        except LockHeld as held:
+            raise StudyError(f"another search runs in {search.state} ({held}); "
                              "wait for it, or use another --name or --out") from None
-        try:
-            fh.seek(0)
-            fh.truncate()
-            fh.write(f"{socket.gethostname()} {os.getpid()}\n")
-            fh.flush()
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        yield
 
 
 # ----------------------------------------------------------------------------------- running

@@ -355,3 +355,16 @@ def test_cnn_search_command_names_the_arch_not_hidden():
     assert config.command(Path("/x")) == (
         "python -m src.study --search --dataset digits --arch cnn3 --curve no-retrain "
         "--trials 2 --max-accuracy-drop 1 --out /x")
+
+
+def test_a_second_driver_of_the_same_search_is_refused_naming_the_first(tmp_path):
+    """One driver per Optuna journal: while a search holds OUT/<name>/lock, another is refused
+    at once (no waiting) with the holder's host and pid; once released, it can start."""
+    search = SimpleNamespace(state=tmp_path / "search")
+    with study_search.search_lock(search):
+        holder = (search.state / "lock").read_text().strip()
+        with pytest.raises(study_search.StudyError, match=re.escape(f"({holder})")):
+            with study_search.search_lock(search):
+                pass
+    with study_search.search_lock(search):
+        pass
