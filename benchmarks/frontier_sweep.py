@@ -52,8 +52,13 @@ VARIANTS: dict[str, tuple[str, list[float], float | None, dict[str, Any], dict[s
              0.95, {}, {}),
     "q96-patience6": ("q 0.96 0.98, retraining patience 6", [0.96, 0.98], None,
                       {"patience": 6}, {}),
-    "q96-batch128": ("q 0.96 0.98, retraining batch 128 (the recommendation)", [0.96, 0.98],
+    "q96-batch128": ("q 0.96 0.98, retraining batch 128", [0.96, 0.98],
                      None, {"batch_size": 128}, {}),
+    "q96-batch128-converged": ("q 0.96 0.98, retraining batch 128 until converged (the "
+                               "recommendation)", [0.96, 0.98], None,
+                               {"batch_size": 128, "until": "converged"}, {}),
+    "q96-batch128-patience6": ("q 0.96 0.98, retraining batch 128, patience 6", [0.96, 0.98],
+                               None, {"batch_size": 128, "patience": 6}, {}),
 }
 
 

@@ -35,6 +35,7 @@ Box = Literal["data", "quantile", "samples"]
 Fold = Literal["linear", "mean", "mid", "none"]
 Teacher = Literal["base", "previous", "none"]
 Allocation = Literal["layer", "global"]
+Until = Literal["parent", "converged"]
 
 
 def iteration_seed(seed: int, iteration: int) -> int:
@@ -125,6 +126,11 @@ class Retraining:
     teacher: Teacher = setting("base", "distillation teacher",
                                flag="teacher")
     temperature: float = setting(4.0, "distillation softmax temperature", flag="temperature")
+    until: Until = setting("parent", "retraining stops once the model is back at the validation "
+                                     "accuracy of the model it was pruned from (parent; a pruned "
+                                     "model already there is not retrained), or only when its "
+                                     "validation accuracy has converged (converged: more epochs, "
+                                     "better small models)")
 
     def __post_init__(self):
         _check_choices(self, "retrain-")

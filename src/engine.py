@@ -256,14 +256,16 @@ class IterativePruning:
         # a retrained model that does worse on validation than the pruned one is not kept.
         parent_val = self.val_accuracy(i - 1 if c.mode == "iterative" else 0)
         _, pruned_val = evaluate_split(model, self.data.val)
+        # With `until converged`, every pruned model is retrained until its accuracy plateaus.
         retraining = c.train_config(i)
-        if pruned_val >= parent_val:
+        recover = c.retraining.until == "parent"
+        if recover and pruned_val >= parent_val:
             retraining = replace(retraining, epochs=0)
         pruned_state = copy.deepcopy(model.state_dict())
         result = train(model, self.data, retraining, teacher=teacher(),
                        quiet=self.quiet, log_path=self.session.partial(i) / "train_results.txt",
                        desc=f"retrain {self.label(self.units(model))}",
-                       stop_at_accuracy=parent_val)
+                       stop_at_accuracy=parent_val if recover else None)
         if result.best is not None and result.best.val_accuracy < pruned_val:
             model.load_state_dict(pruned_state)
             metrics = evaluate(model, self.data)

@@ -50,7 +50,7 @@ BASE_FIELDS = ("dataset", "arch", "hidden", "activation", "epochs", "patience", 
 UNCOMPARED = ("base_model", "max_accuracy_drop")
 # Settings that only act while retraining: not compared for a no-retrain cell (retrain_epochs 0).
 RETRAIN_ONLY = ("retrain_patience", "retrain_lr", "retrain_shift", "retrain_label_smoothing",
-                "retrain_batch_size", "distill", "teacher", "temperature")
+                "retrain_batch_size", "distill", "teacher", "temperature", "retrain_until")
 
 
 ARCH_FILE = "arch.json"  # in the cache folder of a network other than the mlp: its spec

@@ -190,6 +190,19 @@ def test_a_pruned_model_already_at_its_parents_accuracy_is_not_retrained(tmp_pat
     assert pruned["Test_Accuracy"] == pruned["NoRetrain_Test_Accuracy"]
 
 
+def test_retraining_until_converged_retrains_a_model_already_at_its_parents_accuracy(tmp_path):
+    """--retrain-until converged: the same prune is retrained until its validation accuracy
+    plateaus (more epochs than the patience), not skipped because it already matches."""
+    config = PruneConfig(dataset="digits", base_model=str(_base_with_a_dead_neuron(tmp_path)),
+                         retraining=Retraining(epochs=8, patience=2, until="converged"))
+    result = run(config, tmp_path / "s", retain=schedule(tmp_path, [(16, 8), (15, 8)]),
+                 quiet=True, log=quiet)
+    base, pruned = result.rows
+    assert pruned["Epochs"] > 2 and pruned["Val_Accuracy"] >= base["Val_Accuracy"]
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["retraining"]["until"] == (
+        "converged")
+
+
 def test_retraining_that_does_worse_on_validation_keeps_the_pruned_model(tmp_path):
     """A retraining that wrecks the model (a learning rate of 1) is not kept: the iteration
     holds the pruned model as it was before retraining."""
