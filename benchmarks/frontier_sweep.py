@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/frontier_sweep.py [--out DIR] [--data-root DIR] [--seeds 0 1 2]
                                           [--only NAME ...] [--jobs 2]
-Each variant changes one or two things against the earlier recommendation (q = 0.93 0.96,
+Each variant changes one to three things against the earlier recommendation (q = 0.93 0.96,
 quantile box, default retraining): the step size of the schedule, the retraining's image shifts,
 patience, batch size and learning rate, the fold, the shape. Every run is an engine session
 pruned from the base model that benchmarks/frontier_mnist.py trained for the seed (run that
