@@ -4,8 +4,8 @@ Usage: python benchmarks/frontier_sweep.py [--out DIR] [--data-root DIR] [--seed
                                           [--only NAME ...] [--jobs 2]
 Each variant changes one to three things against the earlier recommendation (q = 0.93 0.96,
 quantile box, default retraining): the step size of the schedule, the retraining's image shifts,
-patience, batch size, learning rate and stop rule, the fold, the shape. Every run is an engine session
-pruned from the base model that benchmarks/frontier_mnist.py trained for the seed (run that
+patience, batch size, learning rate and stop rule, the fold, the shape. Every run is an engine
+session pruned from the base model that benchmarks/frontier_mnist.py trained for the seed (run that
 first), under DIR/cache/frontier_sweep/, so an interrupted sweep continues where it stopped;
 `--jobs` runs sessions in parallel processes (one torch thread each). For both parameter budgets
 the model is chosen per run on the validation split; the table gives validation and test
