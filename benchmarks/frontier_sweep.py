@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from _setup import ROOT, markdown_table
-from frontier_mnist import BUDGETS, HIDDEN, INPUTS, SCORING, SMALLEST_PARAMS, choose, params
+from frontier_mnist import BUDGETS, SCORING, choose, input_schedule
 
 from src.config import PruneConfig, Retraining
 from src.files import atomic_write
-from src.retain import geometric_schedule, write_schedule
+from src.retain import write_schedule
+from src.tracking import read_epochs
 
 # name: (label, q of the hidden columns, q of the inputs (None: the first q), retraining
 # settings, scoring settings), each against the earlier recommendation
@@ -62,13 +63,6 @@ VARIANTS: dict[str, tuple[str, list[float], float | None, dict[str, Any], dict[s
 }
 
 
-def schedule(q: list[float], q_inputs: float | None):
-    """The variant's input schedule down to its first row below SMALLEST_PARAMS parameters."""
-    rows = geometric_schedule(HIDDEN, q, 400, 1, INPUTS, q_inputs)
-    small = next(i for i, row in enumerate(rows) if params(row.units) < SMALLEST_PARAMS)
-    return rows[:small + 1]
-
-
 def run_one(name: str, seed: int, base: Path, cache: Path, data_root: str | None) -> dict:
     """One variant's session for one seed: the chosen models per budget and the retraining
     epochs of the whole session (a cost that does not depend on the machine's load)."""
@@ -80,22 +74,18 @@ def run_one(name: str, seed: int, base: Path, cache: Path, data_root: str | None
     torch.set_num_threads(1)
     _, q, q_inputs, retraining, scoring = VARIANTS[name]
     folder = cache / f"{name}-s{seed}"
-    retain = write_schedule(schedule(q, q_inputs), cache / f"{name}.txt")
+    retain = write_schedule(input_schedule(q, q_inputs), cache / f"{name}.txt")
     config = replace(PruneConfig(seed=seed, base_model=str(base)),
                      scoring=replace(SCORING, **scoring),
                      retraining=replace(Retraining(), **retraining))
     result = run(config, folder / "session", retain=retain, data_root=data_root, quiet=True,
                  log=lambda line: None)
     rows = [dict(r.values) for r in result.concatenation.rows]
-    epochs = sum(epoch_lines(result.session.checkpoint(r.iteration).parent / "train_results.txt")
+    epochs = sum(len(read_epochs(result.session.checkpoint(r.iteration).parent /
+                                 "train_results.txt"))
                  for r in result.concatenation.rows if r.iteration > 0)
     return {"name": name, "seed": seed, "epochs": epochs,
             "chosen": {budget: choose(rows, budget) for budget in BUDGETS}}
-
-
-def epoch_lines(log: Path) -> int:
-    """Epochs recorded in a train_results.txt (its lines that start with an epoch number)."""
-    return sum(line[:1].isdigit() for line in log.read_text().splitlines())
 
 
 def main() -> None:
