@@ -16,9 +16,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from src.data import Dataset  # noqa: E402
-from src.model import mlp_net  # noqa: E402
-from src.spec import build  # noqa: E402
+from iaprune.data import Dataset  # noqa: E402
+from iaprune.model import mlp_net  # noqa: E402
+from iaprune.spec import build  # noqa: E402
 
 REFERENCE_SIZES = [784, 256, 64, 10]
 

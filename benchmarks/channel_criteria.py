@@ -24,19 +24,19 @@ from pathlib import Path
 
 from _setup import ROOT, markdown_table
 
-from src.checkpoint import load_model
-from src.config import PruneConfig, iteration_seed
-from src.data import Dataset, load_dataset
-from src.device import place
-from src.engine import run
-from src.files import atomic_write
-from src.model import hidden_label
-from src.prune import keep_indices, shrink
-from src.retain import geometric_schedule, write_schedule
-from src.session import Session
-from src.significance import ScoreData, data_box, score
-from src.spec import Net
-from src.validator import evaluate_split
+from iaprune.checkpoint import load_model
+from iaprune.config import PruneConfig, iteration_seed
+from iaprune.data import Dataset, load_dataset
+from iaprune.device import place
+from iaprune.engine import run
+from iaprune.files import atomic_write
+from iaprune.model import hidden_label
+from iaprune.prune import keep_indices, shrink
+from iaprune.retain import geometric_schedule, write_schedule
+from iaprune.session import Session
+from iaprune.significance import ScoreData, data_box, score
+from iaprune.spec import Net
+from iaprune.validator import evaluate_split
 
 HIDDEN = [20, 50, 500]  # LeNet-5's conv channels and hidden neurons
 

@@ -1,9 +1,9 @@
-"""The criteria study of issue 8, as a preset of `python -m src.study`: MNIST 784-256-64-10,
+"""The criteria study of issue 8, as a preset of `python -m iaprune.study`: MNIST 784-256-64-10,
 seeds 0 1 2, every variant, the no-retrain and retrain curves; tables and plots written to
 benchmarks/results/criteria_*.{md,png}, sessions cached in benchmarks/results/cache/.
 
     python benchmarks/criteria.py                       # the whole study (local Ray, all cores)
-    python benchmarks/criteria.py --curves no-retrain   # any src.study flag overrides the preset
+    python benchmarks/criteria.py --curves no-retrain   # any study flag overrides it
     python benchmarks/criteria.py --modes iterative one-shot --default-only one-shot
     python benchmarks/criteria.py --report-only         # tables and plots from the cache
 """
@@ -18,7 +18,7 @@ try:  # run as a script: benchmarks/ is on sys.path and _setup puts the repo roo
 except ModuleNotFoundError:  # imported as a module from the repository root (tests)
     from benchmarks._setup import ROOT
 
-from src import cli, study
+from iaprune import cli, study
 
 PRESET = ["--dataset", "mnist", "--hidden", "256", "64", "--seeds", "0", "1", "2",
           "--curves", "no-retrain", "retrain", "--modes", "iterative",
@@ -35,7 +35,7 @@ def preset() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """src.study's main with the preset's flags first (the ones given after them win)."""
+    """iaprune.study's main with the preset's flags first (the ones given after them win)."""
     return study.main([*preset(), *(sys.argv[1:] if argv is None else argv)])
 
 

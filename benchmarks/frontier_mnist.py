@@ -2,10 +2,10 @@
 features are pruned too, seeds 0 1 2, beside the published LeNet-300-100-family points.
 
 Usage: python benchmarks/frontier_mnist.py [--out DIR] [--data-root DIR] [--seeds 0 1 2]
-Every run is an ordinary engine session (src.engine.run) under DIR/cache/frontier_mnist/, so an
+Every run is an ordinary engine session (iaprune.engine.run) under DIR/cache/frontier_mnist/, so an
 interrupted benchmark continues where it stopped. Per seed, one base model (784-256-64-10) is
 trained and pruned along:
-- `inputs + hidden`: the recommended input schedule (`python -m src.retain --inputs 784 --q 0.96
+- `inputs + hidden`: the recommended input schedule (`python -m iaprune.retain --inputs 784 --q 0.96
   0.98`: inputs and the first hidden layer keep 96 % per step, the last hidden layer, whose
   units cost few parameters, 98 %), scored over the quantile box, retrained at batch 128 until
   converged (`--retrain-batch-size 128 --retrain-until converged`: four times the default's
@@ -19,7 +19,7 @@ trained and pruned along:
 For each parameter budget the model is chosen per seed on the validation split (the highest
 validation accuracy among the `inputs + hidden` models within the budget); the test split
 never chooses. Writes DIR/frontier_mnist.md, DIR/frontier_mnist.png and DIR/frontier_mnist.json
-(the chosen models: seed, params, test accuracy, checkpoint path, for python -m src.validator).
+(the chosen models: seed, params, test accuracy, checkpoint path, for python -m iaprune.validator).
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ from typing import Any
 
 from _setup import ROOT, markdown_table
 
-import deploy
-from deploy.idx import load_test_split
-from src.config import PruneConfig, Retraining, Scoring
-from src.engine import Results, run
-from src.files import atomic_write
-from src.model import parse_hidden_label
-from src.plotting import COLORS, log_axis, new_figure, save_figure
-from src.retain import ScheduleRow, geometric_schedule, write_schedule
+import iaprune_deploy as deploy
+from iaprune.config import PruneConfig, Retraining, Scoring
+from iaprune.engine import Results, run
+from iaprune.files import atomic_write
+from iaprune.model import parse_hidden_label
+from iaprune.plotting import COLORS, log_axis, new_figure, save_figure
+from iaprune.retain import ScheduleRow, geometric_schedule, write_schedule
+from iaprune_deploy.idx import load_test_split
 
 INPUTS, HIDDEN = 784, [256, 64]
 Q = [0.96, 0.98]  # the recommended schedule: inputs and hidden 1 keep 96 % a step, hidden 2 98 %

@@ -28,10 +28,10 @@ from typing import Any
 from _setup import ROOT, markdown_table
 from frontier_mnist import BUDGETS, SCORING, choose, input_schedule
 
-from src.config import PruneConfig, Retraining
-from src.files import atomic_write
-from src.retain import write_schedule
-from src.tracking import read_epochs
+from iaprune.config import PruneConfig, Retraining
+from iaprune.files import atomic_write
+from iaprune.retain import write_schedule
+from iaprune.tracking import read_epochs
 
 # name: (label, q of the hidden columns, q of the inputs (None: the first q), retraining
 # settings, scoring settings), each against the earlier recommendation
@@ -69,7 +69,7 @@ def run_one(name: str, seed: int, base: Path, cache: Path, data_root: str | None
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
-    from src.engine import run
+    from iaprune.engine import run
 
     torch.set_num_threads(1)
     _, q, q_inputs, retraining, scoring = VARIANTS[name]

@@ -24,17 +24,17 @@ from pathlib import Path
 import torch
 from _setup import ROOT, cpu_and_wall, markdown_table, median, reference_epoch
 
-import deploy
+import iaprune_deploy as deploy
 from benchmarks.deploy_latency import BenchConfig, measure
-from src.checkpoint import load_model
-from src.config import PruneConfig
-from src.data import load_dataset
-from src.device import place
-from src.engine import run
-from src.files import atomic_write
-from src.retain import geometric_schedule, write_schedule
-from src.significance import ScoreData, data_box, score
-from src.spec import lenet5
+from iaprune.checkpoint import load_model
+from iaprune.config import PruneConfig
+from iaprune.data import load_dataset
+from iaprune.device import place
+from iaprune.engine import run
+from iaprune.files import atomic_write
+from iaprune.retain import geometric_schedule, write_schedule
+from iaprune.significance import ScoreData, data_box, score
+from iaprune.spec import lenet5
 
 HIDDEN = [20, 50, 500]
 TARGETS = {"base accuracy": 99.2, "test error": 1.0, "MAC reduction": 10.5, "speed-up": 6.0,
@@ -89,7 +89,7 @@ def main() -> None:
     if not args.keep:
         shutil.rmtree(args.session, ignore_errors=True)
     retain = Path(args.out) / "cache" / "lenet5_retain.txt"
-    write_schedule(geometric_schedule(HIDDEN), retain)  # = python -m src.retain --hidden 20 50 500
+    write_schedule(geometric_schedule(HIDDEN), retain)  # = iaprune retain --hidden 20 50 500
     started, started_cpu = time.perf_counter(), time.process_time()
     results = run(PruneConfig(arch="lenet5", seed=args.seed), args.session, retain=retain,
                   data_root=args.data_root, quiet=True, log=lambda line: None)

@@ -17,13 +17,13 @@ from pathlib import Path
 
 from _setup import ROOT, markdown_table, median, reference_epoch
 
-from src.concatenate import read_validation_results
-from src.config import apply, flat
-from src.data import load_dataset
-from src.engine import read_config, run
-from src.files import atomic_write
-from src.session import Session
-from src.tracking import read_epochs
+from iaprune.concatenate import read_validation_results
+from iaprune.config import apply, flat
+from iaprune.data import load_dataset
+from iaprune.engine import read_config, run
+from iaprune.files import atomic_write
+from iaprune.session import Session
+from iaprune.tracking import read_epochs
 
 # hidden sizes -> minimum test accuracy (issue 5); thesis reference values for comparison
 TARGETS = {"256-64": 98.0, "54-13": 97.5, "34-9": 97.0, "22-5": 96.0, "11-3": 90.0}

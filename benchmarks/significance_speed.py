@@ -30,12 +30,12 @@ import torch
 from _setup import ROOT, markdown_table  # also puts the repository root on sys.path
 from torch import nn
 
-from src.adjoint import sweep
-from src.cli import run
-from src.data import MissingDataError, load_dataset
-from src.files import atomic_write
-from src.model import mlp_net
-from src.significance import CRITERIA, ScoreData, data_box, interval_adjoint, score
+from iaprune.adjoint import sweep
+from iaprune.cli import run
+from iaprune.data import MissingDataError, load_dataset
+from iaprune.files import atomic_write
+from iaprune.model import mlp_net
+from iaprune.significance import CRITERIA, ScoreData, data_box, interval_adjoint, score
 
 SIZES = [784, 256, 64, 10]
 TARGETS_MS = {"sum": 1.0, "per_output": 2.0}

@@ -6,7 +6,7 @@ numbers compared (issue 17: >= 1.6x faster on a 2-core machine, identical number
 
 The grid: 4 criteria (the default interval adjoint, magnitude, taylor, fpgm) x 3 seeds on the
 no-retrain curve, plus the default on the retrain curve (--default-only retrain), rows 0..14:
-3 base models + 12 + 3 cells = 18 cells. Every run is a fresh `python -m src.study` process into
+3 base models + 12 + 3 cells = 18 cells. Every run is a fresh `python -m iaprune.study` process into
 an empty folder (nothing cached), timed from its start to its exit, Ray's start and stop
 included. With --repeats > 1 the two kinds of runs alternate and the medians are compared.
 """
@@ -26,19 +26,19 @@ from pathlib import Path
 
 from _setup import ROOT, markdown_table  # also puts the repository root on sys.path
 
-from src.checkpoint import atomic_write
-from src.cli import run
+from iaprune.checkpoint import atomic_write
+from iaprune.cli import run
 
 GRID = ["--seeds", "0", "1", "2", "--variants", "ia-per_output", "magnitude", "taylor", "fpgm",
         "--curves", "no-retrain", "retrain", "--default-only", "retrain"]
 
 
 def study_run(argv: list[str], out: Path) -> tuple[float, float, tuple[float, float]]:
-    """Wall seconds of one `python -m src.study` process, the sum of its cells' seconds (as it
+    """Wall seconds of one `python -m iaprune.study` process, the sum of its cells' seconds (as it
     printed them), and the 1-minute load average before and after."""
     load = os.getloadavg()[0]
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "src.study", *argv, "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "iaprune.study", *argv, "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:

@@ -2,7 +2,7 @@
 plain DataLoader.
 
 Usage: python benchmarks/train_mnist.py [--data-root DIR] [--repeats 3] [--seeds 0 1 2]
-The base models are the ones `python -m src.iterativeprune --seed S` trains as iteration 0
+The base models are the ones `python -m iaprune.iterativeprune --seed S` trains as iteration 0
 (same initialisation, batch order and settings).
 """
 
@@ -14,12 +14,12 @@ from dataclasses import replace
 
 from _setup import REFERENCE_SIZES, ROOT, markdown_table, median, reference_epoch
 
-from src.config import PruneConfig, iteration_seed
-from src.data import load_dataset
-from src.files import atomic_write
-from src.model import mlp_net
-from src.trainer import train, uses_bf16
-from src.validator import evaluate
+from iaprune.config import PruneConfig, iteration_seed
+from iaprune.data import load_dataset
+from iaprune.files import atomic_write
+from iaprune.model import mlp_net
+from iaprune.trainer import train, uses_bf16
+from iaprune.validator import evaluate
 
 TARGET = 98.7  # issue 13: every seed's base reaches this test accuracy
 
@@ -45,7 +45,7 @@ def main() -> None:
             train(model, data, replace(loop, epochs=1, seed=r), quiet=True)
             ours[name].append(time.perf_counter() - started)
     speed_rows = [["plain DataLoader, batch 64 (reference epoch)", f"{median(plain):.2f}", "1.00"]]
-    speed_rows += [[f"src.trainer, batch {config.batch_size}, {name} (incl. val+test eval)",
+    speed_rows += [[f"iaprune.trainer, batch {config.batch_size}, {name} (incl. val+test eval)",
                     f"{median(t):.2f}", f"{median(t) / median(plain):.2f}"]
                    for name, t in ours.items()]
     speed = markdown_table(["loop (784-256-64-10, 55,000 images)", "median s/epoch",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.data import Dataset, Split
+from iaprune.data import Dataset, Split
 
 
 def make_blobs(n_train: int = 400, n_val: int = 100, n_test: int = 100, n_features: int = 12,

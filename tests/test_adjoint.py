@@ -16,10 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from src.adjoint import RULES, LayerBounds, chain, interval_sweep, sweep
-from src.interval import Interval
-from src.model import mlp_net
-from src.spec import Select
+from iaprune.adjoint import RULES, LayerBounds, chain, interval_sweep, sweep
+from iaprune.interval import Interval
+from iaprune.model import mlp_net
+from iaprune.spec import Select
 
 TOL = 1e-9
 D = torch.float64

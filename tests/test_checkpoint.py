@@ -8,15 +8,15 @@ import pickle
 import pytest
 import torch
 
-from src.checkpoint import (
+from iaprune.checkpoint import (
     CheckpointError,
     atomic_write,
     load_checkpoint,
     load_model,
     save_checkpoint,
 )
-from src.model import mlp_net
-from src.spec import PRESETS, build, spec_of
+from iaprune.model import mlp_net
+from iaprune.spec import PRESETS, build, spec_of
 
 
 def test_round_trip_restores_architecture_weights_and_meta(tmp_path):

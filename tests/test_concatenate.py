@@ -1,4 +1,4 @@
-"""Tests for src.concatenate: validation_results.txt, gathering iterations, recommendation, CLI."""
+"""Tests for iaprune.concatenate: results files, gathering iterations, recommendation, CLI."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from src import cli, plotting
-from src import concatenate as concatenate_module
-from src.concatenate import (
+from iaprune import cli, plotting
+from iaprune import concatenate as concatenate_module
+from iaprune.concatenate import (
     COMPARISON_FILE,
     OUTPUTS,
     RESULTS_DIR,
@@ -26,7 +26,7 @@ from src.concatenate import (
     recommend,
     write_validation_results,
 )
-from src.session import SessionError
+from iaprune.session import SessionError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -303,7 +303,7 @@ def test_missing_folder_is_an_error(tmp_path):
 
 
 def test_command_processes_every_mode_of_a_session(tmp_path, capsys):
-    """python -m src.concatenate SESSION writes results (and a comparison) for each mode."""
+    """python -m iaprune.concatenate SESSION writes results (and a comparison) for each mode."""
     for mode in ("iterative_pruning", "one_shot_pruning"):
         make_mode(tmp_path / mode, [98.0, 97.5, 95.0])
     assert main([str(tmp_path), "--tolerance", "1.0"]) == 0
@@ -355,7 +355,7 @@ def test_tolerance_chosen_once_is_reused_until_another_is_given(tmp_path):
 
 
 def test_command_without_tolerance_keeps_the_chosen_one(tmp_path, capsys):
-    """python -m src.concatenate DIR after --tolerance 2.5 still recommends at 2.5 points."""
+    """python -m iaprune.concatenate DIR after --tolerance 2.5 still recommends at 2.5 points."""
     mode = make_mode(tmp_path / "iterative_pruning", [98.0, 97.6, 96.0])
     assert main([str(mode), "--tolerance", "2.5"]) == 0
     assert main([str(mode)]) == 0

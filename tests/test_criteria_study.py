@@ -1,4 +1,4 @@
-"""benchmarks/criteria.py: the issue-8 criteria study as a preset of src.study."""
+"""benchmarks/criteria.py: the issue-8 criteria study as a preset of iaprune.study."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from src import study
-from src.study_grid import CURVES, StudyConfig, make_plan, registry
+from iaprune import study
+from iaprune.study_grid import CURVES, StudyConfig, make_plan, registry
 
 ROOT = Path(__file__).resolve().parents[1]
 

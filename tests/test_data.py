@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from src import data as data_module
-from src.data import DatasetError, MissingDataError, dataset_sizes, load_dataset, parse_idx
+from iaprune import data as data_module
+from iaprune.data import DatasetError, MissingDataError, dataset_sizes, load_dataset, parse_idx
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

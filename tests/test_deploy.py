@@ -21,20 +21,20 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-import deploy
-from deploy.__main__ import main, run
-from deploy.bundle import find_recommended, write_bundle
-from deploy.idx import load_test_split, parse_idx
-from deploy.images import to_gray
-from deploy.inputs import InputSpec, preprocess, read_inputs
-from deploy.model import count_macs
-from src import spec as src_spec
-from src.checkpoint import load_model, save_checkpoint
-from src.concatenate import concatenate, write_validation_results
-from src.data import load_dataset
-from src.device import inference_batch
-from src.model import layer_table, mlp_net
-from src.validator import evaluate_split
+import iaprune_deploy as deploy
+from iaprune import spec as src_spec
+from iaprune.checkpoint import load_model, save_checkpoint
+from iaprune.concatenate import concatenate, write_validation_results
+from iaprune.data import load_dataset
+from iaprune.device import inference_batch
+from iaprune.model import layer_table, mlp_net
+from iaprune.validator import evaluate_split
+from iaprune_deploy.__main__ import main, run
+from iaprune_deploy.bundle import find_recommended, write_bundle
+from iaprune_deploy.idx import load_test_split, parse_idx
+from iaprune_deploy.images import to_gray
+from iaprune_deploy.inputs import InputSpec, preprocess, read_inputs
+from iaprune_deploy.model import count_macs
 
 DEPLOY_DIR = Path(deploy.__file__).parent
 MNIST_INPUT = {"shape": [1, 28, 28], "scale": 1 / 255, "flatten": True, "dtype": "uint8",
@@ -176,23 +176,27 @@ def test_load_pruned_model_refuses_parameters_the_checkpoint_lacks(checkpoint):
 
 # ---- the copied-alone case --------------------------------------------------------------------
 
-def test_copied_deploy_folder_predicts_without_src(tmp_path, bundle):
-    """deploy/ copied next to a bundle, without src and without Pillow, runs
-    `python -m deploy predict` on .npy inputs."""
+def test_copied_deploy_folder_predicts_without_the_library(tmp_path, bundle):
+    """iaprune_deploy/ copied next to a bundle, without iaprune and without Pillow, runs
+    `python -m iaprune_deploy predict` on .npy inputs."""
     alone = tmp_path / "alone"
-    shutil.copytree(DEPLOY_DIR, alone / "deploy",
+    shutil.copytree(DEPLOY_DIR, alone / "iaprune_deploy",
                     ignore=shutil.ignore_patterns("__pycache__", "bundle"))
     shutil.copytree(bundle, alone / "bundle")
     raw = images(3)
     np.save(alone / "digits.npy", raw)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     no_pillow = ("import runpy, sys; sys.modules['PIL'] = None; "  # import PIL fails
+                 "sys.modules['iaprune'] = None; "  # and so does the library
+                 "import iaprune_deploy, pathlib; "  # the copy, not an installed one
+                 "here = pathlib.Path(iaprune_deploy.__file__).parent.parent; "
+                 "assert here == pathlib.Path.cwd(); "
                  "sys.argv = ['deploy', 'predict', '--bundle', 'bundle', 'digits.npy']; "
-                 "runpy.run_module('deploy', run_name='__main__', alter_sys=True)")
+                 "runpy.run_module('iaprune_deploy', run_name='__main__', alter_sys=True)")
     proc = subprocess.run([sys.executable, "-c", no_pillow], cwd=alone, env=env,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert not (alone / "src").exists()
+    assert not (alone / "iaprune").exists()
     pred = deploy.predict(deploy.load(bundle), raw)
     expected = [f"digits.npy[{i}]: {label} (p={p:.4f})"
                 for i, (label, p) in enumerate(zip(pred.labels.tolist(), pred.confidence.tolist(),
@@ -417,7 +421,7 @@ def test_onnx_export_matches_torch(tmp_path, checkpoint):
     """With onnx and onnxruntime installed, model.onnx is written, checksummed and matches torch."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from deploy.onnx_export import onnx_logits
+    from iaprune_deploy.onnx_export import onnx_logits
 
     manifest = write_bundle(checkpoint, tmp_path / "b")
     data = (tmp_path / "b" / "model.onnx").read_bytes()
@@ -433,7 +437,7 @@ def test_bundle_without_onnx_installed_says_why_and_leaves_no_stale_export(tmp_p
     manifest records why."""
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "model.onnx").write_bytes(b"old export")
-    monkeypatch.setattr("deploy.onnx_export.onnx_missing", lambda: "onnx not installed")
+    monkeypatch.setattr("iaprune_deploy.onnx_export.onnx_missing", lambda: "onnx not installed")
     manifest = write_bundle(checkpoint, tmp_path / "b")
     assert manifest["onnx"] == {"skipped": "onnx not installed"}
     assert not (tmp_path / "b" / "model.onnx").exists()
@@ -775,7 +779,7 @@ def test_idx_reader_refuses_truncated_files():
         parse_idx(payload, "x")
 
 
-# ---- every spec layer type: the twin of src.spec.build, CNNs, input selection ---------------
+# ---- every spec layer type: the twin of iaprune.spec.build, CNNs, input selection ---------------
 
 DIGITS_INPUT = {"shape": [1, 8, 8], "scale": 1 / 16, "flatten": True, "dtype": "float32",
                 "range": [0.0, 1.0]}
@@ -839,7 +843,7 @@ def raw_inputs(spec: dict, n: int, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("name", SPEC_NAMES)
 def test_deploy_twin_builds_what_src_builds(name):
-    """DeployedNet and src.spec.build agree: module types, state_dict keys and shapes, the filled
+    """DeployedNet and build() agree: module types, state_dict keys and shapes, the filled
     spec, and (with the same weights) outputs on flat and image-shaped inputs."""
     spec = spec_named(name)
     net = with_batchnorm_stats(src_spec.build(spec, seed=0)).eval()
@@ -859,7 +863,7 @@ def test_deploy_twin_builds_what_src_builds(name):
 
 
 def test_deploy_knows_the_layer_types_and_defaults_of_src():
-    """deploy.model repeats src/spec.py's layer table: the same types, fields and defaults."""
+    """iaprune_deploy.model repeats iaprune/spec.py's table: the same types, fields and defaults."""
     from deploy import model as twin
 
     def plain(fields, required):
@@ -908,7 +912,7 @@ def test_select_manifest_records_how_many_features_are_read(tmp_path):
 
 @pytest.mark.parametrize("name", SPEC_NAMES)
 def test_macs_agree_with_the_engines_layer_table(name):
-    """deploy's MAC count equals the engine's summary.txt total for every layer type."""
+    """iaprune_deploy's MAC count equals the engine's summary.txt total for every layer type."""
     spec = spec_named(name)
     assert count_macs(deploy.DeployedNet(spec)) == layer_table(src_spec.build(spec))[2]
 
@@ -936,7 +940,7 @@ def test_onnx_export_matches_torch_for_every_layer_type(tmp_path, name):
     pooling, batchnorm, dropout, sigmoid/tanh and select."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from deploy.onnx_export import onnx_logits
+    from iaprune_deploy.onnx_export import onnx_logits
 
     spec = spec_named(name)
     path = spec_checkpoint(tmp_path / "m.pth", spec)
@@ -1156,7 +1160,7 @@ def mnist():
 
 @pytest.mark.realdata
 def test_test_split_preprocessing_is_identical_to_the_engines(mnist):
-    """deploy's IDX reader + preprocess reproduce the engine's MNIST test tensors bit for bit."""
+    """The runtime's IDX reader + preprocess reproduce the engine's MNIST test tensors exactly."""
     root, data = mnist
     raw, labels = load_test_split("mnist", root)
     assert torch.equal(preprocess(raw, InputSpec()), data.test.x)
@@ -1187,8 +1191,8 @@ def test_verify_confirms_the_recorded_accuracy_and_catches_a_wrong_one(tmp_path,
 @pytest.mark.parametrize(("kernel", "stride", "size"), [(2, 2, 24), (2, 2, 7), (3, 2, 9),
                                                         (3, 1, 6)])
 def test_deploy_pools_by_slices_with_torchs_values(kernel, stride, size):
-    """deploy's inference max pool equals torch's, odd sizes and overlapping windows included."""
-    from deploy.model import max_pool
+    """The runtime's inference max pool equals torch's (odd sizes, overlapping windows)."""
+    from iaprune_deploy.model import max_pool
 
     pool = torch.nn.MaxPool2d(kernel, stride)
     x = torch.randn(2, 3, size, size)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src import cli
-from src.checkpoint import load_model, save_checkpoint
-from src.config import PruneConfig, Retraining, Training
-from src.device import DeviceError, for_inference, inference_batch, place, torch_device
-from src.engine import run
-from src.iterativeprune import main
-from src.prune import value_at
-from src.retain import ScheduleRow, write_schedule
-from src.spec import build, cnn3, lenet5, mlp
+from iaprune import cli
+from iaprune.checkpoint import load_model, save_checkpoint
+from iaprune.config import PruneConfig, Retraining, Training
+from iaprune.device import DeviceError, for_inference, inference_batch, place, torch_device
+from iaprune.engine import run
+from iaprune.iterativeprune import main
+from iaprune.prune import value_at
+from iaprune.retain import ScheduleRow, write_schedule
+from iaprune.spec import build, cnn3, lenet5, mlp
 
 SMALL_CNN = {"input": [1, 8, 8], "layers": [
     {"type": "conv2d", "out": 4, "kernel": 3, "padding": 1}, "batchnorm", "relu",

@@ -14,19 +14,19 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
 
-import deploy
-from deploy.__main__ import main as deploy_main
-from src import cli
-from src.checkpoint import load_model, save_checkpoint
-from src.config import PruneConfig, Retraining, Scoring, Training, flat
-from src.data import load_dataset
-from src.engine import Results, run
-from src.errors import UserError
-from src.groups import units
-from src.iterativeprune import main
-from src.model import from_module
-from src.retain import ScheduleRow, write_schedule
-from src.validator import main as validator_main
+import iaprune_deploy as deploy
+from iaprune import cli
+from iaprune.checkpoint import load_model, save_checkpoint
+from iaprune.config import PruneConfig, Retraining, Scoring, Training, flat
+from iaprune.data import load_dataset
+from iaprune.engine import Results, run
+from iaprune.errors import UserError
+from iaprune.groups import units
+from iaprune.iterativeprune import main
+from iaprune.model import from_module
+from iaprune.retain import ScheduleRow, write_schedule
+from iaprune.validator import main as validator_main
+from iaprune_deploy.__main__ import main as deploy_main
 
 FAST = PruneConfig(dataset="digits", hidden=(16, 8), training=Training(epochs=3, batch_size=64),
                    retraining=Retraining(epochs=2))

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.groups import groups, units
-from src.model import from_module, mlp_net
-from src.prune import keep_indices, shrink
-from src.spec import PRESETS, build, spec_of
+from iaprune.groups import groups, units
+from iaprune.model import from_module, mlp_net
+from iaprune.prune import keep_indices, shrink
+from iaprune.spec import PRESETS, build, spec_of
 
 D = torch.float64
 

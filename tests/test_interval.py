@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from src.interval import Interval
+from iaprune.interval import Interval
 
 TOL = 1e-9
 D = torch.float64

@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from src import cli, concatenate, plotting
-from src import data as data_module
-from src.checkpoint import load_model, save_checkpoint
-from src.concatenate import VALIDATION_COLUMNS, read_validation_results
-from src.config import PruneConfig, Scoring, flat
-from src.engine import IterativePruning
-from src.groups import units
-from src.iterativeprune import main
-from src.model import mlp_net
-from src.retain import ScheduleRow, write_schedule
-from src.trainer import TRAIN_COLUMNS, TrainingError
+from iaprune import cli, concatenate, plotting
+from iaprune import data as data_module
+from iaprune.checkpoint import load_model, save_checkpoint
+from iaprune.concatenate import VALIDATION_COLUMNS, read_validation_results
+from iaprune.config import PruneConfig, Scoring, flat
+from iaprune.engine import IterativePruning
+from iaprune.groups import units
+from iaprune.iterativeprune import main
+from iaprune.model import mlp_net
+from iaprune.retain import ScheduleRow, write_schedule
+from iaprune.trainer import TRAIN_COLUMNS, TrainingError
 
 ROWS = [(16, 8), (12, 6), (8, 4)]
 FAST = ["--dataset", "digits", "--hidden", "16", "8", "--epochs", "3", "--retrain-epochs", "2",
@@ -517,7 +517,7 @@ def test_finished_session_that_cannot_be_written_is_a_note(finished, capsys, mon
 
 
 def test_tolerance_chosen_with_concatenate_survives_a_rerun(finished, capsys):
-    """The tolerance given to src.concatenate is kept by the engine's next run."""
+    """The tolerance given to iaprune.concatenate is kept by the engine's next run."""
     assert concatenate.main([str(finished), "--tolerance", "100"]) == 0
     capsys.readouterr()
     assert run("--session", finished) == 0

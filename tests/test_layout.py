@@ -1,15 +1,15 @@
-"""The package layout: no import cycles in src/, thin command lines, one home per shared name."""
+"""The package layout: no import cycles, thin command lines, one home per shared name."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-import deploy.bundle
-import deploy.model
-from src import session, spec
+import iaprune_deploy.bundle
+import iaprune_deploy.model
+from iaprune import session, spec
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[1] / "src" / "iaprune"
 
 
 def imports_of(path: Path) -> set[str]:
@@ -17,21 +17,21 @@ def imports_of(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "src":
-                found |= {f"src.{alias.name}" for alias in node.names}
-            elif node.module.startswith("src."):
+            if node.module == "iaprune":
+                found |= {f"iaprune.{alias.name}" for alias in node.names}
+            elif node.module.startswith("iaprune."):
                 found.add(node.module)
         elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("src.")}
-    return {name for name in found if (SRC / f"{name[4:]}.py").is_file()}
+            found |= {a.name for a in node.names if a.name.startswith("iaprune.")}
+    return {name for name in found if (SRC / f"{name[8:]}.py").is_file()}
 
 
 def graph() -> dict[str, set[str]]:
-    return {f"src.{p.stem}": imports_of(p) for p in SRC.glob("*.py") if p.stem != "__init__"}
+    return {f"iaprune.{p.stem}": imports_of(p) for p in SRC.glob("*.py") if p.stem != "__init__"}
 
 
 def test_src_has_no_import_cycle():
-    """No module of src/ imports (directly or through others) a module that imports it."""
+    """No module of iaprune imports (directly or through others) a module that imports it."""
     edges = graph()
     state: dict[str, str] = {}
 
@@ -49,13 +49,13 @@ def test_src_has_no_import_cycle():
 
 
 def test_library_modules_never_import_command_lines():
-    """The engine, tracking and the rest are a library: nothing imports src.iterativeprune."""
+    """The engine, tracking and the rest are a library: nothing imports iaprune.iterativeprune."""
     for module, imported in graph().items():
-        assert "src.iterativeprune" not in imported, module
+        assert "iaprune.iterativeprune" not in imported, module
 
 
 def test_the_command_line_is_thin():
-    """src/iterativeprune.py only parses arguments and calls the engine."""
+    """iaprune/iterativeprune.py only parses arguments and calls the engine."""
     tree = ast.parse((SRC / "iterativeprune.py").read_text())
     functions = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
     assert set(functions) <= {"parse_args", "main", "summary_table"}
@@ -63,11 +63,11 @@ def test_the_command_line_is_thin():
 
 
 def test_deploy_repeats_the_session_names_exactly():
-    """deploy/ never imports src, so it repeats a few names: they must equal src's."""
-    assert deploy.bundle.MODES == tuple(session.MODES.values())
-    assert deploy.bundle.RESULTS == Path(session.RESULTS_DIR) / session.RECOMMENDED_FILE
-    assert deploy.bundle.MODEL_NAME == session.CHECKPOINT_FILE
+    """iaprune_deploy never imports iaprune, so it repeats a few names: they must equal src's."""
+    assert iaprune_deploy.bundle.MODES == tuple(session.MODES.values())
+    assert iaprune_deploy.bundle.RESULTS == Path(session.RESULTS_DIR) / session.RECOMMENDED_FILE
+    assert iaprune_deploy.bundle.MODEL_NAME == session.CHECKPOINT_FILE
 
 
 def test_deploy_knows_every_layer_type_of_the_spec():
-    assert set(deploy.model.FIELDS) == set(spec.FIELDS)
+    assert set(iaprune_deploy.model.FIELDS) == set(spec.FIELDS)

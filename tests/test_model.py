@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from src.groups import units
-from src.model import count_params, hidden_label, layer_table, mlp_net, parse_hidden_label
-from src.spec import PRESETS, SpecError, build, spec_of
+from iaprune.groups import units
+from iaprune.model import count_params, hidden_label, layer_table, mlp_net, parse_hidden_label
+from iaprune.spec import PRESETS, SpecError, build, spec_of
 
 
 def test_mlp_is_a_plain_stack_of_linears_and_activations():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.groups import units
-from src.model import mlp_net
-from src.prune import keep_global, keep_indices, shrink, value_at
+from iaprune.groups import units
+from iaprune.model import mlp_net
+from iaprune.prune import keep_global, keep_indices, shrink, value_at
 
 
 def test_plan_keeps_highest_scores_in_order():
@@ -113,8 +113,8 @@ def test_value_at_is_the_input_of_a_module():
 
 def test_mid_fold_uses_the_interval_midpoint():
     """bias_fold='mid' adds W[:, removed] @ mid(ReLU([z])) over the data box to the next bias."""
-    from src.adjoint import interval_sweep
-    from src.significance import data_box
+    from iaprune.adjoint import interval_sweep
+    from iaprune.significance import data_box
 
     model = mlp_net([3, 4, 2], seed=0).double()
     x = torch.rand(30, 3, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""Tests for src.retain: geometric schedules, retain.txt round trip and validation, plots, CLI."""
+"""Tests for iaprune.retain: geometric schedules, retain.txt round trip, validation, plots."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from src import cli
-from src.retain import (
+from iaprune import cli
+from iaprune.retain import (
     ScheduleError,
     ScheduleRow,
     format_schedule,
@@ -217,7 +217,7 @@ def test_plots_are_written_as_png_files(tmp_path, hidden):
 
 
 def test_command_writes_the_three_files_and_prints_the_table(tmp_path, capsys):
-    """python -m src.retain writes retain.txt and both plots and prints the table."""
+    """python -m iaprune.retain writes retain.txt and both plots and prints the table."""
     out = tmp_path / "retain"
     assert main(["--hidden", "256", "64", "--out", str(out)]) == 0
     for name in ("retain.txt", "pruneNodesIteration.png", "pruneNodesDistribution.png"):

@@ -1,4 +1,4 @@
-"""src.study --search end to end on digits (16-8 MLP, no-retrain curve, 3 trials): on a local
+"""iaprune.study --search end to end on digits (16-8 MLP, no-retrain curve, 3 trials): on a local
 Ray with Tune, read back from the cache in-process, continued, resumed after a killed trial; and
 the objective and the one-line errors."""
 
@@ -15,9 +15,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from src import cli, study, study_search
-from src.retain import geometric_schedule
-from src.study_search import Found, Row, SearchConfig, make_search, smallest_within
+from iaprune import cli, study, study_search
+from iaprune.retain import geometric_schedule
+from iaprune.study_search import Found, Row, SearchConfig, make_search, smallest_within
 
 pytest.importorskip("optuna")
 ARGS = ["--search", "--dataset", "digits", "--hidden", "16", "8", "--epochs", "4",
@@ -34,7 +34,7 @@ def run_main(argv: list[str]) -> tuple[int, str]:
 
 def report(out: Path) -> str:
     """OUT/search.md without its command line (which names OUT)."""
-    return re.sub(r"^`python -m src.study --search .*`$", "", (out / "search.md").read_text(),
+    return re.sub(r"^`python -m iaprune.study --search .*`$", "", (out / "search.md").read_text(),
                   flags=re.M)
 
 
@@ -90,7 +90,7 @@ def test_search_on_ray_reports_every_trial_and_the_reference(on_ray):
         assert row["params"] == f"{found.params:,}" and row["val acc %"] == f"{found.val:.2f}"
         assert row["state"] in ("reference", "done")
     assert (on_ray.out / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "`python -m src.study --search --dataset digits --hidden 16 8 --curve no-retrain " \
+    assert "`python -m iaprune.study --search --dataset digits --hidden 16 8 --curve no-retrain " \
            f"--trials 3 --max-accuracy-drop 5 --epochs 4 --out {on_ray.out}`" in \
            (on_ray.out / "search.md").read_text()
 
@@ -353,7 +353,7 @@ def test_cnn_search_command_names_the_arch_not_hidden():
     """The report's command line of a search on a preset shows --arch and no --hidden."""
     config = SearchConfig(dataset="digits", arch="cnn3", trials=2)
     assert config.command(Path("/x")) == (
-        "python -m src.study --search --dataset digits --arch cnn3 --curve no-retrain "
+        "python -m iaprune.study --search --dataset digits --arch cnn3 --curve no-retrain "
         "--trials 2 --max-accuracy-drop 1 --out /x")
 
 

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.adjoint import chain, interval_sweep, sweep
-from src.interval import Interval
-from src.model import mlp_net
-from src.significance import (
+from iaprune.adjoint import chain, interval_sweep, sweep
+from iaprune.interval import Interval
+from iaprune.model import mlp_net
+from iaprune.significance import (
     CRITERIA,
     ScoreData,
     data_box,
@@ -21,7 +21,7 @@ from src.significance import (
     sample_boxes,
     score,
 )
-from src.spec import Net, build
+from iaprune.spec import Net, build
 
 D = torch.float64
 
@@ -394,7 +394,7 @@ def test_constant_input_features_score_exactly_zero(seed_mode):
 def test_input_scores_of_a_pruned_model_are_those_of_the_features_it_reads():
     """A model with a Select scores its kept features exactly as the same network without the
     Select scores them over the kept features' box: the sweep runs through the Select."""
-    from src.prune import shrink
+    from iaprune.prune import shrink
 
     x, y = small_data(n_in=12)
     model = mlp_net([12, 7, 5, 3], seed=3).double()

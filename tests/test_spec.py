@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from src.spec import (
+from iaprune.spec import (
     PRESETS,
     SpecError,
     build,

@@ -1,4 +1,4 @@
-"""src.study end to end on digits (16-8 MLP, 3-row schedule, 2 seeds, 2 criteria): sequentially
+"""iaprune.study end to end on digits (16-8 MLP, 3-row schedule, 2 seeds, 2 criteria): sequentially
 without Ray, on a local Ray (the same numbers), killed and resumed, with a worker killed."""
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from src import cli, study, study_runner
-from src.concatenate import read_validation_results, write_validation_results
-from src.data import MissingDataError
-from src.retain import ScheduleRow, geometric_schedule, write_schedule
-from src.study_grid import StudyConfig, cell_done, check_cached, make_plan
-from src.study_report import aggregate
+from iaprune import cli, study, study_runner
+from iaprune.concatenate import read_validation_results, write_validation_results
+from iaprune.data import MissingDataError
+from iaprune.retain import ScheduleRow, geometric_schedule, write_schedule
+from iaprune.study_grid import StudyConfig, cell_done, check_cached, make_plan
+from iaprune.study_report import aggregate
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [(16, 8), (12, 6), (8, 4)]
@@ -53,8 +53,8 @@ def run_main(argv: list[str]) -> tuple[int, str]:
 
 
 def run_study_process(argv: list[str], env: dict | None = None, **popen) -> subprocess.Popen:
-    """`python -m src.study argv` in a new process (stdout and stderr to one pipe)."""
-    return subprocess.Popen([sys.executable, "-m", "src.study", *argv], cwd=ROOT, text=True,
+    """`python -m iaprune.study argv` in a new process (stdout and stderr to one pipe)."""
+    return subprocess.Popen([sys.executable, "-m", "iaprune.study", *argv], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, **(env or {})}, **popen)
 
@@ -102,7 +102,7 @@ def grid(tmp_path_factory) -> SimpleNamespace:
 def sequential(grid) -> SimpleNamespace:
     """The tiny study with --workers 0, in a fresh process that reports whether Ray got imported."""
     out = grid.folder / "sequential"
-    code = ("import sys; from src import study; rc = study.main(sys.argv[1:]); "
+    code = ("import sys; from iaprune import study; rc = study.main(sys.argv[1:]); "
             "print('ray imported:', 'ray' in sys.modules); sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code, *grid.argv, "--workers", "0", "--out",
                            str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from src import cli
-from src.config import PruneConfig, flat
-from src.engine import IterativePruning
-from src.iterativeprune import main
-from src.retain import ScheduleRow, write_schedule
-from src.tracking import (
+from iaprune import cli
+from iaprune.config import PruneConfig, flat
+from iaprune.engine import IterativePruning
+from iaprune.iterativeprune import main
+from iaprune.retain import ScheduleRow, write_schedule
+from iaprune.tracking import (
     EPOCH_METRICS,
     ROW_METRICS,
     SERVER_TIMEOUT,
@@ -359,10 +359,10 @@ def test_sqlite_store_without_sqlalchemy_says_what_to_install(tmp_path, monkeypa
 @pytest.mark.parametrize("package", ["mlflow", "tensorboard"])
 def test_only_the_tracking_module_imports_trackers_and_only_inside_functions(package):
     """No module of the project imports MLflow or TensorBoard (also via torch.utils.tensorboard)
-    at import time; src/tracking.py (sessions) and src/study.py (studies, MLflow) alone use
+    at import time; iaprune/tracking.py (sessions) and iaprune/study.py (studies, MLflow) alone use
     them."""
     repo = Path(__file__).parents[1]
-    for path in [*repo.glob("src/*.py"), *repo.glob("deploy/*.py")]:
+    for path in [*repo.glob("src/iaprune/**/*.py"), *repo.glob("src/iaprune_deploy/*.py")]:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         imports = {(node, name) for node in ast.walk(tree)
                    for name in ([a.name for a in node.names] if isinstance(node, ast.Import)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from src import cli
-from src.engine import IterativePruning
-from src.iterativeprune import main
-from src.retain import ScheduleRow, write_schedule
-from src.tracking import (
+from iaprune import cli
+from iaprune.engine import IterativePruning
+from iaprune.iterativeprune import main
+from iaprune.retain import ScheduleRow, write_schedule
+from iaprune.tracking import (
     EPOCH_METRICS,
     ROW_METRICS,
     TB_MARKER,

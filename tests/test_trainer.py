@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.errors import UserError
-from src.model import mlp_net
-from src.trainer import (
+from iaprune.errors import UserError
+from iaprune.model import mlp_net
+from iaprune.trainer import (
     TRAIN_COLUMNS,
     EpochRecord,
     TrainConfig,
@@ -17,7 +17,7 @@ from src.trainer import (
     train,
     uses_bf16,
 )
-from src.validator import evaluate, evaluate_split
+from iaprune.validator import evaluate, evaluate_split
 
 
 def test_training_learns_a_separable_problem(blobs):
@@ -62,7 +62,7 @@ def scripted_validation(monkeypatch, data, curve: list[tuple[float, float]]) -> 
         weights.append(model[0].weight.detach().clone())
         return curve[len(weights) - 1]
 
-    monkeypatch.setattr("src.trainer.evaluate_split", evaluate)
+    monkeypatch.setattr("iaprune.trainer.evaluate_split", evaluate)
     return weights
 
 
@@ -152,7 +152,7 @@ def test_bf16_changes_the_products_and_auto_follows_the_cpu(blobs, monkeypatch):
     assert uses_bf16(TrainConfig(precision="bf16"))
     assert not uses_bf16(TrainConfig(precision="fp32"))
     for native in (True, False):
-        monkeypatch.setattr("src.trainer.native_bf16", lambda native=native: native)
+        monkeypatch.setattr("iaprune.trainer.native_bf16", lambda native=native: native)
         assert uses_bf16(TrainConfig(precision="auto")) is native
 
 
@@ -243,7 +243,7 @@ def test_divergence_is_an_error_not_a_warning(blobs):
 
 def test_random_shift_translates_with_zero_fill():
     """random_shift moves every image of the batch by the same offset and fills with zeros."""
-    from src.trainer import random_shift
+    from iaprune.trainer import random_shift
 
     images = torch.arange(2 * 16, dtype=torch.float32).view(2, 16) + 1
     for seed in range(20):

@@ -8,11 +8,11 @@ import sys
 import pytest
 import torch
 
-from src import cli
-from src.checkpoint import save_checkpoint
-from src.model import mlp_net
-from src.trainer import TrainConfig, train
-from src.validator import evaluate, evaluate_split, main
+from iaprune import cli
+from iaprune.checkpoint import save_checkpoint
+from iaprune.model import mlp_net
+from iaprune.trainer import TrainConfig, train
+from iaprune.validator import evaluate, evaluate_split, main
 
 
 def test_accuracy_and_loss_match_a_direct_computation(blobs):
@@ -37,7 +37,7 @@ def test_evaluate_covers_all_three_splits(blobs):
 
 
 def test_command_line_prints_metrics_of_a_checkpoint(tmp_path, capsys):
-    """python -m src.validator CKPT prints the three splits' accuracy."""
+    """python -m iaprune.validator CKPT prints the three splits' accuracy."""
     path = save_checkpoint(tmp_path / "best_model.pth", mlp_net([64, 8, 10], seed=0),
                            dataset="digits", val_size=180, split_seed=0)
     assert main([str(path)]) == 0
@@ -49,7 +49,7 @@ def test_command_line_error_is_one_line_exit_2(tmp_path):
     """A corrupt checkpoint gives `error: ...` on stderr and exit code 2, no traceback."""
     bad = tmp_path / "best_model.pth"
     bad.write_bytes(b"garbage")
-    proc = subprocess.run([sys.executable, "-m", "src.validator", str(bad)],
+    proc = subprocess.run([sys.executable, "-m", "iaprune.validator", str(bad)],
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
@@ -92,7 +92,7 @@ def test_brief_training_on_real_mnist_subset(mnist_data_root):
     """One short epoch on a 5,000-image MNIST subset already beats 85% validation accuracy."""
     from dataclasses import replace
 
-    from src.data import Split, load_dataset
+    from iaprune.data import Split, load_dataset
 
     data = load_dataset("mnist", mnist_data_root)
     small = replace(data, train=Split(data.train.x[:5000], data.train.y[:5000]),
@@ -126,7 +126,7 @@ def test_the_mismatch_is_found_before_any_data_is_read(tmp_path, capsys):
 
 
 def test_a_folder_given_for_the_checkpoint_says_it_is_a_folder(tmp_path, capsys):
-    """python -m src.validator FOLDER says it is a folder, not that it does not exist."""
+    """python -m iaprune.validator FOLDER says it is a folder, not that it does not exist."""
     assert cli.run(main, [str(tmp_path)]) == cli.EXIT_USAGE
     assert capsys.readouterr().err == f"error: {tmp_path}: is a folder, not a checkpoint file\n"
 

@@ -1,0 +1,125 @@
+"""Self-describing checkpoints (best_model.pth): spec + input + state_dict, loaded safely.
+
+Format "ia-prune/2": {"format", "spec": [layer specs], "input": {"shape": [...], ...},
+"state_dict", ...metadata}. Format "ia-prune/1" ({"sizes", "activation"}: an MLP) keeps loading.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import pickle
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from iaprune.errors import UserError
+from iaprune.files import atomic_write, file_problem, first_line
+from iaprune.spec import Net, SpecError, build, mlp, spec_of
+
+FORMAT = "ia-prune/2"
+LEGACY_FORMAT = "ia-prune/1"  # an MLP by its sizes and activation
+# Metadata the commands act on, and the type it must have when present (a hand-made or damaged
+# checkpoint with another type would fail deep inside, e.g. in torch.manual_seed).
+METADATA = {"dataset": str, "val_size": int, "split_seed": int}
+
+
+class CheckpointError(UserError):
+    """A file that is missing, truncated, corrupt or not an IA-Prune checkpoint."""
+
+
+def save_checkpoint(path: str | os.PathLike, model: Net, **meta: Any) -> Path:
+    """Save `model` with its spec, input description and `meta` (plain values only)."""
+    spec = spec_of(model)
+    info = dict(meta.pop("input", None) or {})
+    shape = list(info.get("shape", spec["input"]))
+    if shape != spec["input"]:  # a flat-reading model may be described by the image shape
+        if not (model.flat_input and math.prod(shape) == math.prod(spec["input"])):
+            raise ValueError(f"input shape {shape} does not fit the model's {spec['input']}")
+    info["shape"] = shape
+    payload = {"format": FORMAT, "spec": spec["layers"], "input": info, **meta}
+    # CPU tensors in the default layout, whatever device and layout the model ran in
+    payload["state_dict"] = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+                             for k, v in model.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return atomic_write(path, buffer.getvalue())
+
+
+def _load_problem(exc: Exception) -> str:
+    """What a failed weights_only torch.load means, in our words: torch's own message advises
+    retrying with weights_only=False, which could run code from the file, so it is never relayed."""
+    if isinstance(exc, pickle.UnpicklingError):
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found:
+            return (f"refused to load: it holds Python objects ({found.group(1)}), not only "
+                    f"tensors and plain values, and loading those could run code")
+        return "not a PyTorch checkpoint (torch.load cannot read it)"
+    return f"truncated or corrupt checkpoint ({first_line(exc)})"
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and validate a best_model.pth with weights_only=True; errors name the file."""
+    path = Path(path)
+    problem = file_problem(path, "checkpoint file", inside="best_model.pth")
+    if problem:
+        raise CheckpointError(problem)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (an interrupted copy?)")
+    try:
+        with warnings.catch_warnings():  # torch warns about unusual pickle protocols
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError...)
+        raise CheckpointError(f"{path}: {_load_problem(exc)}") from None
+    if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, LEGACY_FORMAT):
+        raise CheckpointError(f"{path}: not an IA-Prune checkpoint (expected format {FORMAT!r})")
+    needed = ("spec", "state_dict") if payload["format"] == FORMAT else (
+        "sizes", "activation", "state_dict")
+    for key in needed:
+        if key not in payload:
+            raise CheckpointError(f"{path}: checkpoint lacks {key!r}")
+    for key, kind in METADATA.items():
+        value = payload.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            what = "a string" if kind is str else "an integer"
+            raise CheckpointError(f"{path}: {key} must be {what}, got {value!r}")
+    return payload
+
+
+def checkpoint_spec(checkpoint: dict[str, Any], source: str | os.PathLike = "") -> dict[str, Any]:
+    """The architecture spec a checkpoint describes (an ia-prune/1 MLP becomes its spec)."""
+    info = checkpoint.get("input") if isinstance(checkpoint.get("input"), dict) else {}
+    try:
+        if checkpoint["format"] == LEGACY_FORMAT:
+            sizes = list(checkpoint["sizes"])
+            shape = list(info.get("shape", [sizes[0]]))
+            if math.prod(shape) != sizes[0]:
+                shape = [sizes[0]]
+            return mlp(shape, sizes[-1], sizes[1:-1], checkpoint["activation"])
+        return {"input": list(info["shape"]), "layers": checkpoint["spec"]}
+    except (SpecError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{source}: bad architecture ({first_line(exc)})") from None
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], source: str | os.PathLike = "") -> Net:
+    """Rebuild the Net a checkpoint describes and load its weights strictly, in eval mode."""
+    spec = checkpoint_spec(checkpoint, source)
+    try:
+        model = build(spec)
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{source}: weights do not fit the recorded architecture "
+                              f"({first_line(exc)})") from None
+    return model.eval()
+
+
+def load_model(path: str | os.PathLike) -> tuple[Net, dict[str, Any]]:
+    """Load a best_model.pth into a Net in eval mode; returns (model, checkpoint dict)."""
+    checkpoint = load_checkpoint(path)
+    return model_from_checkpoint(checkpoint, path), checkpoint
+

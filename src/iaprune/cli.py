@@ -1,0 +1,21 @@
+"""Shared command-line behaviour: the project's own errors become one line and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from iaprune.errors import UserError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    """Run a command's main(); a UserError becomes `error: ...` and exit code 2. Any other
+    exception is a bug and keeps its traceback."""
+    try:
+        return main(argv) or 0
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE

@@ -1,0 +1,283 @@
+"""Pruning = a pure plan (scores -> keep-indices) + one surgery (`shrink`) for every group kind.
+
+`shrink` builds a new, physically smaller Net: for each prunable group (iaprune.groups) it keeps the
+chosen units' rows/filters in the producer, their BatchNorm entries, and their columns (or input
+channels, or column blocks across a Flatten) in the consumer, and folds the removed units'
+contribution into the consumer. No masks, no hooks; the input model is never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from iaprune.adjoint import RULES
+from iaprune.device import for_inference, inference_batch
+from iaprune.groups import Group, groups
+from iaprune.interval import Interval
+from iaprune.spec import Net, Select
+
+BiasFold = Literal["linear", "mean", "mid", "none"]
+RIDGE = 1e-3  # per-sample ridge of the linear fold: keeps the solve stable for dead units
+# A conv net's folds look at up to this many training inputs: its forward pass costs ~10x an
+# MLP's per input, and on LeNet-5/MNIST 10,000 inputs folded as well as all 55,000 in a
+# quarter of the time (README, "Convolutional networks"). An MLP's folds read every input.
+FOLD_SAMPLES = 10_000
+
+
+def keep_indices(scores: Sequence[Tensor], counts: Sequence[int]) -> list[Tensor]:
+    """Indices (ascending) of the `counts[g]` highest-scoring units of each group g.
+
+    Ties are broken by position (the earlier unit is kept), so the plan is deterministic.
+    """
+    if len(scores) != len(counts):
+        raise ValueError(f"{len(counts)} unit counts given for {len(scores)} prunable groups")
+    plan = []
+    for g, (score, count) in enumerate(zip(scores, counts, strict=True)):
+        if not 1 <= count <= len(score):
+            raise ValueError(f"group {g + 1} has {len(score)} units; cannot keep {count} (must "
+                             f"be between 1 and {len(score)})")
+        if torch.isnan(score).any():
+            raise ValueError(f"group {g + 1}: significance scores contain NaN")
+        order = torch.argsort(score, descending=True, stable=True)
+        plan.append(order[:count].sort().values)
+    return plan
+
+
+def keep_global(scores: Sequence[Tensor], total: int, minimum: int = 1) -> list[Tensor]:
+    """Indices (ascending) of the `total` highest-scoring units over all groups together, each
+    group keeping at least `minimum` of its own (its best ones).
+
+    For scores that are comparable across groups (interval-adjoint significances all bound a
+    change of the outputs), this lets a schedule row's total be split where it matters. Ties
+    are broken by group, then by position, so the plan is deterministic.
+    """
+    sizes = [len(s) for s in scores]
+    floor = [min(minimum, n) for n in sizes]
+    if not sum(floor) <= total <= sum(sizes):
+        raise ValueError(f"cannot keep {total} units of groups of {sizes} units with at least "
+                         f"{minimum} per group (must be between {sum(floor)} and {sum(sizes)})")
+    for g, score in enumerate(scores):
+        if torch.isnan(score).any():
+            raise ValueError(f"group {g + 1}: significance scores contain NaN")
+    reserved = keep_indices(scores, floor)
+    flat = torch.cat([s.double() for s in scores])  # (sum of sizes,)
+    offsets = [sum(sizes[:g]) for g in range(len(sizes))]
+    taken = torch.zeros(len(flat), dtype=torch.bool)
+    for g, idx in enumerate(reserved):
+        taken[offsets[g] + idx] = True
+    free = torch.where(taken, torch.tensor(-torch.inf, dtype=flat.dtype), flat)
+    order = torch.argsort(free, descending=True, stable=True)
+    taken[order[:total - sum(floor)]] = True
+    return [torch.nonzero(taken[o:o + n]).flatten() for o, n in zip(offsets, sizes, strict=True)]
+
+
+def model_input(model: Net, x: Tensor) -> Tensor:
+    """Flat data rows (n, n_features) in the shape the Net's first module takes."""
+    return x.reshape(len(x), -1) if model.flat_input else x.reshape(len(x), *model.input_shape)
+
+
+@torch.no_grad()
+def value_at(model: Net, x: Tensor, index: int) -> Tensor:
+    """The input of module `index` (the output of modules 0..index-1) for data rows x, computed
+    in inference-sized batches (a conv net's feature maps of all rows at once would not fit in
+    memory, only the values asked for are kept)."""
+    head = nn.Sequential(*list(for_inference(model))[:index])
+    batch = inference_batch(model)
+    return torch.cat([head(model_input(model, x[i:i + batch])) for i in range(0, len(x), batch)])
+
+
+def unit_view(u: Tensor, group: Group) -> Tensor:
+    """A consumer input (n, ...) as (n, units, positions): channels' maps or column blocks."""
+    return u.reshape(len(u), group.size, -1)
+
+
+class Fold(NamedTuple):
+    """Removed units' values u_R are replaced by offset + coef @ u_K (coef None: offset only);
+    one estimate per unit, shared by its positions."""
+
+    offset: Tensor  # (r,) for the r removed units
+    coef: Tensor | None = None  # (r, k) on the k kept units' values
+
+
+def _samples(model: Net, x: Tensor) -> Tensor:
+    """The data a fold looks at: every row for an MLP, the first FOLD_SAMPLES for a conv net."""
+    if len(x) > FOLD_SAMPLES and any(isinstance(m, nn.Conv2d) for m in model):
+        return x[:FOLD_SAMPLES]
+    return x
+
+
+def _needs_data(x: Tensor | None, fold: str) -> Tensor:
+    if x is None:
+        raise ValueError(f"bias_fold={fold!r} needs the training inputs (data=...)")
+    return x
+
+
+def _rows(model: Net, group: Group, x: Tensor) -> Tensor:
+    """The consumer's input units as samples: (n·positions, units)."""
+    u = unit_view(value_at(model, _samples(model, x), group.consumer), group)  # (n, units, P)
+    return u.transpose(1, 2).reshape(-1, group.size) if u.shape[2] > 1 else u[:, :, 0]
+
+
+def _fold_mean(model: Net, group: Group, keep: Tensor, removed: Tensor, x: Tensor | None,
+               box: Interval | None) -> Fold:
+    """Mean value of each removed unit over the training inputs (and its positions)."""
+    return Fold(_rows(model, group, _needs_data(x, "mean")).mean(0)[removed])
+
+
+def _fold_mid(model: Net, group: Group, keep: Tensor, removed: Tensor, x: Tensor | None,
+              box: Interval | None) -> Fold:
+    """Midpoint of each removed unit's value interval over the input box (default: data box)."""
+    if box is None:
+        flat = _needs_data(x, "mid").reshape(len(x), -1)
+        box = Interval(flat.amin(dim=0), flat.amax(dim=0))
+    value = box
+    value = Interval(model_input(model, value.lower[None]), model_input(model, value.upper[None]))
+    for module in list(model)[:group.consumer]:
+        value = RULES[type(module)].forward(module, value)
+    mid = unit_view(value.mid, group)[0].mean(dim=1)  # (units,)
+    return Fold(mid[removed])
+
+
+def _fold_linear(model: Net, group: Group, keep: Tensor, removed: Tensor, x: Tensor | None,
+                 box: Interval | None) -> Fold:
+    """Least-squares prediction of the removed units' values from the kept ones (ridge-damped;
+    for channels position-wise, one coefficient per channel pair).
+
+    Centred ridge regression u_R - mean_R ≈ coef (u_K - mean_K), so constant units are folded
+    exactly (coef = 0, offset = their value) and `mean` is the special case coef = 0.
+    """
+    a = _rows(model, group, _needs_data(x, "linear")).double()  # (samples, units)
+    centred = a - a.mean(0)
+    # One (h, h) scatter matrix, then its kept rows: half the time of gathering the kept and
+    # removed columns of the (n, h) values and multiplying those.
+    scatter = (centred.T @ centred)[keep]  # (k, h)
+    ridge = RIDGE * len(a) * torch.eye(len(keep), dtype=a.dtype, device=a.device)
+    gram = scatter[:, keep] + ridge
+    coef = torch.linalg.solve(gram, scatter[:, removed]).T  # (r, k)
+    offset = a.mean(0)[removed] - coef @ a.mean(0)[keep]
+    return Fold(offset, coef)
+
+
+FoldFn = Callable[[Net, Group, Tensor, Tensor, Tensor | None, Interval | None], Fold]
+FOLDS: dict[str, FoldFn | None] = {
+    "linear": _fold_linear, "mean": _fold_mean, "mid": _fold_mid, "none": None}
+
+
+def _param(value: Tensor, like: nn.Parameter) -> nn.Parameter:
+    return nn.Parameter(value.to(like.dtype).contiguous(), requires_grad=like.requires_grad)
+
+
+def _cut_producer(module: nn.Module, idx: Tensor) -> None:
+    """Keep output units `idx` of a Linear/Conv2d (rows or filters) or a BatchNorm (entries)."""
+    module.weight = _param(module.weight.detach()[idx], module.weight)
+    if module.bias is not None:
+        module.bias = _param(module.bias.detach()[idx], module.bias)
+    if isinstance(module, nn.Linear):
+        module.out_features = len(idx)
+    elif isinstance(module, nn.Conv2d):
+        module.out_channels = len(idx)
+    else:  # BatchNorm
+        module.num_features = len(idx)
+        module.running_mean = module.running_mean[idx].clone()
+        module.running_var = module.running_var[idx].clone()
+
+
+def _cut_consumer(module: nn.Module, group: Group, idx: Tensor, removed: Tensor,
+                  fold: Fold | None) -> None:
+    """Keep input units `idx` of the consumer and fold the removed units' estimate into it:
+    bias += Σ_p W[:, R, p] offset_R and W[:, K, p] += W[:, R, p] coef over positions p (the
+    column block of a unit across a Flatten, or a conv kernel's taps)."""
+    weight = module.weight.detach()
+    out = weight.shape[0]
+    bias = (module.bias.detach().clone() if module.bias is not None
+            else torch.zeros(out, dtype=weight.dtype, device=weight.device))
+    # (out, units, positions): a Linear's unit-major column blocks or a Conv2d's kernel taps
+    units = weight.reshape(out, group.size, -1)
+    gone = units[:, removed].double()  # (out, r, P)
+    kept = units[:, idx].clone()  # (out, k, P)
+    if fold is not None:
+        if gone.shape[2] == 1:  # one position: plain matrix products (the MLP case)
+            bias = bias + (gone[..., 0] @ fold.offset.double()).to(bias.dtype)
+            if fold.coef is not None:
+                kept[..., 0] += (gone[..., 0] @ fold.coef.double()).to(kept.dtype)
+        else:
+            bias = bias + (gone.sum(2) @ fold.offset.double()).to(bias.dtype)
+            if fold.coef is not None:
+                kept += torch.einsum("orp,rk->okp", gone, fold.coef.double()).to(kept.dtype)
+    if isinstance(module, nn.Linear):
+        module.weight = _param(kept.reshape(out, -1), module.weight)
+        module.in_features = module.weight.shape[1]
+    else:
+        module.weight = _param(kept.reshape(out, len(idx), *weight.shape[2:]), module.weight)
+        module.in_channels = len(idx)
+    if module.bias is not None:
+        module.bias = _param(bias, module.bias)
+    elif fold is not None:  # a consumer without bias gets one to hold the fold
+        module.bias = nn.Parameter(bias)
+
+
+def _cut_inputs(model: Net, group: Group, idx: Tensor) -> list[nn.Module]:
+    """The modules of a Net that reads only input features `idx` (a Select before them)."""
+    modules = list(model)
+    if modules and isinstance(modules[0], Select):
+        chosen = modules[0].indices[idx]
+        n_in = modules[0].n_in
+        modules = modules[1:]
+    else:
+        chosen, n_in = idx, group.size
+    return [Select(chosen.tolist(), n_in), *modules]
+
+
+@torch.no_grad()
+def shrink(model: Net, keep: Sequence[Tensor], bias_fold: BiasFold = "linear",
+           data: Tensor | None = None, box: Interval | None = None,
+           inputs: bool = False) -> Net:
+    """A new, smaller Net keeping units `keep[g]` of each prunable group g (order preserved).
+
+    The removed units' contribution is folded into their consumer: their values u_R are replaced
+    by an estimate from the data, and W[:, R] u_R moves into the consumer's bias (and, for
+    "linear", onto the kept units' weights): "linear": least-squares u_R ≈ offset + coef u_K
+    over `data`; "mean": the mean value over `data`; "mid": the midpoint of the value interval
+    over `box`; "none": nothing. Groups are cut one after another, so each fold sees the groups
+    before it already pruned. With `inputs`, the first group is the input features.
+    """
+    if bias_fold not in FOLDS:
+        raise ValueError(f"unknown bias_fold {bias_fold!r}; choose from {list(FOLDS)}")
+    found = groups(model, inputs)
+    if len(keep) != len(found):
+        raise ValueError(f"{len(keep)} keep-lists given for {len(found)} prunable groups")
+    current = model
+    for g, idx in enumerate(keep):
+        group = groups(current, inputs)[g]
+        idx = torch.as_tensor(idx, dtype=torch.long).cpu()  # a plan is made on the CPU
+        n = group.size
+        if len(idx) == 0 or len(torch.unique(idx)) != len(idx) or idx.min() < 0 or idx.max() >= n:
+            raise ValueError(f"group {g + 1}: keep-indices must be distinct, in [0, {n}) and at "
+                             "least one")
+        idx = idx.sort().values
+        removed = torch.ones(n, dtype=torch.bool)
+        removed[idx] = False
+        fold_fn = FOLDS[bias_fold]
+        estimate = None
+        if fold_fn is not None and removed.any():
+            estimate = fold_fn(current, group, idx, removed, data, box)
+        current = _cut(current, group, idx, removed, estimate)
+    return current
+
+
+def _cut(model: Net, group: Group, idx: Tensor, removed: Tensor, fold: Fold | None) -> Net:
+    """A copy of `model` with group `group` cut to `idx` and the fold applied."""
+    modules = [copy.deepcopy(m) for m in model]
+    if group.producer is not None:
+        _cut_producer(modules[group.producer], idx)
+        for norm in group.batchnorms:
+            _cut_producer(modules[norm], idx)
+    _cut_consumer(modules[group.consumer], group, idx, removed, fold)
+    if group.kind == "input":
+        modules = _cut_inputs(Net(modules, model.input_shape), group, idx)
+    return Net(modules, model.input_shape)

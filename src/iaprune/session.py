@@ -1,0 +1,156 @@
+"""The session folder: modes, folder and file names, the completeness rule, the atomic commit.
+
+    <session>/config.json                       every setting (a resumed run re-reads it)
+    <session>/retain/retain.txt                 the schedule the run used
+    <session>/<mode>/<i>/prune_w_retrain/       best_model.pth, train_results.txt,
+                                                validation_results.txt, summary.txt
+    <session>/<mode>/prune_w_retrain_results/   validations.txt, plots, recommended.txt
+
+An iteration is complete when its validation_results.txt exists. It is written into
+`prune_w_retrain.partial/` and renamed into place only when complete, so a killed run never
+leaves complete-looking files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from iaprune.errors import UserError
+from iaprune.files import folder_problem
+
+MODES = {"iterative": "iterative_pruning", "one-shot": "one_shot_pruning"}
+CONFIG_FILE = "config.json"
+RETAIN_FILE = Path("retain") / "retain.txt"
+ITERATION_DIR = "prune_w_retrain"
+PARTIAL_DIR = ITERATION_DIR + ".partial"
+CHECKPOINT_FILE = "best_model.pth"
+TRAIN_FILE = "train_results.txt"
+VALIDATION_FILE = "validation_results.txt"
+SUMMARY_FILE = "summary.txt"
+ITERATION_FILES = (SUMMARY_FILE, CHECKPOINT_FILE, TRAIN_FILE, VALIDATION_FILE)
+RESULTS_DIR = "prune_w_retrain_results"
+RECOMMENDED_FILE = "recommended.txt"
+
+
+class SessionError(UserError):
+    """A folder that is not a usable session, or a session that cannot do what was asked."""
+
+
+@dataclass(frozen=True)
+class Session:
+    """Paths of a session folder (sessions/<name>/) for one mode."""
+
+    root: Path
+    mode: str = "iterative"
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+        if self.mode not in MODES:
+            raise SessionError(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def retain(self) -> Path:
+        return self.root / RETAIN_FILE
+
+    @property
+    def mode_dir(self) -> Path:
+        return self.root / MODES[self.mode]
+
+    @property
+    def results_dir(self) -> Path:
+        return self.mode_dir / RESULTS_DIR
+
+    def final(self, i: int) -> Path:
+        return self.mode_dir / str(i) / ITERATION_DIR
+
+    def partial(self, i: int) -> Path:
+        return self.mode_dir / str(i) / PARTIAL_DIR
+
+    def complete(self, i: int) -> bool:
+        return is_complete(self.final(i))
+
+    def checkpoint(self, i: int) -> Path:
+        return self.final(i) / CHECKPOINT_FILE
+
+    def last_complete(self) -> int:
+        """The last iteration i such that 0..i are all complete (-1 if none)."""
+        i = -1
+        while self.complete(i + 1):
+            i += 1
+        return i
+
+    def commit(self, i: int) -> None:
+        """Swap iteration i's .partial folder into place; later folders of an older run go
+        (this run writes them again)."""
+        final, partial = self.final(i), self.partial(i)
+        old = final.with_name(ITERATION_DIR + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        if final.exists():
+            final.rename(old)
+        partial.rename(final)
+        if old.exists():
+            shutil.rmtree(old)
+        for later, folder in iteration_dirs(self.mode_dir):
+            if later > i:
+                shutil.rmtree(folder)
+
+    def abandon(self, i: int) -> None:
+        """Remove iteration i's unfinished files (Ctrl+C, error)."""
+        partial = self.partial(i)
+        if partial.exists():
+            shutil.rmtree(partial)
+        parent = partial.parent
+        if parent.exists() and not any(parent.iterdir()):
+            parent.rmdir()
+
+
+def holds_results(root: Path) -> bool:
+    """Whether any mode folder of a session holds a complete iteration."""
+    return any(any((root / folder).glob(f"*/{ITERATION_DIR}/{VALIDATION_FILE}"))
+               for folder in MODES.values())
+
+
+def is_complete(iteration_dir: Path) -> bool:
+    """The completeness rule: an iteration folder is complete once validation_results.txt is in
+    it (written last, atomically)."""
+    return (iteration_dir / VALIDATION_FILE).is_file()
+
+
+def iteration_dirs(mode_dir: Path) -> list[tuple[int, Path]]:
+    """Numbered iteration folders of a mode folder, in numeric order (2 before 10)."""
+    if not mode_dir.is_dir():
+        return []
+    found = [(int(p.name), p) for p in mode_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    return sorted(found)
+
+
+def mode_dirs(path: str | os.PathLike) -> list[Path]:
+    """[path] for a mode folder; its mode subfolders (sorted) for a session folder."""
+    path = Path(path)
+    if not path.is_dir():
+        raise SessionError(f"{path}: no such folder")
+    if iteration_dirs(path):
+        return [path]
+    modes = sorted(p for p in path.iterdir() if p.is_dir() and iteration_dirs(p))
+    if not modes:
+        raise SessionError(f"{path}: no iteration folders (0/, 1/, ...) here nor in a mode "
+                           f"subfolder ({', '.join(m + '/' for m in MODES.values())})")
+    return modes
+
+
+def check_session_folder(root: Path) -> None:
+    """A session must be a new/empty folder or a session (one with config.json)."""
+    problem = folder_problem(root, "session folder")  # a file, or a path below one
+    if problem:
+        raise SessionError(problem)
+    if root.is_dir() and any(root.iterdir()) and not (root / CONFIG_FILE).is_file():
+        raise SessionError(f"{root} is not a session folder (no {CONFIG_FILE}) and not empty; "
+                           "choose a new --session")

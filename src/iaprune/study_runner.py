@@ -1,0 +1,359 @@
+"""How a study's cells run: each cell one engine session, run (or resumed) by a process that
+holds its lock, on one thread, its output appended to its log; all of them one after another
+in this process or as Ray tasks on a local Ray or a Ray cluster, with one progress bar.
+
+Used by iaprune.study (the grid) and iaprune.study_search (the search's base models and reference).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import logging
+import os
+import shutil
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from iaprune import __version__
+from iaprune.checkpoint import atomic_write
+from iaprune.config import dumps
+from iaprune.engine import read_config, run
+from iaprune.retain import write_schedule
+from iaprune.session import check_session_folder
+from iaprune.study_grid import ROOT, Cell, StudyError, cell_done, check_cached
+
+RAY_INSTALL = "pip install ray==2.60.0"
+
+
+# ----------------------------------------------------------------------------------- one cell
+def run_cell(cell: Cell, data_root: str | None, log: Callable[[str], None]) -> None:
+    """Run (or resume) the cell's session with the engine: the study's one call into it."""
+    if not cell.session.config.is_file():
+        start_session(cell)
+    # The session's own settings and schedule (check_cached fitted it): run() resumes it. Its
+    # stop rule is the cell's (a search asks for another accuracy drop than an earlier one).
+    saved = replace(read_config(cell.session),
+                    max_accuracy_drop=cell.config.max_accuracy_drop)
+    run(saved, cell.root, data_root=data_root, quiet=True, log=log)
+
+
+def start_session(cell: Cell) -> None:
+    """Create the cell's session folder with its config.json and schedule in one rename.
+
+    A worker killed at any moment of the start leaves no folder that looks like a session
+    (only a staging folder, which the next start replaces).
+    """
+    check_session_folder(cell.root)  # absent or empty: anything else is not the study's
+    staging = cell.root.with_name(cell.root.name + ".start")
+    shutil.rmtree(staging, ignore_errors=True)
+    write_schedule(list(cell.schedule), staging / "retain" / "retain.txt")
+    atomic_write(staging / "config.json", dumps(cell.config, version=__version__))
+    if cell.root.is_dir():
+        cell.root.rmdir()
+    staging.rename(cell.root)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What running a cell did."""
+
+    ran: bool  # False: it was complete already (another runner finished it)
+    seconds: float
+
+
+class LockHeld(Exception):
+    """A lock that `holding(..., wait=False)` found held; the message names the holder."""
+
+
+@contextlib.contextmanager
+def holding(lock: Path, wait: bool = True) -> Iterator[None]:
+    """Hold `lock` (the kernel's flock) while a cell or a search runs: one runner per folder.
+
+    The kernel drops the lock with its process, so a killed runner never leaves one behind.
+    The file is opened in place, not written atomically: a lock must stay the same file. It
+    names the holder (host and pid) while held. With `wait=False` a lock held by another
+    process raises LockHeld (naming that holder) instead of waiting for it.
+    """
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            raise LockHeld(fh.read().strip()) from None
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{socket.gethostname()} {os.getpid()}\n")
+            fh.flush()
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def is_running(cell: Cell) -> bool:
+    """Whether some process holds the cell's lock now."""
+    try:
+        with open(cell.lock, encoding="utf-8") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    except FileNotFoundError:
+        pass
+    return False
+
+
+def execute(cell: Cell, data_root: str | None,
+            on_line: Callable[[str], None] = lambda line: None) -> Outcome:
+    """Run one cell in this process on one thread, its output appended to its log file."""
+    started, threads = time.perf_counter(), torch.get_num_threads()
+    buffer = io.StringIO()
+    ran = False
+
+    def log(line: str) -> None:
+        print(line, file=buffer)
+        on_line(line)
+
+    try:
+        torch.set_num_threads(1)  # one cell per core; the same numbers as any other run
+        with holding(cell.lock), contextlib.redirect_stdout(buffer), \
+                contextlib.redirect_stderr(buffer):
+            ran = not cell_done(cell)  # another runner may have finished it meanwhile
+            if ran:
+                run_cell(cell, data_root, log)
+    except BaseException:
+        buffer.write(traceback.format_exc())
+        raise
+    finally:
+        torch.set_num_threads(threads)
+        if ran or buffer.getvalue():
+            previous = cell.log.read_text() if cell.log.is_file() else ""
+            atomic_write(cell.log, f"{previous}$ {cell.label} on {socket.gethostname()} pid "
+                                   f"{os.getpid()}\n{buffer.getvalue()}\n")
+    return Outcome(ran, time.perf_counter() - started)
+
+
+def _ray_task(cell: Cell, data_root: str | None, *bases: Outcome) -> Outcome:
+    """A cell as a Ray task; `bases` (its base model's outcome) only orders it after its base."""
+    return execute(cell, data_root)
+
+
+def first_line(exc: BaseException) -> str:
+    """'ValueError: the first line of its message'."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+# ----------------------------------------------------------------------------------- progress
+class Progress:
+    """One bar over the cells (done / running / failed, time left); lines when not a terminal."""
+
+    def __init__(self, total: int, cached: int, echo: Callable[[str], None] = print):
+        self.total, self.done, self.failed, self.echo = total, cached, 0, echo
+        self.bar = tqdm(total=total, initial=cached, unit="cell", smoothing=0,
+                        dynamic_ncols=True, disable=not sys.stderr.isatty(),
+                        bar_format="study: {percentage:3.0f}%|{bar}| {desc} "
+                                   "[{elapsed}, {remaining} left]")
+        self.update([])
+
+    def status(self, running: int) -> str:
+        return f"done {self.done}/{self.total}, running {running}, failed {self.failed}"
+
+    def update(self, running: Sequence[Cell]) -> None:
+        """Redraw; a running cell counts with the share of its rows complete (+1: its end)."""
+        partial = sum(max(0, c.session.last_complete() + 1) / (c.rows + 1) for c in running)
+        self.bar.n = min(self.total, self.done + self.failed + partial)
+        self.bar.set_description_str(self.status(len(running)), refresh=False)
+        self.bar.refresh()
+
+    def line(self, text: str) -> None:
+        if self.bar.disable:
+            self.echo(text)
+        else:
+            self.bar.write(text)
+
+    def finished(self, cell: Cell, outcome: Outcome) -> None:
+        self.done += 1
+        what = "ran" if outcome.ran else "cached"
+        self.line(f"[{self.done + self.failed:>3}/{self.total}] {what:<6} {cell.label:<48} "
+                  f"{cell.rows:>2} rows {outcome.seconds:7.1f}s")
+
+    def fail(self, cell: Cell, why: str) -> None:
+        self.failed += 1
+        self.line(f"[{self.done + self.failed:>3}/{self.total}] FAILED {cell.label}: {why} "
+                  f"(log: {cell.log})")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# ----------------------------------------------------------------------------------- running
+@dataclass(frozen=True)
+class Runner:
+    """How the cells run; not part of the grid (every choice gives the same numbers)."""
+
+    workers: int | None = None  # local Ray with this many CPUs (None: all); 0: in-process, no Ray
+    address: str | None = None  # a Ray cluster ('auto', 'ray://HOST:10001'); None: a local Ray
+    max_retries: int = 3  # times a cell whose worker died is run again (Ray)
+    data_root: str | None = None  # folder holding MNIST/raw/ (None: $IAPRUNE_DATA, else data/)
+
+    def __post_init__(self):
+        if self.workers is not None and self.workers < 0:
+            raise StudyError(f"--workers must be >= 0 (0: sequential), got {self.workers}")
+        if self.address is not None and self.workers is not None:
+            raise StudyError("--workers is for a local Ray; a cluster (--address) runs as many "
+                             "cells at once as it has CPUs")
+        if self.max_retries < 0:
+            raise StudyError(f"--max-retries must be >= 0, got {self.max_retries}")
+
+    @property
+    def sequential(self) -> bool:
+        return self.workers == 0
+
+    def describe(self) -> str:
+        if self.sequential:
+            return "sequential, in this process"
+        if self.address is not None:
+            return f"Ray cluster at {self.address}"
+        return f"local Ray, {self.workers or os.cpu_count()} workers"
+
+
+def connect(runner: Runner) -> Any:
+    """Import Ray and start a local Ray (or join the cluster at --address); returns `ray`."""
+    try:
+        import ray
+        from ray.job_config import JobConfig
+    except ImportError:
+        raise StudyError(f"running cells on Ray needs the ray package ({RAY_INSTALL}); or run "
+                         "them one after another with --workers 0") from None
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-stats prompt or upload
+    # Workers import iaprune.study from the repository (the same path on every node of a cluster);
+    # Ray Client (ray://) takes the path as the workers' PYTHONPATH instead of a JobConfig.
+    options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
+    if (runner.address or "").startswith("ray://"):
+        options["runtime_env"] = {"env_vars": {"PYTHONPATH": str(ROOT)}}
+    else:
+        options["job_config"] = JobConfig(code_search_path=[str(ROOT)])
+    if runner.address is not None:
+        check_reachable(runner.address)
+    try:
+        if runner.address is None:  # "local": a new Ray, never a cluster `ray start` left here
+            ray.init(address="local", num_cpus=runner.workers or os.cpu_count(),
+                     include_dashboard=False, **options)
+        else:
+            ray.init(address=runner.address, **options)
+    except ImportError as exc:  # ray:// needs the client extra
+        raise StudyError(f"--address {runner.address}: {first_line(exc)}; pip install "
+                         '"ray[client]==2.60.0"') from None
+    except (ConnectionError, RuntimeError) as exc:
+        where = "a local Ray" if runner.address is None else \
+            f"the Ray cluster at --address {runner.address}"
+        hint = "" if runner.address is None or os.environ.get("RAY_AUTH_MODE") else \
+            ("; a cluster started with `ray start` checks a token: export RAY_AUTH_MODE=token "
+             "and give this machine the head's ~/.ray/auth_token")
+        raise StudyError(f"cannot start or reach {where}: {first_line(exc)}{hint}") from None
+    return ray
+
+
+def check_reachable(address: str) -> None:
+    """Refuse a HOST:PORT where nothing listens (Ray itself would wait for minutes)."""
+    host, colon, port = address.rpartition(":")
+    if "://" in address or not colon or not port.isdigit():
+        return  # 'auto' and ray:// addresses fail quickly by themselves
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise StudyError(f"--address {address}: nothing answers there ({exc.strerror or exc}); "
+                         "start the head node with `ray start --head` or check the address") \
+            from None
+
+
+def run_sequentially(cells: Sequence[Cell], runner: Runner, progress: Progress,
+                     on_done: Callable[[Cell], None]) -> dict[str, str]:
+    """Run `cells` one after another in this process; returns {cell id: why it failed}."""
+    failures: dict[str, str] = {}
+    for cell in cells:
+        if cell.base in failures:
+            failures[cell.id] = "its base model failed"
+            progress.fail(cell, failures[cell.id])
+            continue
+        progress.update([cell])
+        try:
+            outcome = execute(cell, runner.data_root, lambda line, c=cell: progress.update([c]))
+        except Exception as exc:  # noqa: BLE001 - one failed cell does not stop the others
+            failures[cell.id] = first_line(exc)
+            progress.fail(cell, failures[cell.id])
+        else:
+            progress.finished(cell, outcome)
+            on_done(cell)
+    progress.update([])
+    return failures
+
+
+def run_on_ray(ray: Any, cells: Sequence[Cell], runner: Runner, progress: Progress,
+               on_done: Callable[[Cell], None]) -> dict[str, str]:
+    """Run `cells` as Ray tasks, each after its base; returns {cell id: why it failed}."""
+    # _ray_task lives here, never in __main__ (`python -m iaprune.study`), which a worker cannot
+    # import.
+    task = ray.remote(num_cpus=1, max_retries=runner.max_retries)(_ray_task)
+    refs: dict[str, Any] = {}
+    pending: dict[Any, Cell] = {}
+    for cell in cells:  # bases come first, so a cell's base is submitted before it
+        ref = task.remote(cell, runner.data_root, *([refs[cell.base]] if cell.base in refs
+                                                    else []))
+        refs[cell.id], pending[ref] = ref, cell
+    failures: dict[str, str] = {}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0.5)
+        for ref in sorted(ready, key=lambda r: pending[r].track is not None):  # bases first
+            cell = pending.pop(ref)
+            try:
+                outcome = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                cause = getattr(exc, "cause", None)
+                failures[cell.id] = "its base model failed" if cell.base in failures else \
+                    first_line(cause if isinstance(cause, BaseException) else exc)
+                progress.fail(cell, failures[cell.id])
+            else:
+                progress.finished(cell, outcome)
+                on_done(cell)
+        progress.update([c for c in pending.values() if is_running(c)])
+    return failures
+
+
+def check_cache(cells: Sequence[Cell]) -> None:
+    """Refuse cached sessions of other settings now, not after hours of other cells."""
+    for cell in cells:
+        if cell.session.config.is_file():
+            check_cached(cell)
+
+
+def run_cells(cells: Sequence[Cell], runner: Runner, ray: Any = None,
+              on_done: Callable[[Cell], None] = lambda cell: None) -> dict[str, str]:
+    """Run every cell the cache does not hold yet (on Ray when `ray` is given; bases before
+    the cells that wait for them); `on_done` is called in this process for each cell that
+    finishes. Returns {cell id: why it failed}."""
+    check_cache(cells)
+    todo = [c for c in cells if not cell_done(c)]
+    progress = Progress(len(cells), len(cells) - len(todo))
+    try:
+        if not todo:
+            return {}
+        if ray is None:
+            return run_sequentially(todo, runner, progress, on_done)
+        return run_on_ray(ray, todo, runner, progress, on_done)
+    finally:
+        progress.close()

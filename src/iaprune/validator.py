@@ -1,0 +1,123 @@
+"""Evaluate a model or a checkpoint: loss and accuracy on the train, validation and test splits."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from iaprune import cli
+from iaprune.checkpoint import load_model
+from iaprune.data import DATASETS, Dataset, Split, dataset_sizes, load_dataset
+from iaprune.device import for_inference, inference_batch
+from iaprune.errors import UserError
+from iaprune.groups import units
+from iaprune.model import hidden_label
+from iaprune.spec import describe, spec_of
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Losses (mean cross-entropy) and accuracies (percent) of one model on the three splits."""
+
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    test_loss: float
+    test_accuracy: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def evaluate_split(model: nn.Module, split: Split) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy in percent) of `model` on one split."""
+    model = for_inference(model)
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    batch = inference_batch(model)
+    for start in range(0, len(split), batch):
+        x, y = split.x[start:start + batch], split.y[start:start + batch]
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    model.train(was_training)
+    if not torch.isfinite(torch.tensor(loss_sum)):
+        raise UserError("the model's loss is not finite (NaN or inf): its weights have diverged")
+    return loss_sum / len(split), 100.0 * correct / len(split)
+
+
+def evaluate(model: nn.Module, data: Dataset) -> Metrics:
+    """Train/val/test loss and accuracy of `model` on `data`."""
+    train, val, test = (evaluate_split(model, s) for s in (data.train, data.val, data.test))
+    return Metrics(*train, *val, *test)
+
+
+def format_metrics(metrics: Metrics) -> str:
+    """A small aligned table of the metrics (accuracy to 2 decimals, as in the result tables)."""
+    rows = [("train", metrics.train_loss, metrics.train_accuracy),
+            ("val", metrics.val_loss, metrics.val_accuracy),
+            ("test", metrics.test_loss, metrics.test_accuracy)]
+    lines = [f"{'split':<6}{'loss':>10}{'accuracy %':>12}"]
+    lines += [f"{name:<6}{loss:>10.4f}{acc:>12.2f}" for name, loss, acc in rows]
+    return "\n".join(lines)
+
+
+def check_dataset(model: nn.Module, trained_on: str | None, name: str, source: str) -> None:
+    """Refuse a dataset whose input or class count differs from the model's, naming both."""
+    n_in, n_classes = dataset_sizes(name)
+    spec = spec_of(model)
+    sizes = [math.prod(spec["input"]), spec["layers"][-1]["out"]]
+    if sizes == [n_in, n_classes]:
+        return
+    model = f"{sizes[0]} inputs, {sizes[-1]} classes"
+    if trained_on in DATASETS and trained_on != name:
+        raise UserError(f"{source}: trained on {trained_on} ({model}), but {name} has {n_in} "
+                         f"inputs and {n_classes} classes; leave out --dataset to evaluate on "
+                         f"{trained_on}")
+    raise UserError(f"{source}: the model ({model}; {describe(spec)}) does not fit {name} "
+                     f"({n_in} inputs, {n_classes} classes)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m iaprune.validator",
+        description="Re-evaluate a best_model.pth on the train, validation and test splits.")
+    parser.add_argument("checkpoint", help="path to a best_model.pth")
+    parser.add_argument("--dataset", choices=DATASETS,
+                        help="dataset to evaluate on (default: the one recorded in the checkpoint)")
+    parser.add_argument("--data-root", help="folder holding MNIST/raw/ etc. "
+                        "(default: $IAPRUNE_DATA, else data/)")
+    parser.add_argument("--val-size", type=int, help="validation split size "
+                        "(default: the one recorded in the checkpoint)")
+    args = parser.parse_args(argv)
+
+    model, checkpoint = load_model(args.checkpoint)
+    trained_on = checkpoint.get("dataset")
+    name = args.dataset or trained_on or "mnist"
+    check_dataset(model, trained_on, name, args.checkpoint)  # before reading any data
+    # the recorded validation size belongs to the dataset the model was trained on
+    recorded = checkpoint.get("val_size") if name == trained_on else None
+    val_size = recorded if args.val_size is None else args.val_size  # 0 is refused, not unset
+    data = load_dataset(name, args.data_root, val_size=val_size,
+                        seed=checkpoint.get("split_seed", 0))
+    print(f"{args.checkpoint}: {name}, units {hidden_label(units(model))}, "
+          f"{describe(spec_of(model))}")
+    print(format_metrics(evaluate(model, data)))
+    return 0
+
+
+def entry(argv: list[str] | None = None) -> int:
+    """The console entry point: main() with expected errors as one line, exit code 2."""
+    return cli.run(main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(entry())

@@ -1,0 +1,187 @@
+"""Command line: python -m iaprune_deploy bundle | predict | verify (errors: one line, exit 2)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .bundle import (
+    MANIFEST,
+    MODEL_FILE,
+    MODES,
+    ONNX_FILE,
+    checked_file,
+    find_recommended,
+    load,
+    write_bundle,
+)
+from .idx import DATASETS, ROOT_ENV, load_test_split
+from .images import ImageSupportMissing
+from .inputs import InputRangeError, InputSpec, predict, preprocess, read_inputs
+from .model import describe
+from .onnx_export import OnnxUnavailable, check_onnx
+
+DEFAULT_BUNDLE = "deploy/bundle"
+ACCURACY_TOLERANCE = 0.01  # percentage points: 1 image in 10,000
+EXIT_USAGE, EXIT_FAILED = 2, 1
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    """Write a bundle from a checkpoint or from a session's recommendation."""
+    if (args.checkpoint is None) == (args.recommended is None):
+        raise ValueError("give either CHECKPOINT or --recommended SESSION_DIR")
+    checkpoint = args.checkpoint or find_recommended(args.recommended, args.mode)
+    manifest = write_bundle(checkpoint, args.out, onnx=not args.no_onnx)
+    out = Path(args.out)
+    acc = manifest["test_accuracy"]
+    print(f"bundle {out}/ from {checkpoint}")
+    sizes = manifest["sizes"]
+    arch = (f"{'-'.join(map(str, sizes))} {manifest['activation']}" if sizes
+            else describe(manifest["spec"]))
+    print(f"  {MODEL_FILE}      {arch}, {manifest['params']:,} params, {manifest['macs']:,} MACs, "
+          f"sha256 {manifest['sha256'][:12]}...")
+    print(f"  manifest.json  iteration {manifest['iteration']}, test accuracy "
+          f"{'unknown' if acc is None else f'{acc:.2f}%'}")
+    onnx = manifest["onnx"]
+    if "file" in onnx:
+        print(f"  {ONNX_FILE}     matches torch (max |diff| {onnx['max_abs_diff']:.2g})")
+    else:
+        print(f"  {ONNX_FILE}     skipped: {onnx['skipped']}")
+    return 0
+
+
+def npy_advice(spec: InputSpec) -> str:
+    """How the command line takes .npy values (it has no raw=True/False of its own)."""
+    lo, hi = spec.range
+    return (f"predict takes an integer .npy as raw values (multiplied by {spec.scale:.6g}) and a "
+            f"float .npy as values already scaled to [{lo:g}, {hi:g}]: save raw pixels as "
+            f"integers (e.g. arr.astype('uint8')) or divide by {1 / spec.scale:.6g}")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Print one predicted class and its probability per input (notes go to stderr)."""
+    model = load(args.bundle)
+    for name in args.files:
+        arr, note = read_inputs(name, model.input_spec, args.invert)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        try:
+            pred = predict(model, arr)
+        except InputRangeError as exc:
+            raise ValueError(f"{name}: {exc.found}; {npy_advice(model.input_spec)}") from None
+        single = arr.size == model.input_spec.n_features
+        for i, (label, p) in enumerate(zip(pred.labels.tolist(), pred.confidence.tolist(),
+                                           strict=True)):
+            print(f"{name if single else f'{name}[{i}]'}: {model.classes[label]} (p={p:.4f})")
+    return 0
+
+
+@torch.no_grad()
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check the bundle's sha256 sums and re-evaluate it on the dataset's full test split."""
+    bundle = Path(args.bundle)
+    if bundle.is_file() and bundle.name != MANIFEST:
+        raise ValueError(f"{bundle}: is a file, not a bundle folder; verify checks a bundle "
+                         f"(make one with: python -m iaprune_deploy bundle {bundle} --out FOLDER)")
+    bundle = bundle.parent if bundle.is_file() else bundle
+    model = load(bundle)  # refuses a model.pth whose sha256 differs from the manifest's
+    manifest = model.info
+    print(f"{bundle / MODEL_FILE}: sha256 ok ({manifest['sha256'][:12]}...)")
+    onnx_entry = manifest.get("onnx") or {}
+    onnx_bytes = None
+    if "file" in onnx_entry:
+        onnx_bytes = checked_file(bundle, onnx_entry["file"], onnx_entry["sha256"])
+        print(f"{bundle / onnx_entry['file']}: sha256 ok")
+
+    dataset = args.dataset or manifest.get("dataset")
+    if dataset is None or (args.dataset is None and dataset not in DATASETS):
+        print(f"accuracy: not checked (deploy reads {list(DATASETS)}; the bundle's dataset is "
+              f"{dataset!r})")
+        return 0
+    images, labels = load_test_split(dataset, args.data_root)
+    batch = model.inference_batch  # the engine's evaluation batches
+    logits = torch.cat([predict(model, images[i:i + batch]).logits
+                        for i in range(0, len(images), batch)])
+    correct = int((logits.argmax(1) == torch.from_numpy(labels.astype(np.int64))).sum())
+    accuracy = 100.0 * correct / len(labels)
+    failed = False
+    expected = manifest.get("test_accuracy")
+    line = f"{dataset} test split: accuracy {accuracy:.2f}% ({correct}/{len(labels)})"
+    if expected is None:
+        print(f"{line}; the manifest records no test accuracy to compare")
+    elif abs(accuracy - expected) <= ACCURACY_TOLERANCE + 1e-9:
+        print(f"{line}, manifest {expected:.2f}%: ok")
+    else:
+        print(f"{line}, manifest {expected:.2f}%: MISMATCH (tolerance {ACCURACY_TOLERANCE})")
+        failed = True
+    if onnx_bytes is not None:
+        try:
+            diff = check_onnx(onnx_bytes, model, preprocess(images, model.input_spec))
+            print(f"{ONNX_FILE}: matches torch on the test split (max |diff| {diff:.2g})")
+        except OnnxUnavailable as exc:
+            print(f"{ONNX_FILE}: not run ({exc})")
+    print("verify: FAILED" if failed else "verify: ok")
+    return EXIT_FAILED if failed else 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "bundle": cmd_bundle, "predict": cmd_predict, "verify": cmd_verify}
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line parser with its three subcommands."""
+    top = argparse.ArgumentParser(prog="python -m iaprune_deploy",
+                                  description="Bundle an IA-Prune model and run it with torch "
+                                  "alone.")
+    sub = top.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bundle", help="write a self-contained bundle from a best_model.pth")
+    b.add_argument("checkpoint", nargs="?", help="path to a best_model.pth")
+    b.add_argument("--recommended", metavar="SESSION_DIR",
+                   help="use the checkpoint named in SESSION_DIR/<mode>/prune_w_retrain_results/"
+                   "recommended.txt (or give a mode folder)")
+    b.add_argument("--mode", choices=MODES, help="which mode's recommendation (when both exist)")
+    b.add_argument("--out", default=DEFAULT_BUNDLE,
+                   help=f"bundle folder (default {DEFAULT_BUNDLE})")
+    b.add_argument("--no-onnx", action="store_true", help="do not write model.onnx")
+    p = sub.add_parser("predict", help="classify .npy arrays and images (PNG, JPEG, ...)")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help=".npy (one sample or a batch) or an image file (read with Pillow)")
+    p.add_argument("--bundle", default=DEFAULT_BUNDLE,
+                   help=f"bundle folder or best_model.pth (default {DEFAULT_BUNDLE})")
+    polarity = p.add_mutually_exclusive_group()
+    polarity.add_argument("--invert", action="store_true", default=None,
+                          help="always invert images (default: invert those with a light "
+                          "background, with a note)")
+    polarity.add_argument("--no-invert", dest="invert", action="store_false",
+                          help="never invert images")
+    v = sub.add_parser("verify", help="check a bundle's checksums and re-evaluate its accuracy")
+    v.add_argument("--bundle", default=DEFAULT_BUNDLE, help=f"default {DEFAULT_BUNDLE}")
+    v.add_argument("--dataset", choices=list(DATASETS),
+                   help="dataset to evaluate on (default: the bundle's)")
+    v.add_argument("--data-root",
+                   help=f"folder holding MNIST/raw/ (default ${ROOT_ENV}, else data/)")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return COMMANDS[args.command](args)
+
+
+def run(entry: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run `entry`; expected errors become `error: ...` on stderr and exit code 2."""
+    try:
+        return entry(argv)
+    except (ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError,
+            ImageSupportMissing) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main))

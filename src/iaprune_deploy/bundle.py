@@ -1,0 +1,295 @@
+"""Deploy bundles: a folder with model.pth, manifest.json (sha256-checked) and maybe model.onnx."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .inputs import InputSpec
+from .model import (
+    BundleError,
+    DeployedNet,
+    count_macs,
+    count_params,
+    load_checkpoint_file,
+    model_from_checkpoint,
+    read_checkpoint,
+)
+from .onnx_export import OnnxUnavailable, check_onnx, export_onnx
+from .user_model import InputMode, copy_into
+
+__version__ = "0.1.0"
+BUNDLE_FORMAT = "ia-prune-bundle/2"  # records the architecture spec
+LEGACY_BUNDLE_FORMAT = "ia-prune-bundle/1"  # an MLP by its sizes and activation (still loads)
+REQUIRED_KEYS = {BUNDLE_FORMAT: ("sha256", "spec"),
+                 LEGACY_BUNDLE_FORMAT: ("sha256", "sizes", "activation")}
+MANIFEST, MODEL_FILE, ONNX_FILE = "manifest.json", "model.pth", "model.onnx"
+RESULTS = Path("prune_w_retrain_results") / "recommended.txt"  # under a session's mode folder
+MODEL_NAME = "best_model.pth"  # an iteration's kept model, in <mode>/<i>/prune_w_retrain/
+MODES = ("iterative_pruning", "one_shot_pruning")
+ONNX_CHECK_ROWS = 64  # random inputs the ONNX export is compared on
+
+
+def _new_temp_file(path: Path) -> tuple[int, Path]:
+    """Create a fresh temp file next to `path`, with mode 0666 & ~umask like any new file.
+
+    (tempfile.mkstemp makes it 0600, and os.replace would hand that private mode to `path`.)
+    """
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:  # a name clash with another writer: draw again
+            continue
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write `data` to `path` via a temp file in its folder + os.replace (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode() if isinstance(data, str) else data
+    fd, tmp = _new_temp_file(path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def sha256(data: bytes) -> str:
+    """Hex sha256 of bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a bundle folder; BundleError when the folder is not a bundle."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: no such bundle folder")
+    if not path.is_file():
+        raise BundleError(f"{folder}: not an IA-Prune bundle (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") not in REQUIRED_KEYS:
+        raise BundleError(f"{path}: not an IA-Prune bundle manifest "
+                          f"(expected format {BUNDLE_FORMAT!r})")
+    for key in REQUIRED_KEYS[manifest["format"]]:
+        if key not in manifest:
+            raise BundleError(f"{path}: manifest lacks {key!r}")
+    return manifest
+
+
+def checked_file(folder: Path, name: str, expected: str) -> bytes:
+    """The bytes of a bundle file whose sha256 must equal the manifest's."""
+    path = folder / name
+    if not path.is_file():
+        raise BundleError(f"{path}: missing from the bundle")
+    data = path.read_bytes()
+    if sha256(data) != expected:
+        raise BundleError(f"{path}: sha256 does not match {MANIFEST} (expected {expected[:12]}..., "
+                          f"got {sha256(data)[:12]}...): the file was modified or replaced; "
+                          f"refusing it (rebuild the bundle with python -m iaprune_deploy bundle)")
+    return data
+
+
+def _attach(model: DeployedNet, info: dict[str, Any]) -> DeployedNet:
+    """Record the preprocessing, class names and metadata on a loaded model."""
+    model.input_spec = InputSpec.from_dict(info.get("input"), model.n_inputs)
+    classes = info.get("classes")
+    if isinstance(classes, list) and len(classes) == len(model.classes):
+        model.classes = [str(c) for c in classes]
+    model.info = info
+    return model
+
+
+def _same_architecture(manifest: dict[str, Any], model: DeployedNet) -> bool:
+    """Whether the manifest describes the network rebuilt from model.pth."""
+    if manifest["format"] == LEGACY_BUNDLE_FORMAT:
+        return (model.sizes == list(manifest["sizes"])
+                and model.activation == manifest["activation"])
+    return manifest["spec"] == model.spec
+
+
+def load(path: str | os.PathLike) -> DeployedNet:
+    """An nn.Module in eval mode from a bundle folder (sha256-checked) or a best_model.pth."""
+    path = Path(path)
+    if path.is_file() and path.name == MANIFEST:
+        path = path.parent
+    if not path.exists():
+        raise BundleError(f"{path}: no such bundle folder or checkpoint file")
+    if path.is_dir():
+        manifest = read_manifest(path)
+        source = path / MODEL_FILE
+        checkpoint = read_checkpoint(checked_file(path, MODEL_FILE, manifest["sha256"]), source)
+        model = model_from_checkpoint(checkpoint, source)
+        if not _same_architecture(manifest, model):
+            raise BundleError(f"{source}: architecture differs from {MANIFEST}")
+        return _attach(model, manifest)
+    checkpoint, _ = load_checkpoint_file(path)
+    meta = {k: v for k, v in checkpoint.items() if k != "state_dict"}
+    return _attach(model_from_checkpoint(checkpoint, path), meta)
+
+
+def load_pruned_model(model: nn.Module, path: str | os.PathLike,
+                      inputs: InputMode = "error") -> nn.Module:
+    """Resize the Conv2d, BatchNorm1d/2d and Linear layers of your own model in place to a
+    checkpoint's and load its weights strictly.
+
+    `path` is a bundle folder or a best_model.pth. The i-th such layer of `model` (registration
+    order) gets the i-th of the checkpoint; a different count, layer kind, kernel/stride/padding,
+    input or output size is a ValueError and leaves the model as it was. `inputs` says what to
+    do with an input-pruned checkpoint (see deploy.user_model): "error", "indices" (sets
+    `model.input_indices`; your forward must apply them) or "zeros". The model is put in eval
+    mode and gets `input_spec`, so predict(model, raw) works (it passes images shaped
+    (batch, *input) to a CNN, flat (batch, features) to an MLP).
+    """
+    reference = load(path)
+    copy_into(model, reference, inputs)
+    # your CNN takes images (batch, *shape); an MLP takes them flat, as the engine's does
+    model.input_spec = replace(reference.input_spec, flatten=reference.flat_input)
+    return model
+
+
+def build_manifest(checkpoint: dict[str, Any], model: DeployedNet, data: bytes,
+                   source: str) -> dict[str, Any]:
+    """The manifest of a bundle for `checkpoint` (rebuilt as `model`, file bytes `data`)."""
+    metrics = checkpoint.get("metrics") if isinstance(checkpoint.get("metrics"), dict) else {}
+    spec = InputSpec.from_dict(checkpoint.get("input"), model.n_inputs)
+    classes = checkpoint.get("classes") or model.classes
+    return {
+        "format": BUNDLE_FORMAT,
+        "model_file": MODEL_FILE,
+        "sha256": sha256(data),
+        "spec": model.spec,
+        "features_read": model.features_read,
+        "sizes": model.sizes,
+        "hidden": model.hidden,
+        "activation": model.activation,
+        "dataset": checkpoint.get("dataset"),
+        "val_size": checkpoint.get("val_size"),
+        "split_seed": checkpoint.get("split_seed"),
+        "input": spec.as_dict(),
+        "classes": [str(c) for c in classes],
+        "iteration": checkpoint.get("iteration"),
+        "percent_retained": checkpoint.get("percent_retained"),
+        "criterion": checkpoint.get("criterion"),
+        "test_accuracy": metrics.get("test_accuracy"),
+        "val_accuracy": metrics.get("val_accuracy"),
+        "metrics": metrics,
+        "params": count_params(model),
+        "macs": int(checkpoint.get("macs") or count_macs(model)),
+        "project_version": checkpoint.get("version"),
+        "deploy_version": __version__,
+        "source": source,
+        "onnx": None,
+    }
+
+
+def write_bundle(checkpoint_path: str | os.PathLike, out: str | os.PathLike,
+                 onnx: bool = True) -> dict[str, Any]:
+    """Write model.pth, model.onnx (when onnx/onnxruntime are installed) and manifest.json.
+
+    Returns the manifest; manifest['onnx'] is the ONNX entry or {'skipped': reason}.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder")
+    blocker = next((p for p in out.parents if p.exists()), None)  # nothing written below a file
+    if blocker is not None and not blocker.is_dir():
+        raise ValueError(f"{out}: {blocker} is a file, not a folder")
+    checkpoint, data = load_checkpoint_file(checkpoint_path)
+    model = model_from_checkpoint(checkpoint, checkpoint_path)
+    manifest = build_manifest(checkpoint, model, data, str(checkpoint_path))
+    onnx_entry: dict[str, Any] = {"skipped": "disabled (--no-onnx)"}
+    onnx_bytes = None
+    if onnx:
+        try:
+            onnx_bytes = export_onnx(model, model.n_inputs)
+        except OnnxUnavailable as exc:
+            onnx_entry = {"skipped": str(exc)}
+    if onnx_bytes is not None:
+        x = torch.rand(ONNX_CHECK_ROWS, model.n_inputs, generator=torch.Generator().manual_seed(0))
+        diff = check_onnx(onnx_bytes, model, x)
+        onnx_entry = {"file": ONNX_FILE, "sha256": sha256(onnx_bytes), "input": "input",
+                      "output": "logits", "max_abs_diff": diff}
+    manifest["onnx"] = onnx_entry
+
+    # model files first, manifest last: until the manifest is replaced the folder is refused
+    atomic_write(out / MODEL_FILE, data)
+    if onnx_bytes is not None:
+        atomic_write(out / ONNX_FILE, onnx_bytes)
+    else:
+        (out / ONNX_FILE).unlink(missing_ok=True)  # never leave a stale export behind
+    atomic_write(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _resolve(recorded: str, anchor: Path) -> Path:
+    """The checkpoint named in recommended.txt (`anchor`, in <session>/<mode>/RESULTS).
+
+    The engine records it relative to the session (<mode>/<i>/prune_w_retrain/best_model.pth),
+    so a copied or moved session names its own model. Files written before that hold an absolute
+    path or one relative to the repository root: the same <mode>/<i>/... inside this session is
+    taken first (a copy must not bundle its original's model), then the path as written.
+    """
+    path = Path(recorded)
+    mode_dir = Path(os.path.abspath(anchor)).parent.parent
+    candidates = [] if path.is_absolute() else [mode_dir.parent / path]
+    tail = path.parts[-4:]
+    if len(tail) == 4 and tail[0] == mode_dir.name and tail[1].isdigit() \
+            and tail[2:] == ("prune_w_retrain", MODEL_NAME):
+        candidates.append(mode_dir.joinpath(*tail[1:]))
+    candidates += [path] if path.is_absolute() else [Path.cwd() / path] + [
+        folder / path for folder in anchor.parents]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{anchor}: the recommended checkpoint {recorded!r} does not exist")
+
+
+def find_recommended(path: str | os.PathLike, mode: str | None = None) -> Path:
+    """The best_model.pth named by recommended.txt of a session folder (or a mode folder)."""
+    path = Path(path)
+    if path.is_file():
+        raise ValueError(f"{path}: is a file, not a session folder (give a checkpoint file "
+                         f"without --recommended)")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such session folder")
+    if (path / RESULTS).is_file():  # a mode folder given directly
+        found = [path / RESULTS]
+    elif mode is not None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {list(MODES)}")
+        found = [path / mode / RESULTS] if (path / mode / RESULTS).is_file() else []
+    else:
+        found = [path / m / RESULTS for m in MODES if (path / m / RESULTS).is_file()]
+    if not found:
+        where = f"{path}/{mode or '<mode>'}/{RESULTS}"
+        raise FileNotFoundError(f"{where}: missing (has the session finished?)")
+    if len(found) > 1:
+        raise ValueError(f"{path}: both modes have a recommendation; choose one with --mode "
+                         f"({' or '.join(MODES)})")
+    try:
+        text = found[0].read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{found[0]}: not a text file") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{found[0]}: empty")
+    return _resolve(lines[0], found[0])
