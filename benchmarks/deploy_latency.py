@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from iaprune_deploy.__main__ import run
-from iaprune_deploy.bundle import MODES, atomic_write, find_recommended, load
-from iaprune_deploy.model import DeployedMLP, DeployedNet, count_macs, count_params
+from iaprune_runtime.__main__ import run
+from iaprune_runtime.bundle import MODES, atomic_write, find_recommended, load
+from iaprune_runtime.model import DeployedMLP, DeployedNet, count_macs, count_params
 
 SYNTHETIC = {"dense": [784, 256, 64, 10], "pruned": [784, 54, 13, 10]}
 TARGET_SPEEDUP, TARGET_HIDDEN = 3.0, 21.0  # issue 7: >= 3x at batch 256 with <= 21% of neurons

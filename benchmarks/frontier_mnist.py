@@ -33,14 +33,14 @@ from typing import Any
 
 from _setup import ROOT, markdown_table
 
-import iaprune_deploy as deploy
+import iaprune_runtime as deploy
 from iaprune.config import PruneConfig, Retraining, Scoring
 from iaprune.engine import Results, run
 from iaprune.files import atomic_write
 from iaprune.model import parse_hidden_label
 from iaprune.plotting import COLORS, log_axis, new_figure, save_figure
 from iaprune.retain import ScheduleRow, geometric_schedule, write_schedule
-from iaprune_deploy.idx import load_test_split
+from iaprune_runtime.idx import load_test_split
 
 INPUTS, HIDDEN = 784, [256, 64]
 Q = [0.96, 0.98]  # the recommended schedule: inputs and hidden 1 keep 96 % a step, hidden 2 98 %

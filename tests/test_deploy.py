@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-import iaprune_deploy as deploy
+import iaprune_runtime as deploy
 from iaprune import spec as src_spec
 from iaprune.checkpoint import load_model, save_checkpoint
 from iaprune.concatenate import concatenate, write_validation_results
@@ -29,12 +29,12 @@ from iaprune.data import load_dataset
 from iaprune.device import inference_batch
 from iaprune.model import layer_table, mlp_net
 from iaprune.validator import evaluate_split
-from iaprune_deploy.__main__ import main, run
-from iaprune_deploy.bundle import find_recommended, write_bundle
-from iaprune_deploy.idx import load_test_split, parse_idx
-from iaprune_deploy.images import to_gray
-from iaprune_deploy.inputs import InputSpec, preprocess, read_inputs
-from iaprune_deploy.model import count_macs
+from iaprune_runtime.__main__ import main, run
+from iaprune_runtime.bundle import find_recommended, write_bundle
+from iaprune_runtime.idx import load_test_split, parse_idx
+from iaprune_runtime.images import to_gray
+from iaprune_runtime.inputs import InputSpec, preprocess, read_inputs
+from iaprune_runtime.model import count_macs
 
 DEPLOY_DIR = Path(deploy.__file__).parent
 MNIST_INPUT = {"shape": [1, 28, 28], "scale": 1 / 255, "flatten": True, "dtype": "uint8",
@@ -177,10 +177,10 @@ def test_load_pruned_model_refuses_parameters_the_checkpoint_lacks(checkpoint):
 # ---- the copied-alone case --------------------------------------------------------------------
 
 def test_copied_deploy_folder_predicts_without_the_library(tmp_path, bundle):
-    """iaprune_deploy/ copied next to a bundle, without iaprune and without Pillow, runs
-    `python -m iaprune_deploy predict` on .npy inputs."""
+    """iaprune_runtime/ copied next to a bundle, without iaprune and without Pillow, runs
+    `python -m iaprune_runtime predict` on .npy inputs."""
     alone = tmp_path / "alone"
-    shutil.copytree(DEPLOY_DIR, alone / "iaprune_deploy",
+    shutil.copytree(DEPLOY_DIR, alone / "iaprune_runtime",
                     ignore=shutil.ignore_patterns("__pycache__", "bundle"))
     shutil.copytree(bundle, alone / "bundle")
     raw = images(3)
@@ -188,11 +188,11 @@ def test_copied_deploy_folder_predicts_without_the_library(tmp_path, bundle):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     no_pillow = ("import runpy, sys; sys.modules['PIL'] = None; "  # import PIL fails
                  "sys.modules['iaprune'] = None; "  # and so does the library
-                 "import iaprune_deploy, pathlib; "  # the copy, not an installed one
-                 "here = pathlib.Path(iaprune_deploy.__file__).parent.parent; "
+                 "import iaprune_runtime, pathlib; "  # the copy, not an installed one
+                 "here = pathlib.Path(iaprune_runtime.__file__).parent.parent; "
                  "assert here == pathlib.Path.cwd(); "
                  "sys.argv = ['deploy', 'predict', '--bundle', 'bundle', 'digits.npy']; "
-                 "runpy.run_module('iaprune_deploy', run_name='__main__', alter_sys=True)")
+                 "runpy.run_module('iaprune_runtime', run_name='__main__', alter_sys=True)")
     proc = subprocess.run([sys.executable, "-c", no_pillow], cwd=alone, env=env,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -421,7 +421,7 @@ def test_onnx_export_matches_torch(tmp_path, checkpoint):
     """With onnx and onnxruntime installed, model.onnx is written, checksummed and matches torch."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from iaprune_deploy.onnx_export import onnx_logits
+    from iaprune_runtime.onnx_export import onnx_logits
 
     manifest = write_bundle(checkpoint, tmp_path / "b")
     data = (tmp_path / "b" / "model.onnx").read_bytes()
@@ -437,7 +437,7 @@ def test_bundle_without_onnx_installed_says_why_and_leaves_no_stale_export(tmp_p
     manifest records why."""
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "model.onnx").write_bytes(b"old export")
-    monkeypatch.setattr("iaprune_deploy.onnx_export.onnx_missing", lambda: "onnx not installed")
+    monkeypatch.setattr("iaprune_runtime.onnx_export.onnx_missing", lambda: "onnx not installed")
     manifest = write_bundle(checkpoint, tmp_path / "b")
     assert manifest["onnx"] == {"skipped": "onnx not installed"}
     assert not (tmp_path / "b" / "model.onnx").exists()
@@ -863,8 +863,8 @@ def test_deploy_twin_builds_what_src_builds(name):
 
 
 def test_deploy_knows_the_layer_types_and_defaults_of_src():
-    """iaprune_deploy.model repeats iaprune/spec.py's table: the same types, fields and defaults."""
-    from deploy import model as twin
+    """The runtime repeats iaprune/spec.py's table: the same types, fields and defaults."""
+    from iaprune_runtime import model as twin
 
     def plain(fields, required):
         return {kind: {f: "REQUIRED" if d is required else d for f, d in spec.items()}
@@ -912,7 +912,7 @@ def test_select_manifest_records_how_many_features_are_read(tmp_path):
 
 @pytest.mark.parametrize("name", SPEC_NAMES)
 def test_macs_agree_with_the_engines_layer_table(name):
-    """iaprune_deploy's MAC count equals the engine's summary.txt total for every layer type."""
+    """iaprune_runtime's MAC count equals the engine's summary.txt total for every layer type."""
     spec = spec_named(name)
     assert count_macs(deploy.DeployedNet(spec)) == layer_table(src_spec.build(spec))[2]
 
@@ -940,7 +940,7 @@ def test_onnx_export_matches_torch_for_every_layer_type(tmp_path, name):
     pooling, batchnorm, dropout, sigmoid/tanh and select."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from iaprune_deploy.onnx_export import onnx_logits
+    from iaprune_runtime.onnx_export import onnx_logits
 
     spec = spec_named(name)
     path = spec_checkpoint(tmp_path / "m.pth", spec)
@@ -1192,7 +1192,7 @@ def test_verify_confirms_the_recorded_accuracy_and_catches_a_wrong_one(tmp_path,
                                                         (3, 1, 6)])
 def test_deploy_pools_by_slices_with_torchs_values(kernel, stride, size):
     """The runtime's inference max pool equals torch's (odd sizes, overlapping windows)."""
-    from iaprune_deploy.model import max_pool
+    from iaprune_runtime.model import max_pool
 
     pool = torch.nn.MaxPool2d(kernel, stride)
     x = torch.randn(2, 3, size, size)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
 
-import iaprune_deploy as deploy
+import iaprune_runtime as deploy
 from iaprune import cli
 from iaprune.checkpoint import load_model, save_checkpoint
 from iaprune.config import PruneConfig, Retraining, Scoring, Training, flat
@@ -26,7 +26,7 @@ from iaprune.iterativeprune import main
 from iaprune.model import from_module
 from iaprune.retain import ScheduleRow, write_schedule
 from iaprune.validator import main as validator_main
-from iaprune_deploy.__main__ import main as deploy_main
+from iaprune_runtime.__main__ import main as deploy_main
 
 FAST = PruneConfig(dataset="digits", hidden=(16, 8), training=Training(epochs=3, batch_size=64),
                    retraining=Retraining(epochs=2))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import iaprune_deploy.bundle
-import iaprune_deploy.model
+import iaprune_runtime.bundle
+import iaprune_runtime.model
 from iaprune import session, spec
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "iaprune"
@@ -63,11 +63,11 @@ def test_the_command_line_is_thin():
 
 
 def test_deploy_repeats_the_session_names_exactly():
-    """iaprune_deploy never imports iaprune, so it repeats a few names: they must equal src's."""
-    assert iaprune_deploy.bundle.MODES == tuple(session.MODES.values())
-    assert iaprune_deploy.bundle.RESULTS == Path(session.RESULTS_DIR) / session.RECOMMENDED_FILE
-    assert iaprune_deploy.bundle.MODEL_NAME == session.CHECKPOINT_FILE
+    """iaprune_runtime never imports iaprune, so it repeats a few names: they must equal src's."""
+    assert iaprune_runtime.bundle.MODES == tuple(session.MODES.values())
+    assert iaprune_runtime.bundle.RESULTS == Path(session.RESULTS_DIR) / session.RECOMMENDED_FILE
+    assert iaprune_runtime.bundle.MODEL_NAME == session.CHECKPOINT_FILE
 
 
 def test_deploy_knows_every_layer_type_of_the_spec():
-    assert set(iaprune_deploy.model.FIELDS) == set(spec.FIELDS)
+    assert set(iaprune_runtime.model.FIELDS) == set(spec.FIELDS)

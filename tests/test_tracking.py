@@ -362,7 +362,7 @@ def test_only_the_tracking_module_imports_trackers_and_only_inside_functions(pac
     at import time; iaprune/tracking.py (sessions) and iaprune/study.py (studies, MLflow) alone use
     them."""
     repo = Path(__file__).parents[1]
-    for path in [*repo.glob("src/iaprune/**/*.py"), *repo.glob("src/iaprune_deploy/*.py")]:
+    for path in [*repo.glob("src/iaprune/**/*.py"), *repo.glob("src/iaprune_runtime/*.py")]:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         imports = {(node, name) for node in ast.walk(tree)
                    for name in ([a.name for a in node.names] if isinstance(node, ast.Import)

@@ -1,13 +1,13 @@
 """Command line of the deploy step: `python -m iaprune.deploy bundle | predict | verify`.
 
-The deploy runtime is its own small package, `iaprune_deploy` (torch + numpy only, never this
+The deploy runtime is its own small package, `iaprune_runtime` (torch + numpy only, never this
 library), so that a deployed model needs neither IA-Prune nor its dependencies; this module
 only gives it the step's name inside the package.
 """
 
 from __future__ import annotations
 
-from iaprune_deploy.__main__ import main, run
+from iaprune_runtime.__main__ import main, run
 
 
 def entry(argv: list[str] | None = None) -> int:

@@ -104,7 +104,7 @@ def checked_file(folder: Path, name: str, expected: str) -> bytes:
     if sha256(data) != expected:
         raise BundleError(f"{path}: sha256 does not match {MANIFEST} (expected {expected[:12]}..., "
                           f"got {sha256(data)[:12]}...): the file was modified or replaced; "
-                          f"refusing it (rebuild the bundle with python -m iaprune_deploy bundle)")
+                          f"refusing it (rebuild the bundle with python -m iaprune_runtime bundle)")
     return data
 
 

@@ -1,4 +1,4 @@
-"""Command line: python -m iaprune_deploy bundle | predict | verify (errors: one line, exit 2)."""
+"""Command line: python -m iaprune_runtime bundle | predict | verify (errors: one line, exit 2)."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     bundle = Path(args.bundle)
     if bundle.is_file() and bundle.name != MANIFEST:
         raise ValueError(f"{bundle}: is a file, not a bundle folder; verify checks a bundle "
-                         f"(make one with: python -m iaprune_deploy bundle {bundle} --out FOLDER)")
+                         f"(make one with: python -m iaprune_runtime bundle {bundle} --out FOLDER)")
     bundle = bundle.parent if bundle.is_file() else bundle
     model = load(bundle)  # refuses a model.pth whose sha256 differs from the manifest's
     manifest = model.info
@@ -135,7 +135,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def parser() -> argparse.ArgumentParser:
     """The command-line parser with its three subcommands."""
-    top = argparse.ArgumentParser(prog="python -m iaprune_deploy",
+    top = argparse.ArgumentParser(prog="python -m iaprune_runtime",
                                   description="Bundle an IA-Prune model and run it with torch "
                                   "alone.")
     sub = top.add_subparsers(dest="command", required=True)
