@@ -26,7 +26,7 @@ from .model import (
 from .onnx_export import OnnxUnavailable, check_onnx, export_onnx
 from .user_model import InputMode, copy_into
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 BUNDLE_FORMAT = "ia-prune-bundle/2"  # records the architecture spec
 LEGACY_BUNDLE_FORMAT = "ia-prune-bundle/1"  # an MLP by its sizes and activation (still loads)
 REQUIRED_KEYS = {BUNDLE_FORMAT: ("sha256", "spec"),
