@@ -55,7 +55,11 @@ _EXPORTS: dict[str, str] = {
     "Interval": "iaprune.interval",
     "UserError": "iaprune.errors",
 }
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = ["__version__", "run", "Results", "PruneConfig", "Training", "Retraining", "Scoring",
+           "load_dataset", "Dataset", "from_module", "build", "spec_of", "save_checkpoint",
+           "load_model", "load_pruned_model", "geometric_schedule", "write_schedule",
+           "read_schedule", "concatenate", "evaluate", "score", "ScoreData", "keep_indices",
+           "shrink", "Interval", "UserError"]
 
 if TYPE_CHECKING:  # static tools see the real names
     from iaprune.checkpoint import load_model, save_checkpoint
