@@ -33,7 +33,24 @@ class CheckpointError(UserError):
 
 
 def save_checkpoint(path: str | os.PathLike, model: Net, **meta: Any) -> Path:
-    """Save `model` with its spec, input description and `meta` (plain values only)."""
+    """Save `model` as a best_model.pth that rebuilds without any Python class.
+
+    Args:
+        path: the file to write (atomically).
+        model: a Net (from `build`, `from_module` or a session).
+        meta: plain values stored beside the weights, e.g. `dataset="digits"` (then a session
+            given this checkpoint as `base_model` knows its data) and `input=data.input_info()`
+            (the preprocessing the deploy runtime applies).
+
+    Returns:
+        Path: the file written.
+
+    Example:
+        >>> from iaprune import build, save_checkpoint
+        >>> spec = {"input": [64], "layers": [{"type": "linear", "out": 10}]}
+        >>> save_checkpoint("tiny.pth", build(spec, seed=0), dataset="digits")
+        PosixPath('tiny.pth')
+    """
     spec = spec_of(model)
     info = dict(meta.pop("input", None) or {})
     shape = list(info.get("shape", spec["input"]))
@@ -119,7 +136,20 @@ def model_from_checkpoint(checkpoint: dict[str, Any], source: str | os.PathLike 
 
 
 def load_model(path: str | os.PathLike) -> tuple[Net, dict[str, Any]]:
-    """Load a best_model.pth into a Net in eval mode; returns (model, checkpoint dict)."""
+    """Load a best_model.pth into a Net in eval mode (weights_only=True, strict=True).
+
+    Args:
+        path: a checkpoint written by a session, by `save_checkpoint` or an ia-prune/1 MLP.
+
+    Returns:
+        (Net, dict): the model and the checkpoint's fields (spec, input, iteration, ...).
+
+    Example:
+        >>> from iaprune import load_model
+        >>> model, checkpoint = load_model("tiny.pth")
+        >>> checkpoint["dataset"]
+        'digits'
+    """
     checkpoint = load_checkpoint(path)
     return model_from_checkpoint(checkpoint, path), checkpoint
 

@@ -162,7 +162,18 @@ class Scoring:
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """Every setting of a pruning run; saved to config.json and re-read on resume."""
+    """Every setting of a pruning run; saved to config.json and re-read on resume.
+
+    Each field is also a flag of `iaprune iterativeprune` (its name with dashes: `val_size` is
+    `--val-size`; the nested `training`, `retraining` and `scoring` settings are
+    `--epochs`, `--retrain-epochs`, `--criterion`, ...). Invalid values raise ConfigError.
+
+    Example:
+        >>> from iaprune import PruneConfig, Retraining, Scoring
+        >>> PruneConfig(dataset="digits", arch="cnn3", scoring=Scoring(criterion="taylor"),
+        ...             retraining=Retraining(epochs=4)).scoring.criterion
+        'taylor'
+    """
 
     dataset: Dataset = setting("mnist", "dataset")
     arch: str | None = setting(None, "architecture: a preset (mlp, lenet5, cnn3) or a JSON spec "

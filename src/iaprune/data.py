@@ -233,10 +233,27 @@ def dataset_sizes(name: str) -> tuple[int, int]:
 
 def load_dataset(name: str, root: str | os.PathLike | None = None,
                  val_size: int | None = None, seed: int = 0) -> Dataset:
-    """Load `name` ('mnist', 'fashion-mnist', 'digits') as in-memory float32 tensors in [0, 1].
+    """Load a built-in dataset as in-memory float32 tensors in [0, 1].
 
-    The validation split (default 5000 for the IDX sets, 180 for digits) is carved from the
-    training set with `seed`; the test split is the dataset's own and never overlaps it.
+    The validation split is carved from the training set with `seed`; the test split is the
+    dataset's own and never overlaps it.
+
+    Args:
+        name: 'mnist', 'fashion-mnist' or 'digits' (scikit-learn's 8x8 digits, offline).
+        root: the folder holding MNIST/raw/ and FashionMNIST/raw/ (default $IAPRUNE_DATA, else
+            data/); missing IDX files are downloaded and md5-checked.
+        val_size: validation samples (default 5000 for the IDX sets, 180 for digits).
+        seed: the seed of the validation split.
+
+    Returns:
+        Dataset: `train`, `val`, `test` splits (each `.x` (n, features) and `.y` (n,)),
+        `input_shape`, `num_classes`, `classes` and `input_info()` for checkpoints.
+
+    Example:
+        >>> from iaprune import load_dataset
+        >>> data = load_dataset("digits")
+        >>> data.input_shape, data.num_classes, len(data.train.x)
+        ((1, 8, 8), 10, 1257)
     """
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose from {list(DATASETS)}")

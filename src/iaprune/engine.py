@@ -509,8 +509,36 @@ def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None =
         begin: int | None = None, data_root: str | Path | None = None,
         tracker: Tracker | None = None, quiet: bool = False,
         log: Callable[[str], Any] = print) -> Results:
-    """Run or resume a pruning session. Every check that can fail runs before anything is
-    written: settings, schedule, data, checkpoints, the criterion on the model."""
+    """Run or resume a pruning session: train (or take) the base model, then per schedule row
+    score, shrink, fold and retrain, writing one iteration folder each.
+
+    Every check that can fail runs before anything is written: settings, schedule, data,
+    checkpoints, the criterion on the model. Running it again on the same session resumes
+    after the last complete iteration.
+
+    Args:
+        config: every setting of the run (saved to the session's config.json; a resumed
+            session must be given the same settings).
+        session: the session folder (created if missing).
+        retain: a retain.txt schedule; default retain/retain.txt when it fits the model, else
+            the geometric schedule with q = 0.8.
+        begin: redo iterations from `begin` on, starting from iteration begin-1's checkpoint.
+        data_root: the folder holding MNIST/raw/ etc. (default $IAPRUNE_DATA, else data/).
+        tracker: an MLflow or TensorBoard tracker (iaprune.tracking.make_tracker).
+        quiet: no progress bars.
+        log: where progress lines go (default print).
+
+    Returns:
+        Results: the rows of the iterations run now, the schedule, and the gathered results;
+        `results.recommended` is the path of the recommended best_model.pth.
+
+    Example:
+        >>> from iaprune import PruneConfig, Retraining, run
+        >>> config = PruneConfig(dataset="digits", retraining=Retraining(epochs=5))
+        >>> results = run(config, "sessions/api")  # doctest: +SKIP
+        >>> print(results.recommended)  # doctest: +SKIP
+        sessions/api/iterative_pruning/9/prune_w_retrain/best_model.pth
+    """
     root = Path(session)
     check_session_folder(root)
     session = Session(root, config.mode)

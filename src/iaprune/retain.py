@@ -107,9 +107,28 @@ def _check_count(value: int, name: str, minimum: int = 1) -> int:
 def geometric_schedule(hidden: list[int], q: float | list[float] = 0.8, iterations: int = 31,
                        min_neurons: int = 1, inputs: int | None = None,
                        q_inputs: float | None = None, min_inputs: int = 1) -> list[ScheduleRow]:
-    """Rows for t = 0 .. iterations-1 of N_l(t) = max(min_neurons, round(h_l * q_l**t)); with
-    `inputs` (the unpruned input count) also N_in(t) = max(min_inputs, round(inputs *
-    q_inputs**t)) in the input column (q_inputs defaults to the first hidden layer's q)."""
+    """The geometric retention schedule: rows for t = 0 .. iterations-1 of
+    N_l(t) = max(min_neurons, round(h_l * q_l**t)); rows equal to the previous are skipped and
+    the schedule stops once every layer is at its minimum.
+
+    Args:
+        hidden: the unpruned units of every prunable group (hidden layers, conv layers).
+        q: the retention factor per step, one for all groups or one per group.
+        iterations: the number of exponents t tried.
+        min_neurons: the fewest units a group keeps.
+        inputs: the unpruned input count, to prune the inputs too (an input column
+            N_in(t) = max(min_inputs, round(inputs * q_inputs**t))).
+        q_inputs: the inputs' factor (default: the first group's q).
+        min_inputs: the fewest inputs kept.
+
+    Returns:
+        list[ScheduleRow]: row r is pruning iteration r (row 0 is the unpruned network).
+
+    Example:
+        >>> from iaprune import geometric_schedule
+        >>> [row.neurons for row in geometric_schedule([256, 64], q=0.5, iterations=3)]
+        [(256, 64), (128, 32), (64, 16)]
+    """
     hidden = _check_hidden(hidden)
     qs = _check_q(q, len(hidden))
     _check_count(iterations, "iterations")
@@ -178,7 +197,20 @@ def format_schedule(rows: Sequence[ScheduleRow], aligned: bool = False) -> str:
 
 
 def write_schedule(rows: Sequence[ScheduleRow], path: str | os.PathLike) -> Path:
-    """Write `rows` as retain.txt (header + one line per row), atomically."""
+    """Write `rows` as a retain.txt (header + one line per row), atomically.
+
+    Args:
+        rows: a schedule, e.g. from `geometric_schedule`.
+        path: the file to write.
+
+    Returns:
+        Path: the file written.
+
+    Example:
+        >>> from iaprune import geometric_schedule, write_schedule
+        >>> write_schedule(geometric_schedule([32, 16], q=0.7, iterations=3), "retain.txt")
+        PosixPath('retain.txt')
+    """
     return atomic_write(path, format_schedule(rows))
 
 
@@ -225,7 +257,20 @@ def _check_step(previous: ScheduleRow, iteration: int, units: tuple[int, ...],
 
 def read_schedule(path: str | os.PathLike,
                   hidden: Sequence[int] | None = None) -> list[ScheduleRow]:
-    """Read and validate a retain.txt; with `hidden`, its first row must equal those sizes."""
+    """Read and validate a retain.txt (ScheduleError names the line and the problem).
+
+    Args:
+        path: the schedule file.
+        hidden: when given, the first row must equal these unit counts.
+
+    Returns:
+        list[ScheduleRow]: the rows in order.
+
+    Example:
+        >>> from iaprune import read_schedule
+        >>> read_schedule("retain.txt")[1].neurons
+        (22, 11)
+    """
     path = Path(path)
     problem = file_problem(path, "schedule file", inside="retain.txt")
     if problem:
