@@ -9,8 +9,9 @@ The public API (everything else is internal and may change):
     print(results.recommended)
 
 Workflow steps: `run` (train + prune + retrain, resumable), `geometric_schedule` /
-`write_schedule` (the retention schedule), `concatenate` (tables, plots, recommendation),
-`evaluate` (re-evaluate a model). Models: `build` (a network from an architecture spec),
+`write_schedule` (the retention schedule), `evaluate` (re-evaluate a model); the tables,
+plots and recommendation of a session are gathered by `run` itself (and by the concatenate
+step). Models: `build` (a network from an architecture spec),
 `from_module` (import your own nn.Module), `spec_of`, `save_checkpoint`, `load_model`,
 `load_pruned_model` (a pruned checkpoint back into your own class). One pruning step by hand:
 `score` (one significance per unit of every prunable group), `keep_indices`, `shrink`.
@@ -46,7 +47,6 @@ _EXPORTS: dict[str, str] = {
     "geometric_schedule": "iaprune.retain",
     "write_schedule": "iaprune.retain",
     "read_schedule": "iaprune.retain",
-    "concatenate": "iaprune.concatenate",
     "evaluate": "iaprune.validator",
     "score": "iaprune.significance",
     "ScoreData": "iaprune.significance",
@@ -58,12 +58,11 @@ _EXPORTS: dict[str, str] = {
 __all__ = ["__version__", "run", "Results", "PruneConfig", "Training", "Retraining", "Scoring",
            "load_dataset", "Dataset", "from_module", "build", "spec_of", "save_checkpoint",
            "load_model", "load_pruned_model", "geometric_schedule", "write_schedule",
-           "read_schedule", "concatenate", "evaluate", "score", "ScoreData", "keep_indices",
+           "read_schedule", "evaluate", "score", "ScoreData", "keep_indices",
            "shrink", "Interval", "UserError"]
 
 if TYPE_CHECKING:  # static tools see the real names
     from iaprune.checkpoint import load_model, save_checkpoint
-    from iaprune.concatenate import concatenate
     from iaprune.config import PruneConfig, Retraining, Scoring, Training
     from iaprune.data import Dataset, load_dataset
     from iaprune.engine import Results, run
