@@ -134,7 +134,7 @@ def synthetic_models(seed: int = 0) -> dict[str, DeployedNet]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.deploy_latency",
+    parser = argparse.ArgumentParser(prog="python benchmarks/deploy_latency.py",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--dense", help="the dense base model's best_model.pth (or bundle)")
     parser.add_argument("--pruned", help="the pruned model's best_model.pth (or bundle)")
