@@ -1,8 +1,8 @@
 """CPU latency and throughput of the dense base model vs the pruned one, measured side by side.
 
-    python -m benchmarks.deploy_latency --session sessions/<s> [--mode iterative_pruning]
-    python -m benchmarks.deploy_latency --dense A/best_model.pth --pruned B/best_model.pth
-    python -m benchmarks.deploy_latency --synthetic   # random 784-256-64-10 vs 784-54-13-10
+    python benchmarks/deploy_latency.py --session sessions/<s> [--mode iterative_pruning]
+    python benchmarks/deploy_latency.py --dense A/best_model.pth --pruned B/best_model.pth
+    python benchmarks/deploy_latency.py --synthetic   # random 784-256-64-10 vs 784-54-13-10
 
 Models are loaded with `deploy.load` (torch only). Timings are medians over interleaved samples
 (dense, pruned, pruned, dense, ...), so both models see the same machine load; each sample
@@ -134,7 +134,7 @@ def synthetic_models(seed: int = 0) -> dict[str, DeployedNet]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.deploy_latency",
+    parser = argparse.ArgumentParser(prog="python benchmarks/deploy_latency.py",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--dense", help="the dense base model's best_model.pth (or bundle)")
     parser.add_argument("--pruned", help="the pruned model's best_model.pth (or bundle)")
