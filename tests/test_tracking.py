@@ -22,6 +22,7 @@ from iaprune import cli
 from iaprune.config import PruneConfig, flat
 from iaprune.engine import IterativePruning
 from iaprune.iterativeprune import main
+from iaprune.records import read_epochs
 from iaprune.retain import ScheduleRow, write_schedule
 from iaprune.tracking import (
     EPOCH_METRICS,
@@ -32,7 +33,6 @@ from iaprune.tracking import (
     check_server,
     default_uri,
     make_tracker,
-    read_epochs,
 )
 
 pytest.importorskip("mlflow", reason="mlflow-skinny is not installed")
