@@ -131,6 +131,29 @@ def test_deploy_knows_every_layer_type_of_the_spec():
     assert set(iaprune_runtime.model.FIELDS) == set(spec.FIELDS)
 
 
+def column_lists(tree: ast.AST) -> list[list[str]]:
+    """Literal lists, tuples, sets and dict keys in `tree` naming two or more result columns."""
+    columns = {c.name for c in (*records.VALIDATION, *records.EPOCH, *records.RUN)}
+    found = []
+    for node in ast.walk(tree):
+        items = node.keys if isinstance(node, ast.Dict) else node.elts if isinstance(
+            node, ast.List | ast.Tuple | ast.Set) else []
+        named = [i.value for i in items if isinstance(i, ast.Constant) and i.value in columns]
+        if len(named) >= 2:
+            found.append(named)
+    return found
+
+
+def test_column_lists_are_spelled_only_in_records():
+    """No other module keeps its own list or mapping of result columns (the header of
+    validation_results.txt, a metric -> column table): they derive from iaprune.records."""
+    assert column_lists(ast.parse('row = {"Train_Loss": 1.0, "Val_Loss": 2.0}')) == \
+        [["Train_Loss", "Val_Loss"]]
+    found = {str(path.relative_to(SRC)): spelled for path in sorted(SRC.rglob("*.py"))
+             if path.name != "records.py" and (spelled := column_lists(ast.parse(
+                 path.read_text())))}
+    assert found == {}
+
 def test_ray_workers_import_the_package_from_the_study_root():
     """The study's ROOT (Ray workers' code path) is the folder that holds the iaprune package, so
     a worker imports the task functions of iaprune.study.runner from there."""
