@@ -1,24 +1,23 @@
-"""Shared benchmark helpers: repo root on the path, data, and the reference-epoch timer."""
+"""Shared benchmark helpers: the repository root, the reference-epoch timer, tables.
+
+The benchmarks import the installed package (pip install -e . from the repository root)."""
 
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # benchmarks run as scripts: make `src` importable
-    sys.path.insert(0, str(ROOT))
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+from iaprune.data import Dataset
+from iaprune.model import mlp_net
+from iaprune.spec import build
 
-from iaprune.data import Dataset  # noqa: E402
-from iaprune.model import mlp_net  # noqa: E402
-from iaprune.spec import build  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # the repository: benchmarks/results/, sessions/
 
 REFERENCE_SIZES = [784, 256, 64, 10]
 

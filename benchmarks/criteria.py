@@ -13,12 +13,13 @@ from __future__ import annotations
 import os
 import sys
 
-try:  # run as a script: benchmarks/ is on sys.path and _setup puts the repo root there too
+try:  # run as a script: benchmarks/ is on sys.path
     from _setup import ROOT
 except ModuleNotFoundError:  # imported as a module from the repository root (tests)
     from benchmarks._setup import ROOT
 
-from iaprune import cli, study
+from iaprune import cli
+from iaprune.study import cli as study
 
 PRESET = ["--dataset", "mnist", "--hidden", "256", "64", "--seeds", "0", "1", "2",
           "--curves", "no-retrain", "retrain", "--modes", "iterative",

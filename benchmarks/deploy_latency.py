@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.session:
             pruned = find_recommended(args.session, args.mode)
             # .../<mode>/<i>/prune_w_retrain/best_model.pth -> .../<mode>/0/prune_w_retrain/...
-            dense = pruned.parents[2] / "0" / "prune_w_retrain" / "best_model.pth"
+            dense = pruned.parents[2] / "0" / pruned.parent.name / pruned.name
         elif args.dense and args.pruned:
             dense, pruned = Path(args.dense), Path(args.pruned)
         else:

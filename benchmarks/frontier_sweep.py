@@ -30,8 +30,9 @@ from frontier_mnist import BUDGETS, SCORING, choose, input_schedule
 
 from iaprune.config import PruneConfig, Retraining
 from iaprune.files import atomic_write
+from iaprune.records import TRAIN_FILE, read_epochs
 from iaprune.retain import write_schedule
-from iaprune.tracking import read_epochs
+from iaprune.session import Session
 
 # name: (label, q of the hidden columns, q of the inputs (None: the first q), retraining
 # settings, scoring settings), each against the earlier recommendation
@@ -81,8 +82,7 @@ def run_one(name: str, seed: int, base: Path, cache: Path, data_root: str | None
     result = run(config, folder / "session", retain=retain, data_root=data_root, quiet=True,
                  log=lambda line: None)
     rows = [dict(r.values) for r in result.concatenation.rows]
-    epochs = sum(len(read_epochs(result.session.checkpoint(r.iteration).parent /
-                                 "train_results.txt"))
+    epochs = sum(len(read_epochs(result.session.final(r.iteration) / TRAIN_FILE))
                  for r in result.concatenation.rows if r.iteration > 0)
     return {"name": name, "seed": seed, "epochs": epochs,
             "chosen": {budget: choose(rows, budget) for budget in BUDGETS}}
@@ -96,8 +96,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="these variants")
     parser.add_argument("--jobs", type=int, default=2, help="parallel sessions [2]")
     args = parser.parse_args()
-    bases = {seed: args.out / "cache" / "frontier_mnist" / f"inputs-s{seed}" /
-             "iterative_pruning" / "0" / "prune_w_retrain" / "best_model.pth"
+    bases = {seed: Session(args.out / "cache" / "frontier_mnist" / f"inputs-s{seed}").checkpoint(0)
              for seed in args.seeds}
     missing = [str(path) for path in bases.values() if not path.is_file()]
     if missing:

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 from _setup import ROOT, cpu_and_wall, markdown_table, median, reference_epoch
+from deploy_latency import BenchConfig, measure
 
 import iaprune_runtime as deploy
-from benchmarks.deploy_latency import BenchConfig, measure
 from iaprune.checkpoint import load_model
 from iaprune.config import PruneConfig
 from iaprune.data import load_dataset

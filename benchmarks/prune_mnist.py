@@ -17,13 +17,12 @@ from pathlib import Path
 
 from _setup import ROOT, markdown_table, median, reference_epoch
 
-from iaprune.concatenate import read_validation_results
 from iaprune.config import apply, flat
 from iaprune.data import load_dataset
 from iaprune.engine import read_config, run
 from iaprune.files import atomic_write
+from iaprune.records import TRAIN_FILE, read_epochs, read_validation_results
 from iaprune.session import Session
-from iaprune.tracking import read_epochs
 
 # hidden sizes -> minimum test accuracy (issue 5); thesis reference values for comparison
 TARGETS = {"256-64": 98.0, "54-13": 97.5, "34-9": 97.0, "22-5": 96.0, "11-3": 90.0}
@@ -65,17 +64,16 @@ def main() -> None:
     reference.append(cpu_and_wall(reference_epoch, data, seed=2))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    mode_dir = Path(args.session) / "iterative_pruning"
-    config = flat(read_config(Session(Path(args.session))))
+    session = Session(Path(args.session))
+    config = flat(read_config(session))
     rows, epochs = [], []  # epochs: per iteration, (epochs run, kept epoch)
     i = 0
     while True:
-        folder = mode_dir / str(i) / "prune_w_retrain"
         try:
-            rows.append(read_validation_results(folder / "validation_results.txt"))
+            rows.append(read_validation_results(session.validation(i)))
         except (FileNotFoundError, ValueError):
             break
-        history = read_epochs(folder / "train_results.txt")
+        history = read_epochs(session.final(i) / TRAIN_FILE)
         kept = max(history, key=lambda e: (e["ValAccuracy"], -e["ValLoss"]))
         epochs.append((len(history), int(kept["Epoch"])))
         i += 1

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from _setup import ROOT, markdown_table  # also puts the repository root on sys.path
+from _setup import ROOT, markdown_table
 from torch import nn
 
 from iaprune.adjoint import sweep

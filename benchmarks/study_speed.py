@@ -24,10 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from _setup import ROOT, markdown_table  # also puts the repository root on sys.path
+from _setup import ROOT, markdown_table
 
 from iaprune.checkpoint import atomic_write
 from iaprune.cli import run
+from iaprune.records import ITERATION_DIR, VALIDATION_FILE
 
 GRID = ["--seeds", "0", "1", "2", "--variants", "ia-per_output", "magnitude", "taylor", "fpgm",
         "--curves", "no-retrain", "retrain", "--default-only", "retrain"]
@@ -52,7 +53,7 @@ def cell_numbers(out: Path) -> dict[str, str]:
     """Every iteration's validation_results.txt under OUT/cache, by path relative to it."""
     cache = out / "cache"
     return {str(p.relative_to(cache)): p.read_text()
-            for p in sorted(cache.rglob("validation_results.txt"))}
+            for p in sorted(cache.rglob(VALIDATION_FILE))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     (seq, seq_numbers), (par, par_numbers) = [(statistics.median(times[k]), numbers[k])
                                               for k in kinds]
     identical = seq_numbers == par_numbers
-    cells = sum(1 for path in seq_numbers if path.endswith("/0/prune_w_retrain/"
-                                                           "validation_results.txt"))
+    cells = sum(1 for path in seq_numbers if path.endswith(f"/0/{ITERATION_DIR}/{VALIDATION_FILE}"))
     medians = {kind: statistics.median(times[kind]) for kind in kinds}
     rows = [[kind, " / ".join(f"{t:.1f}" for t in times[kind]), f"{medians[kind]:.1f}",
              f"{seq / medians[kind]:.2f}x", " / ".join(f"{t:.1f}" for t in busy[kind]),

@@ -9,24 +9,20 @@ from pathlib import Path
 
 import pytest
 
+import iaprune.concatenate as concatenate_module
 from iaprune import cli, plotting
-from iaprune import concatenate as concatenate_module
-from iaprune.concatenate import (
-    COMPARISON_FILE,
-    OUTPUTS,
+from iaprune.concatenate import concatenate, gather, main, recommend
+from iaprune.records import (
+    COMPARISON_PLOT,
     RESULTS_DIR,
+    RESULTS_FILES,
     SETTINGS_FILE,
     VALIDATION_COLUMNS,
     ResultsError,
-    concatenate,
-    gather,
-    main,
-    mode_dirs,
     read_validation_results,
-    recommend,
     write_validation_results,
 )
-from iaprune.session import SessionError
+from iaprune.session import SessionError, mode_dirs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -213,7 +209,7 @@ def test_concatenate_writes_the_four_files_and_recommended_txt(tmp_path):
     mode = make_mode(tmp_path / "iterative_pruning", [98.0, 97.6, 96.0])
     result = concatenate(mode, quiet=True)
     out = mode / RESULTS_DIR
-    assert result.outputs == tuple(out / name for name in OUTPUTS)
+    assert result.outputs == tuple(out / name for name in RESULTS_FILES)
     for name in ("accuracies.png", "losses.png", "tradeoff.png"):
         assert (out / name).read_bytes().startswith(PNG_SIGNATURE)
     expected = mode / "1" / "prune_w_retrain" / "best_model.pth"
@@ -250,7 +246,7 @@ def test_compare_overlay_writes_comparison_png(tmp_path):
     one = make_mode(tmp_path / "s" / "iterative_pruning", [98.0, 97.6, 96.0])
     two = make_mode(tmp_path / "s" / "one_shot_pruning", [98.0, 97.0, 93.0])
     result = concatenate(one, compare=[two], quiet=True)
-    assert result.outputs[-1] == one / RESULTS_DIR / COMPARISON_FILE
+    assert result.outputs[-1] == one / RESULTS_DIR / COMPARISON_PLOT
     assert result.outputs[-1].read_bytes().startswith(PNG_SIGNATURE)
     assert not (two / RESULTS_DIR).exists()  # compared runs are only read
 
@@ -309,7 +305,7 @@ def test_command_processes_every_mode_of_a_session(tmp_path, capsys):
     assert main([str(tmp_path), "--tolerance", "1.0"]) == 0
     for mode in ("iterative_pruning", "one_shot_pruning"):
         out = tmp_path / mode / RESULTS_DIR
-        assert all((out / name).is_file() for name in (*OUTPUTS, COMPARISON_FILE))
+        assert all((out / name).is_file() for name in (*RESULTS_FILES, COMPARISON_PLOT))
     assert "processing each" in capsys.readouterr().out
 
 

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from iaprune import study
-from iaprune.study_grid import CURVES, StudyConfig, make_plan, registry
+from iaprune.study import cli as study
+from iaprune.study.grid import CURVES, StudyConfig, make_plan, registry
 
 ROOT = Path(__file__).resolve().parents[1]
 

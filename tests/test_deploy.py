@@ -24,10 +24,11 @@ from torch import nn
 import iaprune_runtime as deploy
 from iaprune import spec as src_spec
 from iaprune.checkpoint import load_model, save_checkpoint
-from iaprune.concatenate import concatenate, write_validation_results
+from iaprune.concatenate import concatenate
 from iaprune.data import load_dataset
 from iaprune.device import inference_batch
 from iaprune.model import layer_table, mlp_net
+from iaprune.records import write_validation_results
 from iaprune.validator import evaluate_split
 from iaprune_runtime.__main__ import main, run
 from iaprune_runtime.bundle import find_recommended, write_bundle

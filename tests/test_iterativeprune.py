@@ -13,14 +13,14 @@ import torch
 from iaprune import cli, concatenate, plotting
 from iaprune import data as data_module
 from iaprune.checkpoint import load_model, save_checkpoint
-from iaprune.concatenate import VALIDATION_COLUMNS, read_validation_results
 from iaprune.config import PruneConfig, Scoring, flat
 from iaprune.engine import IterativePruning
 from iaprune.groups import units
 from iaprune.iterativeprune import main
 from iaprune.model import mlp_net
+from iaprune.records import EPOCH_COLUMNS, VALIDATION_COLUMNS, read_validation_results
 from iaprune.retain import ScheduleRow, write_schedule
-from iaprune.trainer import TRAIN_COLUMNS, TrainingError
+from iaprune.trainer import TrainingError
 
 ROWS = [(16, 8), (12, 6), (8, 4)]
 FAST = ["--dataset", "digits", "--hidden", "16", "8", "--epochs", "3", "--retrain-epochs", "2",
@@ -60,7 +60,7 @@ def test_three_row_run_writes_every_file(tmp_path, retain):
         header, row = (folder / "validation_results.txt").read_text().splitlines()
         assert header.split() == list(VALIDATION_COLUMNS) and len(row.split()) == 11
         assert (folder / "train_results.txt").read_text().split("\n")[0].split() == \
-            list(TRAIN_COLUMNS)
+            list(EPOCH_COLUMNS)
         assert "Total" in (folder / "summary.txt").read_text()
     for name in ("validations.txt", "accuracies.png", "losses.png", "recommended.txt"):
         assert (mode / "prune_w_retrain_results" / name).is_file()

@@ -15,9 +15,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from iaprune import cli, study, study_search
+from iaprune import cli
 from iaprune.retain import geometric_schedule
-from iaprune.study_search import Found, Row, SearchConfig, make_search, smallest_within
+from iaprune.study import cli as study
+from iaprune.study import search as study_search
+from iaprune.study.search import Found, Row, SearchConfig, make_search, smallest_within
 
 pytest.importorskip("optuna")
 ARGS = ["--search", "--dataset", "digits", "--hidden", "16", "8", "--epochs", "4",

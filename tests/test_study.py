@@ -21,12 +21,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from iaprune import cli, study, study_runner
-from iaprune.concatenate import read_validation_results, write_validation_results
+from iaprune import cli
 from iaprune.data import MissingDataError
+from iaprune.records import read_validation_results, write_validation_results
 from iaprune.retain import ScheduleRow, geometric_schedule, write_schedule
-from iaprune.study_grid import StudyConfig, cell_done, check_cached, make_plan
-from iaprune.study_report import aggregate
+from iaprune.study import cli as study
+from iaprune.study import runner as study_runner
+from iaprune.study.grid import StudyConfig, cell_done, check_cached, make_plan
+from iaprune.study.report import aggregate
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [(16, 8), (12, 6), (8, 4)]
@@ -102,7 +104,7 @@ def grid(tmp_path_factory) -> SimpleNamespace:
 def sequential(grid) -> SimpleNamespace:
     """The tiny study with --workers 0, in a fresh process that reports whether Ray got imported."""
     out = grid.folder / "sequential"
-    code = ("import sys; from iaprune import study; rc = study.main(sys.argv[1:]); "
+    code = ("import sys; from iaprune.study import cli; rc = cli.main(sys.argv[1:]); "
             "print('ray imported:', 'ray' in sys.modules); sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code, *grid.argv, "--workers", "0", "--out",
                            str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -457,13 +459,36 @@ def test_progress_counts_done_running_failed_and_rows_of_running_cells(on_ray):
     """The bar's status says done / running / failed; a running cell adds the share of its
     rows already complete (never a whole cell before it is collected)."""
     cell = next(c for c in on_ray.plan.cells if c.track)  # complete: 3 of 3 rows
-    progress = study_runner.Progress(total=CELLS, cached=2)
-    progress.fail(cell, "boom")
-    progress.update([cell])
-    assert progress.status(1) == f"done 2/{CELLS}, running 1, failed 1"
+    progress = study_runner.cells_progress(total=CELLS, cached=2)
+    progress.fail(study_runner.cell_failure(cell, "boom"))
+    progress.update(1, study_runner.share_complete([cell]))
+    assert progress.status() == f"done 2/{CELLS}, running 1, failed 1"
     assert progress.bar.n == pytest.approx(3 + 3 / 4)
     progress.close()
 
+
+
+def test_jobs_in_turn_go_on_after_a_failure_and_skip_what_builds_on_it():
+    """The one sequential runner (grid cells and search trials): a failing job is a FAILED line
+    with its reason, the next jobs still run, and a job after a failed one fails unrun."""
+    lines, ran = [], []
+
+    def job(key, after=None, fails=False):
+        def run():
+            ran.append(key)
+            if fails:
+                raise RuntimeError("boom\nmore")
+            return f"ran {key}"
+        return study_runner.Job(key, run, lambda why: f"{key}: {why}", after)
+
+    progress = study_runner.Progress("test", "job", 3, 0, echo=lines.append)
+    failures = study_runner.run_in_turn([job("a", fails=True), job("b", after="a"), job("c")],
+                                        progress)
+    progress.close()
+    assert failures == {"a": "RuntimeError: boom", "b": "its base model failed"}
+    assert ran == ["a", "c"]
+    assert lines == ["[  1/3] FAILED a: RuntimeError: boom", "[  2/3] FAILED b: its base model "
+                     "failed", "[  3/3] ran c"]
 
 # ----------------------------------------------------------------------------------- --arch
 # A tiny CNN on digits: 3 conv channels and 8 hidden neurons, the units of its schedule.

@@ -15,6 +15,7 @@ import pytest
 from iaprune import cli
 from iaprune.engine import IterativePruning
 from iaprune.iterativeprune import main
+from iaprune.records import read_epochs
 from iaprune.retain import ScheduleRow, write_schedule
 from iaprune.tracking import (
     EPOCH_METRICS,
@@ -23,7 +24,6 @@ from iaprune.tracking import (
     TensorBoardTracker,
     Trackers,
     make_tracker,
-    read_epochs,
 )
 
 pytest.importorskip("tensorboard", reason="tensorboard is not installed")

@@ -7,8 +7,8 @@ import torch
 
 from iaprune.errors import UserError
 from iaprune.model import mlp_net
+from iaprune.records import EPOCH_COLUMNS
 from iaprune.trainer import (
-    TRAIN_COLUMNS,
     EpochRecord,
     TrainConfig,
     better,
@@ -173,9 +173,9 @@ def test_train_results_file_has_design_columns(blobs, tmp_path):
     model = mlp_net([12, 8, 3], seed=0)
     result = train(model, blobs, TrainConfig(epochs=3, patience=5), log_path=path, quiet=True)
     lines = path.read_text().splitlines()
-    assert lines[0].split() == list(TRAIN_COLUMNS)
+    assert lines[0].split() == list(EPOCH_COLUMNS)
     assert len(lines) == 1 + result.epochs_run
-    assert all(len(line.split()) == len(TRAIN_COLUMNS) for line in lines[1:])
+    assert all(len(line.split()) == len(EPOCH_COLUMNS) for line in lines[1:])
 
 
 def test_zero_epochs_leaves_model_untouched(blobs):

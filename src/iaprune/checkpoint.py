@@ -19,6 +19,7 @@ import torch
 
 from iaprune.errors import UserError
 from iaprune.files import atomic_write, file_problem, first_line
+from iaprune.records import CHECKPOINT_FILE
 from iaprune.spec import Net, SpecError, build, mlp, spec_of
 
 FORMAT = "ia-prune/2"
@@ -82,7 +83,7 @@ def _load_problem(exc: Exception) -> str:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load and validate a best_model.pth with weights_only=True; errors name the file."""
     path = Path(path)
-    problem = file_problem(path, "checkpoint file", inside="best_model.pth")
+    problem = file_problem(path, "checkpoint file", inside=CHECKPOINT_FILE)
     if problem:
         raise CheckpointError(problem)
     if path.stat().st_size == 0:

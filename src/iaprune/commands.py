@@ -22,7 +22,7 @@ STEPS: dict[str, tuple[str, str]] = {
     "concatenate": ("iaprune.concatenate", "gather a session's iterations: tables, plots"),
     "validator": ("iaprune.validator", "re-evaluate any best_model.pth"),
     "deploy": ("iaprune.deploy", "bundle | predict | verify with torch alone"),
-    "study": ("iaprune.study", "criteria x seeds x modes grids and --search, on Ray"),
+    "study": ("iaprune.study.cli", "criteria x seeds x modes grids and --search, on Ray"),
 }
 ALIASES = {"prune": "iterativeprune", "validate": "validator"}
 

@@ -22,119 +22,29 @@ from pathlib import Path
 from matplotlib.axes import Axes
 
 from iaprune import __version__, cli
-from iaprune.errors import UserError
 from iaprune.files import atomic_write
-from iaprune.metrics import VALIDATION, VALIDATION_COLUMNS
 from iaprune.plotting import COLORS, log_axis, new_figure, plain_number, save_figure
-from iaprune.session import (
+from iaprune.records import (
     CHECKPOINT_FILE,
+    COMPARISON_PLOT,
     ITERATION_DIR,
-    RECOMMENDED_FILE,
+    LOSS_COLUMNS,
     RESULTS_DIR,
+    RESULTS_FILES,
+    SETTINGS_FILE,
+    VALIDATION,
+    VALIDATION_COLUMNS,
     VALIDATION_FILE,
-    iteration_dirs,
-    mode_dirs,
+    ResultsError,
+    Value,
+    read_validation_results,
 )
+from iaprune.session import iteration_dirs, mode_dirs
 
-INT_COLUMNS = tuple(c.name for c in VALIDATION if c.kind == "int")
-STR_COLUMNS = tuple(c.name for c in VALIDATION if c.kind == "label")
-PERCENT_COLUMNS = tuple(c.name for c in VALIDATION if c.kind == "percent")
 COLUMN_FORMATS = {c.name: c.fmt for c in VALIDATION}
-# The tolerance chosen for a mode folder and a fingerprint of what its outputs show: the next run
-# reuses the tolerance, and outputs that would come out the same are not rewritten.
-SETTINGS_FILE = "concatenate.json"
-OUTPUTS = ("validations.txt", "accuracies.png", "losses.png", "tradeoff.png", RECOMMENDED_FILE,
-           SETTINGS_FILE)
-COMPARISON_FILE = "comparison.png"
 DEFAULT_TOLERANCE = 1.0  # percentage points of validation accuracy
 READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)  # a write refused: permissions, read-only fs
 COMPARE_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
-
-Value = float | int | str
-
-
-class ResultsError(UserError):
-    """A results file or folder that cannot be used; the message is one line naming it."""
-
-
-# ---------------------------------------------------------------- validation_results.txt
-
-
-def _check_value(column: str, value: object) -> Value:
-    if column in STR_COLUMNS:
-        if not isinstance(value, str) or not value or any(ch.isspace() for ch in value):
-            raise ValueError(f"{column} must be a non-empty word without spaces, got {value!r}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{column} must be a number, got {value!r}")
-    if column in INT_COLUMNS:
-        if not isinstance(value, numbers.Integral) or value < 0:
-            raise ValueError(f"{column} must be an integer >= 0, got {value!r}")
-        return int(value)
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{column} must be finite, got {value}")
-    if column in PERCENT_COLUMNS and not 0.0 <= value <= 100.0:
-        raise ValueError(f"{column} is a percentage in [0, 100], got {value}")
-    return value
-
-
-def write_validation_results(path: str | os.PathLike, values: Mapping[str, Value]) -> Path:
-    """Write one iteration's final metrics: a header line and one row, atomically."""
-    if set(values) != set(VALIDATION_COLUMNS):
-        missing = [c for c in VALIDATION_COLUMNS if c not in values]
-        extra = sorted(set(values) - set(VALIDATION_COLUMNS))
-        raise ValueError(f"validation results need exactly {list(VALIDATION_COLUMNS)}; "
-                         f"missing {missing}, unknown {extra}")
-    checked = [_check_value(c, values[c]) for c in VALIDATION_COLUMNS]
-    cells = [repr(v) if isinstance(v, float) else str(v) for v in checked]  # repr: lossless
-    return atomic_write(path, " ".join(VALIDATION_COLUMNS) + "\n" + " ".join(cells) + "\n")
-
-
-PARSERS = {**{c: str for c in STR_COLUMNS}, **{c: int for c in INT_COLUMNS}}
-
-
-def _parse_cell(column: str, token: str, where: str) -> Value:
-    parse = PARSERS.get(column, float)
-    try:
-        value = parse(token)
-    except ValueError:
-        kind = "an integer" if parse is int else "a number"
-        raise ResultsError(f"{where}: {column} must be {kind}, got {token!r}") from None
-    try:
-        return _check_value(column, value)
-    except ValueError as exc:
-        raise ResultsError(f"{where}: {exc}") from None
-
-
-def read_validation_results(path: str | os.PathLike) -> dict[str, Value]:
-    """Read one validation_results.txt into {column: value}; problems are one line naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ResultsError(f"{path}: no such file")
-    try:
-        lines = [(no, line.split()) for no, line in
-                 enumerate(path.read_text(encoding="utf-8").splitlines(), start=1) if line.strip()]
-    except UnicodeDecodeError:
-        raise ResultsError(f"{path}: not a text file") from None
-    if not lines:
-        raise ResultsError(f"{path}: empty file (expected a header line and one row of values)")
-    (header_no, names), rows = lines[0], lines[1:]
-    if sorted(names) != sorted(VALIDATION_COLUMNS):
-        raise ResultsError(f"{path}:{header_no}: header must name the columns "
-                           f"{' '.join(VALIDATION_COLUMNS)}, got {' '.join(names)!r}")
-    if not rows:
-        raise ResultsError(f"{path}: header but no row of values")
-    if len(rows) > 1:
-        raise ResultsError(f"{path}:{rows[1][0]}: expected one row of values, found {len(rows)}")
-    row_no, tokens = rows[0]
-    if len(tokens) != len(names):
-        raise ResultsError(f"{path}:{row_no}: expected {len(names)} values as in the header, "
-                           f"got {len(tokens)}")
-    parsed = {c: _parse_cell(c, tok, f"{path}:{row_no}") for c, tok in zip(names, tokens,
-                                                                          strict=True)}
-    return {c: parsed[c] for c in VALIDATION_COLUMNS}
-
 
 # ---------------------------------------------------------------- gathering a mode folder
 
@@ -357,7 +267,7 @@ def plot_losses(result: Concatenation, path: str | os.PathLike) -> Path:
         ax.plot(x, _series(rows, column), marker="o", markersize=4, color=COLORS[color],
                 label=name)
     _mark_recommended(ax, result, "Val_Loss", "PercentageRetain")
-    losses = [v for c in ("Train_Loss", "Val_Loss", "Test_Loss") for v in _series(rows, c)]
+    losses = [v for c in LOSS_COLUMNS for v in _series(rows, c)]
     if min(losses) > 0:
         log_axis(ax, "y", losses)
     ax.set_ylabel("cross-entropy loss (nats per sample, log scale)")
@@ -444,7 +354,7 @@ def concatenate(mode_dir: str | os.PathLike, tolerance: float | None = None,
     if tolerance is None:
         tolerance = float(settings.get("tolerance", DEFAULT_TOLERANCE))
     reference, recommended = recommend(rows, tolerance)
-    paths = tuple(out / name for name in OUTPUTS)
+    paths = tuple(out / name for name in RESULTS_FILES)
     stamp = fingerprint(rows, tolerance)
     written = settings.get("fingerprint") != stamp or not all(p.is_file() for p in paths)
     result = Concatenation(mode_dir, tuple(rows), tuple(skipped), float(tolerance), reference,
@@ -466,9 +376,9 @@ def concatenate(mode_dir: str | os.PathLike, tolerance: float | None = None,
         for other in compare:
             other_rows, _ = gather(other, quiet=True)
             runs.append((run_label(Path(other)), other_rows, recommend(other_rows, tolerance)[1]))
-        result = replace(result, outputs=paths + (out / COMPARISON_FILE,))
+        result = replace(result, outputs=paths + (out / COMPARISON_PLOT,))
         plot_comparison(_unique_labels(runs, [mode_dir, *map(Path, compare)]),
-                        out / COMPARISON_FILE, tolerance)
+                        out / COMPARISON_PLOT, tolerance)
     if not quiet:
         print(_report(result))
     return result

@@ -26,7 +26,7 @@ import torch
 
 from iaprune import __version__
 from iaprune.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from iaprune.concatenate import READ_ONLY, Concatenation, concatenate, write_validation_results
+from iaprune.concatenate import READ_ONLY, Concatenation, concatenate
 from iaprune.config import PruneConfig, differences, dumps, flat, iteration_seed, value_of
 from iaprune.data import Dataset, load_dataset
 from iaprune.device import place, torch_device
@@ -36,6 +36,16 @@ from iaprune.groups import units
 from iaprune.interval import Interval
 from iaprune.model import hidden_label, layer_table
 from iaprune.prune import keep_global, keep_indices, shrink
+from iaprune.records import (
+    CHECKPOINT_FILE,
+    COLUMN,
+    RETAIN_FILE,
+    SUMMARY_FILE,
+    TRAIN_FILE,
+    VALIDATION_FILE,
+    validation_row,
+    write_validation_results,
+)
 from iaprune.retain import (
     ScheduleRow,
     geometric_schedule,
@@ -50,7 +60,7 @@ from iaprune.tracking import NullTracker, Tracker
 from iaprune.trainer import kept_metrics, train, uses_bf16
 from iaprune.validator import Metrics, evaluate, evaluate_split
 
-DEFAULT_RETAIN = Path("retain/retain.txt")
+DEFAULT_RETAIN = RETAIN_FILE  # relative to the working folder
 DEFAULT_HIDDEN = (256, 64)  # the thesis MLP's hidden sizes
 # Settings a resumed run may change; every other setting must match the session's config.json.
 CHANGEABLE = {"--max-accuracy-drop", "--device"}
@@ -223,12 +233,12 @@ class IterativePruning:
             model = place(model_from_checkpoint(checkpoint, c.base_model), self.device, self.bf16)
             self.check_fits(model, checkpoint, c.base_model, exact=True)
             train(model, self.data, replace(c.train_config(0), epochs=0), quiet=True,
-                  log_path=folder / "train_results.txt")
+                  log_path=folder / TRAIN_FILE)
             epochs = 0
         else:
             model = place(build(self.spec, seed=iteration_seed(c.seed, 0)), self.device, self.bf16)
             result = train(model, self.data, c.train_config(0), quiet=self.quiet,
-                           log_path=folder / "train_results.txt", desc="base model")
+                           log_path=folder / TRAIN_FILE, desc="base model")
             epochs = result.epochs_run
         metrics = evaluate(model, self.data) if c.base_model else kept_metrics(model, self.data,
                                                                                 result)
@@ -269,7 +279,7 @@ class IterativePruning:
             retraining = replace(retraining, epochs=0)
         pruned_state = copy.deepcopy(model.state_dict())
         result = train(model, self.data, retraining, teacher=teacher(),
-                       quiet=self.quiet, log_path=self.session.partial(i) / "train_results.txt",
+                       quiet=self.quiet, log_path=self.session.partial(i) / TRAIN_FILE,
                        desc=f"retrain {self.label(self.units(model))}",
                        stop_at_accuracy=parent_val if recover else None)
         if result.best is not None and result.best.val_accuracy < pruned_val:
@@ -288,27 +298,24 @@ class IterativePruning:
         percent = self.schedule[i].percent
         kept = self.units(model)
         read = features_read(model)
-        save_checkpoint(folder / "best_model.pth", model, dataset=c.dataset,
+        save_checkpoint(folder / CHECKPOINT_FILE, model, dataset=c.dataset,
                         val_size=len(d.val), split_seed=0, input=d.input_info(),
                         classes=list(d.classes), iteration=i, hidden=units(model),
                         features_read=read, percent_retained=percent,
                         metrics=metrics.as_dict(), no_retrain_test_accuracy=no_retrain,
                         params=params, macs=macs, criterion=c.scoring.criterion, mode=c.mode,
                         version=__version__)
-        atomic_write(folder / "summary.txt",
+        atomic_write(folder / SUMMARY_FILE,
                      f"Iteration {i}: units {self.label(kept)} ({percent:.2f}% of the "
                      f"schedule's units)\ninput features read: {read} of {d.n_features}\n"
                      f"architecture: {describe(spec_of(model))}\n\n{table}")
-        values = {"Train_Loss": metrics.train_loss, "Test_Loss": metrics.test_loss,
-                  "Train_Accuracy": metrics.train_accuracy,
-                  "Test_Accuracy": metrics.test_accuracy, "PercentageRetain": percent,
-                  "Val_Loss": metrics.val_loss, "Val_Accuracy": metrics.val_accuracy,
-                  "NoRetrain_Test_Accuracy": no_retrain, "Hidden": self.label(kept),
-                  "Params": params, "MACs": macs}
-        write_validation_results(folder / "validation_results.txt", values)  # written last
+        values = validation_row({**metrics.as_dict(), "percent_retained": percent,
+                                 "no_retrain_test_accuracy": no_retrain,
+                                 "hidden": self.label(kept), "params": params, "macs": macs})
+        write_validation_results(folder / VALIDATION_FILE, values)  # written last
         self._val_accuracy[i] = metrics.val_accuracy
         self.session.commit(i)
-        return {"iteration": i, **values, "Epochs": epochs, "Seconds": seconds}
+        return {"iteration": i, **values, COLUMN["epochs"]: epochs, COLUMN["seconds"]: seconds}
 
     def run(self, begin: int) -> list[dict[str, Any]]:
         """Run iterations begin..end; stop early on max_accuracy_drop. Returns their rows."""

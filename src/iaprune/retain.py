@@ -25,6 +25,7 @@ from iaprune.errors import UserError
 from iaprune.files import atomic_write, file_problem, folder_problem
 from iaprune.model import hidden_label
 from iaprune.plotting import COLORS, log_axis, new_figure, save_figure
+from iaprune.records import SCHEDULE_DIR, SCHEDULE_FILE, SCHEDULE_PLOTS
 
 ITERATION, INPUTS, PERCENT = "Iteration", "inNodesRetained", "perNodesRetained"
 PERCENT_SLACK = 0.5  # a written perNodesRetained may be rounded (e.g. to an integer) by this much
@@ -272,7 +273,7 @@ def read_schedule(path: str | os.PathLike,
         (22, 11)
     """
     path = Path(path)
-    problem = file_problem(path, "schedule file", inside="retain.txt")
+    problem = file_problem(path, "schedule file", inside=SCHEDULE_FILE)
     if problem:
         raise ScheduleError(problem)
     try:
@@ -403,14 +404,14 @@ class RetainConfig:
     q: tuple[float, ...] = (0.8,)  # fraction kept per step: one value, or one per hidden layer
     iterations: int = 31  # exponents t = 0 .. iterations-1 are tried
     min_neurons: int = 1  # no layer goes below this many neurons
-    out: Path = Path("retain")  # folder for retain.txt and the two plots
+    out: Path = Path(SCHEDULE_DIR)  # folder for retain.txt and the two plots
     inputs: int | None = None  # unpruned input features: adds the input column (None: no column)
     q_inputs: float | None = None  # fraction of input features kept per step (None: q[0])
     min_inputs: int = 1  # the input column never goes below this many features
 
 
 ROWS_NOTE = "row i is pruning iteration i (session folder i/); Iteration is the exponent t"
-OUTPUTS = ("retain.txt", "pruneNodesIteration.png", "pruneNodesDistribution.png")
+OUTPUTS = (SCHEDULE_FILE, *SCHEDULE_PLOTS)
 
 
 def check_out_folder(out: Path) -> None:

@@ -1,10 +1,5 @@
-"""The session folder: modes, folder and file names, the completeness rule, the atomic commit.
-
-    <session>/config.json                       every setting (a resumed run re-reads it)
-    <session>/retain/retain.txt                 the schedule the run used
-    <session>/<mode>/<i>/prune_w_retrain/       best_model.pth, train_results.txt,
-                                                validation_results.txt, summary.txt
-    <session>/<mode>/prune_w_retrain_results/   validations.txt, plots, recommended.txt
+"""The session folder at work: its paths, the completeness rule, the atomic commit. What the
+folder holds and the names of its files are iaprune.records.
 
 An iteration is complete when its validation_results.txt exists. It is written into
 `prune_w_retrain.partial/` and renamed into place only when complete, so a killed run never
@@ -20,19 +15,16 @@ from pathlib import Path
 
 from iaprune.errors import UserError
 from iaprune.files import folder_problem
-
-MODES = {"iterative": "iterative_pruning", "one-shot": "one_shot_pruning"}
-CONFIG_FILE = "config.json"
-RETAIN_FILE = Path("retain") / "retain.txt"
-ITERATION_DIR = "prune_w_retrain"
-PARTIAL_DIR = ITERATION_DIR + ".partial"
-CHECKPOINT_FILE = "best_model.pth"
-TRAIN_FILE = "train_results.txt"
-VALIDATION_FILE = "validation_results.txt"
-SUMMARY_FILE = "summary.txt"
-ITERATION_FILES = (SUMMARY_FILE, CHECKPOINT_FILE, TRAIN_FILE, VALIDATION_FILE)
-RESULTS_DIR = "prune_w_retrain_results"
-RECOMMENDED_FILE = "recommended.txt"
+from iaprune.records import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    ITERATION_DIR,
+    MODES,
+    PARTIAL_DIR,
+    RESULTS_DIR,
+    RETAIN_FILE,
+    VALIDATION_FILE,
+)
 
 
 class SessionError(UserError):
@@ -78,6 +70,10 @@ class Session:
 
     def checkpoint(self, i: int) -> Path:
         return self.final(i) / CHECKPOINT_FILE
+
+    def validation(self, i: int) -> Path:
+        """Iteration i's validation_results.txt (its final metrics)."""
+        return self.final(i) / VALIDATION_FILE
 
     def last_complete(self) -> int:
         """The last iteration i such that 0..i are all complete (-1 if none)."""

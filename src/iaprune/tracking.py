@@ -48,12 +48,24 @@ from typing import Any, Protocol
 
 from torch import Tensor
 
-from iaprune.concatenate import read_validation_results
 from iaprune.errors import UserError
 from iaprune.files import atomic_write, first_line, folder_problem
-from iaprune.metrics import EPOCH, EPOCH_COLUMNS, RUN, VALIDATION
 from iaprune.model import parse_hidden_label
-from iaprune.session import ITERATION_FILES, MODES
+from iaprune.records import (
+    COLUMN,
+    CONFIG_FILE,
+    EPOCH,
+    ITERATION_DIR,
+    ITERATION_FILES,
+    MODES,
+    RETAIN_FILE,
+    RUN,
+    TRAIN_FILE,
+    VALIDATION,
+    VALIDATION_FILE,
+    read_epochs,
+    read_validation_results,
+)
 
 INSTALL = "pip install mlflow-skinny sqlalchemy alembic (or mlflow, which also has the `mlflow ui`)"
 DEFAULT_STORE = "mlflow.db"  # the default local store, in the folder holding the session
@@ -191,14 +203,6 @@ def check_server(uri: str, timeout: float = SERVER_TIMEOUT) -> None:
         "(pip install mlflow), or use the local store: --mlflow without a URI")
 
 
-def read_epochs(path: Path) -> list[dict[str, float]]:
-    """The rows of a train_results.txt as {column: value}."""
-    lines = [line.split() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not lines or lines[0] != list(EPOCH_COLUMNS):
-        raise TrackingError(f"{path}: header must be {' '.join(EPOCH_COLUMNS)}")
-    return [dict(zip(EPOCH_COLUMNS, map(float, row), strict=True)) for row in lines[1:]]
-
-
 class MlflowTracker:
     """Logs a session into MLflow: one parent run, one nested child run per iteration."""
 
@@ -253,7 +257,7 @@ class MlflowTracker:
                 self._create_parent(config)
                 atomic_write(config_path, json.dumps({**saved, RUN_ID_KEY: self.parent_id},
                                                      indent=2) + "\n")
-            for path in (config_path, config_path.parent / "retain" / "retain.txt"):
+            for path in (config_path, config_path.parent / RETAIN_FILE):
                 if path.is_file():
                     self.client.log_artifact(self.parent_id, str(path), "session")
             self._backfill(begin)
@@ -353,7 +357,7 @@ class MlflowTracker:
                   **{f"h{layer}": n for layer, n in enumerate(neurons, start=1)}}
         metrics = [self.Metric(name, float(row[key]), now, 0)
                    for key, name in ROW_METRICS.items() if key in row]
-        for epoch in read_epochs(folder / "train_results.txt"):
+        for epoch in read_epochs(folder / TRAIN_FILE):
             metrics += [self.Metric(name, epoch[column], now, int(epoch["Epoch"]))
                         for column, name in EPOCH_METRICS.items()]
         self.client.log_batch(run_id, metrics=metrics,
@@ -375,12 +379,10 @@ class MlflowTracker:
         done = {int(r.data.tags["iteration"]) for r in self.children()
                 if r.info.status == "FINISHED" and "iteration" in r.data.tags}
         for i in range(begin):
-            folder = self.mode_dir / str(i) / "prune_w_retrain"
-            if i in done or not (folder / "validation_results.txt").is_file():
+            folder = self.mode_dir / str(i) / ITERATION_DIR
+            if i in done or not (folder / VALIDATION_FILE).is_file():
                 continue
-            row = {"iteration": i, **read_validation_results(folder / "validation_results.txt"),
-                   "Epochs": len(read_epochs(folder / "train_results.txt"))}
-            self._log_iteration(i, row, folder, backfilled=True)
+            self._log_iteration(i, {"iteration": i, **read_row(folder)}, folder, backfilled=True)
 
 
 # ------------------------------------------------------------------------------- TensorBoard
@@ -388,22 +390,22 @@ def iteration_files(mode_dir: Path) -> dict[int, Path]:
     """{i: prune_w_retrain/ folder} of the complete iterations in a session's mode folder."""
     if not mode_dir.is_dir():
         return {}
-    folders = {int(p.name): p / "prune_w_retrain" for p in mode_dir.iterdir() if p.name.isdigit()}
-    return {i: f for i, f in sorted(folders.items()) if (f / "validation_results.txt").is_file()}
+    folders = {int(p.name): p / ITERATION_DIR for p in mode_dir.iterdir() if p.name.isdigit()}
+    return {i: f for i, f in sorted(folders.items()) if (f / VALIDATION_FILE).is_file()}
 
 
 def source_hash(folder: Path) -> str:
     """What an iteration's run was logged from: the hash of its results files."""
     digest = hashlib.sha256()
-    for name in ("validation_results.txt", "train_results.txt"):
+    for name in (VALIDATION_FILE, TRAIN_FILE):
         digest.update((folder / name).read_bytes())
     return digest.hexdigest()
 
 
 def read_row(folder: Path) -> dict[str, Any]:
     """An iteration's validation row plus its number of epochs, from its folder."""
-    return {**read_validation_results(folder / "validation_results.txt"),
-            "Epochs": len(read_epochs(folder / "train_results.txt"))}
+    return {**read_validation_results(folder / VALIDATION_FILE),
+            COLUMN["epochs"]: len(read_epochs(folder / TRAIN_FILE))}
 
 
 class TensorBoardTracker:
@@ -428,7 +430,7 @@ class TensorBoardTracker:
         if owner is None and self.root.is_dir() and any(self.root.iterdir()):
             raise TrackingError(f"--tensorboard {logdir}: {self.root} exists and holds no "
                              "IA-Prune session's runs; choose another DIR")
-        if owner not in (None, self.session) and (owner / "config.json").is_file():
+        if owner not in (None, self.session) and (owner / CONFIG_FILE).is_file():
             raise TrackingError(f"--tensorboard {logdir}: {self.root} holds the runs of session "
                              f"{owner}; choose another DIR for this session")
 
@@ -503,7 +505,7 @@ class TensorBoardTracker:
 
     def _write_iteration(self, i: int, folder: Path, scores: list[Tensor] | None) -> None:
         """Run iteration-<i>: per-epoch curves, significance histograms, an HParams session."""
-        row, epochs = read_row(folder), read_epochs(folder / "train_results.txt")
+        row, epochs = read_row(folder), read_epochs(folder / TRAIN_FILE)
 
         def write(writer) -> None:
             for epoch in epochs:

@@ -9,7 +9,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -20,11 +20,8 @@ from tqdm.auto import tqdm
 
 from iaprune.data import Dataset
 from iaprune.errors import UserError
-from iaprune.files import atomic_write
-from iaprune.metrics import EPOCH_COLUMNS
+from iaprune.records import write_epochs
 from iaprune.validator import Metrics, evaluate, evaluate_split
-
-TRAIN_COLUMNS = EPOCH_COLUMNS
 
 
 class TrainingError(UserError):
@@ -105,10 +102,9 @@ class EpochRecord:
     test_accuracy: float
     seconds: float
 
-    def row(self) -> str:
-        return (f"{self.epoch} {self.train_loss:.6f} {self.train_accuracy:.4f} "
-                f"{self.val_loss:.6f} {self.val_accuracy:.4f} {self.test_loss:.6f} "
-                f"{self.test_accuracy:.4f} {self.seconds:.3f}")
+    def as_dict(self) -> dict[str, float]:
+        """The epoch's values by their keys (records.EPOCH)."""
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -184,11 +180,6 @@ def kept_metrics(model: nn.Module, data: Dataset, result: TrainResult) -> Metric
                    b.test_accuracy)
 
 
-def write_history(path: str | os.PathLike, history: list[EpochRecord]) -> None:
-    """Write train_results.txt (header + one row per epoch), atomically."""
-    atomic_write(path, "\n".join([" ".join(TRAIN_COLUMNS)] + [r.row() for r in history]) + "\n")
-
-
 def _distill_loss(logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """Hinton et al.'s soft-target loss: T^2 * KL(softmax(t/T) || softmax(s/T))."""
     t = temperature
@@ -248,7 +239,7 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
 
     history: list[EpochRecord] = []
     if log_path is not None:
-        write_history(log_path, history)  # the header, even when no epoch runs
+        write_epochs(log_path, [])  # the header, even when no epoch runs
     best, best_state = None, copy.deepcopy(model.state_dict())
     mark, stale, decays = None, 0, 0  # the epoch of the last progress, epochs since, decays
     bar = tqdm(range(1, config.epochs + 1), desc=desc, unit="epoch", leave=False,
@@ -295,7 +286,7 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
                              test_loss, test_acc, time.perf_counter() - started)
         history.append(record)
         if log_path is not None:
-            write_history(log_path, history)
+            write_epochs(log_path, [r.as_dict() for r in history])
         # Keep the best epoch by validation accuracy; the test split never chooses anything.
         if better(record, best):
             best, best_state = record, copy.deepcopy(model.state_dict())

@@ -19,8 +19,8 @@ after its last complete iteration. On Ray a cell is a task on one CPU and one th
 N cells) that waits for its seed's base model and is retried when its worker dies; every random
 stream is derived from (seed, iteration), so the numbers equal a sequential run's, cell by cell.
 
-`--search` runs iaprune.study_search instead of the grid: Ray Tune and Optuna's TPE sampler pick one
-retention factor q per prunable group (hidden layer, conv layer) for the smallest model within
+`--search` runs iaprune.study.search instead of the grid: Ray Tune and Optuna's TPE sampler pick
+one retention factor q per prunable group (hidden layer, conv layer) for the smallest model within
 --max-accuracy-drop.
 """
 
@@ -37,10 +37,10 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from iaprune import __version__, cli
-from iaprune.concatenate import read_validation_results
 from iaprune.data import DATASETS, data_root, load_dataset
 from iaprune.files import atomic_write, folder_problem
-from iaprune.study_grid import (
+from iaprune.records import COLUMN, read_validation_results
+from iaprune.study.grid import (
     CURVES,
     MODES,
     RETRAIN_LAST_ROW,
@@ -54,10 +54,10 @@ from iaprune.study_grid import (
     registry,
     write_network,
 )
-from iaprune.study_report import write_reports
-from iaprune.study_runner import Runner, check_cache, connect, first_line, run_cells
-from iaprune.study_search import SearchConfig, load_records, make_search, run_search
-from iaprune.study_search_report import write_search_report
+from iaprune.study.report import write_reports
+from iaprune.study.runner import Runner, check_cache, connect, first_line, run_cells
+from iaprune.study.search import SearchConfig, load_records, make_search, run_search
+from iaprune.study.search_report import write_search_report
 from iaprune.tracking import sqlite_file
 
 MLFLOW_INSTALL = "pip install mlflow-skinny==3.17.2 SQLAlchemy==2.1.9 alembic==1.20.1"
@@ -136,21 +136,20 @@ class StudyTracker:
         """Log a finished cell as a child run (once)."""
         if cell.id in self.logged or not cell_done(cell):
             return
-        rows = [read_validation_results(cell.session.final(i) / "validation_results.txt")
-                for i in range(cell.rows)]
+        rows = [read_validation_results(cell.session.validation(i)) for i in range(cell.rows)]
         now = int(time.time() * 1000)
         params = {"cell": cell.id, "seed": cell.seed, "rows": cell.rows}
         if cell.track is None:
             params["curve"] = "base"
-            metrics = [self.Metric(name, float(rows[0][column]), now, 0) for column, name in
-                       (("Test_Accuracy", "test_accuracy"), ("Val_Accuracy", "val_accuracy"))]
+            metrics = [self.Metric(key, float(rows[0][COLUMN[key]]), now, 0)
+                       for key in ("test_accuracy", "val_accuracy")]
         else:
             params.update(curve=cell.track.curve, mode=cell.track.mode,
                           variant=cell.variant.name, **cell.variant.settings)
             curve = read_curve(cell)
             metrics = [self.Metric("accuracy", value, now, i) for i, value in enumerate(curve)]
-            metrics += [self.Metric("percent_retained", float(r["PercentageRetain"]), now, i)
-                        for i, r in enumerate(rows)]
+            metrics += [self.Metric("percent_retained", float(r[COLUMN["percent_retained"]]),
+                                    now, i) for i, r in enumerate(rows)]
             if len(curve) > 1:
                 metrics.append(self.Metric("mean_accuracy", statistics.fmean(curve[1:]), now, 0))
         with self.errors(f"cannot log cell {cell.id}"):
@@ -377,7 +376,3 @@ def search_main(config: SearchConfig, runner: Runner, out: Path, report_only: bo
 def entry(argv: list[str] | None = None) -> int:
     """The console entry point: main() with expected errors as one line, exit code 2."""
     return cli.run(main, argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(entry())

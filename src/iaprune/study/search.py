@@ -31,21 +31,18 @@ import math
 import os
 import shutil
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from iaprune import __version__
 from iaprune.checkpoint import atomic_write
-from iaprune.concatenate import read_validation_results
 from iaprune.data import load_dataset
+from iaprune.records import COLUMN, read_validation_results
 from iaprune.retain import geometric_schedule
-from iaprune.study_grid import (
+from iaprune.study.grid import (
     CURVE_COLUMN,
     Cell,
     Network,
@@ -66,8 +63,10 @@ from iaprune.study_grid import (
     training_settings,
     write_network,
 )
-from iaprune.study_runner import (
+from iaprune.study.runner import (
+    Job,
     LockHeld,
+    Progress,
     Runner,
     check_cache,
     connect,
@@ -75,6 +74,7 @@ from iaprune.study_runner import (
     first_line,
     holding,
     run_cells,
+    run_in_turn,
 )
 
 SEARCH_INSTALL = 'pip install "ray[tune]==2.60.0" optuna==5.0.0'
@@ -177,9 +177,9 @@ class Row:
 
 def read_row(cell: Cell, i: int) -> Row:
     """Row i of a cell's session (complete)."""
-    values = read_validation_results(cell.session.final(i) / "validation_results.txt")
-    return Row(i, str(values["Hidden"]), int(values["Params"]), float(values["Val_Accuracy"]),
-               float(values[CURVE_COLUMN[cell.track.curve]]))
+    values = read_validation_results(cell.session.validation(i))
+    return Row(i, str(values[COLUMN["hidden"]]), int(values[COLUMN["params"]]),
+               float(values[COLUMN["val_accuracy"]]), float(values[CURVE_COLUMN[cell.track.curve]]))
 
 
 def smallest_within(rows: Sequence[Row], drop: float) -> int:
@@ -367,56 +367,31 @@ def tune_trial(config: dict[str, Any], search: Search, data_root: str | None) ->
 
 
 # ----------------------------------------------------------------------------------- progress
-class TrialProgress:
-    """One bar over the trials (done / running / failed, the best so far); lines when not a
-    terminal."""
+def trials_progress(total: int, done: int) -> Progress:
+    """The bar over the search's trials, its note the best so far."""
+    return Progress("search", "trial", total, done)
 
-    def __init__(self, total: int, done: int, echo: Callable[[str], None] = print):
-        self.total, self.done, self.failed, self.running, self.echo = total, done, 0, 0, echo
-        self.best: Found | None = None
-        self.bar = tqdm(total=total, initial=done, unit="trial", smoothing=0,
-                        dynamic_ncols=True, disable=not sys.stderr.isatty(),
-                        bar_format="search: {percentage:3.0f}%|{bar}| {desc} "
-                                   "[{elapsed}, {remaining} left]")
-        self.update()
 
-    def status(self) -> str:
-        best = "" if self.best is None else f", best {self.best.params:,} params"
-        return f"done {self.done}/{self.total}, running {self.running}, failed " \
-               f"{self.failed}{best}"
+def best_note(progress: Progress) -> Callable[[Found], None]:
+    """A function that shows each finished trial to the bar: its note is the best so far."""
+    best: list[Found] = []
 
-    def update(self) -> None:
-        self.bar.n = min(self.total, self.done + self.failed)
-        self.bar.set_description_str(self.status(), refresh=False)
-        self.bar.refresh()
+    def see(found: Found) -> None:
+        if not best or found.params < best[0].params:
+            best[:] = [found]
+            progress.note = f", best {found.params:,} params"
 
-    def line(self, text: str) -> None:
-        if self.bar.disable:
-            self.echo(text)
-        else:
-            self.bar.write(text)
+    return see
 
-    def started(self) -> None:
-        self.running += 1
-        self.update()
 
-    def finished(self, found: Found, seconds: float) -> None:
-        self.running, self.done = max(0, self.running - 1), self.done + 1
-        if self.best is None or found.params < self.best.params:
-            self.best = found
-        stop = f", stopped at row {found.index + 1}" if found.stopped else ", no stop"
-        self.line(f"[{self.done + self.failed:>3}/{self.total}] q {q_text(found.q)}: "
-                  f"{found.hidden:>9} {found.params:>9,} params, val {found.val:6.2f}% (row "
-                  f"{found.index}{stop}) {seconds:7.1f}s")
-        self.update()
+def trial_line(found: Found, seconds: float) -> str:
+    stop = f", stopped at row {found.index + 1}" if found.stopped else ", no stop"
+    return f"q {q_text(found.q)}: {found.hidden:>9} {found.params:>9,} params, val " \
+           f"{found.val:6.2f}% (row {found.index}{stop}) {seconds:7.1f}s"
 
-    def fail(self, q: Sequence[float], why: str) -> None:
-        self.running, self.failed = max(0, self.running - 1), self.failed + 1
-        self.line(f"[{self.done + self.failed:>3}/{self.total}] FAILED q {q_text(q)}: {why}")
-        self.update()
 
-    def close(self) -> None:
-        self.bar.close()
+def trial_failure(q: Sequence[float], why: str) -> str:
+    return f"q {q_text(q)}: {why}"
 
 
 # ----------------------------------------------------------------------------------- Optuna
@@ -541,35 +516,37 @@ def search_lock(search: Search) -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------------- running
-def run_sequentially(search: Search, storage: Any, optuna: Any, count: int, runner: Runner,
-                     progress: TrialProgress) -> dict[tuple[float, ...], str]:
-    """`count` trials one after another in this process: Optuna asks, the trial runs, Optuna
-    is told. Returns {q's: why the trial failed}."""
-    study, failures = open_study(search, optuna, storage), {}
+def trial_jobs(search: Search, storage: Any, optuna: Any, count: int, runner: Runner,
+               progress: Progress) -> Iterator[Job]:
+    """`count` trials for `run_in_turn`: Optuna asks (when the last trial is done), the trial
+    runs, Optuna is told."""
+    study, see = open_study(search, optuna, storage), best_note(progress)
     for _ in range(count):
         trial = study.ask(fixed_distributions=space(search, optuna))
-        q = search.q_of(trial.params)
-        progress.started()
-        started = time.perf_counter()
-        try:
-            found = run_trial(search, q, runner.data_root)
-        except Exception as exc:  # noqa: BLE001 - one failed trial does not stop the others
+        q, found = search.q_of(trial.params), []
+
+        def run(q=q, found=found) -> str:
+            started = time.perf_counter()
+            found.append(run_trial(search, q, runner.data_root))
+            see(found[0])
+            return trial_line(found[0], time.perf_counter() - started)
+
+        def failure(why: str, trial=trial, q=q) -> str:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            failures[q] = first_line(exc)
-            progress.fail(q, failures[q])
-            continue
-        study.tell(trial, found.params)
-        progress.finished(found, time.perf_counter() - started)
-    return failures
+            return trial_failure(q, why)
+
+        yield Job(q, run, failure, done=lambda trial=trial, found=found: study.tell(
+            trial, found[0].params))
 
 
 def run_on_tune(search: Search, storage: Any, optuna: Any, count: int, runner: Runner,
-                progress: TrialProgress) -> dict[tuple[float, ...], str]:
+                progress: Progress) -> dict[tuple[float, ...], str]:
     """`count` trials with Ray Tune (Ray is up), one CPU each, Optuna's TPE as the search
     algorithm on the search's journal. Returns {q's: why the trial failed}."""
     tune, OptunaSearch = load_tune()
     failures: dict[tuple[float, ...], str] = {}
     started: dict[str, float] = {}
+    see = best_note(progress)
 
     class Events(tune.Callback):
         """The bar follows Tune's trials (this runs in the driver)."""
@@ -582,10 +559,11 @@ def run_on_tune(search: Search, storage: Any, optuna: Any, count: int, runner: R
             q = search.q_of(trial.config)
             found = search.found(q)
             if found is None:
-                progress.fail(q, "no rows in its sessions")
+                progress.fail(trial_failure(q, "no rows in its sessions"))
                 failures[q] = "no rows in its sessions"
             else:
-                progress.finished(found, time.perf_counter() - started[trial.trial_id])
+                see(found)
+                progress.finished(trial_line(found, time.perf_counter() - started[trial.trial_id]))
 
         def on_trial_error(self, iteration, trials, trial, **info):
             q = search.q_of(trial.config)
@@ -593,7 +571,7 @@ def run_on_tune(search: Search, storage: Any, optuna: Any, count: int, runner: R
             cause = getattr(error, "cause", None) or error
             failures[q] = first_line(cause) if isinstance(cause, BaseException) else \
                 "failed (see Tune's files in " + str(search.state / "tune") + ")"
-            progress.fail(q, failures[q])
+            progress.fail(trial_failure(q, failures[q]))
 
     searcher = OptunaSearch(space=space(search, optuna), metric=METRIC, mode="min",
                             sampler=sampler(search, optuna), storage=storage,
@@ -680,10 +658,13 @@ def run_search(search: Search, runner: Runner, echo: Callable[[str], None] = pri
                 return records(search, study), failed
             add_reference(search, study, optuna, search.found(search.reference))
             if count:
-                progress = TrialProgress(search.config.trials, done)
+                progress = trials_progress(search.config.trials, done)
                 try:
-                    run = run_sequentially if ray is None else run_on_tune
-                    failures = run(search, storage, optuna, count, runner, progress)
+                    if ray is None:
+                        failures = run_in_turn(trial_jobs(search, storage, optuna, count, runner,
+                                                          progress), progress)
+                    else:
+                        failures = run_on_tune(search, storage, optuna, count, runner, progress)
                 finally:
                     progress.close()
                 failed = {f"trial q {q_text(q)}": why for q, why in failures.items()}

@@ -19,25 +19,29 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from iaprune.concatenate import read_validation_results
 from iaprune.config import PruneConfig, flat, from_flat
 from iaprune.data import DATASETS, INPUT_SHAPE, dataset_sizes
 from iaprune.errors import UserError
 from iaprune.files import atomic_write, first_line
 from iaprune.groups import units
 from iaprune.model import hidden_label
+from iaprune.records import COLUMN, RETAIN_FILE, VALIDATION_FILE, read_validation_results
 from iaprune.retain import ScheduleRow, geometric_schedule, read_schedule, write_schedule
 from iaprune.session import Session
 from iaprune.significance import default_measure
 from iaprune.spec import PRESETS, build, describe, resolve_arch
 
 # the folder that holds the iaprune package: Ray workers import it from there
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CURVES = ("no-retrain", "retrain")
 MODES = ("iterative", "one-shot")
-CURVE_COLUMN = {"no-retrain": "NoRetrain_Test_Accuracy", "retrain": "Test_Accuracy"}
+CURVE_COLUMN = {"no-retrain": COLUMN["no_retrain_test_accuracy"],
+                "retrain": COLUMN["test_accuracy"]}
+VAL_ACCURACY = COLUMN["val_accuracy"]  # what chooses (the engine's stop rule)
+# A cached session's base model is the seed's when these of its row 0 are the same.
+SAME_BASE = tuple(COLUMN[k] for k in ("test_accuracy", "val_accuracy", "params"))
 RETRAIN_LAST_ROW = 14  # 11-3 hidden neurons on the default 256-64 q=0.8 schedule
-DEFAULT_RETAIN = Path("retain") / "retain.txt"  # as the engine: relative to the working folder
+DEFAULT_RETAIN = RETAIN_FILE  # as the engine: relative to the working folder
 VARIANT_SETTINGS = ("criterion", "seed_mode", "box", "bias_fold", "measure")
 # Cache folder of each (curve, mode) track: the names benchmarks/criteria.py used, so its cache
 # of finished sessions stays valid.
@@ -556,12 +560,12 @@ def comparable(settings: dict[str, Any]) -> dict[str, Any]:
 
 def check_same_base(cell: Cell) -> None:
     """Refuse a cached session whose iteration 0 is not the seed's current base model."""
-    base = Path(cell.config.base_model).parent / "validation_results.txt"
-    mine = cell.session.final(0) / "validation_results.txt"
+    base = Path(cell.config.base_model).parent / VALIDATION_FILE
+    mine = cell.session.validation(0)
     if not (base.is_file() and mine.is_file()):
         return
     a, b = read_validation_results(base), read_validation_results(mine)
-    if any(a[c] != b[c] for c in ("Test_Accuracy", "Val_Accuracy", "Params")):
+    if any(a[c] != b[c] for c in SAME_BASE):
         raise StudyError(f"{cell.root} was pruned from another base model than "
                          f"{cell.config.base_model} (retrained since?); delete that folder to "
                          "recompute it")
@@ -582,8 +586,7 @@ def stopped(cell: Cell, last: int) -> bool:
     drop = cell.config.max_accuracy_drop
     if drop is None or last < 1:
         return False
-    base, now = (float(read_validation_results(cell.session.final(i) /
-                                               "validation_results.txt")["Val_Accuracy"])
+    base, now = (float(read_validation_results(cell.session.validation(i))[VAL_ACCURACY])
                  for i in (0, last))
     return now < base - drop
 
@@ -592,7 +595,7 @@ def read_curve(cell: Cell) -> list[float]:
     """The cell's accuracy per schedule row, for its complete rows 0..k (empty if none)."""
     values = []
     for i in range(cell.rows):
-        path = cell.session.final(i) / "validation_results.txt"
+        path = cell.session.validation(i)
         if not path.is_file():
             break
         values.append(float(read_validation_results(path)[CURVE_COLUMN[cell.track.curve]]))

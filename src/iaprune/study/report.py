@@ -22,7 +22,7 @@ from iaprune.checkpoint import atomic_write
 from iaprune.model import hidden_label
 from iaprune.plotting import COLORS, log_axis, new_figure, save_figure
 from iaprune.retain import ScheduleRow
-from iaprune.study_grid import CURVE_COLUMN, MODES, Plan, Track, read_curve
+from iaprune.study.grid import CURVE_COLUMN, MODES, Plan, Track, read_curve
 
 Series = dict[int, list[float]]  # seed -> the value at each schedule row reached
 CURVE_TITLE = {"no-retrain": "test accuracy right after pruning, no retraining",

@@ -12,9 +12,9 @@ from matplotlib.ticker import FuncFormatter
 
 from iaprune.checkpoint import atomic_write
 from iaprune.plotting import COLORS, log_axis, new_figure, plain_number, save_figure
-from iaprune.study_grid import CURVE_COLUMN
-from iaprune.study_report import CURVE_TITLE, markdown_table
-from iaprune.study_search import REFERENCE_Q, STEP, Found, Search, TrialRecord, best, q_text
+from iaprune.study.grid import CURVE_COLUMN
+from iaprune.study.report import CURVE_TITLE, markdown_table
+from iaprune.study.search import REFERENCE_Q, STEP, Found, Search, TrialRecord, best, q_text
 
 STATES = {"COMPLETE": "done", "FAIL": "failed or killed", "RUNNING": "running"}
 

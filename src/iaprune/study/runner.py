@@ -2,7 +2,8 @@
 holds its lock, on one thread, its output appended to its log; all of them one after another
 in this process or as Ray tasks on a local Ray or a Ray cluster, with one progress bar.
 
-Used by iaprune.study (the grid) and iaprune.study_search (the search's base models and reference).
+Used by iaprune.study.cli (the grid) and iaprune.study.search (the search's base models and
+reference; its trials run through the same sequential runner and progress bar).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,10 @@ from iaprune import __version__
 from iaprune.checkpoint import atomic_write
 from iaprune.config import dumps
 from iaprune.engine import read_config, run
+from iaprune.records import CONFIG_FILE, RETAIN_FILE
 from iaprune.retain import write_schedule
 from iaprune.session import check_session_folder
-from iaprune.study_grid import ROOT, Cell, StudyError, cell_done, check_cached
+from iaprune.study.grid import ROOT, Cell, StudyError, cell_done, check_cached
 
 RAY_INSTALL = "pip install ray==2.60.0"
 
@@ -57,8 +59,8 @@ def start_session(cell: Cell) -> None:
     check_session_folder(cell.root)  # absent or empty: anything else is not the study's
     staging = cell.root.with_name(cell.root.name + ".start")
     shutil.rmtree(staging, ignore_errors=True)
-    write_schedule(list(cell.schedule), staging / "retain" / "retain.txt")
-    atomic_write(staging / "config.json", dumps(cell.config, version=__version__))
+    write_schedule(list(cell.schedule), staging / RETAIN_FILE)
+    atomic_write(staging / CONFIG_FILE, dumps(cell.config, version=__version__))
     if cell.root.is_dir():
         cell.root.rmdir()
     staging.rename(cell.root)
@@ -159,24 +161,31 @@ def first_line(exc: BaseException) -> str:
 
 # ----------------------------------------------------------------------------------- progress
 class Progress:
-    """One bar over the cells (done / running / failed, time left); lines when not a terminal."""
+    """One bar over a study's cells or a search's trials (done / running / failed, time left,
+    and a `note` such as the best so far); one line per finished or failed item, printed
+    through the bar, or plainly when stderr is not a terminal."""
 
-    def __init__(self, total: int, cached: int, echo: Callable[[str], None] = print):
-        self.total, self.done, self.failed, self.echo = total, cached, 0, echo
-        self.bar = tqdm(total=total, initial=cached, unit="cell", smoothing=0,
+    def __init__(self, what: str, unit: str, total: int, done: int,
+                 echo: Callable[[str], None] = print):
+        self.total, self.done, self.failed, self.running, self.echo = total, done, 0, 0, echo
+        self.partial = 0.0  # the running items' share complete
+        self.note = ""  # appended to the status, e.g. ", best 1,234 params"
+        self.bar = tqdm(total=total, initial=done, unit=unit, smoothing=0,
                         dynamic_ncols=True, disable=not sys.stderr.isatty(),
-                        bar_format="study: {percentage:3.0f}%|{bar}| {desc} "
+                        bar_format=f"{what}: {{percentage:3.0f}}%|{{bar}}| {{desc}} "
                                    "[{elapsed}, {remaining} left]")
-        self.update([])
+        self.update()
 
-    def status(self, running: int) -> str:
-        return f"done {self.done}/{self.total}, running {running}, failed {self.failed}"
+    def status(self) -> str:
+        return f"done {self.done}/{self.total}, running {self.running}, failed " \
+               f"{self.failed}{self.note}"
 
-    def update(self, running: Sequence[Cell]) -> None:
-        """Redraw; a running cell counts with the share of its rows complete (+1: its end)."""
-        partial = sum(max(0, c.session.last_complete() + 1) / (c.rows + 1) for c in running)
-        self.bar.n = min(self.total, self.done + self.failed + partial)
-        self.bar.set_description_str(self.status(len(running)), refresh=False)
+    def update(self, running: int | None = None, partial: float | None = None) -> None:
+        """Redraw, with `running` items now, `partial` of them complete (kept when None)."""
+        self.running = self.running if running is None else running
+        self.partial = self.partial if partial is None else partial
+        self.bar.n = min(self.total, self.done + self.failed + self.partial)
+        self.bar.set_description_str(self.status(), refresh=False)
         self.bar.refresh()
 
     def line(self, text: str) -> None:
@@ -185,19 +194,77 @@ class Progress:
         else:
             self.bar.write(text)
 
-    def finished(self, cell: Cell, outcome: Outcome) -> None:
-        self.done += 1
-        what = "ran" if outcome.ran else "cached"
-        self.line(f"[{self.done + self.failed:>3}/{self.total}] {what:<6} {cell.label:<48} "
-                  f"{cell.rows:>2} rows {outcome.seconds:7.1f}s")
+    def started(self) -> None:
+        self.update(self.running + 1, 0.0)
 
-    def fail(self, cell: Cell, why: str) -> None:
+    def finished(self, text: str) -> None:
+        """One more done: its line is `text` after the count."""
+        self.done += 1
+        self.line(f"[{self.done + self.failed:>3}/{self.total}] {text}")
+        self.update(max(0, self.running - 1), 0.0)
+
+    def fail(self, text: str) -> None:
+        """One more failed: its line is FAILED `text` after the count."""
         self.failed += 1
-        self.line(f"[{self.done + self.failed:>3}/{self.total}] FAILED {cell.label}: {why} "
-                  f"(log: {cell.log})")
+        self.line(f"[{self.done + self.failed:>3}/{self.total}] FAILED {text}")
+        self.update(max(0, self.running - 1), 0.0)
 
     def close(self) -> None:
         self.bar.close()
+
+
+def cells_progress(total: int, cached: int) -> Progress:
+    """The bar over a grid's (or a search's first) cells."""
+    return Progress("study", "cell", total, cached)
+
+
+def share_complete(cells: Sequence[Cell]) -> float:
+    """How much of `cells` is complete: each the share of its rows (+1: its end)."""
+    return sum(max(0, c.session.last_complete() + 1) / (c.rows + 1) for c in cells)
+
+
+def cell_line(cell: Cell, outcome: Outcome) -> str:
+    what = "ran" if outcome.ran else "cached"
+    return f"{what:<6} {cell.label:<48} {cell.rows:>2} rows {outcome.seconds:7.1f}s"
+
+
+def cell_failure(cell: Cell, why: str) -> str:
+    return f"{cell.label}: {why} (log: {cell.log})"
+
+
+# ----------------------------------------------------------------------------------- in turn
+@dataclass(frozen=True)
+class Job:
+    """One item for `run_in_turn`: a study's cell or a search's trial."""
+
+    key: Hashable  # names it in the failures
+    run: Callable[[], str]  # does the work; returns its line for the progress
+    failure: Callable[[str], str]  # the FAILED line for a reason (and anything to tell first)
+    after: Hashable | None = None  # a job that must not have failed (a cell's base model)
+    done: Callable[[], None] = lambda: None  # after its line (not a failure of the job)
+
+
+def run_in_turn(jobs: Iterable[Job], progress: Progress) -> dict[Hashable, str]:
+    """Run `jobs` one after another in this process (a lazy iterable: a search asks for the
+    next trial only when the last one is done). A job that fails, or whose `after` failed, is
+    a FAILED line and the others go on. Returns {key: why it failed}."""
+    failures: dict[Hashable, str] = {}
+    for job in jobs:
+        if job.after is not None and job.after in failures:
+            failures[job.key] = "its base model failed"
+            progress.fail(job.failure(failures[job.key]))
+            continue
+        progress.started()
+        try:
+            line = job.run()
+        except Exception as exc:  # noqa: BLE001 - one failed job does not stop the others
+            failures[job.key] = first_line(exc)
+            progress.fail(job.failure(failures[job.key]))
+        else:
+            progress.finished(line)
+            job.done()
+    progress.update(0, 0.0)
+    return failures
 
 
 # ----------------------------------------------------------------------------------- running
@@ -281,26 +348,18 @@ def check_reachable(address: str) -> None:
             from None
 
 
-def run_sequentially(cells: Sequence[Cell], runner: Runner, progress: Progress,
-                     on_done: Callable[[Cell], None]) -> dict[str, str]:
-    """Run `cells` one after another in this process; returns {cell id: why it failed}."""
-    failures: dict[str, str] = {}
-    for cell in cells:
-        if cell.base in failures:
-            failures[cell.id] = "its base model failed"
-            progress.fail(cell, failures[cell.id])
-            continue
-        progress.update([cell])
-        try:
-            outcome = execute(cell, runner.data_root, lambda line, c=cell: progress.update([c]))
-        except Exception as exc:  # noqa: BLE001 - one failed cell does not stop the others
-            failures[cell.id] = first_line(exc)
-            progress.fail(cell, failures[cell.id])
-        else:
-            progress.finished(cell, outcome)
-            on_done(cell)
-    progress.update([])
-    return failures
+def cell_job(cell: Cell, runner: Runner, progress: Progress,
+             on_done: Callable[[Cell], None]) -> Job:
+    """A cell for `run_in_turn`: executed here, the bar following its rows."""
+
+    def run() -> str:
+        progress.update(partial=share_complete([cell]))
+        outcome = execute(cell, runner.data_root,
+                          lambda line: progress.update(partial=share_complete([cell])))
+        return cell_line(cell, outcome)
+
+    return Job(cell.id, run, lambda why: cell_failure(cell, why), cell.base,
+               lambda: on_done(cell))
 
 
 def run_on_ray(ray: Any, cells: Sequence[Cell], runner: Runner, progress: Progress,
@@ -326,11 +385,12 @@ def run_on_ray(ray: Any, cells: Sequence[Cell], runner: Runner, progress: Progre
                 cause = getattr(exc, "cause", None)
                 failures[cell.id] = "its base model failed" if cell.base in failures else \
                     first_line(cause if isinstance(cause, BaseException) else exc)
-                progress.fail(cell, failures[cell.id])
+                progress.fail(cell_failure(cell, failures[cell.id]))
             else:
-                progress.finished(cell, outcome)
+                progress.finished(cell_line(cell, outcome))
                 on_done(cell)
-        progress.update([c for c in pending.values() if is_running(c)])
+        running = [c for c in pending.values() if is_running(c)]
+        progress.update(len(running), share_complete(running))
     return failures
 
 
@@ -348,12 +408,12 @@ def run_cells(cells: Sequence[Cell], runner: Runner, ray: Any = None,
     finishes. Returns {cell id: why it failed}."""
     check_cache(cells)
     todo = [c for c in cells if not cell_done(c)]
-    progress = Progress(len(cells), len(cells) - len(todo))
+    progress = cells_progress(len(cells), len(cells) - len(todo))
     try:
         if not todo:
             return {}
         if ray is None:
-            return run_sequentially(todo, runner, progress, on_done)
+            return run_in_turn((cell_job(c, runner, progress, on_done) for c in todo), progress)
         return run_on_ray(ray, todo, runner, progress, on_done)
     finally:
         progress.close()
