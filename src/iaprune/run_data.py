@@ -16,8 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from iaprune.config import PruneConfig
-from iaprune.data import (DEFAULT_VAL_SIZE, PYTHON_OBJECT, Dataset, DatasetError,
-                          fingerprint_change, load_dataset)
+from iaprune.data import (
+    DEFAULT_VAL_SIZE,
+    PYTHON_OBJECT,
+    Dataset,
+    DatasetError,
+    fingerprint_change,
+    load_dataset,
+)
 from iaprune.session import Session
 
 

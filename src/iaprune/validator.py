@@ -13,7 +13,7 @@ from torch import nn
 
 from iaprune import cli
 from iaprune.checkpoint import load_model
-from iaprune.data import PYTHON_OBJECT, DATASETS, Dataset, Split, dataset_sizes, load_dataset
+from iaprune.data import DATASETS, PYTHON_OBJECT, Dataset, Split, dataset_sizes, load_dataset
 from iaprune.device import for_inference, inference_batch
 from iaprune.errors import UserError
 from iaprune.groups import units

@@ -12,13 +12,34 @@ from __future__ import annotations
 
 import hashlib  # noqa: F401  (kept importable as iaprune.data.hashlib, as before)
 
-from iaprune.data.builtin import (DATASETS, DEFAULT_ROOT, DEFAULT_VAL_SIZE, DIGITS_CLASSES,
-                                  DIGITS_TEST_SIZE, INPUT_SHAPE, ROOT_ENV, SOURCES, IdxSource,
-                                  _split_off, data_root, dataset_sizes, load_builtin, load_idx,
-                                  md5, parse_idx, read_idx_file)
+from iaprune.data.builtin import (
+                                  DATASETS,
+                                  DEFAULT_ROOT,
+                                  DEFAULT_VAL_SIZE,
+                                  DIGITS_CLASSES,
+                                  DIGITS_TEST_SIZE,
+                                  INPUT_SHAPE,
+                                  ROOT_ENV,
+                                  SOURCES,
+                                  IdxSource,
+                                  _split_off,
+                                  data_root,
+                                  dataset_sizes,
+                                  load_builtin,
+                                  load_idx,
+                                  md5,
+                                  parse_idx,
+                                  read_idx_file,
+)
 from iaprune.data.dataset import Dataset, DatasetError, MissingDataError, Split
-from iaprune.data.source import (PYTHON_OBJECT, check_name, fingerprint_change, is_path,
-                                 load_dataset, path_fingerprint)
+from iaprune.data.source import (
+                                  PYTHON_OBJECT,
+                                  check_name,
+                                  fingerprint_change,
+                                  is_path,
+                                  load_dataset,
+                                  path_fingerprint,
+)
 
 __all__ = ["DATASETS", "DEFAULT_ROOT", "DEFAULT_VAL_SIZE", "DIGITS_CLASSES", "DIGITS_TEST_SIZE",
            "INPUT_SHAPE", "PYTHON_OBJECT", "ROOT_ENV", "SOURCES", "Dataset", "DatasetError",

@@ -38,7 +38,7 @@ def read_npz(path: Path) -> RawData:
         raise DatasetError(f"{path}: not a readable .npz file ({exc})") from None
     if "y_test" in names and "x_test" not in keys:
         raise DatasetError(f"{path}: holds y_test but no x_test")
-    for name, array in zip(names, arrays):
+    for name, array in zip(names, arrays, strict=True):
         if array.ndim == 0:
             raise DatasetError(f"{path}: {name} is a single value, not one entry per sample")
     return RawData(*arrays)

@@ -110,7 +110,7 @@ def stratified_split(y: np.ndarray, n: int, seed: int, what: str
     order = np.argsort(-(exact - quota), kind="stable")
     quota[order[:n - int(quota.sum())]] += 1
     carved = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:q]
-                             for c, q in zip(classes, quota)])
+                             for c, q in zip(classes, quota, strict=True)])
     mask = np.zeros(total, dtype=bool)
     mask[carved] = True
     return np.flatnonzero(~mask), np.flatnonzero(mask)

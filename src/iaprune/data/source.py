@@ -66,7 +66,7 @@ def path_fingerprint(path: Path) -> dict[str, Any]:
         name = file.relative_to(path).as_posix() if path.is_dir() else file.name
         digest.update(f"{name}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
         total, newest = total + stat.st_size, max(newest, stat.st_mtime_ns)
-    modified = datetime.datetime.fromtimestamp(newest / 1e9, datetime.timezone.utc)
+    modified = datetime.datetime.fromtimestamp(newest / 1e9, datetime.UTC)
     return {"files": len(files), "bytes": total,
             "modified": modified.isoformat(timespec="seconds"), "sha256": digest.hexdigest()}
 

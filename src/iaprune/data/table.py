@@ -43,7 +43,7 @@ def columns_of_csv(path: Path) -> tuple[dict[str, list[Any]], list[int]]:
                 if len(row) != len(header):
                     raise DatasetError(f"{path} line {reader.line_num}: {len(row)} fields, "
                                        f"the header has {len(header)}")
-                for name, cell in zip(header, row):
+                for name, cell in zip(header, row, strict=True):
                     columns[name].append(cell.strip())
                 where.append(reader.line_num)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
