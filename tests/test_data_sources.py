@@ -361,3 +361,17 @@ def test_a_path_dataset_setting_is_stored_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = PruneConfig(dataset="data/pets")
     assert config.dataset == str(tmp_path / "data" / "pets") and config.val_size is None
+
+
+def test_the_data_package_depends_only_on_errors_and_files():
+    """iaprune.data is a leaf: its modules import no other part of iaprune (no cycles)."""
+    import ast
+
+    import iaprune.data
+
+    folder = Path(iaprune.data.__file__).parent
+    for module in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("iaprune"):
+                assert node.module.startswith("iaprune.data") or node.module in (
+                    "iaprune.errors", "iaprune.files"), f"{module.name} imports {node.module}"
