@@ -293,6 +293,17 @@ def test_parquet_table_reads_like_the_same_csv(tmp_path):
     assert torch.equal(a.train.x, b.train.x) and a.classes == b.classes
 
 
+def test_recorded_scaling_prepares_other_data_as_the_model_was_trained(tmp_path):
+    """scaling=<a model's input_info> standardises new data with the model's mean and std."""
+    first = load_dataset(write_csv(tmp_path / "a.csv", table_text()), target="label")
+    shifted = "age,score,label\n" + "".join(f"{i + 100},{i},{'yes' if i % 2 else 'no'}\n"
+                                            for i in range(30))
+    other = load_dataset(write_csv(tmp_path / "b.csv", shifted), target="label",
+                         scaling=first.input_info())
+    assert other.mean == first.mean and other.std == first.std
+    assert other.train.x[:, 0].min() > 2  # ages 100+ lie far above the first table's mean
+
+
 # --- splits ------------------------------------------------------------------------------------
 
 def test_carved_splits_are_stratified_disjoint_and_complete(tmp_path):
