@@ -71,45 +71,52 @@ def layout(root: Path) -> dict[str, list[tuple[str, list[Path]]]]:
     return found
 
 
-def open_images(paths: list[Path]) -> list:
-    """The images, fully decoded; unreadable or truncated files are one error naming them."""
-    from PIL import Image, UnidentifiedImageError
-
-    images, bad = [], []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                image.load()  # decodes now: a truncated file fails here, not later
-                images.append(image.copy() if image.mode != "P" else image.convert("RGBA"))
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-            bad.append((path, exc))
+def refuse_unreadable(bad: list[tuple[Path, Exception]]) -> None:
+    """One error naming the first few unreadable files and counting the rest."""
     if bad:
         more = f" (and {len(bad) - SHOWN} more)" if len(bad) > SHOWN else ""
         names = "; ".join(f"{p}: {e}" for p, e in bad[:SHOWN])
         raise DatasetError(f"{len(bad)} unreadable image file{'s' * (len(bad) > 1)}: "
                            f"{names}{more}")
-    return images
 
 
-def common_size(images: list) -> tuple[int, int]:
+def headers(paths: list[Path]) -> list[tuple[str, tuple[int, int]]]:
+    """(mode, (width, height)) of each image, read from its header only."""
+    from PIL import Image, UnidentifiedImageError
+
+    found, bad = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                found.append((image.mode, image.size))
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+            bad.append((path, exc))
+    refuse_unreadable(bad)
+    return found
+
+
+def common_size(sizes: list[tuple[int, int]]) -> tuple[int, int]:
     """(width, height) of most images; ties go to the larger area, then the wider."""
-    counts = Counter(image.size for image in images)
+    counts = Counter(sizes)
     return max(counts, key=lambda s: (counts[s], s[0] * s[1], s[0]))
 
 
-def pixels(image, gray: bool, wide: bool, size: tuple[int, int]) -> np.ndarray:
-    """(C, H, W) array of one image: uint16 when `wide`, else uint8."""
+def pixels(path: Path, gray: bool, wide: bool, size: tuple[int, int]) -> np.ndarray:
+    """(C, H, W) array of one image, decoded in full: uint16 when `wide`, else uint8."""
     from PIL import Image
 
-    if wide:
-        arr = np.asarray(image, dtype=np.uint16) if image.mode.startswith("I;16") else \
-            np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
-        if image.size != size:  # resized in float, rounded back to 16 bits
-            resized = Image.fromarray(arr.astype(np.float32), mode="F").resize(
-                size, Image.Resampling.BILINEAR)
-            arr = np.clip(np.round(np.asarray(resized)), 0, 65535).astype(np.uint16)
-        return arr[None]
-    image = image.convert("L" if gray else "RGB")
+    with Image.open(path) as image:
+        image.load()  # decodes now: a truncated file fails here
+        if wide:
+            arr = np.asarray(image).astype(np.int64).clip(0, 65535).astype(np.uint16)
+            if image.size != size:  # resized in float, rounded back to 16 bits
+                resized = Image.fromarray(arr.astype(np.float32)).resize(
+                    size, Image.Resampling.BILINEAR)
+                arr = np.clip(np.round(np.asarray(resized)), 0, 65535).astype(np.uint16)
+            return arr[None]
+        if image.mode == "P":  # through RGBA: Pillow's way for palettes with transparency
+            image = image.convert("RGBA")
+        image = image.convert("L" if gray else "RGB")  # palettes expanded, alpha dropped
     if image.size != size:
         image = image.resize(size, Image.Resampling.BILINEAR)
     arr = np.asarray(image, dtype=np.uint8)
@@ -131,19 +138,22 @@ def parse_size(image_size: int | tuple[int, int] | None) -> tuple[int, int] | No
 def read_folder(root: Path, image_size: int | tuple[int, int] | None = None) -> RawData:
     """Raw uint8/uint16 samples (n, C, H, W) and class-name labels of an image folder."""
     found = layout(root)
-    opened = {split: [(name, open_images(files)) for name, files in classes]
-              for split, classes in found.items()}
-    every = [im for classes in opened.values() for _, ims in classes for im in ims]
-    gray = all(im.mode in GRAY_MODES for im in every)
-    wide_modes = [im.mode in WIDE_MODES for im in every]
-    if any(wide_modes) and not all(wide_modes):
+    files = [(split, name, path) for split, classes in found.items()
+             for name, paths in classes for path in paths]
+    modes, sizes = zip(*headers([path for _, _, path in files]), strict=True)
+    gray = all(mode in GRAY_MODES for mode in modes)
+    wide = [mode in WIDE_MODES for mode in modes]
+    if any(wide) and not all(wide):
         raise DatasetError(f"{root}: mixes 16-bit and 8-bit images; convert them to one depth")
-    wide = all(wide_modes)
-    size = parse_size(image_size) or common_size(every)
-    arrays = {}
-    for split, classes in opened.items():
-        x = np.stack([pixels(im, gray, wide, size) for _, ims in classes for im in ims])
-        y = np.array([name for name, ims in classes for _ in ims])
-        arrays[split] = (x, y)
-    x_test, y_test = arrays.get("test", (None, None))
-    return RawData(*arrays["train"], x_test, y_test)
+    size = parse_size(image_size) or common_size(list(sizes))
+    arrays, bad = {split: ([], []) for split in found}, []
+    for split, name, path in files:
+        try:
+            arrays[split][0].append(pixels(path, gray, all(wide), size))
+            arrays[split][1].append(name)
+        except (OSError, SyntaxError, ValueError) as exc:
+            bad.append((path, exc))
+    refuse_unreadable(bad)
+    (x, y), (x_test, y_test) = arrays["train"], arrays.get("test", (None, None))
+    return RawData(np.stack(x), np.array(y), None if x_test is None else np.stack(x_test),
+                   None if y_test is None else np.array(y_test))
