@@ -150,3 +150,27 @@ def test_a_table_bundle_standardises_raw_rows_as_training_did(tmp_path, retain):
     trained = torch.cat([data.train.x, data.val.x, data.test.x])
     order = lambda t: t[t[:, 0].argsort()]  # noqa: E731  (column a is unique and increasing)
     assert torch.equal(order(inputs), order(trained))
+
+
+def test_validator_resizes_another_folder_to_the_models_input(tmp_path, pngs, retain, capsys):
+    """validator --dataset OTHER reads a folder of 16x16 images at the model's 8x8 size."""
+    session = tmp_path / "s"
+    run_cli("--dataset", pngs, *FAST, "--retain", retain, "--session", session)
+    for name in ("dark", "light"):
+        (tmp_path / "big" / name).mkdir(parents=True)
+        for i in range(6):
+            Image.new("L", (16, 16), 30 + 150 * (name == "light")).save(
+                tmp_path / "big" / name / f"{i}.png")
+    checkpoint = session / "iterative_pruning/1/prune_w_retrain/best_model.pth"
+    assert cli.run(validator.main, [str(checkpoint), "--dataset", str(tmp_path / "big")]) == 0
+
+
+def test_validator_refuses_a_folder_of_other_classes(tmp_path, pngs, retain, capsys):
+    """A folder whose class names differ from the model's is one line naming both."""
+    session = tmp_path / "s"
+    run_cli("--dataset", pngs, *FAST, "--retain", retain, "--session", session)
+    pngs.joinpath("light").rename(pngs / "bright")
+    checkpoint = session / "iterative_pruning/1/prune_w_retrain/best_model.pth"
+    capsys.readouterr()
+    assert cli.run(validator.main, [str(checkpoint), "--dataset", str(pngs)]) == 2
+    assert "classes ['dark', 'light'] differ" in last_line(capsys)
