@@ -133,6 +133,9 @@ def load_dataset(source: Any, root: str | os.PathLike | None = None,
         >>> data.input_shape, data.num_classes, len(data.train.x)
         ((1, 8, 8), 10, 1257)
     """
+    if not isinstance(source, (str, os.PathLike)) and (target, image_size) != (None, None):
+        raise DatasetError("--target and --image-size apply to files and folders, not to data "
+                           "given as a Python object")
     if isinstance(source, Dataset):
         return source if source.record else replace(source, record={
             "source": PYTHON_OBJECT, "kind": "python", "fingerprint": content_fingerprint(source)})
