@@ -20,12 +20,11 @@ import typing
 from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any, Literal, get_args, get_origin
 
-from iaprune.data import DEFAULT_VAL_SIZE
+from iaprune.data import DEFAULT_VAL_SIZE, DatasetError, check_name, is_path
 from iaprune.device import Device
 from iaprune.errors import UserError
 from iaprune.trainer import Precision, Schedule, TrainConfig
 
-Dataset = Literal["mnist", "fashion-mnist", "digits"]
 Activation = Literal["relu", "sigmoid", "tanh"]
 Mode = Literal["iterative", "one-shot"]
 Criterion = Literal["interval_adjoint", "random", "magnitude", "taylor", "apoz", "fpgm"]
@@ -175,7 +174,11 @@ class PruneConfig:
         'taylor'
     """
 
-    dataset: Dataset = setting("mnist", "dataset")
+    dataset: str = setting("mnist", "dataset: mnist, fashion-mnist, digits, or a path to your "
+                                    "own data (an image folder, .npz, .csv or .parquet)")
+    target: str | None = setting(None, "label column of a .csv or .parquet table")
+    image_size: int | None = setting(None, "image folder: resize every image to N x N [the "
+                                           "most common size]")
     arch: str | None = setting(None, "architecture: a preset (mlp, lenet5, cnn3) or a JSON spec "
                                      "file [mlp; with only --base-model given, its own]")
     hidden: tuple[int, ...] | None = setting(None, "hidden layer sizes of the mlp architecture "
@@ -184,7 +187,9 @@ class PruneConfig:
     mode: Mode = setting("iterative", "iterative (re-score each pruned model) or one-shot "
                                       "(score the base model once)")
     seed: int = setting(0, "random seed; every random stream derives from (seed, iteration)")
-    val_size: int | None = setting(None, "validation split size [5000; 180 for digits]")
+    val_size: int | None = setting(None, "validation split size [5000; 180 for digits; a "
+                                                  "tenth of the training split for your own "
+                                                  "data]")
     max_accuracy_drop: float | None = setting(
         None, "stop once validation accuracy falls this many points below the base model's")
     base_model: str | None = setting(None, "take iteration 0 from this checkpoint instead of "
@@ -207,10 +212,19 @@ class PruneConfig:
                                       for n in self.hidden):
                 raise ConfigError(f"--hidden sizes must be integers >= 1, got "
                                   f"{' '.join(map(str, self.hidden)) or 'none'}")
+        try:
+            check_name(self.dataset)
+        except DatasetError as exc:
+            raise ConfigError(str(exc)) from None
+        if is_path(self.dataset):  # data outside the session: any folder finds it
+            object.__setattr__(self, "dataset", os.path.abspath(self.dataset))
+        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(
+                self.image_size, int) or self.image_size < 1):
+            raise ConfigError(f"--image-size must be an integer >= 1, got {self.image_size!r}")
         if self.base_model is not None:  # a file outside the session: any folder finds it
             object.__setattr__(self, "base_model", os.path.abspath(self.base_model))
         if self.val_size is None:
-            object.__setattr__(self, "val_size", DEFAULT_VAL_SIZE[self.dataset])
+            object.__setattr__(self, "val_size", DEFAULT_VAL_SIZE.get(self.dataset))
         for name, defaults in dataset_defaults(self.dataset).items():  # fill unset ones
             section = getattr(self, name)
             unset = {k: v for k, v in defaults.items() if getattr(section, k) is None}
@@ -294,7 +308,8 @@ def dataset_defaults(dataset: str) -> dict[str, dict[str, Any]]:
 CRITERION_ACTIVATIONS = {"apoz": ("relu",)}
 SECTIONS: dict[str, type] = {"training": Training, "retraining": Retraining, "scoring": Scoring}
 PREFIXES = {"training": "", "retraining": "retrain-", "scoring": ""}
-IGNORED_KEYS = {"version", "mlflow_run_id"}  # bookkeeping kept in config.json beside settings
+IGNORED_KEYS = {"version", "mlflow_run_id", "data"}  # bookkeeping kept in config.json beside
+# the settings ("data": where your own data came from and its fingerprint)
 # Settings added after the first release, with the value that sessions written before them ran
 # with: a resumed old session keeps behaving as it did.
 LEGACY = {"label_smoothing": 0.1, "retrain_label_smoothing": 0.1, "measure": "pre",

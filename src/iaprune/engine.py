@@ -28,7 +28,7 @@ from iaprune import __version__
 from iaprune.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from iaprune.concatenate import READ_ONLY, Concatenation, concatenate
 from iaprune.config import PruneConfig, differences, dumps, flat, iteration_seed, value_of
-from iaprune.data import Dataset, load_dataset
+from iaprune.data import Dataset
 from iaprune.device import place, torch_device
 from iaprune.errors import UserError
 from iaprune.files import atomic_write
@@ -53,6 +53,7 @@ from iaprune.retain import (
     read_schedule,
     write_schedule,
 )
+from iaprune.run_data import check_same_data, config_for, load_run_data, saved_record
 from iaprune.session import Session, SessionError, check_session_folder, holds_results
 from iaprune.significance import ScoreData, data_box, score
 from iaprune.spec import Net, Select, build, describe, resolve_arch, spec_of
@@ -477,7 +478,7 @@ def check_shifts(config: PruneConfig, input_shape: tuple[int, ...]) -> None:
 
 
 def write_settings(session: Session, config: PruneConfig, schedule: list[ScheduleRow],
-                   start: Start, log) -> None:
+                   start: Start, log, record: dict[str, Any] | None = None) -> None:
     """Write a new or restarted session's config.json and schedule copy (a restart with the
     session's own settings rewrites nothing)."""
     if start == "restart":
@@ -491,11 +492,13 @@ def write_settings(session: Session, config: PruneConfig, schedule: list[Schedul
         except UserError:
             difference = "the session had none"
         changes += [f"schedule: {difference}"] if difference else []
+        changes += ["data: changed"] if record and record != saved_record(session) else []
         if not changes:
             return
         log(f"note: {session.root} holds no complete iteration; starting it again with these "
             f"settings ({'; '.join(changes)})")
-    atomic_write(session.config, dumps(config, version=__version__))
+    extra = {"data": record} if record else {}  # your own data: its source and fingerprint
+    atomic_write(session.config, dumps(config, version=__version__, **extra))
     write_schedule(schedule, session.retain)
 
 
@@ -515,7 +518,7 @@ def gather_results(session: Session, quiet: bool, log) -> Concatenation | None:
 def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None = None,
         begin: int | None = None, data_root: str | Path | None = None,
         tracker: Tracker | None = None, quiet: bool = False,
-        log: Callable[[str], Any] = print) -> Results:
+        log: Callable[[str], Any] = print, data: Any = None) -> Results:
     """Run or resume a pruning session: train (or take) the base model, then per schedule row
     score, shrink, fold and retrain, writing one iteration folder each.
 
@@ -534,6 +537,10 @@ def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None =
         tracker: an MLflow or TensorBoard tracker (iaprune.tracking.make_tracker).
         quiet: no progress bars.
         log: where progress lines go (default print).
+        data: the data, in place of config.dataset: a Dataset, a path, an (x, y) pair of
+            arrays or tensors, or a torch Dataset of (x, y) items (iaprune.data.load_dataset).
+            config.json records a path, or "python object", with the data's fingerprint; a
+            resumed session must be given the same data.
 
     Returns:
         Results: the rows of the iterations run now, the schedule, and the gathered results;
@@ -548,6 +555,7 @@ def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None =
     """
     root = Path(session)
     check_session_folder(root)
+    config = config_for(config, data)
     session = Session(root, config.mode)
     retain = Path(retain) if retain is not None else None
     start = resolve(config, session, retain)
@@ -563,7 +571,9 @@ def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None =
             result = gather_results(session, quiet, log)
             tracker.finish(session.results_dir)
             return Results(session, config, schedule, [], True, result)
-    data = load_dataset(config.dataset, data_root, val_size=config.val_size)
+    data = load_run_data(config, data, data_root)
+    if start == "resume":
+        check_same_data(session, data)
     check_shifts(config, data.input_shape)
     spec = model_spec(config, data, session, start == "resume" and session.complete(0))
     probe = build(spec)
@@ -583,7 +593,7 @@ def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None =
                                                      measure=config.scoring.measure),
           prunes_inputs(schedule))
     if start != "resume":
-        write_settings(session, config, schedule, start, log)
+        write_settings(session, config, schedule, start, log, data.record)
     log(f"session {session.root} ({config.mode}, {config.scoring.criterion}): iterations "
         f"{begin}..{len(schedule) - 1}" + (" (resumed)" if start == "resume" else ""))
     tracker.start(session.config, flat(config), begin)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,7 @@ from torch import nn
 
 from iaprune import cli
 from iaprune.checkpoint import load_model
-from iaprune.data import DATASETS, Dataset, Split, dataset_sizes, load_dataset
+from iaprune.data import DATASETS, PYTHON_OBJECT, Dataset, Split, dataset_sizes, load_dataset
 from iaprune.device import for_inference, inference_batch
 from iaprune.errors import UserError
 from iaprune.groups import units
@@ -86,13 +87,44 @@ def check_dataset(model: nn.Module, trained_on: str | None, name: str, source: s
                      f"({n_in} inputs, {n_classes} classes)")
 
 
+def load_own_data(source: str, checkpoint: dict, args: argparse.Namespace,
+                  val_size: int | None) -> Dataset:
+    """The user's data as the model was trained on it: the recorded target column, image size
+    and scaling (mean/std) unless flags say otherwise."""
+    info = checkpoint.get("input") if isinstance(checkpoint.get("input"), dict) else {}
+    shape = info.get("shape") or []
+    folder = Path(source).is_dir()
+    image_size = args.image_size or (tuple(shape[-2:]) if folder and len(shape) == 3 else None)
+    return load_dataset(source, val_size=val_size, seed=checkpoint.get("split_seed", 0),
+                        target=args.target or (info.get("target") if not folder else None),
+                        image_size=image_size if folder else None,
+                        scaling=info if info.get("mean") is not None else None)
+
+
+def check_own_data(model: nn.Module, checkpoint: dict, data: Dataset, source: str) -> None:
+    """Refuse data whose input size, class count or class names differ from the model's."""
+    spec = spec_of(model)
+    sizes = [math.prod(spec["input"]), spec["layers"][-1]["out"]]
+    if sizes != [data.n_features, data.num_classes]:
+        raise UserError(f"{source}: the model ({sizes[0]} inputs, {sizes[1]} classes) does not "
+                        f"fit {data.name} ({data.n_features} inputs, {data.num_classes} classes)")
+    classes = checkpoint.get("classes")
+    if isinstance(classes, list) and [str(c) for c in classes] != list(data.classes):
+        raise UserError(f"{source}: the model's classes {classes} differ from {data.name}'s "
+                        f"{list(data.classes)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m iaprune.validator",
         description="Re-evaluate a best_model.pth on the train, validation and test splits.")
     parser.add_argument("checkpoint", help="path to a best_model.pth")
-    parser.add_argument("--dataset", choices=DATASETS,
-                        help="dataset to evaluate on (default: the one recorded in the checkpoint)")
+    parser.add_argument("--dataset", help=f"dataset to evaluate on: {', '.join(DATASETS)} or a "
+                        "path (image folder, .npz, .csv, .parquet) (default: the one recorded "
+                        "in the checkpoint)")
+    parser.add_argument("--target", help="label column of a table (default: the recorded one)")
+    parser.add_argument("--image-size", type=int, help="resize a folder's images to N x N "
+                        "(default: the model's input size)")
     parser.add_argument("--data-root", help="folder holding MNIST/raw/ etc. "
                         "(default: $IAPRUNE_DATA, else data/)")
     parser.add_argument("--val-size", type=int, help="validation split size "
@@ -102,12 +134,19 @@ def main(argv: list[str] | None = None) -> int:
     model, checkpoint = load_model(args.checkpoint)
     trained_on = checkpoint.get("dataset")
     name = args.dataset or trained_on or "mnist"
-    check_dataset(model, trained_on, name, args.checkpoint)  # before reading any data
+    if name == PYTHON_OBJECT:
+        raise UserError(f"{args.checkpoint}: trained on data given as a Python object; give "
+                        "--dataset PATH (or evaluate it with iaprune.validator.evaluate)")
     # the recorded validation size belongs to the dataset the model was trained on
     recorded = checkpoint.get("val_size") if name == trained_on else None
     val_size = recorded if args.val_size is None else args.val_size  # 0 is refused, not unset
-    data = load_dataset(name, args.data_root, val_size=val_size,
-                        seed=checkpoint.get("split_seed", 0))
+    if name in DATASETS:
+        check_dataset(model, trained_on, name, args.checkpoint)  # before reading any data
+        data = load_dataset(name, args.data_root, val_size=val_size,
+                            seed=checkpoint.get("split_seed", 0))
+    else:
+        data = load_own_data(name, checkpoint, args, val_size)
+        check_own_data(model, checkpoint, data, args.checkpoint)
     print(f"{args.checkpoint}: {name}, units {hidden_label(units(model))}, "
           f"{describe(spec_of(model))}")
     print(format_metrics(evaluate(model, data)))

@@ -21,13 +21,16 @@ RANGE_SLACK = 1e-6  # float rounding allowed at the ends of the input range
 
 @dataclass(frozen=True)
 class InputSpec:
-    """How raw inputs become model inputs: x = raw * scale, flattened to (batch, prod(shape))."""
+    """How raw inputs become model inputs: x = (raw * scale - mean) / std per feature (mean and
+    std only where recorded: tables and feature arrays), flattened to (batch, prod(shape))."""
 
     shape: tuple[int, ...] = (1, 28, 28)  # per-sample shape of a raw input
     scale: float = 1 / 255  # raw value * scale = model input (1/255 for uint8 images)
     flatten: bool = True  # the model is fed (batch, prod(shape))
     dtype: str = "uint8"  # dtype of the raw inputs the dataset stores
-    range: tuple[float, float] = (0.0, 1.0)  # the model inputs' range after scaling
+    range: tuple[float, float] | None = (0.0, 1.0)  # the model inputs' range (None: unchecked)
+    mean: tuple[float, ...] | None = None  # per feature, subtracted after scaling
+    std: tuple[float, ...] | None = None  # per feature, divided by after the mean
 
     @property
     def n_features(self) -> int:
@@ -35,8 +38,11 @@ class InputSpec:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values for manifest.json."""
-        d = asdict(self)
-        return {**d, "shape": list(self.shape), "range": list(self.range)}
+        d = {k: v for k, v in asdict(self).items() if k not in ("mean", "std")}
+        d.update(shape=list(self.shape), range=None if self.range is None else list(self.range))
+        if self.mean is not None:  # written only when set: older manifests stay as they were
+            d.update(mean=list(self.mean), std=list(self.std))
+        return d
 
     @classmethod
     def from_dict(cls, info: dict[str, Any] | None, n_in: int) -> InputSpec:
@@ -46,15 +52,21 @@ class InputSpec:
             shape = (info or {}).get("shape", [n_in])
             info = MNIST_INPUT if n_in == 784 else {"shape": shape, "scale": 1.0,
                                                     "dtype": "float32"}
+        floats = lambda key: None if info.get(key) is None else tuple(  # noqa: E731
+            float(v) for v in info[key])
         try:
             spec = cls(shape=tuple(int(n) for n in info.get("shape", [n_in])),
                        scale=float(info.get("scale", 1.0)),
                        flatten=bool(info.get("flatten", True)),
                        dtype=str(info.get("dtype", "uint8")),
-                       range=tuple(float(v) for v in info.get("range", [0.0, 1.0])))
+                       range=floats("range") if "range" in info else (0.0, 1.0),
+                       mean=floats("mean"), std=floats("std"))
         except (TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"bad input description {info!r} ({exc})") from None
-        if spec.n_features != n_in or len(spec.range) != 2:
+        standardised = [len(v) for v in (spec.mean, spec.std) if v is not None]
+        if spec.n_features != n_in or (spec.range is not None and len(spec.range) != 2) or \
+                standardised not in ([], [n_in, n_in]) or \
+                (spec.std is not None and not all(v > 0 for v in spec.std)):
             raise ValueError(f"input description {info!r} does not fit a model with {n_in} inputs")
         return spec
 
@@ -85,7 +97,9 @@ def preprocess(inputs: Any, spec: InputSpec, raw: bool | None = None) -> torch.T
 
     `inputs` is one sample (e.g. (28, 28)) or a batch ((n, 28, 28), (n, 1, 28, 28), (n, 784)).
     With raw=None, integer arrays are raw values and get multiplied by spec.scale, float arrays
-    are taken as already scaled; either way the result must lie in spec.range.
+    are taken as already scaled; either way the result must lie in spec.range (when set). A
+    model that standardises (spec.mean) takes raw values unless raw=False: they are scaled,
+    then (x - mean) / std per feature, as its training data was.
     """
     if isinstance(inputs, torch.Tensor):
         inputs = inputs.detach().cpu().numpy()
@@ -100,14 +114,16 @@ def preprocess(inputs: Any, spec: InputSpec, raw: bool | None = None) -> torch.T
     else:
         raise ValueError(f"inputs of shape {list(arr.shape)} do not fit the model's input "
                          f"{list(spec.shape)} ({n} values per sample)")
-    is_raw = arr.dtype.kind in "iu" if raw is None else raw
+    is_raw = (arr.dtype.kind in "iu" or spec.mean is not None) if raw is None else raw
     # the same expression as the engine's data loader: float32 first, then * scale
     x = arr.reshape(batch, n).astype(np.float32)
     if is_raw:
         x = x * spec.scale
+        if spec.mean is not None:
+            x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     if not np.isfinite(x).all():
         raise ValueError("inputs contain NaN or infinite values")
-    lo, hi = spec.range
+    lo, hi = spec.range if spec.range is not None else (-np.inf, np.inf)
     if x.min() < lo - RANGE_SLACK or x.max() > hi + RANGE_SLACK:
         kind = f"raw (scaled by {spec.scale:.6g})" if is_raw else "already scaled"
         raise InputRangeError(f"inputs taken as {kind} span [{x.min():.4g}, {x.max():.4g}], "
@@ -143,7 +159,7 @@ def image_sample(gray: np.ndarray, spec: InputSpec) -> np.ndarray:
     sample = gray.reshape(spec.shape)
     if math.isclose(spec.scale * 255, 1.0):
         return sample
-    lo, hi = spec.range
+    lo, hi = spec.range or (0.0, 1.0)
     return (lo + (hi - lo) * sample.astype(np.float32) / 255).astype(np.float32)
 
 

@@ -1,4 +1,4 @@
-"""Datasets as in-memory tensors (MNIST, Fashion-MNIST, digits) with a train/val/test split.
+"""The built-in datasets (MNIST, Fashion-MNIST, digits) as in-memory tensors with their splits.
 
 MNIST and Fashion-MNIST are read straight from their IDX files in torchvision's on-disk layout
 (`root/MNIST/raw/`, `root/FashionMNIST/raw/`), gzipped or not; torchvision is not needed.
@@ -11,14 +11,14 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from iaprune.errors import UserError
+from iaprune.data.dataset import Dataset, DatasetError, MissingDataError, Split
 from iaprune.files import atomic_write
 
 DEFAULT_ROOT = "data"
@@ -76,57 +76,6 @@ DEFAULT_VAL_SIZE = {"mnist": 5000, "fashion-mnist": 5000, "digits": 180}
 INPUT_SHAPE = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "digits": (1, 8, 8)}
 DIGITS_CLASSES = tuple(str(d) for d in range(10))
 DIGITS_TEST_SIZE = 360  # scikit-learn's digits has no test split: one is carved with a fixed seed
-
-
-class DatasetError(UserError):
-    """A dataset file that is corrupt or cannot be verified."""
-
-
-class MissingDataError(DatasetError):
-    """Dataset files that are absent and could not be downloaded."""
-
-
-@dataclass(frozen=True)
-class Split:
-    """One split: inputs flattened and scaled to [0, 1], integer labels."""
-
-    x: Tensor  # (n, n_features) float32
-    y: Tensor  # (n,) int64
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def to(self, device: torch.device | str) -> Split:
-        """This split on `device` (itself when it is there already)."""
-        return Split(self.x.to(device), self.y.to(device))
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """Train/val/test splits in memory plus what a model needs to know about the input."""
-
-    name: str
-    train: Split
-    val: Split
-    test: Split
-    input_shape: tuple[int, ...]  # e.g. (1, 28, 28); x is stored flattened
-    num_classes: int
-    scale: float  # raw value * scale = model input (1/255 for uint8 images)
-    classes: tuple[str, ...]
-
-    @property
-    def n_features(self) -> int:
-        return int(np.prod(self.input_shape))
-
-    def to(self, device: torch.device | str) -> Dataset:
-        """The same dataset with its splits on `device` (no copy on the device they are on)."""
-        return replace(self, train=self.train.to(device), val=self.val.to(device),
-                       test=self.test.to(device))
-
-    def input_info(self) -> dict:
-        """The input preprocessing recorded in checkpoints and deploy bundles."""
-        return {"shape": list(self.input_shape), "scale": self.scale, "flatten": True,
-                "dtype": "uint8" if self.name != "digits" else "float32", "range": [0.0, 1.0]}
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -231,7 +180,7 @@ def dataset_sizes(name: str) -> tuple[int, int]:
     return int(np.prod(INPUT_SHAPE[name])), len(classes)
 
 
-def load_dataset(name: str, root: str | os.PathLike | None = None,
+def load_builtin(name: str, root: str | os.PathLike | None = None,
                  val_size: int | None = None, seed: int = 0) -> Dataset:
     """Load a built-in dataset as in-memory float32 tensors in [0, 1].
 
@@ -249,11 +198,6 @@ def load_dataset(name: str, root: str | os.PathLike | None = None,
         Dataset: `train`, `val`, `test` splits (each `.x` (n, features) and `.y` (n,)),
         `input_shape`, `num_classes`, `classes` and `input_info()` for checkpoints.
 
-    Example:
-        >>> from iaprune import load_dataset
-        >>> data = load_dataset("digits")
-        >>> data.input_shape, data.num_classes, len(data.train.x)
-        ((1, 8, 8), 10, 1257)
     """
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose from {list(DATASETS)}")

@@ -1,0 +1,159 @@
+"""A folder of images, one subfolder per class, read with Pillow.
+
+Layouts: `ROOT/<class>/<image>` (a test split is carved), or `ROOT/train/<class>/<image>` and
+`ROOT/test/<class>/<image>` (the test split is the test folder). Class names are the sorted
+names of the training class folders. Images are the files with an image extension directly in a
+class folder (other files are ignored); an unreadable or truncated image is an error naming it
+(never skipped: a silently smaller dataset hides a broken copy).
+
+Channels: 1 when every image is grayscale (Pillow modes 1, L, LA, I, I;16), else 3 (RGB; alpha
+is dropped, palettes are expanded). 16-bit grayscale images stay 16-bit (scaled by 1/65535)
+when all images are; otherwise pixels are 8-bit (scaled by 1/255).
+Size: `image_size` when given, else the most common size among the images (ties: the larger
+area, then the wider); other images are resized to it (bilinear).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from iaprune.data.dataset import DatasetError
+from iaprune.data.prepare import RawData
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N"}
+WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}  # 16-bit (or wider) grayscale
+SHOWN = 3  # unreadable files named in an error
+
+
+def class_folders(root: Path) -> list[Path]:
+    """The class subfolders of `root`, sorted by name (hidden folders ignored)."""
+    return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                  key=lambda p: p.name)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly in `folder`, sorted by name."""
+    return sorted((p for p in folder.iterdir() if p.is_file() and
+                   p.suffix.lower() in EXTENSIONS and not p.name.startswith(".")),
+                  key=lambda p: p.name)
+
+
+def layout(root: Path) -> dict[str, list[tuple[str, list[Path]]]]:
+    """{'train': [(class, files)], 'test': [...] when the folder has its own test split}."""
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such folder")
+    splits = {"train": root / "train", "test": root / "test"}
+    if not all(p.is_dir() for p in splits.values()):
+        splits = {"train": root}
+    found = {}
+    for split, folder in splits.items():
+        classes = class_folders(folder)
+        if not classes:
+            raise DatasetError(f"{folder}: no class folders; put the images in "
+                               f"{folder}/<class name>/ (one folder per class)")
+        found[split] = []
+        for cls in classes:
+            files = image_files(cls)
+            if not files:
+                raise DatasetError(f"{cls}: class folder holds no image "
+                                   f"({', '.join(e[1:] for e in EXTENSIONS)})")
+            found[split].append((cls.name, files))
+    if "test" in found:
+        names = {name for name, _ in found["train"]}
+        extra = [name for name, _ in found["test"] if name not in names]
+        if extra:
+            raise DatasetError(f"{splits['test']}/{extra[0]}: class has no folder in "
+                               f"{splits['train']}")
+    return found
+
+
+def refuse_unreadable(bad: list[tuple[Path, Exception]]) -> None:
+    """One error naming the first few unreadable files and counting the rest."""
+    if bad:
+        more = f" (and {len(bad) - SHOWN} more)" if len(bad) > SHOWN else ""
+        names = "; ".join(f"{p}: {e}" for p, e in bad[:SHOWN])
+        raise DatasetError(f"{len(bad)} unreadable image file{'s' * (len(bad) > 1)}: "
+                           f"{names}{more}")
+
+
+def headers(paths: list[Path]) -> list[tuple[str, tuple[int, int]]]:
+    """(mode, (width, height)) of each image, read from its header only."""
+    from PIL import Image, UnidentifiedImageError
+
+    found, bad = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                found.append((image.mode, image.size))
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+            bad.append((path, exc))
+    refuse_unreadable(bad)
+    return found
+
+
+def common_size(sizes: list[tuple[int, int]]) -> tuple[int, int]:
+    """(width, height) of most images; ties go to the larger area, then the wider."""
+    counts = Counter(sizes)
+    return max(counts, key=lambda s: (counts[s], s[0] * s[1], s[0]))
+
+
+def pixels(path: Path, gray: bool, wide: bool, size: tuple[int, int]) -> np.ndarray:
+    """(C, H, W) array of one image, decoded in full: uint16 when `wide`, else uint8."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()  # decodes now: a truncated file fails here
+        if wide:
+            arr = np.asarray(image).astype(np.int64).clip(0, 65535).astype(np.uint16)
+            if image.size != size:  # resized in float, rounded back to 16 bits
+                resized = Image.fromarray(arr.astype(np.float32)).resize(
+                    size, Image.Resampling.BILINEAR)
+                arr = np.clip(np.round(np.asarray(resized)), 0, 65535).astype(np.uint16)
+            return arr[None]
+        if image.mode == "P":  # through RGBA: Pillow's way for palettes with transparency
+            image = image.convert("RGBA")
+        image = image.convert("L" if gray else "RGB")  # palettes expanded, alpha dropped
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    arr = np.asarray(image, dtype=np.uint8)
+    return arr[None] if gray else arr.transpose(2, 0, 1)
+
+
+def parse_size(image_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """(width, height) from N (square) or (height, width); None stays None."""
+    if image_size is None:
+        return None
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
+                             for n in size):
+        raise DatasetError(f"image size must be a positive integer (or height, width), got "
+                           f"{image_size!r}")
+    return size[1], size[0]
+
+
+def read_folder(root: Path, image_size: int | tuple[int, int] | None = None) -> RawData:
+    """Raw uint8/uint16 samples (n, C, H, W) and class-name labels of an image folder."""
+    found = layout(root)
+    files = [(split, name, path) for split, classes in found.items()
+             for name, paths in classes for path in paths]
+    modes, sizes = zip(*headers([path for _, _, path in files]), strict=True)
+    gray = all(mode in GRAY_MODES for mode in modes)
+    wide = [mode in WIDE_MODES for mode in modes]
+    if any(wide) and not all(wide):
+        raise DatasetError(f"{root}: mixes 16-bit and 8-bit images; convert them to one depth")
+    size = parse_size(image_size) or common_size(list(sizes))
+    arrays, bad = {split: ([], []) for split in found}, []
+    for split, name, path in files:
+        try:
+            arrays[split][0].append(pixels(path, gray, all(wide), size))
+            arrays[split][1].append(name)
+        except (OSError, SyntaxError, ValueError) as exc:
+            bad.append((path, exc))
+    refuse_unreadable(bad)
+    (x, y), (x_test, y_test) = arrays["train"], arrays.get("test", (None, None))
+    return RawData(np.stack(x), np.array(y), None if x_test is None else np.stack(x_test),
+                   None if y_test is None else np.array(y_test))

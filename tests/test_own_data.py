@@ -1,0 +1,176 @@
+"""Your own data end to end: a PNG folder through the command line, tensors through run(data=),
+the data fingerprint on resume, the validator and a deploy bundle applying the same scaling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import iaprune_runtime as deploy
+from iaprune import cli, validator
+from iaprune.concatenate import read_validation_results
+from iaprune.config import PruneConfig, Retraining, Training
+from iaprune.data import load_dataset
+from iaprune.engine import run
+from iaprune.iterativeprune import main
+from iaprune.retain import ScheduleRow, write_schedule
+from iaprune.run_data import DataChangedError
+from iaprune_runtime.bundle import write_bundle
+
+FAST = ["--hidden", "8", "4", "--epochs", "2", "--retrain-epochs", "1", "--batch-size", "16",
+        "--retrain-batch-size", "16", "--quiet"]
+CONFIG = PruneConfig(hidden=(8, 4), training=Training(epochs=2, batch_size=16),
+                     retraining=Retraining(epochs=1, batch_size=16))
+
+
+@pytest.fixture
+def retain(tmp_path) -> Path:
+    """Two schedule rows for an 8-4 network."""
+    path = tmp_path / "retain.txt"
+    write_schedule([ScheduleRow(0, (8, 4), 100.0), ScheduleRow(1, (6, 3), 75.0)], path)
+    return path
+
+
+@pytest.fixture
+def pngs(tmp_path) -> Path:
+    """Two classes of 8x8 PNGs: a bright or a dark square on noise."""
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(("dark", "light")):
+        (tmp_path / "pngs" / name).mkdir(parents=True)
+        for i in range(16):
+            pixels = rng.integers(0, 60, (8, 8), dtype=np.uint8)
+            pixels[2:6, 2:6] += np.uint8(150 * k)
+            Image.fromarray(pixels).save(tmp_path / "pngs" / name / f"{i}.png")
+    return tmp_path / "pngs"
+
+
+def run_cli(*argv) -> int:
+    return cli.run(main, [str(a) for a in argv])
+
+
+def last_line(capsys) -> str:
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def complete(session: Path) -> list[int]:
+    return sorted(int(p.parts[-3]) for p in (session / "iterative_pruning").glob(
+        "*/prune_w_retrain/validation_results.txt"))
+
+
+def test_png_folder_runs_two_schedule_rows_from_the_command_line(tmp_path, pngs, retain):
+    """iaprune iterativeprune --dataset FOLDER trains and prunes; the checkpoint names classes."""
+    session = tmp_path / "s"
+    assert run_cli("--dataset", pngs, *FAST, "--retain", retain, "--session", session) == 0
+    assert complete(session) == [0, 1]
+    checkpoint = torch.load(session / "iterative_pruning/1/prune_w_retrain/best_model.pth",
+                            weights_only=True)
+    assert checkpoint["classes"] == ["dark", "light"]
+    assert checkpoint["input"]["shape"] == [1, 8, 8] and checkpoint["dataset"] == str(pngs)
+    record = json.loads((session / "config.json").read_text())["data"]
+    assert record["source"] == str(pngs) and record["fingerprint"]["files"] == 32
+
+
+def test_validator_reproduces_a_folder_runs_test_accuracy(tmp_path, pngs, retain, capsys):
+    """iaprune validator CKPT reads the recorded folder and matches the run's test accuracy."""
+    session = tmp_path / "s"
+    run_cli("--dataset", pngs, *FAST, "--retain", retain, "--session", session)
+    folder = session / "iterative_pruning/1/prune_w_retrain"
+    capsys.readouterr()
+    assert validator.main([str(folder / "best_model.pth")]) == 0
+    test_row = next(line for line in capsys.readouterr().out.splitlines()
+                    if line.startswith("test"))
+    recorded = read_validation_results(folder / "validation_results.txt")["Test_Accuracy"]
+    assert float(test_row.split()[-1]) == pytest.approx(recorded, abs=0.006)
+
+
+def test_a_bad_folder_is_one_line_and_writes_nothing(tmp_path, retain, capsys):
+    """A folder without class folders: exit 2, one line, no session folder."""
+    (tmp_path / "empty").mkdir()
+    session = tmp_path / "s"
+    assert run_cli("--dataset", tmp_path / "empty", *FAST, "--retain", retain,
+                   "--session", session) == 2
+    assert "no class folders" in last_line(capsys) and not session.exists()
+
+
+def test_resuming_after_the_folder_changed_names_the_change(tmp_path, pngs, retain, capsys):
+    """An image added to the folder: resuming is refused, saying what changed; nothing moves."""
+    session = tmp_path / "s"
+    run_cli("--dataset", pngs, *FAST, "--retain", retain, "--session", session)
+    Image.new("L", (8, 8), 9).save(pngs / "dark" / "extra.png")
+    before = (session / "iterative_pruning/1/prune_w_retrain/best_model.pth").read_bytes()
+    assert run_cli("--session", session, "--begin-itr", "1") == 2
+    assert "changed since (it has 33 files" in last_line(capsys)
+    assert (session / "iterative_pruning/1/prune_w_retrain/best_model.pth").read_bytes() == before
+
+
+def test_run_with_a_tensor_dataset_records_a_python_object(tmp_path, retain):
+    """run(config, session, data=TensorDataset) prunes it and records its sha256."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(120) % 3
+    x = torch.rand(120, 6, generator=g) * 0.3 + torch.nn.functional.one_hot(y, 6)
+    data = torch.utils.data.TensorDataset(x, y)
+    results = run(CONFIG, tmp_path / "s", retain=retain, data=data, quiet=True,
+                  log=lambda line: None)
+    assert [r["iteration"] for r in results.rows] == [0, 1]
+    saved = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert saved["dataset"] == "python object" and saved["val_size"] is None
+    assert saved["data"]["fingerprint"] == load_dataset(data).record["fingerprint"]
+
+
+def test_resuming_with_other_tensors_is_refused(tmp_path, retain):
+    """Other tensors for a python-object session: one line naming the content change."""
+    x, y = torch.rand(60, 4), torch.arange(60) % 2
+    run(CONFIG, tmp_path / "s", retain=retain, data=(x, y), quiet=True, log=lambda line: None)
+    with pytest.raises(DataChangedError, match="python object changed since .*content differs"):
+        run(CONFIG, tmp_path / "s", retain=retain, begin=1, data=(x + 1, y), quiet=True,
+            log=lambda line: None)
+
+
+def test_a_table_bundle_standardises_raw_rows_as_training_did(tmp_path, retain):
+    """A deploy bundle of a CSV-trained model turns raw rows into the training inputs exactly."""
+    rows = [(i, (i * 7) % 11 + 0.5, i % 3) for i in range(60)]
+    csv = tmp_path / "t.csv"
+    csv.write_text("a,b,kind\n" + "".join(f"{a},{b},{k}\n" for a, b, k in rows))
+    config = PruneConfig(dataset=str(csv), target="kind", hidden=(8, 4),
+                         training=Training(epochs=1, batch_size=16),
+                         retraining=Retraining(epochs=0))
+    run(config, tmp_path / "s", retain=retain, quiet=True, log=lambda line: None)
+    bundle = tmp_path / "bundle"
+    write_bundle(tmp_path / "s/iterative_pruning/1/prune_w_retrain/best_model.pth", bundle,
+                 onnx=False)
+    model = deploy.load(bundle)
+    raw = np.array([(a, b) for a, b, _ in rows], dtype=np.float32)
+    inputs = deploy.preprocess(raw, model.input_spec)  # floats are raw for a standardising model
+    data = load_dataset(csv, target="kind")
+    trained = torch.cat([data.train.x, data.val.x, data.test.x])
+    order = lambda t: t[t[:, 0].argsort()]  # noqa: E731  (column a is unique and increasing)
+    assert torch.equal(order(inputs), order(trained))
+
+
+def test_validator_resizes_another_folder_to_the_models_input(tmp_path, pngs, retain, capsys):
+    """validator --dataset OTHER reads a folder of 16x16 images at the model's 8x8 size."""
+    session = tmp_path / "s"
+    run_cli("--dataset", pngs, *FAST, "--retain", retain, "--session", session)
+    for name in ("dark", "light"):
+        (tmp_path / "big" / name).mkdir(parents=True)
+        for i in range(6):
+            Image.new("L", (16, 16), 30 + 150 * (name == "light")).save(
+                tmp_path / "big" / name / f"{i}.png")
+    checkpoint = session / "iterative_pruning/1/prune_w_retrain/best_model.pth"
+    assert cli.run(validator.main, [str(checkpoint), "--dataset", str(tmp_path / "big")]) == 0
+
+
+def test_validator_refuses_a_folder_of_other_classes(tmp_path, pngs, retain, capsys):
+    """A folder whose class names differ from the model's is one line naming both."""
+    session = tmp_path / "s"
+    run_cli("--dataset", pngs, *FAST, "--retain", retain, "--session", session)
+    pngs.joinpath("light").rename(pngs / "bright")
+    checkpoint = session / "iterative_pruning/1/prune_w_retrain/best_model.pth"
+    capsys.readouterr()
+    assert cli.run(validator.main, [str(checkpoint), "--dataset", str(pngs)]) == 2
+    assert "classes ['dark', 'light'] differ" in last_line(capsys)
