@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import math
 from pathlib import Path
@@ -10,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from iaprune import cli, plotting
-from iaprune import concatenate as concatenate_module
 from iaprune.concatenate import (
     COMPARISON_FILE,
     OUTPUTS,
@@ -393,7 +393,8 @@ def test_command_on_results_it_cannot_write_is_one_line(tmp_path, capsys, monkey
     def refuse(path, data):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
-    monkeypatch.setattr(concatenate_module, "atomic_write", refuse)
+    # the module: `from iaprune import concatenate` may give the public function of that name
+    monkeypatch.setattr(importlib.import_module("iaprune.concatenate"), "atomic_write", refuse)
     monkeypatch.setattr(plotting, "atomic_write", refuse)
     assert cli.run(main, [str(mode)]) == cli.EXIT_USAGE
     assert capsys.readouterr().err == \
