@@ -31,6 +31,12 @@ def clone_files(root: Path) -> list[str]:
             if name and (root / name).is_file()]
 
 
+def checked(argv: list[str]) -> None:
+    """Run argv; a failure shows its command and output."""
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{' '.join(argv)}\n{proc.stdout}{proc.stderr}"
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> SimpleNamespace:
     """The wheel built from a copy of the clone, and that wheel installed into a folder."""
@@ -42,11 +48,11 @@ def installed(tmp_path_factory) -> SimpleNamespace:
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, source / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w",
-                    str(wheels), str(source)], check=True, capture_output=True, timeout=300)
+    # the build backend of this environment, no index: the build works offline
+    checked([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(wheels),
+             str(source)])
     (wheel,) = wheels.glob("iaprune-*.whl")
-    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(target),
-                    str(wheel)], check=True, capture_output=True, timeout=300)
+    checked([*pip, "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)])
     outside = tmp / "elsewhere"
     outside.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}  # the installed copy, not the clone's src/
