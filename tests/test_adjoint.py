@@ -588,36 +588,40 @@ def test_maxpool_tie_at_a_point_matches_torch():
 
 
 def test_maxpool_tie_at_a_corner_survives_rounded_bounds():
-    """v = b + w x with w = -1.3, b = 0.05 on x ∈ [[0, 0.3], [0, 0]], then a max over the two
-    entries: at the corner x = 0 both are b, a tie torch routes to the first (∂y/∂x_0 = w). The
-    first entry's upper bound b is rounded an ulp below b, which must not rule it out of the
-    maximum: its adjoint range includes 1 and x_0's includes w."""
-    conv = nn.Conv2d(1, 1, 1).double()
-    with torch.no_grad():
-        conv.weight.fill_(-1.3)
-        conv.bias.fill_(0.05)
-    model = nn.Sequential(conv, nn.MaxPool2d((1, 2)))
-    box = Interval(torch.tensor([[[0.0, 0.0]]], dtype=D), torch.tensor([[[0.3, 0.0]]], dtype=D))
-    result = sweep(model, box, "sum")
-    assert result.values[1].upper[0, 0, 0].item() < 0.05  # the rounding this test is about
-    values, jacobians = chain_points(model, torch.zeros(1, 1, 1, 2, dtype=D))
-    assert jacobians[1].flatten().tolist() == [1.0, 0.0]  # torch's choice at the tie
-    for adjoint, jacobian in zip(result.adjoints, jacobians, strict=True):
-        assert_encloses(adjoint, jacobian[0])
-    assert result.adjoints[1].lower.flatten().tolist() == [0.0, 0.0]  # each may win, or not
-    assert result.adjoints[1].upper.flatten().tolist() == [1.0, 1.0]
+    """v = b + w x with w = -1.3, b = 0.05 on x ∈ [[0, 0.3], [0, 0]] has exact bounds
+    [[b + 0.3 w, b], [b, b]]; at the corner x = 0 both entries are b, a tie torch routes to the
+    first. A sweep may round the first upper bound an ulp below b (centre/radius:
+    (b + 0.15 w) + 0.15 |w|); built here so, it must not rule that entry out of the max: both
+    adjoint ranges are [0, 1], holding torch's [1, 0] at the corner."""
+    b = torch.tensor(0.05, dtype=D)
+    rounded = torch.nextafter(b, torch.tensor(-math.inf, dtype=D)).item()  # b - 1 ulp
+    assert rounded < 0.05  # the rounding this test is about
+    values = Interval(torch.tensor([[[0.05 - 1.3 * 0.3, 0.05]]], dtype=D),
+                      torch.tensor([[[rounded, 0.05]]], dtype=D))
+    pool = nn.Sequential(nn.MaxPool2d((1, 2)))
+    _, jacobians = chain_points(pool, torch.full((1, 1, 1, 2), 0.05, dtype=D))
+    assert jacobians[0].flatten().tolist() == [1.0, 0.0]  # torch's choice at the tie
+    adjoint = sweep(pool, values, "sum").adjoints[0]
+    assert_encloses(adjoint, jacobians[0][0])
+    assert adjoint.lower.flatten().tolist() == [0.0, 0.0]  # each may win, or not
+    assert adjoint.upper.flatten().tolist() == [1.0, 1.0]
 
 
-def test_maxpool_at_a_point_follows_the_rounding_that_breaks_a_tie():
-    """Averages over 3 of [0.1, 0.2, 0.3, 0.1] are both 0.2 exactly, but summed in scan order
-    they round to 0.2 + 1 ulp and 0.2 - 1 ulp; torch's max picks the first. On a degenerate
-    box the sweep is that same computation and gives torch's [1, 0] with width 0."""
-    x = torch.tensor([[[0.1, 0.2, 0.3, 0.1]]], dtype=D)
-    model = nn.Sequential(nn.AvgPool2d((1, 3), 1), nn.MaxPool2d((1, 2)))
-    values, jacobians = chain_points(model, x[None])
-    assert values[1][0, 0, 0, 0] > values[1][0, 0, 0, 1]  # the rounding this test is about
-    adjoint = sweep(model, Interval.point(x), "sum").adjoints[1]
-    assert adjoint.lower.tolist() == adjoint.upper.tolist() == jacobians[1][0].tolist()
+@pytest.mark.parametrize("up", [0, 1])
+def test_maxpool_at_a_point_follows_the_rounding_that_breaks_a_tie(up):
+    """Two entries that would tie in exact arithmetic can come out of a layer one ulp apart
+    (0.2 and 0.2 + 1 ulp here; which one is larger depends on the layer's rounding). On a
+    degenerate box the sweep is torch's own computation at that point, so it routes as torch
+    does, to the larger entry, exactly (width 0), not to both as a near-tie on a real box."""
+    tie = torch.tensor(0.2, dtype=D)
+    near = torch.stack([tie, tie])
+    near[up] = torch.nextafter(tie, torch.tensor(math.inf, dtype=D))
+    x = near.reshape(1, 1, 2)
+    pool = nn.Sequential(nn.MaxPool2d((1, 2)))
+    _, jacobians = chain_points(pool, x[None])
+    assert jacobians[0].flatten().tolist() == [float(i == up) for i in range(2)]
+    adjoint = sweep(pool, Interval.point(x), "sum").adjoints[0]
+    assert adjoint.lower.tolist() == adjoint.upper.tolist() == jacobians[0][0].tolist()
 
 
 def test_overlapping_max_windows_sum_their_adjoints():

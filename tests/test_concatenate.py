@@ -389,6 +389,7 @@ def test_command_on_results_it_cannot_write_is_one_line(tmp_path, capsys, monkey
     def refuse(path, data):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
+    # the module: `from iaprune import concatenate` may give the public function of that name
     monkeypatch.setattr(concatenate_module, "atomic_write", refuse)
     monkeypatch.setattr(plotting, "atomic_write", refuse)
     assert cli.run(main, [str(mode)]) == cli.EXIT_USAGE

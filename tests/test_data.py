@@ -160,6 +160,7 @@ def test_validation_size_is_checked(fake_mnist):
         load_dataset("mnist", root, val_size=60)
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_real_mnist_loads_with_standard_sizes(mnist_data_root):
     """The real MNIST files verify and split into 55,000 / 5,000 / 10,000."""

@@ -1159,6 +1159,7 @@ def mnist():
     pytest.skip("MNIST files not found (set IAPRUNE_DATA)")
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_test_split_preprocessing_is_identical_to_the_engines(mnist):
     """The runtime's IDX reader + preprocess reproduce the engine's MNIST test tensors exactly."""
@@ -1168,6 +1169,7 @@ def test_test_split_preprocessing_is_identical_to_the_engines(mnist):
     assert torch.equal(torch.from_numpy(labels.astype(np.int64)), data.test.y)
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 @pytest.mark.parametrize("arch", ["mlp", "cnn3"])
 def test_verify_confirms_the_recorded_accuracy_and_catches_a_wrong_one(tmp_path, mnist, capsys,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from iaprune import cli, concatenate, plotting
+from iaprune import cli, plotting
 from iaprune import data as data_module
 from iaprune.checkpoint import load_model, save_checkpoint
 from iaprune.config import PruneConfig, Scoring, flat
@@ -510,7 +511,8 @@ def test_finished_session_that_cannot_be_written_is_a_note(finished, capsys, mon
     def refuse(path, data):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(concatenate, "atomic_write", refuse)
+    # the module: `from iaprune import concatenate` may give the public function of that name
+    monkeypatch.setattr(importlib.import_module("iaprune.concatenate"), "atomic_write", refuse)
     monkeypatch.setattr(plotting, "atomic_write", refuse)
     assert run("--session", finished, "--quiet") == 0
     assert "not updated (Permission denied)" in capsys.readouterr().out
@@ -518,6 +520,7 @@ def test_finished_session_that_cannot_be_written_is_a_note(finished, capsys, mon
 
 def test_tolerance_chosen_with_concatenate_survives_a_rerun(finished, capsys):
     """The tolerance given to iaprune.concatenate is kept by the engine's next run."""
+    concatenate = importlib.import_module("iaprune.concatenate")  # the module, not the function
     assert concatenate.main([str(finished), "--tolerance", "100"]) == 0
     capsys.readouterr()
     assert run("--session", finished) == 0

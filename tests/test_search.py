@@ -80,6 +80,7 @@ def copy_without_state(on_ray, tmp_path: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_search_on_ray_reports_every_trial_and_the_reference(on_ray):
     """Three trials ran on Ray; the report lists them and the reference with the numbers of
     their sessions; the plot is a PNG."""
@@ -97,6 +98,7 @@ def test_search_on_ray_reports_every_trial_and_the_reference(on_ray):
            (on_ray.out / "search.md").read_text()
 
 
+@pytest.mark.slow
 def test_objective_is_the_smallest_iteration_before_the_engine_stopped(on_ray):
     """Each trial's session stops at the first iteration more than 5 points below the base
     model's validation accuracy (or runs the whole schedule); the objective is the row before."""
@@ -111,6 +113,7 @@ def test_objective_is_the_smallest_iteration_before_the_engine_stopped(on_ray):
         assert (found.index, found.params) == (k, rows[k].params)
 
 
+@pytest.mark.slow
 def test_best_found_is_compared_with_the_reference(on_ray):
     """The best row is the searched trial with the fewest parameters; the sentence under the
     table says whether it beats q = 0.8, with the measured ratio."""
@@ -127,6 +130,7 @@ def test_best_found_is_compared_with_the_reference(on_ray):
             on_ray.report or "as small as the reference's" in on_ray.report
 
 
+@pytest.mark.slow
 def test_sequential_rerun_reads_every_trial_from_the_cache(on_ray, tmp_path, monkeypatch):
     """Without the search's memory, --workers 0 (no Ray, no Tune) proposes the same q's
     (same sampler seed), finds every session in the cache, retrains nothing and writes the same
@@ -146,6 +150,7 @@ def test_sequential_rerun_reads_every_trial_from_the_cache(on_ray, tmp_path, mon
     assert report(out) == on_ray.report
 
 
+@pytest.mark.slow
 def test_finished_search_runs_again_without_running_anything(on_ray, tmp_path):
     """A second run of a finished search finds its trials done and rewrites the same report."""
     out = tmp_path / "again"
@@ -157,6 +162,7 @@ def test_finished_search_runs_again_without_running_anything(on_ray, tmp_path):
     assert report(out) == on_ray.report
 
 
+@pytest.mark.slow
 def test_killed_trial_is_retried_first_and_its_session_resumes(on_ray, tmp_path):
     """A trial killed after two iterations (left RUNNING in the journal) is run first by the
     next run with more --trials: its session continues (rows 0-1 kept) and completes."""
@@ -186,6 +192,7 @@ def test_killed_trial_is_retried_first_and_its_session_resumes(on_ray, tmp_path)
     assert states == ["reference", "done", "done", "done", "failed or killed", "done"]
 
 
+@pytest.mark.slow
 def test_report_only_rebuilds_the_report(on_ray, tmp_path):
     """--search --report-only with just --out (the settings from OUT/search.json)."""
     out = tmp_path / "report"
@@ -196,6 +203,7 @@ def test_report_only_rebuilds_the_report(on_ray, tmp_path):
     assert report(out) == on_ray.report
 
 
+@pytest.mark.slow
 def test_search_of_other_settings_is_refused(on_ray, tmp_path):
     """Continuing a search with another drop is one error line; nothing is changed."""
     out = tmp_path / "other"
@@ -326,6 +334,7 @@ def test_cnn_search_has_one_q_per_prunable_group(tmp_path):
     assert "| | trial | q (g1 g2) | units |" in text.replace("|  |", "| |")
 
 
+@pytest.mark.slow
 def test_search_of_another_arch_is_refused(on_ray, tmp_path):
     """Continuing a search with another --arch is one error line; nothing is changed."""
     out = tmp_path / "other"

@@ -123,6 +123,7 @@ def on_ray(grid) -> SimpleNamespace:
                                (out / "study.json").read_text())["study"]), out))
 
 
+@pytest.mark.slow
 def test_sequential_study_runs_every_cell_without_importing_ray(sequential):
     """--workers 0 runs all cells in-process, one line each, and never imports ray."""
     assert "ray imported: False" in sequential.stdout
@@ -131,12 +132,14 @@ def test_sequential_study_runs_every_cell_without_importing_ray(sequential):
     assert len(sequential.files) == 2 + 12 * 3
 
 
+@pytest.mark.slow
 def test_ray_gives_the_sequential_numbers_cell_by_cell(sequential, on_ray):
     """Every iteration of every cell on local Ray equals the sequential run's, to the byte."""
     assert "local Ray, 2 workers" in on_ray.stdout
     assert on_ray.files == sequential.files
 
 
+@pytest.mark.slow
 def test_second_run_reads_the_cache_and_starts_no_ray(on_ray, grid):
     """Running a finished study again trains nothing: every cell cached, checkpoints untouched."""
     before = checkpoints(on_ray.out)
@@ -164,6 +167,7 @@ def seed_values(on_ray, curve: str, variant: str, row: int, mode: str = "iterati
         if c.track and (c.track.curve, c.track.mode, c.variant.name) == (curve, mode, variant)}
 
 
+@pytest.mark.slow
 def test_table_cells_are_mean_and_sample_std_over_seeds(on_ray):
     """A curve table's cell is mean ± sample std (n-1) of the seeds' accuracies at that row."""
     for curve in ("no-retrain", "retrain"):
@@ -175,6 +179,7 @@ def test_table_cells_are_mean_and_sample_std_over_seeds(on_ray):
             assert rows[str(row)]["magnitude"].strip("*") == expected
 
 
+@pytest.mark.slow
 def test_best_mean_per_row_is_bold(on_ray):
     """In every row the bold cells are those with the highest mean (none where all tie)."""
     rows = table((on_ray.out / "study_no_retrain.md").read_text(), "## Iterative mode")
@@ -186,6 +191,7 @@ def test_best_mean_per_row_is_bold(on_ray):
                                                        for m in means]
 
 
+@pytest.mark.slow
 def test_ranking_and_paired_differences(on_ray):
     """The ranking orders variants by their per-seed mean over rows 1..2; the paired table is
     the default minus the variant per seed, mean ± std over seeds."""
@@ -205,6 +211,7 @@ def test_ranking_and_paired_differences(on_ray):
     assert paired["2"]["magnitude"] == aggregate([a[s] - b[s] for s in (0, 1)]).text(2, True)
 
 
+@pytest.mark.slow
 def test_one_shot_minus_iterative_is_paired_per_seed(on_ray):
     """With both modes, each curve's report has one-shot − iterative for the default, per seed."""
     rows = table((on_ray.out / "study_retrain.md").read_text(), "## One-shot − iterative")
@@ -213,6 +220,7 @@ def test_one_shot_minus_iterative_is_paired_per_seed(on_ray):
     assert rows["2"]["ia-per_output"] == aggregate([one[s] - it[s] for s in (0, 1)]).text(2, True)
 
 
+@pytest.mark.slow
 def test_plots_and_csv_are_written(on_ray):
     """A PNG per curve and mode, and a CSV row per cell and schedule row."""
     for name in ("study_no_retrain.png", "study_retrain.png", "study_no_retrain_one_shot.png",
@@ -222,6 +230,7 @@ def test_plots_and_csv_are_written(on_ray):
     assert lines[0].startswith("seed,mode,curve,variant,row") and len(lines) == 1 + 12 * 3
 
 
+@pytest.mark.slow
 def test_report_only_rebuilds_the_reports_from_the_cache(on_ray, tmp_path):
     """--report-only with just --out (the grid from OUT/study.json) writes the same tables."""
     copy = tmp_path / "copy"
@@ -234,6 +243,7 @@ def test_report_only_rebuilds_the_reports_from_the_cache(on_ray, tmp_path):
         assert (copy / name).read_text() == (on_ray.out / name).read_text()
 
 
+@pytest.mark.slow
 def test_cache_of_other_settings_is_refused(on_ray, grid):
     """A cached session made with other settings is one error line naming it; nothing runs
     and the study's settings file is left as it was."""
@@ -245,6 +255,7 @@ def test_cache_of_other_settings_is_refused(on_ray, grid):
     assert (on_ray.out / "study.json").read_text() == settings
 
 
+@pytest.mark.slow
 def test_cell_pruned_from_another_base_model_is_refused(on_ray, tmp_path):
     """A cached cell whose iteration 0 is not the seed's current base model is an error."""
     cell = next(c for c in on_ray.plan.cells if c.track and c.variant.name == "magnitude")
@@ -259,6 +270,7 @@ def test_cell_pruned_from_another_base_model_is_refused(on_ray, tmp_path):
         check_cached(moved)
 
 
+@pytest.mark.slow
 def test_retraining_settings_do_not_invalidate_no_retrain_cells(on_ray, tmp_path):
     """A no-retrain cell cached under another retraining lr is still valid (nothing was
     retrained); a retrain cell under another lr is refused."""
@@ -300,6 +312,7 @@ def test_failed_cell_is_reported_and_the_others_finish(tmp_path):
     assert "error: 2 of 6 cells failed" in text
 
 
+@pytest.mark.slow
 def test_killed_driver_resumes_without_redoing_finished_cells(grid, sequential, tmp_path):
     """SIGKILL of a study on Ray once its base models exist; the re-run keeps every finished
     cell (checkpoints untouched) and ends with the uninterrupted run's numbers."""
@@ -331,6 +344,7 @@ def wait_json(path: Path) -> str:
     return path.read_text()
 
 
+@pytest.mark.slow
 def test_killed_worker_cell_is_retried(grid, sequential, tmp_path):
     """A Ray worker killed in the middle of a cell: the cell runs again in another worker and
     the study completes with the sequential run's numbers."""
@@ -414,6 +428,7 @@ def test_plan_runs_retrain_cells_first_and_default_only_tracks():
     assert all(c.base == f"seed{c.seed}/base" for c in plan.cells[2:])
 
 
+@pytest.mark.slow
 def test_mlflow_logs_one_parent_run_and_one_child_per_cell(sequential, tmp_path):
     """--mlflow: one parent run per study, one child per cell with its accuracy per row; a
     second run reuses the parent and logs no cell twice."""
@@ -455,6 +470,7 @@ def test_missing_dataset_is_one_line_before_any_cell(tmp_path, monkeypatch):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_progress_counts_done_running_failed_and_rows_of_running_cells(on_ray):
     """The bar's status says done / running / failed; a running cell adds the share of its
     rows already complete (never a whole cell before it is collected)."""

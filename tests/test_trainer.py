@@ -142,6 +142,7 @@ def test_kept_metrics_equal_a_full_evaluation(blobs):
 def test_bf16_changes_the_products_and_auto_follows_the_cpu(blobs, monkeypatch):
     """precision=bf16 really trains in bfloat16 (other weights than fp32 from the same seed);
     auto means bf16 exactly where the CPU has bf16 instructions."""
+    monkeypatch.delenv("IAPRUNE_PRECISION", raising=False)  # CI sets it for its fp32 run
     weights = {}
     for precision in ("fp32", "bf16"):
         model = mlp_net([12, 16, 3], seed=0)
@@ -154,6 +155,28 @@ def test_bf16_changes_the_products_and_auto_follows_the_cpu(blobs, monkeypatch):
     for native in (True, False):
         monkeypatch.setattr("iaprune.trainer.native_bf16", lambda native=native: native)
         assert uses_bf16(TrainConfig(precision="auto")) is native
+
+
+@pytest.mark.parametrize("forced", ["fp32", "bf16"])
+def test_iaprune_precision_decides_what_auto_means(monkeypatch, forced):
+    """IAPRUNE_PRECISION=fp32|bf16 makes auto mean that precision whatever the CPU has, and
+    never overrides an explicit fp32 or bf16."""
+    monkeypatch.setenv("IAPRUNE_PRECISION", forced)
+    for native in (True, False):
+        monkeypatch.setattr("iaprune.trainer.native_bf16", lambda native=native: native)
+        assert uses_bf16(TrainConfig(precision="auto")) is (forced == "bf16")
+        assert uses_bf16(TrainConfig(precision="bf16"))
+        assert not uses_bf16(TrainConfig(precision="fp32"))
+    monkeypatch.setenv("IAPRUNE_PRECISION", "auto")  # auto (like unset) asks the CPU again
+    monkeypatch.setattr("iaprune.trainer.native_bf16", lambda: True)
+    assert uses_bf16(TrainConfig(precision="auto"))
+
+
+def test_an_unknown_iaprune_precision_is_an_error(monkeypatch):
+    """A value of IAPRUNE_PRECISION other than fp32, bf16 or auto is an error naming it."""
+    monkeypatch.setenv("IAPRUNE_PRECISION", "fp16")
+    with pytest.raises(UserError, match="IAPRUNE_PRECISION.*fp16"):
+        uses_bf16(TrainConfig(precision="auto"))
 
 
 def test_same_seed_gives_identical_runs(blobs):

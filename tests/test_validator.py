@@ -87,6 +87,7 @@ def test_model_that_does_not_fit_dataset_is_refused(tmp_path):
         main([str(path)])
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_brief_training_on_real_mnist_subset(mnist_data_root):
     """One short epoch on a 5,000-image MNIST subset already beats 85% validation accuracy."""

@@ -98,7 +98,9 @@ class Training:
                                                "validation accuracy stalls), cosine (over the "
                                                "epoch cap) or constant", flag="lr-schedule")
     precision: Precision = setting("auto", "matrix products of the training steps: bf16, fp32, "
-                                           "or auto (bf16 where the CPU has bf16 instructions); "
+                                           "or auto (bf16 where the CPU has bf16 instructions; "
+                                           "the environment variable IAPRUNE_PRECISION=fp32 or "
+                                           "bf16 decides what auto means on this machine); "
                                            "evaluation is always fp32", flag="precision")
 
     def __post_init__(self):

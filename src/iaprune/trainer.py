@@ -56,7 +56,8 @@ class TrainConfig:
     distill: float = 0.0  # weight of the distillation loss when a teacher is given (0..1)
     temperature: float = 4.0  # softmax temperature of the distillation loss
     # bf16: the training steps' matrix products in bfloat16 (autocast; weights, optimizer and
-    # loss stay fp32); auto: bf16 where the CPU has bf16 instructions, else fp32. Evaluation,
+    # loss stay fp32); auto: bf16 where the CPU has bf16 instructions, else fp32, unless
+    # $IAPRUNE_PRECISION (fp32 | bf16) says what auto means on this machine. Evaluation,
     # and so every accuracy written and the choice of the kept epoch, is always fp32.
     precision: Precision = "auto"
 
@@ -141,11 +142,30 @@ def native_bf16() -> bool:
     return re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo) is not None
 
 
+# Decides what precision="auto" means on this machine: fp32 or bf16 whatever the CPU has (a
+# CPU without bf16 instructions can be imitated, e.g. to test the fp32 path everywhere), or auto
+# (unset): ask the CPU. An explicit fp32 or bf16 setting is never overridden.
+PRECISION_ENV = "IAPRUNE_PRECISION"
+
+
+def auto_precision(device: torch.device | str = "cpu") -> Literal["bf16", "fp32"]:
+    """What precision="auto" resolves to here: $IAPRUNE_PRECISION when it is fp32 or bf16, else
+    bf16 on a CPU with bf16 instructions (`native_bf16`) and fp32 elsewhere (a GPU included)."""
+    forced = os.environ.get(PRECISION_ENV, "").strip() or "auto"
+    if forced not in PRECISIONS:
+        raise TrainingError(f"${PRECISION_ENV} must be one of {', '.join(PRECISIONS)}, "
+                            f"got {forced!r}")
+    if forced != "auto":
+        return forced  # type: ignore[return-value]
+    return "bf16" if torch.device(device).type == "cpu" and native_bf16() else "fp32"
+
+
 def uses_bf16(config: TrainConfig, device: torch.device | str = "cpu") -> bool:
-    """Whether training under `config` runs its matrix products in bfloat16 here ("auto" asks
-    the CPU's instructions, so training on a GPU stays fp32 unless bf16 is asked for)."""
-    auto = torch.device(device).type == "cpu" and native_bf16()
-    return config.precision == "bf16" or (config.precision == "auto" and auto)
+    """Whether training under `config` runs its matrix products in bfloat16 here ("auto" is
+    `auto_precision`: $IAPRUNE_PRECISION, else the CPU's instructions, so training on a GPU
+    stays fp32 unless bf16 is asked for)."""
+    precision = auto_precision(device) if config.precision == "auto" else config.precision
+    return precision == "bf16"
 
 
 def progress(record: EpochRecord, mark: EpochRecord | None, min_delta: float) -> bool:
