@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 import iaprune_runtime.bundle
-from iaprune import session, spec
+from iaprune import session
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "iaprune"
 
