@@ -49,6 +49,13 @@ def check_int(value: Any, what: str, minimum: int) -> int:
     return value
 
 
+def check_bool(value: Any, what: str) -> bool:
+    """`value` when it is a bool, else a SpecError naming `what`."""
+    if not isinstance(value, bool):
+        raise SpecError(f"{what} must be true or false, got {value!r}")
+    return value
+
+
 def pair(value: int | Sequence[int]) -> tuple[int, int]:
     """A torch size argument (int or pair) as a pair of ints."""
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))

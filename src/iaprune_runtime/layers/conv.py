@@ -8,8 +8,8 @@ from typing import Any
 from torch import nn
 
 from ..interval import Interval
-from .base import REQUIRED, Layer, check_int, pair, register, square, window_shape
-from .linear import Linear, cast
+from .base import REQUIRED, Layer, check_bool, check_int, pair, register, square, window_shape
+from .linear import cast
 from .producer import Producer
 
 
@@ -46,7 +46,7 @@ class Conv2d(Producer):
 
     def check_field(self, field: str, value: Any, where: str, layer: Layer) -> Any:
         if field == "bias":
-            return Linear.check_field(self, field, value, where, layer)
+            return check_bool(value, f"{where}: bias")
         return check_int(value, f"{where}: {self.name} {field}", 0 if field == "padding" else 1)
 
     def out_shape(self, layer: Layer, shape: tuple[int, ...], where: str) -> tuple[int, ...]:

@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from ..interval import Interval
-from .base import REQUIRED, Layer, SpecError, register
+from .base import REQUIRED, Layer, SpecError, check_bool, register
 from .producer import Producer
 
 
@@ -28,9 +28,7 @@ class Linear(Producer):
 
     def check_field(self, field: str, value: Any, where: str, layer: Layer) -> Any:
         if field == "bias":
-            if not isinstance(value, bool):
-                raise SpecError(f"{where}: bias must be true or false, got {value!r}")
-            return value
+            return check_bool(value, f"{where}: bias")
         return super().check_field(field, value, where, layer)
 
     def out_shape(self, layer: Layer, shape: tuple[int, ...], where: str) -> tuple[int, ...]:
