@@ -804,10 +804,15 @@ def spec_named(name: str) -> dict:
                   {"type": "linear", "out": 20}, "relu", {"type": "linear", "out": 8}, "relu",
                   {"type": "linear", "out": 10}]
         return src_spec.check_spec({"input": [1, 28, 28], "layers": layers})
+    if name == "leaky":  # leaky_relu after a conv and after a linear
+        layers = [{"type": "conv2d", "out": 3, "kernel": 3}, {"type": "leaky_relu", "slope": 0.2},
+                  "flatten", {"type": "linear", "out": 12}, "leaky_relu",
+                  {"type": "linear", "out": 10}]
+        return src_spec.check_spec({"input": [1, 8, 8], "layers": layers})
     raise KeyError(name)
 
 
-SPEC_NAMES = ["mlp", "lenet5", "cnn3", "mixed", "select"]
+SPEC_NAMES = ["mlp", "lenet5", "cnn3", "mixed", "select", "leaky"]
 
 
 def with_batchnorm_stats(model: nn.Module, seed: int = 1) -> nn.Module:
@@ -871,7 +876,7 @@ def test_the_twin_specs_cover_every_registered_layer_type():
     assert covered == set(layers.names())
 
 
-@pytest.mark.parametrize("name", ["lenet5", "cnn3", "mixed", "select"])
+@pytest.mark.parametrize("name", ["lenet5", "cnn3", "mixed", "select", "leaky"])
 def test_spec_bundle_round_trip_gives_the_engines_outputs(tmp_path, name):
     """A CNN (or input-pruned) checkpoint bundles and loads, computing what src's model does."""
     spec = spec_named(name)
@@ -931,7 +936,7 @@ def test_predict_classifies_raw_digits_with_a_cnn(tmp_path, capsys):
                                            strict=True))]
 
 
-@pytest.mark.parametrize("name", ["lenet5", "cnn3", "mixed", "select"])
+@pytest.mark.parametrize("name", ["lenet5", "cnn3", "mixed", "select", "leaky"])
 def test_onnx_export_matches_torch_for_every_layer_type(tmp_path, name):
     """model.onnx takes flat preprocessed inputs, like torch, and agrees with it for convs,
     pooling, batchnorm, dropout, sigmoid/tanh and select."""
