@@ -741,6 +741,6 @@ def test_lowest_out_of_range_is_a_value_error():
 def test_chain_accepts_every_rule_type():
     """chain() takes an nn.Sequential of every module type that has a rule."""
     assert {nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.Sigmoid, nn.Tanh,
-            nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Dropout, Select} == set(RULES)
+            nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Dropout, Select} <= set(RULES)
     model = lenet_like()
     assert chain(model) == list(model)

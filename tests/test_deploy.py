@@ -805,10 +805,15 @@ def spec_named(name: str) -> dict:
                   {"type": "linear", "out": 20}, "relu", {"type": "linear", "out": 8}, "relu",
                   {"type": "linear", "out": 10}]
         return src_spec.check_spec({"input": [1, 28, 28], "layers": layers})
+    if name == "leaky":  # leaky_relu after a conv and after a linear
+        layers = [{"type": "conv2d", "out": 3, "kernel": 3}, {"type": "leaky_relu", "slope": 0.2},
+                  "flatten", {"type": "linear", "out": 12}, "leaky_relu",
+                  {"type": "linear", "out": 10}]
+        return src_spec.check_spec({"input": [1, 8, 8], "layers": layers})
     raise KeyError(name)
 
 
-SPEC_NAMES = ["mlp", "lenet5", "cnn3", "mixed", "select"]
+SPEC_NAMES = ["mlp", "lenet5", "cnn3", "mixed", "select", "leaky"]
 
 
 def with_batchnorm_stats(model: nn.Module, seed: int = 1) -> nn.Module:
@@ -863,19 +868,16 @@ def test_deploy_twin_builds_what_src_builds(name):
     assert twin.inference_batch == inference_batch(net)  # verify evaluates as the engine does
 
 
-def test_deploy_knows_the_layer_types_and_defaults_of_src():
-    """The runtime repeats iaprune/spec.py's table: the same types, fields and defaults."""
-    from iaprune_runtime import model as twin
+def test_the_twin_specs_cover_every_registered_layer_type():
+    """The specs the runtime is checked on (build, bundle, MACs, ONNX) hold every layer type of
+    the registry, so a new layer type is tested through the runtime too."""
+    from iaprune_runtime import layers
 
-    def plain(fields, required):
-        return {kind: {f: "REQUIRED" if d is required else d for f, d in spec.items()}
-                for kind, spec in fields.items()}
-
-    assert plain(twin.FIELDS, twin.REQUIRED) == plain(src_spec.FIELDS, src_spec.REQUIRED)
-    assert twin.ACTIVATIONS == src_spec.ACTIVATIONS and twin.ELEMENTWISE == src_spec.ELEMENTWISE
+    covered = {layer["type"] for name in SPEC_NAMES for layer in spec_named(name)["layers"]}
+    assert covered == set(layers.names())
 
 
-@pytest.mark.parametrize("name", ["lenet5", "cnn3", "mixed", "select"])
+@pytest.mark.parametrize("name", ["lenet5", "cnn3", "mixed", "select", "leaky"])
 def test_spec_bundle_round_trip_gives_the_engines_outputs(tmp_path, name):
     """A CNN (or input-pruned) checkpoint bundles and loads, computing what src's model does."""
     spec = spec_named(name)
@@ -935,7 +937,7 @@ def test_predict_classifies_raw_digits_with_a_cnn(tmp_path, capsys):
                                            strict=True))]
 
 
-@pytest.mark.parametrize("name", ["lenet5", "cnn3", "mixed", "select"])
+@pytest.mark.parametrize("name", ["lenet5", "cnn3", "mixed", "select", "leaky"])
 def test_onnx_export_matches_torch_for_every_layer_type(tmp_path, name):
     """model.onnx takes flat preprocessed inputs, like torch, and agrees with it for convs,
     pooling, batchnorm, dropout, sigmoid/tanh and select."""

@@ -6,8 +6,7 @@ import ast
 from pathlib import Path
 
 import iaprune_runtime.bundle
-import iaprune_runtime.model
-from iaprune import records, spec
+from iaprune import records
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "iaprune"
 
@@ -127,10 +126,6 @@ def test_the_checker_finds_a_spelled_record_name():
     assert spelled_names(tree) == {"prune_w_retrain", "validation_results.txt"}
 
 
-def test_deploy_knows_every_layer_type_of_the_spec():
-    assert set(iaprune_runtime.model.FIELDS) == set(spec.FIELDS)
-
-
 def column_lists(tree: ast.AST) -> list[list[str]]:
     """Literal lists, tuples, sets and dict keys in `tree` naming two or more result columns."""
     columns = {c.name for c in (*records.VALIDATION, *records.EPOCH, *records.RUN)}
@@ -154,6 +149,7 @@ def test_column_lists_are_spelled_only_in_records():
                  path.read_text())))}
     assert found == {}
 
+
 def test_ray_workers_import_the_package_from_the_study_root():
     """The study's ROOT (Ray workers' code path) is the folder that holds the iaprune package, so
     a worker imports the task functions of iaprune.study.runner from there."""
@@ -162,3 +158,78 @@ def test_ray_workers_import_the_package_from_the_study_root():
     assert (grid.ROOT / "iaprune" / "study" / "runner.py").resolve() == \
         Path(runner.__file__).resolve()
     assert runner._ray_task.__module__ == "iaprune.study.runner"
+
+
+RUNTIME = SRC.parent / "iaprune_runtime"
+LAYERS = RUNTIME / "layers"
+
+
+def _dotted(node: ast.AST) -> str:
+    """'nn.Linear' for an attribute chain or a name, '' for anything else."""
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}".lstrip(".")
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+def _named(node: ast.AST) -> list[ast.AST]:
+    """The node, or the elements of a tuple/list/set literal or of a union `A | B`."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return [*_named(node.left), *_named(node.right)]
+    return list(node.elts) if isinstance(node, ast.Tuple | ast.List | ast.Set) else [node]
+
+
+def layer_type_switches(path: Path) -> list[str]:
+    """Lines of `path` that switch on a layer type: isinstance / issubclass / `type(x) is` /
+    `type(x) in` against a registered torch class (nn.Linear, Select, ...), or a comparison
+    with a registered spec type name ("conv2d", "relu", ...)."""
+    from iaprune_runtime import layers
+
+    classes = {cls.__name__ for cls in layers.by_module()}
+    kinds = set(layers.names())
+
+    def is_class(node: ast.AST) -> bool:
+        return any(_dotted(n).rpartition(".")[2] in classes for n in _named(node))
+
+    def is_kind(node: ast.AST) -> bool:
+        return any(isinstance(n, ast.Constant) and n.value in kinds for n in _named(node))
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and _dotted(node.func) in ("isinstance", "issubclass") \
+                and len(node.args) == 2 and is_class(node.args[1]):
+            found.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
+        elif isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            typed = any(isinstance(n, ast.Call) and _dotted(n.func) == "type" for n in operands)
+            if any(is_kind(n) for n in operands) or (typed and any(is_class(n) for n in operands)):
+                found.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_the_layer_switch_test_finds_switches(tmp_path):
+    """The scan below recognises the switches it forbids (so its silence means something)."""
+    sample = tmp_path / "sample.py"
+    sample.write_text("if isinstance(m, nn.Conv2d): pass\nif type(m) is nn.MaxPool2d: pass\n"
+                      "if layer['type'] == 'conv2d': pass\nif kind in ('linear', 'x'): pass\n"
+                      "if isinstance(m, (Select, int)): pass\nif isinstance(m, Tensor): pass\n"
+                      "if isinstance(m, nn.Linear | nn.Conv2d): pass\n")
+    assert [line.split()[0] for line in layer_type_switches(sample)] == [
+        "sample.py:1", "sample.py:2", "sample.py:3", "sample.py:4", "sample.py:5", "sample.py:7"]
+
+
+def test_only_the_layer_registry_switches_on_layer_types():
+    """Outside iaprune_runtime/layers/, no module branches on a layer type: each type's
+    behaviour lives in its registry entry, so adding a type touches one place."""
+    files = [p for p in (*SRC.rglob("*.py"), *RUNTIME.rglob("*.py")) if LAYERS not in p.parents]
+    switches = [line for path in sorted(files) for line in layer_type_switches(path)]
+    assert switches == []
+
+
+def test_the_runtime_never_imports_the_library():
+    """iaprune_runtime (layer registry included) imports torch, numpy and the standard library,
+    never iaprune: a deployed model runs without the library."""
+    for path in RUNTIME.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n == "iaprune" or n.startswith("iaprune.") for n in names), path

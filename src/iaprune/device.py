@@ -21,6 +21,7 @@ from torch import nn
 
 from iaprune.errors import UserError
 from iaprune.spec import Net, shapes, spec_of
+from iaprune_runtime.layers import lookup
 
 Device = Literal["cpu", "cuda"]
 # Inference batches hold about this many values in the model's widest layer (4 MiB in float32):
@@ -47,13 +48,19 @@ def torch_device(name: str) -> torch.device:
     raise DeviceError(f"unknown --device {name!r}; choose from cpu, cuda")
 
 
+def _channels(model: nn.Module) -> list[int]:
+    """Output channels of every conv layer (a producer of feature maps) in `model`."""
+    kinds = [(m, lookup(m)) for m in model.modules()]
+    return [kind.units(m) for m, kind in kinds if kind is not None and kind.spatial]
+
+
 def place(model: nn.Module, device: torch.device | str = "cpu", bf16: bool = False
           ) -> nn.Module:
     """`model` itself, moved to `device`, with its 4-D weights channels-last when it has a
     Conv2d and trains with bf16 products, or when a Conv2d has at least CHANNELS_LAST_FROM
     output channels; else in the default layout (its values are unchanged)."""
     model.to(device)
-    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    widths = _channels(model)
     wide = bool(widths) and (bf16 or max(widths) >= CHANNELS_LAST_FROM)
     return model.to(memory_format=torch.channels_last if wide else torch.contiguous_format)
 
@@ -73,7 +80,7 @@ def for_inference(model: nn.Module) -> nn.Module:
     """`model` itself, or when it is a channels-last conv net whose convs all have fewer than
     CHANNELS_LAST_FROM output channels, a copy of it in the default layout (where its fp32
     forward is faster); the same values either way."""
-    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    widths = _channels(model)
     if not widths or max(widths) >= CHANNELS_LAST_FROM or all(
             p.is_contiguous() for p in model.parameters()):
         return model

@@ -56,10 +56,11 @@ from iaprune.retain import (
 from iaprune.run_data import check_same_data, config_for, load_run_data, saved_record
 from iaprune.session import Session, SessionError, check_session_folder, holds_results
 from iaprune.significance import ScoreData, data_box, score
-from iaprune.spec import Net, Select, build, describe, resolve_arch, spec_of
+from iaprune.spec import Net, build, describe, resolve_arch, spec_of
 from iaprune.tracking import NullTracker, Tracker
 from iaprune.trainer import kept_metrics, train, uses_bf16
 from iaprune.validator import Metrics, evaluate, evaluate_split
+from iaprune_runtime.layers import entry, entry_of
 
 DEFAULT_RETAIN = RETAIN_FILE  # relative to the working folder
 DEFAULT_HIDDEN = (256, 64)  # the thesis MLP's hidden sizes
@@ -343,13 +344,15 @@ class IterativePruning:
 def layer_kinds(spec: dict[str, Any]) -> list[str]:
     """The layer types of a spec without its select: pruning the inputs adds one (or changes
     it), and the network is the same architecture."""
-    return [layer["type"] for layer in spec["layers"] if layer["type"] != "select"]
+    return [layer["type"] for layer in spec["layers"] if entry(layer["type"]).role != "inputs"]
 
 
 def features_read(model: Net) -> int:
     """Input features the model reads: its select's length, else its whole input."""
     first = model[0]
-    return len(first.indices) if isinstance(first, Select) else math.prod(model.input_shape)
+    if entry_of(first).role == "inputs":
+        return len(first.indices)
+    return math.prod(model.input_shape)
 
 
 def progress_line(row: dict[str, Any], last: int) -> str:

@@ -17,14 +17,10 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from torch import nn
-
-from iaprune.spec import ACTIVATIONS, Net, Select, shapes, spec_of
+from iaprune.spec import Net, shapes, spec_of
+from iaprune_runtime.layers import entry_of
 
 Kind = Literal["neuron", "channel", "input"]
-PRODUCERS = (nn.Linear, nn.Conv2d)
-BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-ACTIVATION_TYPES = tuple(ACTIVATIONS.values())
 
 
 @dataclass(frozen=True)
@@ -47,15 +43,16 @@ class Group:
 
 
 def _between(model: Net, start: int, end: int) -> tuple[tuple[int, ...], int | None, bool]:
-    """BatchNorms, the first activation and whether a Flatten lies in modules start..end-1."""
+    """Per-unit layers (BatchNorms), the first activation and whether a reshape (Flatten) lies
+    in modules start..end-1."""
     norms, activation, flatten = [], None, False
     for i in range(start, end):
-        module = model[i]
-        if isinstance(module, BATCHNORMS):
+        found = entry_of(model[i])
+        if found.role == "per_unit":
             norms.append(i)
-        elif isinstance(module, ACTIVATION_TYPES) and activation is None:
+        elif found.activation and activation is None:
             activation = i
-        elif isinstance(module, nn.Flatten):
+        elif found.role == "reshape":
             flatten = True
     return tuple(norms), activation, flatten
 
@@ -64,26 +61,26 @@ def groups(model: Net, inputs: bool = False) -> list[Group]:
     """The prunable groups of `model` in order (with `inputs`, the input features first)."""
     spec = spec_of(model)
     layer_shapes = shapes(spec["layers"], spec["input"])
-    producers = [i for i, m in enumerate(model) if isinstance(m, PRODUCERS)]
+    kinds = [entry_of(m) for m in model]
+    producers = [i for i, kind in enumerate(kinds) if kind.role == "producer"]
     found: list[Group] = []
     if inputs:
         first = producers[0]
-        if not isinstance(model[first], nn.Linear) or not model.flat_input:
+        if not kinds[first].reads_flat or not model.flat_input:
             raise ValueError("input features can be pruned only in a network whose first layer "
                              "is a Linear on the flattened input")
-        if any(not isinstance(model[i], nn.Dropout | Select) for i in range(first)):
+        if any(kinds[i].role != "inputs" and (kinds[i].role != "elementwise"
+                                              or kinds[i].activation) for i in range(first)):
             raise ValueError("input pruning needs the first Linear to read the input directly")
-        found.append(Group("input", None, first, model[first].in_features))
+        found.append(Group("input", None, first, kinds[first].features(model[first])))
     for producer, consumer in zip(producers[:-1], producers[1:], strict=True):
         norms, activation, flatten = _between(model, producer + 1, consumer)
-        module = model[producer]
-        if isinstance(module, nn.Linear):
-            found.append(Group("neuron", producer, consumer, module.out_features, 1, norms,
-                               activation))
+        size = kinds[producer].units(model[producer])
+        if not kinds[producer].spatial:
+            found.append(Group("neuron", producer, consumer, size, 1, norms, activation))
             continue
-        channels = module.out_channels
-        block = math.prod(layer_shapes[consumer]) // channels if flatten else 1
-        found.append(Group("channel", producer, consumer, channels, block, norms, activation))
+        block = math.prod(layer_shapes[consumer]) // size if flatten else 1
+        found.append(Group("channel", producer, consumer, size, block, norms, activation))
     return found
 
 

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from iaprune.spec import ACTIVATIONS, Net, build, layer_of, mlp, shapes, spec_of
+from iaprune.spec import Net, build, layer_of, mlp, shapes, spec_of
+from iaprune_runtime import layers
 
 
 def mlp_net(sizes: Sequence[int], activation: str = "relu", seed: int | None = None,
@@ -47,13 +48,10 @@ def parse_hidden_label(label: str) -> tuple[int | None, list[int]]:
 
 
 def _macs(module: nn.Module, out_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates per sample of a Linear (in·out) or Conv2d (out positions ·
-    out channels · in channels · kh · kw); other layers count 0, as thop does."""
-    if isinstance(module, nn.Linear):
-        return module.in_features * module.out_features
-    if isinstance(module, nn.Conv2d):
-        return math.prod(out_shape) * module.weight[0].numel()
-    return 0
+    """Multiply-accumulates per sample of one module, by its layer type's rule (a Linear:
+    in·out; a Conv2d: out positions · out channels · in channels · kh · kw; layers without
+    weights count 0, as thop does)."""
+    return layers.entry_of(module).macs(module, out_shape)
 
 
 def layer_table(model: Net) -> tuple[str, int, int]:
@@ -88,27 +86,14 @@ def layer_table(model: Net) -> tuple[str, int, int]:
 # ---- a user's own module ---------------------------------------------------------------------
 
 def _function_layer(func: Any, args: tuple, kwargs: dict, result: Tensor) -> dict[str, Any]:
-    """The layer spec of a functional call on the chain's tensor (TypeError if unsupported)."""
+    """The layer spec of a functional call on the chain's tensor, read by the layer type that
+    names the call (F.relu, torch.flatten, x.view, F.max_pool2d, ...); TypeError if none does."""
     name = getattr(func, "__name__", repr(func)).strip("_")
-    for kind in ACTIVATIONS:
-        if name in (kind, f"{kind}_"):
-            return {"type": kind}
-    if name in ("view", "reshape", "flatten"):
-        source = args[0]
-        if result.ndim == 2 and len(result) == len(source):
-            return {"type": "flatten"}
-        raise TypeError(f"{name} to shape {tuple(result.shape)} is not a flatten to "
-                        "(batch, features)")
-    if name in ("max_pool2d", "avg_pool2d", "max_pool2d_with_indices"):
-        kind = "maxpool2d" if name.startswith("max") else "avgpool2d"
-        kernel = kwargs.get("kernel_size", args[1] if len(args) > 1 else None)
-        stride = kwargs.get("stride", args[2] if len(args) > 2 else None) or kernel
-        module = (nn.MaxPool2d if kind == "maxpool2d" else nn.AvgPool2d)(kernel, stride)
-        return layer_of(module)
-    if name == "dropout":
-        return {"type": "dropout", "p": float(kwargs.get("p", args[1] if len(args) > 1 else 0.5))}
-    raise TypeError(f"unsupported operation {name!r} in forward; IA-Prune imports chains of "
-                    "Linear, Conv2d, BatchNorm, ReLU/Sigmoid/Tanh, pooling, flatten and dropout")
+    found = layers.of_call(name)
+    if found is None:
+        raise TypeError(f"unsupported operation {name!r} in forward; IA-Prune imports chains of "
+                        f"{layers.supported()} and their functional forms")
+    return found.read_call(args, kwargs, result)
 
 
 class _Unsupported(Exception):
@@ -194,14 +179,14 @@ def from_module(module: nn.Module, input_shape: Sequence[int], check: bool = Tru
     if out is not recorder.last:
         raise TypeError(f"{type(module).__name__}.forward does something to its result after "
                         "the last recorded layer")
-    layers = [layer for layer, _ in recorder.steps]
+    found = [layer for layer, _ in recorder.steps]
     owners = [owner for _, owner in recorder.steps]
-    # a leading flatten is implicit when the first shape-changing layer is a Linear
-    if layers and layers[0]["type"] == "flatten" and len(shape) > 1:
-        probe = build({"input": list(shape), "layers": layers[1:]}) if len(layers) > 1 else None
+    # a leading flatten is implicit when the first shape-changing layer reads flat inputs
+    if found and layers.entry(found[0]["type"]).role == "reshape" and len(shape) > 1:
+        probe = build({"input": list(shape), "layers": found[1:]}) if len(found) > 1 else None
         if probe is not None and probe.flat_input:
-            layers, owners = layers[1:], owners[1:]
-    net = build({"input": list(shape), "layers": layers})
+            found, owners = found[1:], owners[1:]
+    net = build({"input": list(shape), "layers": found})
     for target, owner in zip(net, owners, strict=True):
         if owner is not None:
             target.load_state_dict(owner.state_dict(), strict=True)

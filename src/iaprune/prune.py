@@ -15,11 +15,11 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from iaprune.adjoint import RULES
 from iaprune.device import for_inference, inference_batch
 from iaprune.groups import Group, groups
 from iaprune.interval import Interval
 from iaprune.spec import Net, Select
+from iaprune_runtime.layers import entry_of
 
 BiasFold = Literal["linear", "mean", "mid", "none"]
 RIDGE = 1e-3  # per-sample ridge of the linear fold: keeps the solve stable for dead units
@@ -106,7 +106,7 @@ class Fold(NamedTuple):
 
 def _samples(model: Net, x: Tensor) -> Tensor:
     """The data a fold looks at: every row for an MLP, the first FOLD_SAMPLES for a conv net."""
-    if len(x) > FOLD_SAMPLES and any(isinstance(m, nn.Conv2d) for m in model):
+    if len(x) > FOLD_SAMPLES and any(entry_of(m).spatial for m in model):
         return x[:FOLD_SAMPLES]
     return x
 
@@ -138,7 +138,7 @@ def _fold_mid(model: Net, group: Group, keep: Tensor, removed: Tensor, x: Tensor
     value = box
     value = Interval(model_input(model, value.lower[None]), model_input(model, value.upper[None]))
     for module in list(model)[:group.consumer]:
-        value = RULES[type(module)].forward(module, value)
+        value = entry_of(module).forward(module, value)
     mid = unit_view(value.mid, group)[0].mean(dim=1)  # (units,)
     return Fold(mid[removed])
 
@@ -168,63 +168,10 @@ FOLDS: dict[str, FoldFn | None] = {
     "linear": _fold_linear, "mean": _fold_mean, "mid": _fold_mid, "none": None}
 
 
-def _param(value: Tensor, like: nn.Parameter) -> nn.Parameter:
-    return nn.Parameter(value.to(like.dtype).contiguous(), requires_grad=like.requires_grad)
-
-
-def _cut_producer(module: nn.Module, idx: Tensor) -> None:
-    """Keep output units `idx` of a Linear/Conv2d (rows or filters) or a BatchNorm (entries)."""
-    module.weight = _param(module.weight.detach()[idx], module.weight)
-    if module.bias is not None:
-        module.bias = _param(module.bias.detach()[idx], module.bias)
-    if isinstance(module, nn.Linear):
-        module.out_features = len(idx)
-    elif isinstance(module, nn.Conv2d):
-        module.out_channels = len(idx)
-    else:  # BatchNorm
-        module.num_features = len(idx)
-        module.running_mean = module.running_mean[idx].clone()
-        module.running_var = module.running_var[idx].clone()
-
-
-def _cut_consumer(module: nn.Module, group: Group, idx: Tensor, removed: Tensor,
-                  fold: Fold | None) -> None:
-    """Keep input units `idx` of the consumer and fold the removed units' estimate into it:
-    bias += Σ_p W[:, R, p] offset_R and W[:, K, p] += W[:, R, p] coef over positions p (the
-    column block of a unit across a Flatten, or a conv kernel's taps)."""
-    weight = module.weight.detach()
-    out = weight.shape[0]
-    bias = (module.bias.detach().clone() if module.bias is not None
-            else torch.zeros(out, dtype=weight.dtype, device=weight.device))
-    # (out, units, positions): a Linear's unit-major column blocks or a Conv2d's kernel taps
-    units = weight.reshape(out, group.size, -1)
-    gone = units[:, removed].double()  # (out, r, P)
-    kept = units[:, idx].clone()  # (out, k, P)
-    if fold is not None:
-        if gone.shape[2] == 1:  # one position: plain matrix products (the MLP case)
-            bias = bias + (gone[..., 0] @ fold.offset.double()).to(bias.dtype)
-            if fold.coef is not None:
-                kept[..., 0] += (gone[..., 0] @ fold.coef.double()).to(kept.dtype)
-        else:
-            bias = bias + (gone.sum(2) @ fold.offset.double()).to(bias.dtype)
-            if fold.coef is not None:
-                kept += torch.einsum("orp,rk->okp", gone, fold.coef.double()).to(kept.dtype)
-    if isinstance(module, nn.Linear):
-        module.weight = _param(kept.reshape(out, -1), module.weight)
-        module.in_features = module.weight.shape[1]
-    else:
-        module.weight = _param(kept.reshape(out, len(idx), *weight.shape[2:]), module.weight)
-        module.in_channels = len(idx)
-    if module.bias is not None:
-        module.bias = _param(bias, module.bias)
-    elif fold is not None:  # a consumer without bias gets one to hold the fold
-        module.bias = nn.Parameter(bias)
-
-
 def _cut_inputs(model: Net, group: Group, idx: Tensor) -> list[nn.Module]:
     """The modules of a Net that reads only input features `idx` (a Select before them)."""
     modules = list(model)
-    if modules and isinstance(modules[0], Select):
+    if modules and entry_of(modules[0]).role == "inputs":
         chosen = modules[0].indices[idx]
         n_in = modules[0].n_in
         modules = modules[1:]
@@ -273,11 +220,11 @@ def shrink(model: Net, keep: Sequence[Tensor], bias_fold: BiasFold = "linear",
 def _cut(model: Net, group: Group, idx: Tensor, removed: Tensor, fold: Fold | None) -> Net:
     """A copy of `model` with group `group` cut to `idx` and the fold applied."""
     modules = [copy.deepcopy(m) for m in model]
-    if group.producer is not None:
-        _cut_producer(modules[group.producer], idx)
-        for norm in group.batchnorms:
-            _cut_producer(modules[norm], idx)
-    _cut_consumer(modules[group.consumer], group, idx, removed, fold)
+    if group.producer is not None:  # the producer's rows/filters, the BatchNorms' entries
+        for i in (group.producer, *group.batchnorms):
+            entry_of(modules[i]).keep_outputs(modules[i], idx)
+    consumer = modules[group.consumer]  # its columns, channels or column blocks, and the fold
+    entry_of(consumer).keep_inputs(consumer, group.size, idx, removed, fold)
     if group.kind == "input":
         modules = _cut_inputs(Net(modules, model.input_shape), group, idx)
     return Net(modules, model.input_shape)

@@ -23,13 +23,14 @@ from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from iaprune.adjoint import MEASURES, SEEDS, Measure, Seed, chain, sweep
 from iaprune.errors import UserError
 from iaprune.groups import Group, groups
 from iaprune.interval import Interval
 from iaprune.spec import Net
+from iaprune_runtime.layers import entry_of
 
 BoxKind = Literal["data", "quantile", "samples"]
 Aggregate = Literal["sum", "max"]
@@ -165,7 +166,7 @@ def default_measure(model: Net) -> Measure:
     range that it passes on (over the data box, 55-58 % of LeNet-5's pre-activation widths lie
     below zero). On the MLP the two tied (96.85 vs 96.88 %), and it keeps the reading its
     results were measured with (README, "Convolutional networks")."""
-    return "post" if any(isinstance(m, nn.Conv2d) for m in model) else "pre"
+    return "post" if any(entry_of(m).spatial for m in model) else "pre"
 
 
 def interval_adjoint(model: Net, box: Interval, seed: Seed = "per_output",
@@ -279,8 +280,10 @@ def taylor(model: Net, data: ScoreData, inputs: bool = False) -> list[Tensor]:
 def apoz(model: Net, data: ScoreData, inputs: bool = False) -> list[Tensor]:
     """1 - APoZ: the fraction of samples (and positions) on which a unit's ReLU output is
     non-zero (Hu et al. 2016: a high average percentage of zeros means unimportant). ReLU
-    only; for input features, the fraction of non-zero inputs."""
-    others = sorted({type(m).__name__ for m in chain(model) if type(m) in (nn.Sigmoid, nn.Tanh)})
+    only (activations that output exact zeros); for input features, the fraction of non-zero
+    inputs."""
+    others = sorted({type(m).__name__ for m in chain(model)
+                     if entry_of(m).activation and not entry_of(m).sparse})
     if others:
         raise UserError(f"apoz counts zero activations and needs ReLU; the model uses {others}")
     x, _ = _subset(data)

@@ -22,79 +22,40 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .model import DeployedNet, Select
+from .layers import LayerType, lookup
+from .model import DeployedNet
 
 InputMode = Literal["error", "indices", "zeros"]
 INPUT_MODES: tuple[InputMode, ...] = ("error", "indices", "zeros")
-LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)  # the layers that get resized
-CONV_FIXED = ("kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
 
 
-def _kind(module: nn.Module) -> type[nn.Module]:
-    return next(cls for cls in LAYERS if isinstance(module, cls))
+def _kind(module: nn.Module) -> LayerType | None:
+    """The layer type of a user's module (a subclass counts as its base) when it holds weights
+    that get resized: a producer (Linear, Conv2d) or per-unit layer (BatchNorm), else None."""
+    found = lookup(module, exact=False)
+    return found if found is not None and found.role in ("producer", "per_unit") else None
 
 
 def _n_in(module: nn.Module) -> int:
-    if isinstance(module, nn.Linear):
-        return module.in_features
-    return module.in_channels if isinstance(module, nn.Conv2d) else module.num_features
+    return _kind(module).features(module)
 
 
 def _n_out(module: nn.Module) -> int:
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    return module.out_channels if isinstance(module, nn.Conv2d) else module.num_features
+    return _kind(module).units(module)
 
 
 def _check_pair(where: str, mine: nn.Module, ref: nn.Module) -> None:
     """ValueError unless `mine` can be resized to `ref` (same kind and fixed settings)."""
-    if _kind(mine) is not _kind(ref):
+    if not isinstance(mine, type(ref)):
         raise ValueError(f"{where} is a {type(mine).__name__} but the checkpoint's layer there is "
-                         f"a {_kind(ref).__name__}")
-    if isinstance(ref, nn.Conv2d):
-        for name in CONV_FIXED:
-            if getattr(mine, name) != getattr(ref, name):
-                raise ValueError(f"{where}: {name} {getattr(mine, name)!r} differs from the "
-                                 f"checkpoint's {getattr(ref, name)!r}")
-    if isinstance(ref, nn.Linear | nn.Conv2d) and (mine.bias is None) != (ref.bias is None):
-        has = "has" if ref.bias is not None else "has no"
-        raise ValueError(f"{where}: the checkpoint's layer {has} a bias, yours differs")
-    if isinstance(ref, nn.BatchNorm1d | nn.BatchNorm2d):
-        if not (mine.affine and mine.track_running_stats):
-            raise ValueError(f"{where}: needs affine=True and track_running_stats=True to "
-                             "receive the checkpoint's weights and running statistics")
-        if mine.eps != ref.eps:
-            raise ValueError(f"{where}: eps {mine.eps} differs from the checkpoint's {ref.eps}")
+                         f"a {type(ref).__name__}")
+    _kind(ref).check_pair(mine, ref, where)
 
 
 def _selected(reference: DeployedNet) -> Tensor | None:
     """The kept input indices of a reference network with a select, else None."""
-    selects = [m for m in reference if isinstance(m, Select)]
+    selects = [m for m in reference if lookup(m).role == "inputs"]
     return selects[0].indices if selects else None
-
-
-def _empty_like(shape: torch.Size, old: Tensor) -> Tensor:
-    return torch.empty(shape, dtype=old.dtype, device=old.device)
-
-
-def _resize(module: nn.Module, ref: nn.Module, n_in: int) -> None:
-    """Give `module` the checkpoint layer's sizes (input size `n_in`), with empty values."""
-    if isinstance(module, nn.Linear):
-        module.in_features, module.out_features = n_in, ref.out_features
-    elif isinstance(module, nn.Conv2d):
-        module.in_channels, module.out_channels = n_in, ref.out_channels
-    else:
-        module.num_features = ref.num_features
-        for name in ("running_mean", "running_var"):
-            setattr(module, name, _empty_like(getattr(ref, name).shape, getattr(module, name)))
-    for name in ("weight", "bias"):
-        old = getattr(module, name)
-        if old is not None:
-            shape = getattr(ref, name).shape
-            if name == "weight" and isinstance(module, nn.Linear):
-                shape = torch.Size((ref.out_features, n_in))
-            setattr(module, name, nn.Parameter(_empty_like(shape, old),
-                                               requires_grad=old.requires_grad))
 
 
 def copy_into(target: nn.Module, reference: DeployedNet, inputs: InputMode = "error"
@@ -104,8 +65,8 @@ def copy_into(target: nn.Module, reference: DeployedNet, inputs: InputMode = "er
     if inputs not in INPUT_MODES:
         raise ValueError(f"unknown inputs mode {inputs!r}; choose from {list(INPUT_MODES)}")
     cls = type(target).__name__
-    mine = [(name, m) for name, m in target.named_modules() if isinstance(m, LAYERS)]
-    theirs = [m for m in reference if isinstance(m, LAYERS)]
+    mine = [(name, m) for name, m in target.named_modules() if _kind(m) is not None]
+    theirs = [m for m in reference if _kind(m) is not None]
     kinds = ", ".join(type(m).__name__ for m in theirs)
     if len(mine) != len(theirs):
         raise ValueError(f"{cls} has {len(mine)} Conv2d/BatchNorm/Linear layers but the checkpoint "
@@ -129,7 +90,7 @@ def copy_into(target: nn.Module, reference: DeployedNet, inputs: InputMode = "er
                 "x.flatten(1)[:, self.input_indices]) or inputs='zeros' (the pruned inputs get "
                 "zero weights; your forward stays as it is)")
         if inputs == "zeros":
-            if not isinstance(theirs[0], nn.Linear):
+            if not _kind(theirs[0]).reads_flat:
                 raise ValueError("inputs='zeros' needs the checkpoint's first layer after its "
                                  f"select to be a Linear, not a {type(theirs[0]).__name__}")
             n_first = reference.n_inputs
@@ -146,7 +107,7 @@ def copy_into(target: nn.Module, reference: DeployedNet, inputs: InputMode = "er
             state[f"{name}.{key}" if name else key] = value.detach()
     if indices is not None and inputs == "zeros":
         key = f"{mine[0][0]}.weight" if mine[0][0] else "weight"
-        full = torch.zeros(theirs[0].out_features, reference.n_inputs, dtype=state[key].dtype)
+        full = torch.zeros(_n_out(theirs[0]), reference.n_inputs, dtype=state[key].dtype)
         full[:, indices] = state[key]
         state[key] = full
     others = sorted(set(target.state_dict()) - set(state))
@@ -154,7 +115,7 @@ def copy_into(target: nn.Module, reference: DeployedNet, inputs: InputMode = "er
         raise ValueError(f"{cls} has parameters/buffers the checkpoint does not provide: {others}")
 
     for i, ((_, m), ref) in enumerate(zip(mine, theirs, strict=True)):
-        _resize(m, ref, n_first if i == 0 else _n_in(ref))
+        _kind(ref).resize(m, ref, n_first if i == 0 else _n_in(ref))
     target.load_state_dict(state, strict=True)
     if indices is not None and inputs == "indices":
         if hasattr(target, "input_indices") and "input_indices" not in target._buffers:
