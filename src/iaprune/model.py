@@ -156,12 +156,39 @@ class _Recorder(TorchFunctionMode):
 
 def from_module(module: nn.Module, input_shape: Sequence[int], check: bool = True,
                 samples: int = 16) -> Net:
-    """A user's chain-shaped nn.Module as a Net with the same weights.
+    """Import a user's own nn.Module as a Net with the same weights, trained or not.
 
     The forward is run once on a random batch and every step is recorded: module calls
-    (Linear, Conv2d, BatchNorm, activations, pooling, Flatten, Dropout) and functional calls
-    such as F.relu, torch.flatten or x.view(len(x), -1). Anything else is a TypeError naming
-    it, never skipped. With `check`, the Net's outputs must equal the module's on random inputs.
+    (Linear, Conv2d, BatchNorm, activations, pooling, Flatten, Dropout, and any type in the
+    layer registry) and functional calls such as F.relu, torch.flatten or x.view(len(x), -1).
+    Anything else is a TypeError naming it, never skipped.
+
+    Args:
+        module: your network; its forward must be a chain of supported steps.
+        input_shape: the shape of one sample, e.g. [1, 28, 28].
+        check: require the Net's outputs to equal the module's on random inputs.
+        samples: the size of the random batches.
+
+    Returns:
+        Net: the same network as an nn.Sequential that knows its architecture spec; save it
+        with `save_checkpoint` and prune it with `run(PruneConfig(base_model=...))`.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> from torch import nn
+        >>> from iaprune import from_module
+        >>> class Tiny(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.fc1, self.fc2 = nn.Linear(64, 16), nn.Linear(16, 10)
+        ...     def forward(self, x):
+        ...         return self.fc2(F.relu(self.fc1(x.view(len(x), -1))))
+        >>> from_module(Tiny(), [1, 8, 8])
+        Net(
+          (0): Linear(in_features=64, out_features=16, bias=True)
+          (1): ReLU()
+          (2): Linear(in_features=16, out_features=10, bias=True)
+        )
     """
     shape = tuple(int(s) for s in input_shape)
     was_training = module.training

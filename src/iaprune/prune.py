@@ -30,9 +30,22 @@ FOLD_SAMPLES = 10_000
 
 
 def keep_indices(scores: Sequence[Tensor], counts: Sequence[int]) -> list[Tensor]:
-    """Indices (ascending) of the `counts[g]` highest-scoring units of each group g.
+    """The pruning plan: which units of each group to keep (a pure function).
 
     Ties are broken by position (the earlier unit is kept), so the plan is deterministic.
+
+    Args:
+        scores: one 1-D score tensor per prunable group (from `score`).
+        counts: how many units each group keeps (a schedule row).
+
+    Returns:
+        list[Tensor]: the kept indices of each group, ascending.
+
+    Example:
+        >>> import torch
+        >>> from iaprune import keep_indices
+        >>> keep_indices([torch.tensor([0.3, 0.1, 0.9, 0.5])], [2])
+        [tensor([2, 3])]
     """
     if len(scores) != len(counts):
         raise ValueError(f"{len(counts)} unit counts given for {len(scores)} prunable groups")
@@ -184,14 +197,35 @@ def _cut_inputs(model: Net, group: Group, idx: Tensor) -> list[nn.Module]:
 def shrink(model: Net, keep: Sequence[Tensor], bias_fold: BiasFold = "linear",
            data: Tensor | None = None, box: Interval | None = None,
            inputs: bool = False) -> Net:
-    """A new, smaller Net keeping units `keep[g]` of each prunable group g (order preserved).
+    """The surgery: a new, physically smaller Net keeping units `keep[g]` of each prunable
+    group g (order preserved); the input model is not changed.
 
     The removed units' contribution is folded into their consumer: their values u_R are replaced
     by an estimate from the data, and W[:, R] u_R moves into the consumer's bias (and, for
-    "linear", onto the kept units' weights): "linear": least-squares u_R ≈ offset + coef u_K
-    over `data`; "mean": the mean value over `data`; "mid": the midpoint of the value interval
-    over `box`; "none": nothing. Groups are cut one after another, so each fold sees the groups
-    before it already pruned. With `inputs`, the first group is the input features.
+    "linear", onto the kept units' weights). Groups are cut one after another, so each fold sees
+    the groups before it already pruned.
+
+    Args:
+        model: the network to prune.
+        keep: the kept indices of each group (from `keep_indices`).
+        bias_fold: "linear" (least-squares u_R ≈ offset + coef u_K over `data`), "mean" (the
+            mean value over `data`), "mid" (the midpoint of the value interval over `box`) or
+            "none".
+        data: training inputs (n, features) for the "linear" and "mean" folds.
+        box: the input box for the "mid" fold.
+        inputs: the first group is the input features.
+
+    Returns:
+        Net: the pruned network.
+
+    Example:
+        >>> from iaprune import ScoreData, build, keep_indices, load_dataset, score, shrink
+        >>> data = load_dataset("digits")
+        >>> net = build({"input": [64], "layers": [{"type": "linear", "out": 16}, "relu",
+        ...                                        {"type": "linear", "out": 10}]}, seed=0)
+        >>> scores = score("interval_adjoint", net, ScoreData(data.train.x, data.train.y))
+        >>> shrink(net, keep_indices(scores, [8]), data=data.train.x)[0]
+        Linear(in_features=64, out_features=8, bias=True)
     """
     if bias_fold not in FOLDS:
         raise ValueError(f"unknown bias_fold {bias_fold!r}; choose from {list(FOLDS)}")

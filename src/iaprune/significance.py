@@ -331,8 +331,29 @@ CRITERIA: dict[str, Criterion] = {
 
 
 def score(name: str, model: Net, data: ScoreData, inputs: bool = False) -> list[Tensor]:
-    """Scores of criterion `name`: one 1-D tensor per prunable group (with `inputs`, the input
-    features first), higher = keep."""
+    """Score every prunable unit of a network: one significance per unit, higher = keep.
+
+    Args:
+        name: the criterion: "interval_adjoint" (the default of the workflow: width of the
+            unit's value interval x its largest |derivative| over the input box), or a
+            baseline ("magnitude", "taylor", "apoz", "fpgm", "random").
+        model: the network (a Net).
+        data: what a criterion may look at: training inputs and labels, the box, seeding.
+        inputs: also score the input features (first in the list).
+
+    Returns:
+        list[Tensor]: one 1-D tensor per prunable group (hidden layer, conv layer), in the
+        order of the schedule's columns.
+
+    Example:
+        >>> from iaprune import ScoreData, build, load_dataset, score
+        >>> data = load_dataset("digits")
+        >>> net = build({"input": [64], "layers": [{"type": "linear", "out": 16}, "relu",
+        ...                                        {"type": "linear", "out": 10}]}, seed=0)
+        >>> [s.shape for s in score("interval_adjoint", net, ScoreData(data.train.x,
+        ...                                                            data.train.y))]
+        [torch.Size([16])]
+    """
     if name not in CRITERIA:
         raise UserError(f"unknown criterion {name!r}; choose from {list(CRITERIA)}")
     chain(model)  # an unsupported module is a TypeError naming it, for every criterion

@@ -93,8 +93,25 @@ class Net(nn.Sequential):
 
 
 def build(spec: dict[str, Any], seed: int | None = None) -> Net:
-    """A freshly initialised Net of `spec`; with `seed`, deterministic and without touching the
-    global RNG."""
+    """A freshly initialised network of an architecture spec.
+
+    Args:
+        spec: {"input": [C, H, W] or [features], "layers": [...]}: layer specs such as
+            {"type": "linear", "out": 64}, {"type": "conv2d", "out": 8, "kernel": 3}, "relu",
+            "flatten" (a bad spec is a SpecError naming the layer).
+        seed: deterministic initialisation, without touching the global RNG.
+
+    Returns:
+        Net: an nn.Sequential that reshapes (batch, ...) inputs to the spec's input shape.
+
+    Example:
+        >>> import torch
+        >>> from iaprune import build
+        >>> net = build({"input": [1, 8, 8], "layers": [{"type": "linear", "out": 16}, "relu",
+        ...                                             {"type": "linear", "out": 10}]}, seed=0)
+        >>> net(torch.zeros(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
+    """
     spec = check_spec(spec)
     if seed is None:
         return Net(runtime_spec.modules(spec), spec["input"])
@@ -106,8 +123,23 @@ def build(spec: dict[str, Any], seed: int | None = None) -> Net:
 # ---- reading a spec back -------------------------------------------------------------------
 
 def spec_of(model: nn.Module, input_shape: Sequence[int] | None = None) -> dict[str, Any]:
-    """The spec of a Net or an nn.Sequential of supported modules (checked; TypeError names an
-    unsupported module, SpecError a shape that does not chain)."""
+    """The architecture spec of a Net or of an nn.Sequential of supported modules.
+
+    Args:
+        model: a Net, or an nn.Sequential (your own module class: use `from_module`).
+        input_shape: the shape of one sample (a Net knows its own).
+
+    Returns:
+        dict: the checked spec {"input": [...], "layers": [...]}, defaults filled in; a
+        TypeError names an unsupported module, a SpecError a shape that does not chain.
+
+    Example:
+        >>> from torch import nn
+        >>> from iaprune import spec_of
+        >>> model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+        >>> spec_of(model, [64])["layers"][0]
+        {'type': 'linear', 'out': 16, 'bias': True}
+    """
     if not isinstance(model, nn.Sequential):
         raise TypeError(f"expected a Net or nn.Sequential, got {type(model).__name__}; "
                         "import your own module with iaprune.spec.from_module")

@@ -158,6 +158,21 @@ def load_pruned_model(model: nn.Module, path: str | os.PathLike,
     `model.input_indices`; your forward must apply them) or "zeros". The model is put in eval
     mode and gets `input_spec`, so predict(model, raw) works (it passes images shaped
     (batch, *input) to a CNN, flat (batch, features) to an MLP).
+
+    Args:
+        model: your own module, at its unpruned size.
+        path: a bundle folder or a best_model.pth.
+        inputs: "error", "indices" or "zeros" for an input-pruned checkpoint.
+
+    Returns:
+        nn.Module: `model` itself, resized, with the pruned weights, in eval mode.
+
+    Example:
+        >>> from torch import nn
+        >>> import iaprune_runtime as deploy
+        >>> mine = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+        >>> deploy.load_pruned_model(mine, "pruned.pth")[0]  # a checkpoint of 64-8-10
+        Linear(in_features=64, out_features=8, bias=True)
     """
     reference = load(path)
     copy_into(model, reference, inputs)
