@@ -303,8 +303,6 @@ def main() -> None:
         verdict_table,
         summary,
         kept_table,
-        "Measured on a shared 2-core machine: the ten sessions took 1,178 s in the run that "
-        "trained them (about 55 to 180 s each).",
     ])
     atomic_write(args.out / "tabular_features.md", text + "\n")
     plot({labels[m]: test[m] for m in order}, args.out / "tabular_features.png")
