@@ -164,6 +164,42 @@ def fingerprint(rows: Sequence[IterationResult], tolerance: float) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
+def sha256_of(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def vouched(settings: Mapping, stamp: str, paths: Sequence[Path]) -> bool:
+    """Whether concatenate.json vouches for the outputs on disk: it was written for these
+    numbers (`stamp`) and each output is the file it recorded (sha256 as written). Anything
+    else (a run killed mid-way, an output edited or lost) is rewritten."""
+    recorded = settings.get("sha256")
+    return settings.get("fingerprint") == stamp and isinstance(recorded, dict) and all(
+        p.is_file() and recorded.get(p.name) == sha256_of(p) for p in paths)
+
+
+def write_results(result: Concatenation, stamp: str) -> None:
+    """Write the derived set so that a kill at any moment leaves it consistent or unvouched.
+
+    Order: concatenate.json first without a fingerprint (it keeps the tolerance chosen and
+    vouches for nothing), recommended.txt removed (no recommendation while the set is
+    mixed), then the table and plots, recommended.txt, and concatenate.json last with the
+    sha256 of each file as written. A later run finds an unvouched set and rewrites it.
+    """
+    table, accuracies, losses, tradeoff, recommended_txt, settings_json = result.outputs[:6]
+    settings = {"tolerance": result.tolerance}
+    atomic_write(settings_json, json.dumps(settings, indent=2) + "\n")
+    recommended_txt.unlink(missing_ok=True)
+    atomic_write(table, format_validations(result.rows))
+    plot_accuracies(result, accuracies)
+    plot_losses(result, losses)
+    plot_tradeoff(result, tradeoff)
+    atomic_write(recommended_txt, session_path(result.mode_dir, result.recommended) + "\n")
+    written = (table, accuracies, losses, tradeoff, recommended_txt)
+    settings.update(fingerprint=stamp, sha256={p.name: sha256_of(p) for p in written})
+    atomic_write(settings_json, json.dumps(settings, indent=2) + "\n")
+
+
 def format_validations(rows: Sequence[IterationResult],
                        marks: Mapping[int, str] | None = None) -> str:
     """The validations.txt table: aligned, whitespace-separated, iteration number first."""
@@ -356,21 +392,14 @@ def concatenate(mode_dir: str | os.PathLike, tolerance: float | None = None,
     reference, recommended = recommend(rows, tolerance)
     paths = tuple(out / name for name in RESULTS_FILES)
     stamp = fingerprint(rows, tolerance)
-    written = settings.get("fingerprint") != stamp or not all(p.is_file() for p in paths)
+    written = not vouched(settings, stamp, paths[:-1])
     result = Concatenation(mode_dir, tuple(rows), tuple(skipped), float(tolerance), reference,
                            recommended, checkpoint_path(mode_dir, recommended), paths, written)
     if reference != 0:
         _note(f"{mode_dir}: no iteration 0 (base model); tolerance measured from iteration "
               f"{reference}", quiet)
     if written:
-        table, accuracies, losses, tradeoff, recommended_txt, settings_json = paths
-        atomic_write(table, format_validations(rows))
-        plot_accuracies(result, accuracies)
-        plot_losses(result, losses)
-        plot_tradeoff(result, tradeoff)
-        atomic_write(recommended_txt, session_path(mode_dir, recommended) + "\n")
-        atomic_write(settings_json, json.dumps(  # last: it vouches for the files above
-            {"tolerance": tolerance, "fingerprint": stamp}, indent=2) + "\n")
+        write_results(result, stamp)
     if compare:
         runs = [(run_label(mode_dir), rows, recommended)]
         for other in compare:
