@@ -7,7 +7,6 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import pytest
 import iaprune.concatenate as concatenate_module
 from iaprune import cli, plotting
 from iaprune.concatenate import concatenate, gather, main, recommend
+from iaprune.files import holding
 from iaprune.records import (
     COMPARISON_PLOT,
     RESULTS_DIR,
@@ -507,3 +507,27 @@ def test_sigkilled_concatenate_commands_leave_what_an_uninterrupted_run_leaves(t
         assert_consistent(mode)
         assert {n: b for n, b in results_bytes(mode).items() if not n.endswith(".tmp")} == \
             expected[again.tolerance]
+
+
+def test_concatenate_command_removes_leftover_temp_files_of_a_session(tmp_path):
+    """python -m iaprune.concatenate on a session no run holds removes a killed write's temp
+    files from the results folder."""
+    mode = make_mode(tmp_path / "s" / "iterative_pruning", [98.0, 97.0])
+    (tmp_path / "s" / "config.json").write_text("{}")
+    leftover = mode / RESULTS_DIR / ".accuracies.png.0badf00d.tmp"
+    leftover.parent.mkdir()
+    leftover.write_bytes(b"half a png")
+    assert main([str(tmp_path / "s")]) == 0
+    assert not leftover.exists()
+
+
+def test_concatenate_command_leaves_the_temp_files_of_a_running_session(tmp_path):
+    """While a run holds the session's lock, its temp files are not leftovers: they stay."""
+    mode = make_mode(tmp_path / "s" / "iterative_pruning", [98.0, 97.0])
+    (tmp_path / "s" / "config.json").write_text("{}")
+    live = mode / RESULTS_DIR / ".accuracies.png.0badf00d.tmp"
+    live.parent.mkdir()
+    live.write_bytes(b"being written")
+    with holding(tmp_path / "s" / "session.lock"):
+        assert main([str(tmp_path / "s")]) == 0
+    assert live.exists()

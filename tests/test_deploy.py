@@ -1198,3 +1198,17 @@ def test_deploy_pools_by_slices_with_torchs_values(kernel, stride, size):
     pool = torch.nn.MaxPool2d(kernel, stride)
     x = torch.randn(2, 3, size, size)
     assert torch.equal(max_pool(pool, x), pool(x))
+
+
+# ---- hardening ---------------------------------------------------------------------------------
+
+
+def test_rebundling_removes_a_killed_bundles_temp_files(checkpoint, bundle):
+    """Temp files a killed bundle write left (.<name>.<8 hex>.tmp) go with the next bundle
+    into that folder; other files stay."""
+    leftover = bundle / ".model.pth.a1b2c3d4.tmp"
+    leftover.write_bytes(b"half a model")
+    notes = bundle / "notes.tmp"
+    notes.write_text("mine")
+    write_bundle(checkpoint, bundle, onnx=False)
+    assert not leftover.exists() and notes.exists()

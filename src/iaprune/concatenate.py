@@ -8,7 +8,7 @@ a mode go to `<mode>/prune_w_retrain_results/`.
 from __future__ import annotations
 
 import argparse
-import errno
+import contextlib
 import hashlib
 import json
 import math
@@ -22,12 +22,14 @@ from pathlib import Path
 from matplotlib.axes import Axes
 
 from iaprune import __version__, cli
-from iaprune.files import atomic_write
+from iaprune.files import LockHeld, atomic_write, holding, remove_temp_files
 from iaprune.plotting import COLORS, log_axis, new_figure, plain_number, save_figure
 from iaprune.records import (
     CHECKPOINT_FILE,
     COMPARISON_PLOT,
+    CONFIG_FILE,
     ITERATION_DIR,
+    LOCK_FILE,
     LOSS_COLUMNS,
     RESULTS_DIR,
     RESULTS_FILES,
@@ -39,11 +41,10 @@ from iaprune.records import (
     Value,
     read_validation_results,
 )
-from iaprune.session import iteration_dirs, mode_dirs
+from iaprune.session import READ_ONLY, iteration_dirs, mode_dirs
 
 COLUMN_FORMATS = {c.name: c.fmt for c in VALIDATION}
 DEFAULT_TOLERANCE = 1.0  # percentage points of validation accuracy
-READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)  # a write refused: permissions, read-only fs
 COMPARE_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
 
 # ---------------------------------------------------------------- gathering a mode folder
@@ -440,6 +441,18 @@ def _report(result: Concatenation) -> str:
     return "\n".join(lines)
 
 
+def own_session(stack: contextlib.ExitStack, root: Path) -> bool:
+    """Take the lock of session `root` into `stack` when no run holds it; whether taken (a
+    folder that is not a session gets no lock file)."""
+    if not (root / CONFIG_FILE).is_file():
+        return False
+    try:
+        stack.enter_context(holding(root / LOCK_FILE, wait=False))
+    except LockHeld:
+        return False  # a run is writing there: its temp files are not leftovers
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m iaprune.concatenate",
@@ -466,7 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     for mode in modes:
         overlay = [m for m in [*modes, *others] if m.resolve() != mode.resolve()]
         try:
-            concatenate(mode, args.tolerance, list(dict.fromkeys(overlay)))
+            with contextlib.ExitStack() as stack:
+                if own_session(stack, mode.parent):  # no run writes there: a kill's leftovers go
+                    remove_temp_files(mode / RESULTS_DIR)
+                concatenate(mode, args.tolerance, list(dict.fromkeys(overlay)))
         except OSError as exc:
             if exc.errno not in READ_ONLY:
                 raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +37,7 @@ RESULTS = Path("prune_w_retrain_results") / "recommended.txt"  # under a session
 MODEL_NAME = "best_model.pth"  # an iteration's kept model, in <mode>/<i>/prune_w_retrain/
 MODES = ("iterative_pruning", "one_shot_pruning")
 ONNX_CHECK_ROWS = 64  # random inputs the ONNX export is compared on
+TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # atomic_write's temp files
 
 
 def _new_temp_file(path: Path) -> tuple[int, Path]:
@@ -67,6 +69,18 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_temp_files(folder: Path) -> list[Path]:
+    """Remove the temp files a killed atomic_write left in a bundle folder (.<name>.<8 hex
+    digits>.tmp); the removed paths."""
+    if not folder.is_dir():
+        return []
+    removed = [p for p in folder.iterdir()
+               if TEMP_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def sha256(data: bytes) -> str:
@@ -230,6 +244,7 @@ def write_bundle(checkpoint_path: str | os.PathLike, out: str | os.PathLike,
                       "output": "logits", "max_abs_diff": diff}
     manifest["onnx"] = onnx_entry
 
+    remove_temp_files(out)  # a killed bundle's leftovers
     # model files first, manifest last: until the manifest is replaced the folder is refused
     atomic_write(out / MODEL_FILE, data)
     if onnx_bytes is not None:
