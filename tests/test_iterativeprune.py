@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -602,8 +603,9 @@ def hold_lock_process(lock: Path, seconds: float) -> subprocess.Popen:
 def test_wait_runs_once_the_holder_is_done(finished):
     """With --wait, a run on a session in use waits for the holder, then runs."""
     holder = hold_lock_process(finished / "session.lock", 3.0)
+    held = time.monotonic()  # the holder keeps the lock for 3 s from its 'held'
     assert run(*FAST, "--session", finished, "--wait") == 0
-    assert holder.poll() is not None  # it ran only after the holder had finished
+    assert time.monotonic() - held >= 3.0  # it ran only after the holder let go
     holder.wait()
 
 
