@@ -5,6 +5,12 @@ from __future__ import annotations
 import errno
 import json
 import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +18,7 @@ import pytest
 import iaprune.concatenate as concatenate_module
 from iaprune import cli, plotting
 from iaprune.concatenate import concatenate, gather, main, recommend
+from iaprune.files import holding
 from iaprune.records import (
     COMPARISON_PLOT,
     RESULTS_DIR,
@@ -395,3 +402,136 @@ def test_command_on_results_it_cannot_write_is_one_line(tmp_path, capsys, monkey
     assert cli.run(main, [str(mode)]) == cli.EXIT_USAGE
     assert capsys.readouterr().err == \
         f"error: {mode / RESULTS_DIR}: cannot write the results (Read-only file system)\n"
+
+
+# ---------------------------------------------------------------- kills
+
+
+def results_bytes(mode: Path) -> dict[str, bytes]:
+    """Every file of a mode's results folder, by name."""
+    return {p.name: p.read_bytes() for p in sorted((mode / RESULTS_DIR).iterdir())}
+
+
+def assert_consistent(mode: Path) -> None:
+    """concatenate.json vouches for every output by sha256 and recommended.txt is the
+    recommendation at its tolerance."""
+    out = mode / RESULTS_DIR
+    settings = json.loads((out / SETTINGS_FILE).read_text())
+    rows, _ = gather(mode, quiet=True)
+    assert settings["fingerprint"] == concatenate_module.fingerprint(rows, settings["tolerance"])
+    for name in RESULTS_FILES[:-1]:
+        assert settings["sha256"][name] == concatenate_module.sha256_of(out / name), name
+    best = recommend(rows, settings["tolerance"])[1]
+    assert (out / "recommended.txt").read_text() == \
+        concatenate_module.session_path(mode, best) + "\n"
+
+
+def reference_results(tmp_path: Path, vals: list[float], tolerance: float) -> dict[str, bytes]:
+    """The results folder of an uninterrupted run at `tolerance` (same session/mode names)."""
+    mode = make_mode(tmp_path / f"reference-{tolerance}" / "s" / "iterative_pruning", vals)
+    concatenate(mode, tolerance=tolerance, quiet=True)
+    return results_bytes(mode)
+
+
+class Killed(Exception):
+    """The injected failure standing for a kill."""
+
+
+def test_a_concatenate_failing_at_any_write_is_repaired_by_the_next_run(tmp_path, monkeypatch):
+    """Whichever write a run dies at, the next run leaves a consistent set identical to an
+    uninterrupted run (never "up to date" over a mixed set)."""
+    vals = [98.0, 97.6, 96.0]
+    expected = {t: reference_results(tmp_path, vals, t) for t in (0.5, 2.5)}
+    real = concatenate_module.atomic_write
+    n = 0
+    while True:
+        mode = make_mode(tmp_path / f"kill-{n}" / "s" / "iterative_pruning", vals)
+        concatenate(mode, tolerance=0.5, quiet=True)  # an older consistent set
+        count = 0
+
+        def dying(path, data, n=n):
+            nonlocal count
+            if count == n:
+                raise Killed(str(path))
+            count += 1
+            return real(path, data)
+
+        monkeypatch.setattr(concatenate_module, "atomic_write", dying)
+        monkeypatch.setattr(plotting, "atomic_write", dying)
+        try:
+            concatenate(mode, tolerance=2.5, quiet=True)
+            finished = True
+        except Killed:
+            finished = False
+        monkeypatch.undo()
+        again = concatenate(mode, quiet=True)
+        assert_consistent(mode)
+        assert results_bytes(mode) == expected[again.tolerance], n
+        if finished:
+            break
+        n += 1
+    assert n == 7  # the json, the table, three plots, recommended.txt, the json
+
+
+def test_an_edited_output_is_not_taken_as_up_to_date(tmp_path):
+    """A results file changed after the run (here recommended.txt) is rewritten by the next."""
+    mode = make_mode(tmp_path / "iterative_pruning", [98.0, 97.6, 96.0])
+    concatenate(mode, quiet=True)
+    recommended = mode / RESULTS_DIR / "recommended.txt"
+    right = recommended.read_text()
+    recommended.write_text("iterative_pruning/0/prune_w_retrain/best_model.pth\n")
+    assert concatenate(mode, quiet=True).written
+    assert recommended.read_text() == right
+
+
+def test_sigkilled_concatenate_commands_leave_what_an_uninterrupted_run_leaves(tmp_path):
+    """`python -m iaprune.concatenate` SIGKILLed at random moments: the next run ends with a
+    consistent set identical to an uninterrupted run's."""
+    vals = [98.0, 97.6, 96.0, 95.0]
+    expected = {t: reference_results(tmp_path, vals, t) for t in (0.5, 2.5)}
+    command = [sys.executable, "-m", "iaprune.concatenate"]
+    mode = make_mode(tmp_path / "timed" / "s" / "iterative_pruning", vals)
+    start = time.monotonic()
+    subprocess.run([*command, str(mode), "--tolerance", "2.5"], check=True,
+                   capture_output=True)
+    whole = time.monotonic() - start
+    rng = random.Random(26)
+    mid_write = []
+    for k in range(4):
+        mode = make_mode(tmp_path / f"sigkill-{k}" / "s" / "iterative_pruning", vals)
+        concatenate(mode, tolerance=0.5, quiet=True)
+        proc = subprocess.Popen([*command, str(mode), "--tolerance", "2.5"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, 1.0) * whole)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        again = concatenate(mode, quiet=True)
+        mid_write.append(again.written)  # the kill left a set no fingerprint vouched for
+        assert_consistent(mode)
+        assert {n: b for n, b in results_bytes(mode).items() if not n.endswith(".tmp")} == \
+            expected[again.tolerance]
+    assert any(mid_write)  # at least one kill landed between the first and the last write
+
+
+def test_concatenate_command_removes_leftover_temp_files_of_a_session(tmp_path):
+    """python -m iaprune.concatenate on a session no run holds removes a killed write's temp
+    files from the results folder."""
+    mode = make_mode(tmp_path / "s" / "iterative_pruning", [98.0, 97.0])
+    (tmp_path / "s" / "config.json").write_text("{}")
+    leftover = mode / RESULTS_DIR / ".accuracies.png.0badf00d.tmp"
+    leftover.parent.mkdir()
+    leftover.write_bytes(b"half a png")
+    assert main([str(tmp_path / "s")]) == 0
+    assert not leftover.exists()
+
+
+def test_concatenate_command_leaves_the_temp_files_of_a_running_session(tmp_path):
+    """While a run holds the session's lock, its temp files are not leftovers: they stay."""
+    mode = make_mode(tmp_path / "s" / "iterative_pruning", [98.0, 97.0])
+    (tmp_path / "s" / "config.json").write_text("{}")
+    live = mode / RESULTS_DIR / ".accuracies.png.0badf00d.tmp"
+    live.parent.mkdir()
+    live.write_bytes(b"being written")
+    with holding(tmp_path / "s" / "session.lock"):
+        assert main([str(tmp_path / "s")]) == 0
+    assert live.exists()

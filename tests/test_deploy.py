@@ -1202,3 +1202,101 @@ def test_deploy_pools_by_slices_with_torchs_values(kernel, stride, size):
     pool = torch.nn.MaxPool2d(kernel, stride)
     x = torch.randn(2, 3, size, size)
     assert torch.equal(max_pool(pool, x), pool(x))
+
+
+# ---- hardening ---------------------------------------------------------------------------------
+
+
+def test_rebundling_removes_a_killed_bundles_temp_files(checkpoint, bundle):
+    """Temp files a killed bundle write left (.<name>.<8 hex>.tmp) go with the next bundle
+    into that folder; other files stay."""
+    leftover = bundle / ".model.pth.a1b2c3d4.tmp"
+    leftover.write_bytes(b"half a model")
+    notes = bundle / "notes.tmp"
+    notes.write_text("mine")
+    write_bundle(checkpoint, bundle, onnx=False)
+    assert not leftover.exists() and notes.exists()
+
+
+def nan_checkpoint(tmp_path: Path) -> Path:
+    """An engine checkpoint with one NaN weight."""
+    path = engine_checkpoint(tmp_path / "nan.pth", [784, 20, 8, 10])
+    ckpt = torch.load(path, weights_only=True)
+    next(iter(ckpt["state_dict"].values()))[0, 0] = float("nan")
+    torch.save(ckpt, path)
+    return path
+
+
+def test_bundling_a_model_with_nan_weights_is_refused_and_writes_nothing(tmp_path, capsys):
+    """`bundle --no-onnx` of a checkpoint with a NaN weight is one line saying so; no folder."""
+    path = nan_checkpoint(tmp_path)
+    assert run(main, ["bundle", str(path), "--out", str(tmp_path / "b"), "--no-onnx"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: non-finite weights") and err.count("\n") == 1
+    assert not (tmp_path / "b").exists()
+
+
+def test_predict_and_verify_refuse_a_bundle_whose_model_turned_nan(tmp_path, bundle, capsys):
+    """A bundle whose model.pth has NaN weights (sha256 updated to match) is refused by
+    predict and verify instead of printing p=nan."""
+    data = nan_checkpoint(tmp_path).read_bytes()
+    (bundle / "model.pth").write_bytes(data)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["sha256"] = hashlib.sha256(data).hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    np.save(tmp_path / "x.npy", images(1))
+    for argv in (["predict", str(tmp_path / "x.npy"), "--bundle", str(bundle)],
+                 ["verify", "--bundle", str(bundle)]):
+        assert run(main, argv) == 2
+        assert "non-finite weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field", ["scale", "mean", "std", "range"])
+def test_non_finite_preprocessing_constants_are_refused(tmp_path, bundle, capsys, field):
+    """A manifest whose input scale, mean, std or range holds NaN or inf is refused on load."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    bad = {"scale": float("nan"), "mean": [float("inf")] * 784, "std": [float("nan")] * 784,
+           "range": [0.0, float("inf")]}
+    manifest["input"] = {**manifest["input"], "mean": [0.0] * 784, "std": [1.0] * 784,
+                         field: bad[field]}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="non-finite preprocessing constant"):
+        deploy.load(bundle)
+
+
+@pytest.mark.parametrize("name", ["/etc/hostname", "../../../../etc/hostname", "sub/model.onnx",
+                                  "..", "", 12345, None])
+def test_an_onnx_file_outside_the_bundle_is_refused(tmp_path, bundle, capsys, name):
+    """manifest onnx.file must name a file in the bundle folder: absolute paths, ../ escapes,
+    subfolders and non-strings are one line, and nothing outside is read."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["onnx"] = {"file": name, "sha256": "0" * 64}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    assert run(main, ["verify", "--bundle", str(bundle)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {bundle / 'manifest.json'}: 'onnx.file' must name a file inside "
+                   f"the bundle folder, got {name!r}\n")
+
+
+@pytest.mark.parametrize(("key", "value"), [("sha256", None), ("sha256", 12), ("sha256", "abc"),
+                                            ("onnx", [1]), ("test_accuracy", "97%"),
+                                            ("test_accuracy", float("nan"))])
+def test_manifest_fields_of_the_wrong_type_are_one_line(tmp_path, bundle, capsys, key, value):
+    """sha256: null, a list for onnx, a string accuracy ... give one line naming the field."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest[key] = value
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    assert run(main, ["verify", "--bundle", str(bundle)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bundle / 'manifest.json'}: '{key}' must be ") and \
+        err.count("\n") == 1
+
+
+def test_an_onnx_sha256_of_the_wrong_type_is_one_line(tmp_path, bundle, capsys):
+    """onnx.sha256: null is one line naming the field."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["onnx"] = {"file": "model.onnx", "sha256": None}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    assert run(main, ["verify", "--bundle", str(bundle)]) == 2
+    assert capsys.readouterr().err == (f"error: {bundle / 'manifest.json'}: 'onnx.sha256' must "
+                                       "be a sha256 (64 hex digits), got None\n")

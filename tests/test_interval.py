@@ -346,3 +346,24 @@ def test_degenerate_box_reproduces_torch(name):
     for bounds, expected in ((value, out.detach()), (derivative, grad)):
         assert torch.equal(bounds.lower, bounds.upper)
         torch.testing.assert_close(bounds.lower, expected, rtol=1e-15, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_relu_derivative_admits_zero_for_a_lower_bound_rounded_above_a_zero_tie(dtype):
+    """A lower bound one ulp above 0, as rounding makes of a unit that is exactly 0 at a box
+    corner (torch's ReLU' there: 0), gives [0, 1], not {1}."""
+    one = torch.ones(1, dtype=dtype)
+    lower = torch.nextafter(torch.zeros(1, dtype=dtype), one)  # the rounded 0
+    d = Interval(lower, one).relu_derivative()
+    assert (d.lower.item(), d.upper.item()) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_relu_derivative_of_a_point_box_stays_torchs(dtype):
+    """Point boxes just above 0, at 0 and just below keep autograd's derivative exactly."""
+    zero, one = torch.zeros(3, dtype=dtype), torch.ones(3, dtype=dtype)
+    z = torch.stack([torch.nextafter(zero[0], one[0]), zero[1], -torch.nextafter(zero[2], one[2])])
+    z.requires_grad_(True)
+    (grad,) = torch.autograd.grad(torch.relu(z).sum(), z)
+    d = Interval.point(z.detach()).relu_derivative()
+    assert torch.equal(d.lower, grad) and torch.equal(d.upper, grad)

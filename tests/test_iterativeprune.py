@@ -5,7 +5,11 @@ from __future__ import annotations
 import errno
 import importlib
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,7 @@ from iaprune import data as data_module
 from iaprune.checkpoint import load_model, save_checkpoint
 from iaprune.config import PruneConfig, Scoring, flat
 from iaprune.engine import IterativePruning
+from iaprune.files import holding
 from iaprune.groups import units
 from iaprune.iterativeprune import main
 from iaprune.model import mlp_net
@@ -340,9 +345,10 @@ def finished(tmp_path, finished_session) -> Path:
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
-    """Every file under `folder`: its bytes and modification time."""
+    """Every file under `folder`: its bytes and modification time (not session.lock, which
+    names whoever runs the session)."""
     return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "session.lock"}
 
 
 def test_base_model_of_other_hidden_sizes_writes_nothing(tmp_path, retain, capsys):
@@ -543,3 +549,85 @@ def test_a_bad_architecture_file_is_one_line_and_writes_nothing(tmp_path, capsys
         arch.write_text(content)
     err = error_of(capsys, "--dataset", "digits", "--arch", arch, "--session", tmp_path / "s")
     assert message in err and not (tmp_path / "s").exists()
+
+
+# ------------------------------------------------------------------------------ hardening
+def test_a_nan_base_model_is_refused_and_writes_nothing(tmp_path, retain, capsys):
+    """A --base-model with NaN weights is one line naming it, before config.json or retain/
+    exist (the session folder is not even created)."""
+    model = mlp_net([64, 16, 8, 10], seed=0)
+    with torch.no_grad():
+        model.state_dict()[next(iter(model.state_dict()))][0, 0] = float("nan")
+    ckpt = save_checkpoint(tmp_path / "nan.pth", model, dataset="digits")
+    err = error_of(capsys, *FAST, "--retain", retain, "--session", tmp_path / "s",
+                   "--base-model", ckpt)
+    assert "nan.pth" in err and "non-finite" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_leftover_temp_files_of_a_killed_run_are_removed_by_the_next(finished):
+    """Temp files of killed atomic writes (.<name>.<8 hex>.tmp) in the session, retain/, the
+    iteration and results folders go on the next run; other files stay."""
+    leftovers = [finished / ".config.json.0a1b2c3d.tmp",
+                 finished / "retain" / ".retain.txt.deadbeef.tmp",
+                 finished / "iterative_pruning" / "1" / "prune_w_retrain" /
+                 ".best_model.pth.12345678.tmp",
+                 finished / "iterative_pruning" / "prune_w_retrain_results" /
+                 ".losses.png.9abcdef0.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half")
+    mine = finished / ".notes.tmp"
+    mine.write_text("not ours")
+    assert run(*FAST, "--session", finished) == 0
+    assert not any(p.exists() for p in leftovers) and mine.exists()
+
+
+def test_a_session_in_use_is_refused_naming_the_holder(finished, capsys):
+    """A second run on a session whose lock is held is one line naming the holder's pid and
+    command, and writes nothing."""
+    before = snapshot(finished)
+    with holding(finished / "session.lock"):
+        err = error_of(capsys, *FAST, "--session", finished)
+    assert f"in use by pid {os.getpid()} " in err and "pytest" in err and "--wait" in err
+    assert snapshot(finished) == before
+
+
+def hold_lock_process(lock: Path, seconds: float) -> subprocess.Popen:
+    """A process holding `lock` for `seconds` (after printing 'held')."""
+    code = ("import sys, time; from pathlib import Path; from iaprune.files import holding\n"
+            "with holding(Path(sys.argv[1])):\n"
+            "    print('held', flush=True); time.sleep(float(sys.argv[2]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(lock), str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_wait_runs_once_the_holder_is_done(finished):
+    """With --wait, a run on a session in use waits for the holder, then runs."""
+    holder = hold_lock_process(finished / "session.lock", 3.0)
+    held = time.monotonic()  # the holder keeps the lock for 3 s from its 'held'
+    assert run(*FAST, "--session", finished, "--wait") == 0
+    assert time.monotonic() - held >= 3.0  # it ran only after the holder let go
+    holder.wait()
+
+
+def test_a_killed_holders_lock_is_taken_over(finished):
+    """The lock of a SIGKILLed run is free: the next run proceeds without --wait."""
+    holder = hold_lock_process(finished / "session.lock", 600.0)
+    holder.kill()
+    holder.wait()
+    assert (finished / "session.lock").read_text().split()[1] == str(holder.pid)
+    assert run(*FAST, "--session", finished) == 0
+
+
+def test_a_read_only_session_runs_without_its_lock(finished, monkeypatch):
+    """A session where the lock file cannot be created (read-only) still re-runs: no other
+    run can write there either."""
+    import iaprune.session as session_module
+
+    def refuse(lock, wait=True):
+        raise PermissionError(errno.EROFS, "Read-only file system", str(lock))
+
+    monkeypatch.setattr(session_module, "holding", refuse)
+    assert run("--session", finished, "--quiet") == 0

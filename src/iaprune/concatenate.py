@@ -8,7 +8,7 @@ a mode go to `<mode>/prune_w_retrain_results/`.
 from __future__ import annotations
 
 import argparse
-import errno
+import contextlib
 import hashlib
 import json
 import math
@@ -22,12 +22,14 @@ from pathlib import Path
 from matplotlib.axes import Axes
 
 from iaprune import __version__, cli
-from iaprune.files import atomic_write
+from iaprune.files import LockHeld, atomic_write, holding, remove_temp_files
 from iaprune.plotting import COLORS, log_axis, new_figure, plain_number, save_figure
 from iaprune.records import (
     CHECKPOINT_FILE,
     COMPARISON_PLOT,
+    CONFIG_FILE,
     ITERATION_DIR,
+    LOCK_FILE,
     LOSS_COLUMNS,
     RESULTS_DIR,
     RESULTS_FILES,
@@ -39,11 +41,10 @@ from iaprune.records import (
     Value,
     read_validation_results,
 )
-from iaprune.session import iteration_dirs, mode_dirs
+from iaprune.session import READ_ONLY, iteration_dirs, mode_dirs
 
 COLUMN_FORMATS = {c.name: c.fmt for c in VALIDATION}
 DEFAULT_TOLERANCE = 1.0  # percentage points of validation accuracy
-READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)  # a write refused: permissions, read-only fs
 COMPARE_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
 
 # ---------------------------------------------------------------- gathering a mode folder
@@ -162,6 +163,42 @@ def fingerprint(rows: Sequence[IterationResult], tolerance: float) -> str:
     content = {"version": __version__, "tolerance": tolerance,
                "rows": [[r.iteration, [r[c] for c in VALIDATION_COLUMNS]] for r in rows]}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def vouched(settings: Mapping, stamp: str, paths: Sequence[Path]) -> bool:
+    """Whether concatenate.json vouches for the outputs on disk: it was written for these
+    numbers (`stamp`) and each output is the file it recorded (sha256 as written). Anything
+    else (a run killed mid-way, an output edited or lost) is rewritten."""
+    recorded = settings.get("sha256")
+    return settings.get("fingerprint") == stamp and isinstance(recorded, dict) and all(
+        p.is_file() and recorded.get(p.name) == sha256_of(p) for p in paths)
+
+
+def write_results(result: Concatenation, stamp: str) -> None:
+    """Write the derived set so that a kill at any moment leaves it consistent or unvouched.
+
+    Order: concatenate.json first without a fingerprint (it keeps the tolerance chosen and
+    vouches for nothing), recommended.txt removed (no recommendation while the set is
+    mixed), then the table and plots, recommended.txt, and concatenate.json last with the
+    sha256 of each file as written. A later run finds an unvouched set and rewrites it.
+    """
+    table, accuracies, losses, tradeoff, recommended_txt, settings_json = result.outputs[:6]
+    settings = {"tolerance": result.tolerance}
+    atomic_write(settings_json, json.dumps(settings, indent=2) + "\n")
+    recommended_txt.unlink(missing_ok=True)
+    atomic_write(table, format_validations(result.rows))
+    plot_accuracies(result, accuracies)
+    plot_losses(result, losses)
+    plot_tradeoff(result, tradeoff)
+    atomic_write(recommended_txt, session_path(result.mode_dir, result.recommended) + "\n")
+    written = (table, accuracies, losses, tradeoff, recommended_txt)
+    settings.update(fingerprint=stamp, sha256={p.name: sha256_of(p) for p in written})
+    atomic_write(settings_json, json.dumps(settings, indent=2) + "\n")
 
 
 def format_validations(rows: Sequence[IterationResult],
@@ -356,21 +393,14 @@ def concatenate(mode_dir: str | os.PathLike, tolerance: float | None = None,
     reference, recommended = recommend(rows, tolerance)
     paths = tuple(out / name for name in RESULTS_FILES)
     stamp = fingerprint(rows, tolerance)
-    written = settings.get("fingerprint") != stamp or not all(p.is_file() for p in paths)
+    written = not vouched(settings, stamp, paths[:-1])
     result = Concatenation(mode_dir, tuple(rows), tuple(skipped), float(tolerance), reference,
                            recommended, checkpoint_path(mode_dir, recommended), paths, written)
     if reference != 0:
         _note(f"{mode_dir}: no iteration 0 (base model); tolerance measured from iteration "
               f"{reference}", quiet)
     if written:
-        table, accuracies, losses, tradeoff, recommended_txt, settings_json = paths
-        atomic_write(table, format_validations(rows))
-        plot_accuracies(result, accuracies)
-        plot_losses(result, losses)
-        plot_tradeoff(result, tradeoff)
-        atomic_write(recommended_txt, session_path(mode_dir, recommended) + "\n")
-        atomic_write(settings_json, json.dumps(  # last: it vouches for the files above
-            {"tolerance": tolerance, "fingerprint": stamp}, indent=2) + "\n")
+        write_results(result, stamp)
     if compare:
         runs = [(run_label(mode_dir), rows, recommended)]
         for other in compare:
@@ -411,6 +441,18 @@ def _report(result: Concatenation) -> str:
     return "\n".join(lines)
 
 
+def own_session(stack: contextlib.ExitStack, root: Path) -> bool:
+    """Take the lock of session `root` into `stack` when no run holds it; whether taken (a
+    folder that is not a session gets no lock file)."""
+    if not (root / CONFIG_FILE).is_file():
+        return False
+    try:
+        stack.enter_context(holding(root / LOCK_FILE, wait=False))
+    except LockHeld:
+        return False  # a run is writing there: its temp files are not leftovers
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m iaprune.concatenate",
@@ -437,7 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     for mode in modes:
         overlay = [m for m in [*modes, *others] if m.resolve() != mode.resolve()]
         try:
-            concatenate(mode, args.tolerance, list(dict.fromkeys(overlay)))
+            with contextlib.ExitStack() as stack:
+                if own_session(stack, mode.parent):  # no run writes there: a kill's leftovers go
+                    remove_temp_files(mode / RESULTS_DIR)
+                concatenate(mode, args.tolerance, list(dict.fromkeys(overlay)))
         except OSError as exc:
             if exc.errno not in READ_ONLY:
                 raise

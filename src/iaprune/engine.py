@@ -54,7 +54,7 @@ from iaprune.retain import (
     write_schedule,
 )
 from iaprune.run_data import check_same_data, config_for, load_run_data, saved_record
-from iaprune.session import Session, SessionError, check_session_folder, holds_results
+from iaprune.session import Session, SessionError, check_session_folder, holds_results, locked
 from iaprune.significance import ScoreData, data_box, score
 from iaprune.spec import Net, build, describe, resolve_arch, spec_of
 from iaprune.tracking import NullTracker, Tracker
@@ -179,6 +179,12 @@ class IterativePruning:
         if checkpoint.get("dataset", c.dataset) != c.dataset:
             raise EngineError(f"{path}: trained on {checkpoint['dataset']!r}, this run uses "
                               f"{c.dataset!r}")
+        bad = [name for name, t in model.state_dict().items()
+               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            raise EngineError(f"{path}: non-finite weights (NaN or inf) in "
+                              f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}; "
+                              "refusing a broken model")
         theirs = spec_of(model)
         if math.prod(theirs["input"]) != d.n_features or \
                 theirs["layers"][-1]["out"] != d.num_classes:
@@ -521,7 +527,7 @@ def gather_results(session: Session, quiet: bool, log) -> Concatenation | None:
 def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None = None,
         begin: int | None = None, data_root: str | Path | None = None,
         tracker: Tracker | None = None, quiet: bool = False,
-        log: Callable[[str], Any] = print, data: Any = None) -> Results:
+        log: Callable[[str], Any] = print, data: Any = None, wait: bool = False) -> Results:
     """Run or resume a pruning session: train (or take) the base model, then per schedule row
     score, shrink, fold and retrain, writing one iteration folder each.
 
@@ -544,6 +550,8 @@ def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None =
             arrays or tensors, or a torch Dataset of (x, y) items (iaprune.data.load_dataset).
             config.json records a path, or "python object", with the data's fingerprint; a
             resumed session must be given the same data.
+        wait: when another process runs this session, wait for it to finish (default: refuse,
+            naming that process).
 
     Returns:
         Results: the rows of the iterations run now, the schedule, and the gathered results;
@@ -558,6 +566,15 @@ def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None =
     """
     root = Path(session)
     check_session_folder(root)
+    with locked(root, wait):  # one run per session; a killed run's lock is free
+        return _run(config, root, retain, begin, data_root, tracker, quiet, log, data)
+
+
+def _run(config: PruneConfig, root: Path, retain: str | Path | None, begin: int | None,
+         data_root: str | Path | None, tracker: Tracker | None, quiet: bool,
+         log: Callable[[str], Any], data: Any) -> Results:
+    """run() while holding the session's lock."""
+    check_session_folder(root)  # as found now that no other run can change it
     config = config_for(config, data)
     session = Session(root, config.mode)
     retain = Path(retain) if retain is not None else None
@@ -570,6 +587,7 @@ def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None =
                 schedule):
             log(f"{session.mode_dir}: all {len(schedule)} iterations are complete; "
                 "use --begin-itr K to redo from K")
+            session.remove_temp_files()  # a killed run's leftovers
             tracker.start(session.config, flat(config), len(schedule))  # tracking catches up
             result = gather_results(session, quiet, log)
             tracker.finish(session.results_dir)
@@ -595,6 +613,7 @@ def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None =
     score(config.scoring.criterion, probe, ScoreData(sample.x[:64], sample.y[:64],
                                                      measure=config.scoring.measure),
           prunes_inputs(schedule))
+    session.remove_temp_files()  # every check passed: the first write; a killed run's leftovers
     if start != "resume":
         write_settings(session, config, schedule, start, log, data.record)
     log(f"session {session.root} ({config.mode}, {config.scoring.criterion}): iterations "

@@ -1,11 +1,21 @@
-"""Small file utilities: the one atomic-write helper, the first line of an error, and why a path
-cannot be read as a file or used as a folder."""
+"""Small file utilities: the one atomic-write helper and the removal of its leftovers, the
+folder lock, the first line of an error, and why a path cannot be read as a file or used as a
+folder."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import re
 import secrets
+import socket
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+# atomic_write's temp files: .<name>.<8 hex digits>.tmp (the runtime's writer uses the same)
+TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
 
 
 def _new_temp_file(path: Path) -> tuple[int, Path]:
@@ -14,7 +24,7 @@ def _new_temp_file(path: Path) -> tuple[int, Path]:
     (tempfile.mkstemp makes it 0600, and os.replace would hand that private mode to `path`.)
     """
     while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # TEMP_NAME
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
         except FileExistsError:  # a name clash with another writer: draw again
@@ -37,6 +47,71 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_temp_files(*folders: Path) -> list[Path]:
+    """Remove the temp files a killed atomic_write left in `folders` (not below them); the
+    removed paths. Call it only while holding the lock of the folders' owner (a session), so
+    that no live writer's temp file is taken."""
+    removed = []
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if TEMP_NAME.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+class LockHeld(Exception):
+    """A lock that `holding(..., wait=False)` found held; the message names the holder."""
+
+
+def holder_line() -> str:
+    """Who holds a lock: host, pid and command line (the pid is the second word)."""
+    command = " ".join([Path(sys.executable).name, *sys.argv]) if sys.argv else "python"
+    return f"{socket.gethostname()} {os.getpid()} {command}"
+
+
+@contextlib.contextmanager
+def holding(lock: Path, wait: bool = True) -> Iterator[None]:
+    """Hold `lock` (the kernel's flock): one process at a time in a session, cell or search.
+
+    The kernel drops the lock with its process, so a killed holder never leaves a stale lock:
+    the next process takes it over. The file is opened in place, not written atomically: a
+    lock must stay the same file. It names the holder (host, pid, command) while held. With
+    `wait=False` a lock held by another process raises LockHeld (naming that holder) instead
+    of waiting for it. A lock file removed while waited for is opened again (a lock on the
+    removed file would lock nothing).
+    """
+    while True:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a+", encoding="utf-8") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                raise LockHeld(fh.read().strip() or "another process") from None
+            try:
+                if not _same_file(fh, lock):
+                    continue
+                fh.seek(0)
+                fh.truncate()
+                fh.write(holder_line() + "\n")
+                fh.flush()
+                yield
+                return
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _same_file(fh, path: Path) -> bool:
+    """Whether the open file `fh` is still the file at `path`."""
+    try:
+        return os.path.samestat(os.fstat(fh.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def first_line(exc: BaseException) -> str:

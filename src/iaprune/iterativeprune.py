@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tensorboard", metavar="DIR",
                    help="write TensorBoard runs to DIR/<session name>/: per-epoch curves of every "
                         "iteration, one point per iteration, significance histograms [off]")
+    p.add_argument("--wait", action="store_true",
+                   help="when another process runs this session, wait for it to finish "
+                        "[refuse, naming that process]")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -69,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     tracker = make_tracker(args.mlflow, args.mlflow_experiment, root, args.tensorboard)
     try:
         results = run(config, root, retain=args.retain, begin=args.begin_itr,
-                      data_root=args.data_root, tracker=tracker, quiet=args.quiet)
+                      data_root=args.data_root, tracker=tracker, quiet=args.quiet,
+                      wait=args.wait)
     except KeyboardInterrupt:
         print(f"\ninterrupted; the unfinished iteration was discarded. Resume with:\n"
               f"  python -m iaprune.iterativeprune --session {root}", file=sys.stderr)

@@ -32,6 +32,7 @@ from iaprune.files import atomic_write
 # ---------------------------------------------------------------- names
 MODES = {"iterative": "iterative_pruning", "one-shot": "one_shot_pruning"}  # mode -> its folder
 CONFIG_FILE = "config.json"
+LOCK_FILE = "session.lock"  # held (flock) by the run using the session; names its holder
 SCHEDULE_DIR = "retain"  # iaprune.retain's output folder, and a session's copy of the schedule
 SCHEDULE_FILE = "retain.txt"
 SCHEDULE_PLOTS = ("pruneNodesIteration.png", "pruneNodesDistribution.png")

@@ -8,23 +8,29 @@ leaves complete-looking files.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from iaprune.errors import UserError
-from iaprune.files import folder_problem
+from iaprune.files import LockHeld, folder_problem, holding, remove_temp_files
 from iaprune.records import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     ITERATION_DIR,
+    LOCK_FILE,
     MODES,
     PARTIAL_DIR,
     RESULTS_DIR,
     RETAIN_FILE,
     VALIDATION_FILE,
 )
+
+READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)  # a write refused: permissions, read-only fs
 
 
 class SessionError(UserError):
@@ -74,6 +80,13 @@ class Session:
     def validation(self, i: int) -> Path:
         """Iteration i's validation_results.txt (its final metrics)."""
         return self.final(i) / VALIDATION_FILE
+
+    def remove_temp_files(self) -> list[Path]:
+        """Remove the temp files a killed write left: in the session, retain/, the mode
+        folder, its results folder and its iteration folders (hold the session's lock)."""
+        folders = [self.root, self.retain.parent, self.mode_dir, self.results_dir]
+        folders += [folder / ITERATION_DIR for _, folder in iteration_dirs(self.mode_dir)]
+        return remove_temp_files(*folders)
 
     def last_complete(self) -> int:
         """The last iteration i such that 0..i are all complete (-1 if none)."""
@@ -142,11 +155,49 @@ def mode_dirs(path: str | os.PathLike) -> list[Path]:
     return modes
 
 
+@contextlib.contextmanager
+def locked(root: Path, wait: bool = False) -> Iterator[None]:
+    """Hold the session's lock (root/session.lock) while a run uses it: a second run is
+    refused naming the holder (or waits, with `wait`); a killed holder's lock is free.
+
+    A session folder this call creates is removed again when the run wrote nothing into it.
+    """
+    root = Path(root)
+    created = not root.exists()
+    lock = root / LOCK_FILE
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(holding(lock, wait))
+        except LockHeld as held:
+            raise SessionError(f"{root}: in use by {holder(str(held))}; wait for it to "
+                               "finish, or run again with --wait") from None
+        except OSError as exc:
+            if exc.errno not in READ_ONLY:
+                raise  # a read-only session: no run can write it, a lock guards nothing
+        try:
+            yield
+        finally:
+            if created and [p.name for p in root.iterdir()] == [LOCK_FILE]:
+                lock.unlink()  # still held: a waiter finds its file gone and opens it anew
+                with contextlib.suppress(OSError):
+                    root.rmdir()
+
+
+def holder(line: str) -> str:
+    """'pid P on HOST (COMMAND)' from a lock's holder line 'HOST PID COMMAND'."""
+    parts = line.split(maxsplit=2)
+    if len(parts) < 2 or not parts[1].isdigit():
+        return line
+    host, pid, *command = parts
+    return f"pid {pid} on {host}" + (f" ({command[0]})" if command else "")
+
+
 def check_session_folder(root: Path) -> None:
     """A session must be a new/empty folder or a session (one with config.json)."""
     problem = folder_problem(root, "session folder")  # a file, or a path below one
     if problem:
         raise SessionError(problem)
-    if root.is_dir() and any(root.iterdir()) and not (root / CONFIG_FILE).is_file():
+    if root.is_dir() and any(p.name != LOCK_FILE for p in root.iterdir()) and \
+            not (root / CONFIG_FILE).is_file():
         raise SessionError(f"{root} is not a session folder (no {CONFIG_FILE}) and not empty; "
                            "choose a new --session")

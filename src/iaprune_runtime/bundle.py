@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import secrets
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +38,8 @@ RESULTS = Path("prune_w_retrain_results") / "recommended.txt"  # under a session
 MODEL_NAME = "best_model.pth"  # an iteration's kept model, in <mode>/<i>/prune_w_retrain/
 MODES = ("iterative_pruning", "one_shot_pruning")
 ONNX_CHECK_ROWS = 64  # random inputs the ONNX export is compared on
+SHA256 = re.compile(r"[0-9a-f]{64}")
+TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # atomic_write's temp files
 
 
 def _new_temp_file(path: Path) -> tuple[int, Path]:
@@ -69,6 +73,18 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     return path
 
 
+def remove_temp_files(folder: Path) -> list[Path]:
+    """Remove the temp files a killed atomic_write left in a bundle folder (.<name>.<8 hex
+    digits>.tmp); the removed paths."""
+    if not folder.is_dir():
+        return []
+    removed = [p for p in folder.iterdir()
+               if TEMP_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
 def sha256(data: bytes) -> str:
     """Hex sha256 of bytes."""
     return hashlib.sha256(data).hexdigest()
@@ -92,7 +108,47 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     for key in REQUIRED_KEYS[manifest["format"]]:
         if key not in manifest:
             raise BundleError(f"{path}: manifest lacks {key!r}")
+    check_manifest(manifest, path)
     return manifest
+
+
+def check_finite(model: nn.Module, source: Path | str) -> None:
+    """Refuse a model with NaN or infinite weights (it would predict p=nan)."""
+    bad = [name for name, t in model.state_dict().items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise BundleError(f"{source}: non-finite weights (NaN or inf) in {', '.join(bad[:4])}"
+                          f"{' ...' if len(bad) > 4 else ''}; refusing a broken model")
+
+
+def check_manifest(manifest: dict[str, Any], path: Path) -> None:
+    """Manifest fields by type and range before use: sha256 sums are 64 hex digits, file
+    fields name a file inside the bundle folder, a recorded accuracy is a finite number."""
+    _check_sha256(manifest["sha256"], "sha256", path)
+    onnx = manifest.get("onnx")
+    if onnx is not None and not isinstance(onnx, dict):
+        raise BundleError(f"{path}: 'onnx' must be an object or null, got {onnx!r}")
+    if onnx and "file" in onnx:
+        _check_member(onnx["file"], "onnx.file", path)
+        _check_sha256(onnx.get("sha256"), "onnx.sha256", path)
+    for key in ("test_accuracy", "val_accuracy"):
+        value = manifest.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            raise BundleError(f"{path}: {key!r} must be a finite number or null, got {value!r}")
+
+
+def _check_sha256(value: Any, key: str, path: Path) -> None:
+    if not isinstance(value, str) or not SHA256.fullmatch(value):
+        raise BundleError(f"{path}: {key!r} must be a sha256 (64 hex digits), got {value!r}")
+
+
+def _check_member(name: Any, key: str, path: Path) -> None:
+    """A file field: a plain file name, so the file lies in the bundle folder itself."""
+    if not isinstance(name, str) or not name or name in (".", "..") or \
+            Path(name).name != name or "\\" in name or "\0" in name:
+        raise BundleError(f"{path}: {key!r} must name a file inside the bundle folder, got "
+                          f"{name!r}")
 
 
 def checked_file(folder: Path, name: str, expected: str) -> bytes:
@@ -140,10 +196,13 @@ def load(path: str | os.PathLike) -> DeployedNet:
         model = model_from_checkpoint(checkpoint, source)
         if not _same_architecture(manifest, model):
             raise BundleError(f"{source}: architecture differs from {MANIFEST}")
+        check_finite(model, source)
         return _attach(model, manifest)
     checkpoint, _ = load_checkpoint_file(path)
     meta = {k: v for k, v in checkpoint.items() if k != "state_dict"}
-    return _attach(model_from_checkpoint(checkpoint, path), meta)
+    model = model_from_checkpoint(checkpoint, path)
+    check_finite(model, path)
+    return _attach(model, meta)
 
 
 def load_pruned_model(model: nn.Module, path: str | os.PathLike,
@@ -230,6 +289,7 @@ def write_bundle(checkpoint_path: str | os.PathLike, out: str | os.PathLike,
         raise ValueError(f"{out}: {blocker} is a file, not a folder")
     checkpoint, data = load_checkpoint_file(checkpoint_path)
     model = model_from_checkpoint(checkpoint, checkpoint_path)
+    check_finite(model, checkpoint_path)
     manifest = build_manifest(checkpoint, model, data, str(checkpoint_path))
     onnx_entry: dict[str, Any] = {"skipped": "disabled (--no-onnx)"}
     onnx_bytes = None
@@ -245,6 +305,7 @@ def write_bundle(checkpoint_path: str | os.PathLike, out: str | os.PathLike,
                       "output": "logits", "max_abs_diff": diff}
     manifest["onnx"] = onnx_entry
 
+    remove_temp_files(out)  # a killed bundle's leftovers
     # model files first, manifest last: until the manifest is replaced the folder is refused
     atomic_write(out / MODEL_FILE, data)
     if onnx_bytes is not None:

@@ -63,6 +63,10 @@ class InputSpec:
                        mean=floats("mean"), std=floats("std"))
         except (TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"bad input description {info!r} ({exc})") from None
+        constants = [spec.scale, *(spec.range or ()), *(spec.mean or ()), *(spec.std or ())]
+        if not all(math.isfinite(v) for v in constants):
+            raise ValueError(f"input description {info!r}: non-finite preprocessing constant "
+                             "(NaN or inf in scale, range, mean or std)")
         standardised = [len(v) for v in (spec.mean, spec.std) if v is not None]
         if spec.n_features != n_in or (spec.range is not None and len(spec.range) != 2) or \
                 standardised not in ([], [n_in, n_in]) or \

@@ -23,6 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# Rounded bounds within TIE_ULPS ulps (of the largest magnitude involved) of a tie count as
+# possibly tied: the margin of the ReLU derivative and of the max-pool routing.
+TIE_ULPS = 2**10
+
 
 @dataclass(frozen=True)
 class Interval:
@@ -240,10 +244,19 @@ class Interval:
     def relu_derivative(self) -> Interval:
         """Range of ReLU'(z) = 1[z > 0] (torch's convention, ReLU'(0) = 0) over the box.
 
-        {1} if lo > 0, {0} if hi <= 0, [0, 1] otherwise. A degenerate box at the kink, [0, 0],
-        gives {0}: exactly the derivative torch computes there.
+        {1} if lo > δ, {0} if hi <= 0, [0, 1] otherwise, with δ = 2¹⁰ ε · max(|lo|, |hi|).
+        The bounds are rounded, not directed outward, and a bound of exactly 0 is common: a
+        unit without bias (or a zero one) at a box corner whose inputs are 0 (pixels, ReLU
+        outputs) is exactly 0 there in torch's point computation, so ReLU' = 0, while its
+        computed lo = c - r may come out an ulp above 0 (c and r are sums of the same products
+        in another order). δ admits that 0: far above the few ulps of max(|lo|, |hi|) the bound
+        is off by at such a tie, far below any lo that is not one. The {0} test needs no
+        margin: at such a tie torch's point value is exactly 0, whose derivative is 0 too. A
+        point box [z, z] keeps torch's derivative exactly (z > δ whenever z > 0); a degenerate
+        box at the kink, [0, 0], gives {0}.
         """
-        return Interval((self.lower > 0).to(self.dtype), (self.upper > 0).to(self.dtype))
+        margin = TIE_ULPS * torch.finfo(self.dtype).eps * self.magnitude
+        return Interval((self.lower > margin).to(self.dtype), (self.upper > 0).to(self.dtype))
 
     def sigmoid_derivative(self) -> Interval:
         """Range of σ'(z) = σ(z)(1 - σ(z)) over the box (even, peak 1/4 at 0, falls with |z|)."""

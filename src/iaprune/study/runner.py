@@ -18,9 +18,8 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +29,7 @@ from iaprune import __version__
 from iaprune.checkpoint import atomic_write
 from iaprune.config import dumps
 from iaprune.engine import read_config, run
+from iaprune.files import LockHeld, holding  # noqa: F401 (re-exported: study.search)
 from iaprune.records import CONFIG_FILE, RETAIN_FILE
 from iaprune.retain import write_schedule
 from iaprune.session import check_session_folder
@@ -72,36 +72,6 @@ class Outcome:
 
     ran: bool  # False: it was complete already (another runner finished it)
     seconds: float
-
-
-class LockHeld(Exception):
-    """A lock that `holding(..., wait=False)` found held; the message names the holder."""
-
-
-@contextlib.contextmanager
-def holding(lock: Path, wait: bool = True) -> Iterator[None]:
-    """Hold `lock` (the kernel's flock) while a cell or a search runs: one runner per folder.
-
-    The kernel drops the lock with its process, so a killed runner never leaves one behind.
-    The file is opened in place, not written atomically: a lock must stay the same file. It
-    names the holder (host and pid) while held. With `wait=False` a lock held by another
-    process raises LockHeld (naming that holder) instead of waiting for it.
-    """
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a+", encoding="utf-8") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            raise LockHeld(fh.read().strip()) from None
-        try:
-            fh.seek(0)
-            fh.truncate()
-            fh.write(f"{socket.gethostname()} {os.getpid()}\n")
-            fh.flush()
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def is_running(cell: Cell) -> bool:

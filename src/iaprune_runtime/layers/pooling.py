@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..interval import Interval
+from ..interval import TIE_ULPS, Interval
 from .base import REQUIRED, Layer, LayerType, check_int, pair, register, square, window_shape
 from .conv import unfold_seeds
 
@@ -105,8 +105,7 @@ class Pool(LayerType):
 
 
 # A max-pool window's routing is decided on rounded bounds: two entries whose bounds lie within
-# _TIE_ULPS · ε · (their channel's largest magnitude) of each other count as possibly tied.
-_TIE_ULPS = 2**10
+# TIE_ULPS · ε · (their channel's largest magnitude) of each other count as possibly tied.
 
 
 @register
@@ -166,7 +165,7 @@ class MaxPool2d(Pool):
         else:
             others = torch.full_like(hi, -math.inf)  # a window of one entry
         magnitude = x.magnitude.flatten(2).amax(dim=2)[..., None, None]  # (b, C, 1, 1)
-        margin = _TIE_ULPS * torch.finfo(x.dtype).eps * magnitude
+        margin = TIE_ULPS * torch.finfo(x.dtype).eps * magnitude
         certain, possible = lo > others + margin, hi >= floor - margin
         point = (lo == hi).all(dim=2, keepdim=True)  # no subtraction: padding is -inf in both
         exact = (possible == (lo == floor)).all(dim=2, keepdim=True)  # near maxima tie bit for bit
