@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from iaprune.data import DATASETS
 from iaprune.errors import UserError
 from iaprune.files import atomic_write, file_problem, first_line
 from iaprune.records import CHECKPOINT_FILE
@@ -80,6 +81,15 @@ def _load_problem(exc: Exception) -> str:
     return f"truncated or corrupt checkpoint ({first_line(exc)})"
 
 
+# what to do with a state_dict or a pickled model: two lines of Python (in one error line)
+SAVE = ('iaprune.save_checkpoint("model.pth", iaprune.from_module(model, INPUT_SHAPE), '
+        'dataset=DATASET)')
+CONVERT_STATE = ("; convert it in Python: model = YourNet(); "
+                 f"model.load_state_dict(torch.load(PATH)); {SAVE}")
+CONVERT_PICKLE = (f"; if you trust the file, convert it in Python: "
+                  f"model = torch.load(PATH, weights_only=False); {SAVE}")
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load and validate a best_model.pth with weights_only=True; errors name the file."""
     path = Path(path)
@@ -93,7 +103,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError...)
-        raise CheckpointError(f"{path}: {_load_problem(exc)}") from None
+        hint = CONVERT_PICKLE if "torch.nn" in str(exc) else ""  # a whole pickled nn.Module
+        raise CheckpointError(f"{path}: {_load_problem(exc)}{hint}") from None
+    if isinstance(payload, dict) and "format" not in payload and payload and all(
+            isinstance(v, torch.Tensor) for v in payload.values()):
+        raise CheckpointError(f"{path}: a plain state_dict (weights without the architecture), "
+                              f"not an IA-Prune checkpoint{CONVERT_STATE}")
     if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, LEGACY_FORMAT):
         raise CheckpointError(f"{path}: not an IA-Prune checkpoint (expected format {FORMAT!r})")
     needed = ("spec", "state_dict") if payload["format"] == FORMAT else (
@@ -107,6 +122,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             what = "a string" if kind is str else "an integer"
             raise CheckpointError(f"{path}: {key} must be {what}, got {value!r}")
     return payload
+
+
+def recorded_dataset(checkpoint: str | os.PathLike) -> str | None:
+    """The dataset a checkpoint records (a built-in name or an existing path), if any: a run
+    given only --base-model prunes the model on its own data."""
+    recorded = load_checkpoint(checkpoint).get("dataset")
+    if isinstance(recorded, str) and (recorded in DATASETS or Path(recorded).exists()):
+        return recorded
+    return None
 
 
 def checkpoint_spec(checkpoint: dict[str, Any], source: str | os.PathLike = "") -> dict[str, Any]:

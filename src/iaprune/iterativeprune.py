@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from iaprune import cli
+from iaprune.checkpoint import recorded_dataset
 from iaprune.config import add_flags, apply, given_settings
 from iaprune.engine import DEFAULT_RETAIN, read_config, run
 from iaprune.session import Session, check_session_folder, holds_results
@@ -68,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     saved = read_config(Session(root))
     given = given_settings(args)
     keep = saved is not None and (holds_results(root) or not (given or args.retain))
+    if "--base-model" in given and "--dataset" not in given and not keep:
+        recorded = recorded_dataset(given["--base-model"])  # the data the model was made for
+        if recorded is not None:
+            given["--dataset"] = recorded
     config = apply(saved if keep else None, given)
     tracker = make_tracker(args.mlflow, args.mlflow_experiment, root, args.tensorboard)
     try:
