@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from iaprune_runtime.__main__ import run
-from iaprune_runtime.bundle import MODES, atomic_write, find_recommended, load
+from iaprune_runtime.bundle import MODES, find_recommended, load
+from iaprune_runtime.files import atomic_write
 from iaprune_runtime.model import DeployedMLP, DeployedNet, count_macs, count_params
 
 SYNTHETIC = {"dense": [784, 256, 64, 10], "pruned": [784, 54, 13, 10]}

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import re
-import secrets
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .files import atomic_write, remove_temp_files
 from .inputs import InputSpec
 from .model import (
     BundleError,
@@ -39,52 +39,6 @@ MODEL_NAME = "best_model.pth"  # an iteration's kept model, in <mode>/<i>/prune_
 MODES = ("iterative_pruning", "one_shot_pruning")
 ONNX_CHECK_ROWS = 64  # random inputs the ONNX export is compared on
 SHA256 = re.compile(r"[0-9a-f]{64}")
-TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # atomic_write's temp files
-
-
-def _new_temp_file(path: Path) -> tuple[int, Path]:
-    """Create a fresh temp file next to `path`, with mode 0666 & ~umask like any new file.
-
-    (tempfile.mkstemp makes it 0600, and os.replace would hand that private mode to `path`.)
-    """
-    while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
-        except FileExistsError:  # a name clash with another writer: draw again
-            continue
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write `data` to `path` via a temp file in its folder + os.replace (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = _new_temp_file(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def remove_temp_files(folder: Path) -> list[Path]:
-    """Remove the temp files a killed atomic_write left in a bundle folder (.<name>.<8 hex
-    digits>.tmp); the removed paths."""
-    if not folder.is_dir():
-        return []
-    removed = [p for p in folder.iterdir()
-               if TEMP_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink()]
-    for path in removed:
-        path.unlink(missing_ok=True)
-    return removed
-
-
 def sha256(data: bytes) -> str:
     """Hex sha256 of bytes."""
     return hashlib.sha256(data).hexdigest()

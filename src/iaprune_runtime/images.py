@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .files import first_line
+
 LIGHT_BACKGROUND = 127  # a border median above this is a light background (dark-on-light image)
 BORDER_FRACTION = 0.1  # the border band examined: this fraction of the shorter side (>= 1 pixel)
 ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
@@ -21,11 +23,6 @@ ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 
 class ImageSupportMissing(ImportError):
     """An image was given but Pillow, which deploy reads images with, is not installed."""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_pixels(path: str | os.PathLike) -> np.ndarray:
@@ -54,7 +51,7 @@ def load_pixels(path: str | os.PathLike) -> np.ndarray:
     except Image.UnidentifiedImageError:
         raise ValueError(f"{path}: not an image Pillow can read, nor a .npy array") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{path}: cannot decode the image ({_first_line(exc)})") from None
+        raise ValueError(f"{path}: cannot decode the image ({first_line(exc)})") from None
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:

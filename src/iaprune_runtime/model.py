@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .files import file_problem, first_line
 from .layers import Select, SpecError, entry_of, max_pool
 from .spec import (
     activations,
@@ -160,24 +161,6 @@ def count_macs(model: DeployedNet) -> int:
 
 # ---- checkpoints ------------------------------------------------------------------------------
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def file_problem(path: Path, what: str = "file", inside: str | None = None) -> str | None:
-    """Why `path` cannot be read as a `what` (missing, or a folder), or None when it is a file.
-
-    A folder holding `inside` (e.g. best_model.pth) gets the path to pass instead.
-    """
-    if path.is_file():
-        return None
-    if path.is_dir():
-        hint = f" (did you mean {path / inside}?)" if inside and (path / inside).is_file() else ""
-        return f"{path}: is a folder, not a {what}{hint}"
-    return f"{path}: no such {what}"
-
-
 def _load_problem(exc: Exception) -> str:
     """What a failed weights_only torch.load means, in our words: torch's own message advises
     retrying with weights_only=False, which could run code from the file, so it is never relayed."""
@@ -187,7 +170,7 @@ def _load_problem(exc: Exception) -> str:
             return (f"refused to load: it holds Python objects ({found.group(1)}), not only "
                     f"tensors and plain values, and loading those could run code")
         return "not a PyTorch checkpoint (torch.load cannot read it)"
-    return f"truncated or corrupt checkpoint ({_first_line(exc)})"
+    return f"truncated or corrupt checkpoint ({first_line(exc)})"
 
 
 def read_checkpoint(data: bytes, source: str | os.PathLike) -> dict[str, Any]:
@@ -221,7 +204,7 @@ def checkpoint_spec(checkpoint: dict[str, Any], source: str | os.PathLike = "") 
             return mlp_spec(checkpoint["sizes"], checkpoint["activation"], info.get("shape"))
         return check_spec({"input": info.get("shape"), "layers": checkpoint["spec"]})
     except (SpecError, TypeError) as exc:
-        raise BundleError(f"{source}: bad architecture ({_first_line(exc)})") from None
+        raise BundleError(f"{source}: bad architecture ({first_line(exc)})") from None
 
 
 def load_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
@@ -241,7 +224,7 @@ def model_from_checkpoint(checkpoint: dict[str, Any], source: str | os.PathLike)
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except (RuntimeError, ValueError, TypeError, AttributeError) as exc:
         raise BundleError(f"{source}: weights do not fit the recorded architecture "
-                          f"({_first_line(exc)})") from None
+                          f"({first_line(exc)})") from None
     for module, layer in zip(model, model.spec["layers"], strict=True):
         if entry_of(module).read(module) != layer:  # a select's stored indices, ...
             raise BundleError(f"{source}: the {layer['type']}'s stored indices/settings differ "

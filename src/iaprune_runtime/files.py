@@ -1,0 +1,78 @@
+"""Small file helpers of the runtime (standard library only): the atomic write, the cleanup of
+what a killed write leaves, and one-line descriptions of file problems. The library uses these
+same functions (iaprune.files re-exports them)."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+
+# atomic_write's temp files: .<name>.<8 hex digits>.tmp
+TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+
+
+def _new_temp_file(path: Path) -> tuple[int, Path]:
+    """Create a fresh temp file next to `path`, with mode 0666 & ~umask like any new file.
+
+    (tempfile.mkstemp makes it 0600, and os.replace would hand that private mode to `path`.)
+    """
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # TEMP_NAME
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:  # a name clash with another writer: draw again
+            continue
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write `data` to `path` via a temp file in its folder + os.replace (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode() if isinstance(data, str) else data
+    fd, tmp = _new_temp_file(path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def remove_temp_files(*folders: Path) -> list[Path]:
+    """Remove the temp files a killed atomic_write left in `folders` (not below them); the
+    removed paths. Call it only while holding the lock of the folders' owner (a session), so
+    that no live writer's temp file is taken."""
+    removed = []
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if TEMP_NAME.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def file_problem(path: Path, what: str = "file", inside: str | None = None) -> str | None:
+    """Why `path` cannot be read as a `what` (missing, or a folder), or None when it is a file.
+
+    A folder holding `inside` (e.g. best_model.pth) gets the path to pass instead.
+    """
+    if path.is_file():
+        return None
+    if path.is_dir():
+        hint = f" (did you mean {path / inside}?)" if inside and (path / inside).is_file() else ""
+        return f"{path}: is a folder, not a {what}{hint}"
+    return f"{path}: no such {what}"
