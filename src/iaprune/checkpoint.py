@@ -9,8 +9,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import pickle
-import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from iaprune.errors import UserError
 from iaprune.files import atomic_write, file_problem, first_line
 from iaprune.records import CHECKPOINT_FILE
 from iaprune.spec import Net, SpecError, build, mlp, spec_of
+from iaprune_runtime.model import load_problem
 
 FORMAT = "ia-prune/2"
 LEGACY_FORMAT = "ia-prune/1"  # an MLP by its sizes and activation
@@ -69,18 +68,6 @@ def save_checkpoint(path: str | os.PathLike, model: Net, **meta: Any) -> Path:
     return atomic_write(path, buffer.getvalue())
 
 
-def _load_problem(exc: Exception) -> str:
-    """What a failed weights_only torch.load means, in our words: torch's own message advises
-    retrying with weights_only=False, which could run code from the file, so it is never relayed."""
-    if isinstance(exc, pickle.UnpicklingError):
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        if found:
-            return (f"refused to load: it holds Python objects ({found.group(1)}), not only "
-                    f"tensors and plain values, and loading those could run code")
-        return "not a PyTorch checkpoint (torch.load cannot read it)"
-    return f"truncated or corrupt checkpoint ({first_line(exc)})"
-
-
 # what to do with a state_dict or a pickled model: two lines of Python (in one error line)
 SAVE = ('iaprune.save_checkpoint("model.pth", iaprune.from_module(model, INPUT_SHAPE), '
         'dataset=DATASET)')
@@ -104,7 +91,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError...)
         hint = CONVERT_PICKLE if "torch.nn" in str(exc) else ""  # a whole pickled nn.Module
-        raise CheckpointError(f"{path}: {_load_problem(exc)}{hint}") from None
+        raise CheckpointError(f"{path}: {load_problem(exc)}{hint}") from None
     if isinstance(payload, dict) and "format" not in payload and payload and all(
             isinstance(v, torch.Tensor) for v in payload.values()):
         raise CheckpointError(f"{path}: a plain state_dict (weights without the architecture), "

@@ -161,7 +161,7 @@ def count_macs(model: DeployedNet) -> int:
 
 # ---- checkpoints ------------------------------------------------------------------------------
 
-def _load_problem(exc: Exception) -> str:
+def load_problem(exc: Exception) -> str:
     """What a failed weights_only torch.load means, in our words: torch's own message advises
     retrying with weights_only=False, which could run code from the file, so it is never relayed."""
     if isinstance(exc, pickle.UnpicklingError):
@@ -182,7 +182,7 @@ def read_checkpoint(data: bytes, source: str | os.PathLike) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError...)
-        raise BundleError(f"{source}: {_load_problem(exc)}") from None
+        raise BundleError(f"{source}: {load_problem(exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, LEGACY_FORMAT):
         raise BundleError(f"{source}: not an IA-Prune checkpoint (expected format {FORMAT!r} "
                           f"or {LEGACY_FORMAT!r})")
