@@ -181,6 +181,10 @@ def run(entry: Callable[[list[str] | None], int], argv: list[str] | None = None)
             ImageSupportMissing) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # the machine's state (no space, read-only), not a bug
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -27,19 +27,29 @@ def _new_temp_file(path: Path) -> tuple[int, Path]:
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write `data` to `path` via a temp file in its folder + os.replace (never half-written)."""
+    """Write `data` to `path` via a temp file in its folder + os.replace (never half-written).
+
+    An OSError (no space, a read-only or forbidden folder, ...) names `path`, not the temp
+    file, and leaves `path` as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = _new_temp_file(path)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _new_temp_file(path)
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        # OSError(errno, ...) is the same subclass (PermissionError, ...), naming the file
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
