@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 import iaprune_runtime.spec as runtime_spec
 from iaprune.errors import UserError
@@ -67,7 +67,7 @@ describe = runtime_spec.describe
 layer_of = runtime_spec.layer_of
 
 
-class Net(nn.Sequential):
+class Net(runtime_spec.SpecNet):
     """An nn.Sequential built from a spec; it reshapes its input to (batch, *input_shape) (or
     flattens it when the spec reads flat inputs), so (n, 784) and (n, 1, 28, 28) both work."""
 
@@ -79,17 +79,6 @@ class Net(nn.Sequential):
     @property
     def spec(self) -> dict[str, Any]:
         return spec_of(self)
-
-    def forward(self, x: Tensor) -> Tensor:
-        # x.shape[0], not len(x): a traced or exported Net keeps a dynamic batch size
-        if self.flat_input:
-            x = x.reshape(x.shape[0], -1)
-        else:
-            x = x.reshape(x.shape[0], *self.input_shape)
-        inference = not torch.is_grad_enabled()  # no backward: max pools need no indices
-        for module in self:
-            x = layers.entry_of(module).run(module, x) if inference else module(x)
-        return x
 
 
 def build(spec: dict[str, Any], seed: int | None = None) -> Net:

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .files import file_problem, first_line
 from .layers import Select, SpecError, entry_of, max_pool
 from .spec import (
+    SpecNet,
     activations,
     check_layer,
     check_spec,
@@ -64,7 +65,7 @@ def mlp_spec(sizes: Sequence[int], activation: str, input_shape: Sequence[int] |
     return check_spec({"input": shape, "layers": mlp_layers(sizes[1:-1], sizes[-1], activation)})
 
 
-class DeployedNet(nn.Sequential):
+class DeployedNet(SpecNet):
     """The network of a spec, in the library's build layout ('0.weight', '0.bias', '2.weight', ...).
 
     Like the engine's Net it flattens its input (flat-reading specs) or reshapes it to
@@ -83,17 +84,6 @@ class DeployedNet(nn.Sequential):
         self.input_spec: Any = None  # deploy.inputs.InputSpec once loaded
         self.classes: list[str] = [str(c) for c in range(self.layer_shapes[-1][0])]
         self.info: dict[str, Any] = {}  # the manifest (bundle) or the checkpoint's metadata
-
-    def forward(self, x: Tensor) -> Tensor:
-        # x.shape[0], not len(x): an ONNX export keeps the batch size dynamic
-        if self.flat_input:
-            x = x.reshape(x.shape[0], -1)
-        else:
-            x = x.reshape(x.shape[0], *self.input_shape)
-        inference = not torch.is_grad_enabled()  # no backward: max pools need no indices
-        for module in self:
-            x = entry_of(module).run(module, x) if inference else module(x)
-        return x
 
     @property
     def inference_batch(self) -> int:

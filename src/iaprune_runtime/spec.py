@@ -16,7 +16,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from .layers import REQUIRED, Layer, SpecError, entries, entry, entry_of, names
 from .layers.base import check_int
@@ -125,3 +126,23 @@ def describe(spec: dict[str, Any]) -> str:
     """A one-line description: 'linear 256, relu, linear 10 on [1, 28, 28]'."""
     parts = [entry(layer["type"]).describe(layer) for layer in spec["layers"]]
     return f"{', '.join(parts)} on {spec['input']}"
+
+
+class SpecNet(nn.Sequential):
+    """The forward of a network built from a spec (the library's Net and the runtime's
+    DeployedNet): the input is flattened (a flat-reading spec) or reshaped to (batch, *input),
+    so (n, 784) and (n, 1, 28, 28) both work. Subclasses set `input_shape` and `flat_input`."""
+
+    input_shape: tuple[int, ...]
+    flat_input: bool
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x.shape[0], not len(x): a traced or exported network keeps a dynamic batch size
+        if self.flat_input:
+            x = x.reshape(x.shape[0], -1)
+        else:
+            x = x.reshape(x.shape[0], *self.input_shape)
+        inference = not torch.is_grad_enabled()  # no backward: max pools need no indices
+        for module in self:
+            x = entry_of(module).run(module, x) if inference else module(x)
+        return x
