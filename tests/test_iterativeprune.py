@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import importlib
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import iaprune.concatenate as concatenate_module
 from iaprune import cli, plotting
 from iaprune import data as data_module
 from iaprune.checkpoint import load_model, save_checkpoint
@@ -517,8 +517,7 @@ def test_finished_session_that_cannot_be_written_is_a_note(finished, capsys, mon
     def refuse(path, data):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    # the module: `from iaprune import concatenate` may give the public function of that name
-    monkeypatch.setattr(importlib.import_module("iaprune.concatenate"), "atomic_write", refuse)
+    monkeypatch.setattr(concatenate_module, "atomic_write", refuse)
     monkeypatch.setattr(plotting, "atomic_write", refuse)
     assert run("--session", finished, "--quiet") == 0
     assert "not updated (Permission denied)" in capsys.readouterr().out
@@ -526,8 +525,7 @@ def test_finished_session_that_cannot_be_written_is_a_note(finished, capsys, mon
 
 def test_tolerance_chosen_with_concatenate_survives_a_rerun(finished, capsys):
     """The tolerance given to iaprune.concatenate is kept by the engine's next run."""
-    concatenate = importlib.import_module("iaprune.concatenate")  # the module, not the function
-    assert concatenate.main([str(finished), "--tolerance", "100"]) == 0
+    assert concatenate_module.main([str(finished), "--tolerance", "100"]) == 0
     capsys.readouterr()
     assert run("--session", finished) == 0
     assert "(tolerance 100 pt)" in capsys.readouterr().out
