@@ -134,7 +134,8 @@ def _dtype(modules: list[nn.Module], box: Interval) -> torch.dtype:
 
 @torch.no_grad()
 def sweep(modules: Sequence[nn.Module], box: Interval, seed: Seed = "per_output",
-          lowest: int = 0, input_shape: Sequence[int] | None = None) -> Sweep:
+          lowest: int = 0, input_shape: Sequence[int] | None = None,
+          wiring: Sequence[Sequence[int]] | None = None) -> Sweep:
     """Interval forward + reverse sweep of a chain of modules (an nn.Sequential or a list) over
     `box`, one input box (*input_shape) or a batch of them (batch, *input_shape).
 
@@ -148,20 +149,32 @@ def sweep(modules: Sequence[nn.Module], box: Interval, seed: Seed = "per_output"
     batch (Linear: (n,) or (batch, n); Conv2d: (C, H, W) or (batch, C, H, W)), and a chain that
     starts with Flatten takes a batch unless the box is 1-d. Works in the promoted dtype of box,
     parameters and buffers.
+
+    A graph network (a Net with a `wiring`, or `wiring` given: the values each module reads,
+    value 0 the input and value i + 1 module i's output) is swept the same way: a merge node
+    (add, concat) takes its inputs' intervals, and in the reverse sweep the adjoints a value
+    receives from all its readers are summed (the chain rule over every path), so adjoints[j]
+    encloses ∂y/∂values[j] through every path; values are indexed as in a chain.
     """
     if seed not in SEEDS:
         raise ValueError(f"unknown seed {seed!r}; choose from {list(SEEDS)}")
     if not isinstance(box, Interval):
         raise TypeError(f"box must be an Interval, got {type(box).__name__}")
+    links = wiring if wiring is not None else getattr(modules, "wiring", None)
     modules = chain(modules) if isinstance(modules, nn.Module) else _checked(modules)
+    links = [tuple(r) for r in links] if links is not None else [(i,) for i in range(len(modules))]
     if isinstance(lowest, bool) or not isinstance(lowest, int) or not 0 <= lowest <= len(modules):
         raise ValueError(f"lowest must be an integer in [0, {len(modules)}], got {lowest!r}")
     batched = _is_batched(modules, tuple(box.shape), input_shape)
     x = box.to(_dtype(modules, box))
     values = [x if batched else x[None]]  # (batch, *input_shape)
-    for position, module in enumerate(modules):
-        _check_input(position, module, tuple(values[-1].shape[1:]))
-        values.append(entry_of(module).forward(module, values[-1]))
+    for position, (module, reads) in enumerate(zip(modules, links, strict=True)):
+        kind = entry_of(module)
+        if kind.merge:
+            values.append(kind.forward_many(module, [values[j] for j in reads]))
+            continue
+        _check_input(position, module, tuple(values[reads[0]].shape[1:]))
+        values.append(kind.forward(module, values[reads[0]]))
 
     out_shape = values[-1].shape[1:]
     n_out = math.prod(out_shape)
@@ -170,7 +183,14 @@ def sweep(modules: Sequence[nn.Module], box: Interval, seed: Seed = "per_output"
     adjoints: list[Interval | None] = [None] * len(values)
     adjoints[-1] = Interval.point(start.reshape(1, len(start), *out_shape))  # (1, k, *out)
     for i in range(len(modules) - 1, lowest - 1, -1):
-        adjoints[i] = entry_of(modules[i]).backward(modules[i], values[i], adjoints[i + 1])
+        kind, reads = entry_of(modules[i]), links[i]
+        if kind.merge:
+            given = kind.backward_many(modules[i], [values[j] for j in reads], adjoints[i + 1])
+        else:
+            given = [kind.backward(modules[i], values[reads[0]], adjoints[i + 1])]
+        for j, adjoint in zip(reads, given, strict=True):
+            adjoints[j] = adjoint if adjoints[j] is None else adjoints[j] + adjoint
+    adjoints[:lowest] = [None] * lowest  # below `lowest` only some paths were reached
 
     def shaped(adjoint: Interval | None, value: Interval) -> Interval | None:
         """Give every adjoint the batch dimension, where no batch-dependent rule brought it in."""

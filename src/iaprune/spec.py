@@ -71,10 +71,17 @@ class Net(runtime_spec.SpecNet):
     """An nn.Sequential built from a spec; it reshapes its input to (batch, *input_shape) (or
     flattens it when the spec reads flat inputs), so (n, 784) and (n, 1, 28, 28) both work."""
 
-    def __init__(self, modules: Sequence[nn.Module], input_shape: Sequence[int]):
+    def __init__(self, modules: Sequence[nn.Module], input_shape: Sequence[int],
+                 wiring: runtime_spec.Wiring | None = None,
+                 names: Sequence[str | None] | None = None):
         super().__init__(*modules)
         self.input_shape = tuple(input_shape)
         self.flat_input = reads_flat([{"type": layers.entry_of(m).name} for m in self])
+        self.set_graph(wiring, names)
+
+    def like(self, modules: Sequence[nn.Module]) -> Net:
+        """A Net of `modules` (one per module of this one) with this one's input and graph."""
+        return Net(modules, self.input_shape, self.wiring, self.names)
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -103,10 +110,34 @@ def build(spec: dict[str, Any], seed: int | None = None) -> Net:
     """
     spec = check_spec(spec)
     if seed is None:
-        return Net(runtime_spec.modules(spec), spec["input"])
+        return Net(runtime_spec.modules(spec), spec["input"], *graph_of(spec["layers"]))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build(spec)
+
+
+def graph_of(layer_specs: Sequence[Layer]) -> tuple[runtime_spec.Wiring, list[str | None]]:
+    """(wiring, names) of checked layer specs: what a Net needs to know of its graph."""
+    return runtime_spec.wiring(layer_specs), [layer.get("name") for layer in layer_specs]
+
+
+def graph_keys(model: nn.Module) -> list[Layer]:
+    """Each module's graph keys for its layer spec ({} in a chain): its name where it has one or
+    another module reads it, and its inputs where it reads anything but the module before."""
+    links = getattr(model, "wiring", None)
+    given = getattr(model, "names", None) or (None,) * len(model)
+    if links is None:
+        return [{"name": n} if n is not None else {} for n in given]
+    read = {j for i, reads in enumerate(links) for j in reads if reads != (i,)}
+    names = [n if n is not None or i + 1 not in read else f"n{i}" for i, n in enumerate(given)]
+    keys: list[Layer] = []
+    for i, reads in enumerate(links):
+        key: Layer = {} if names[i] is None else {"name": names[i]}
+        if reads != (i,):
+            key["inputs"] = [runtime_spec.NETWORK_INPUT if j == 0 else names[j - 1]
+                             for j in reads]
+        keys.append(key)
+    return keys
 
 
 # ---- reading a spec back -------------------------------------------------------------------
@@ -137,9 +168,9 @@ def spec_of(model: nn.Module, input_shape: Sequence[int] | None = None) -> dict[
         if input_shape is None:
             raise ValueError("spec_of needs input_shape for a plain nn.Sequential")
     found = []
-    for i, module in enumerate(model):
+    for i, (module, key) in enumerate(zip(model, graph_keys(model), strict=True)):
         try:
-            found.append(layer_of(module))
+            found.append({**layer_of(module), **key})
         except TypeError as exc:
             raise TypeError(f"module {i}: {exc}") from None
     return check_spec({"input": list(input_shape), "layers": found})

@@ -32,10 +32,12 @@ from .spec import (
     check_layer,
     check_spec,
     describe,
+    fields,
     mlp_layers,
     modules,
     reads_flat,
     shapes,
+    wiring,
 )
 
 __all__ = ["FORMAT", "LEGACY_FORMAT", "BundleError", "DeployedMLP", "DeployedNet", "Select",
@@ -78,9 +80,10 @@ class DeployedNet(SpecNet):
         layer_shapes = shapes(spec["layers"], spec["input"])
         super().__init__(*modules(spec))
         self.spec = spec
-        self.layer_shapes = layer_shapes  # the input shape of every layer, then the output
+        self.layer_shapes = layer_shapes  # the input, then every layer's output
         self.input_shape = tuple(spec["input"])
         self.flat_input = reads_flat(spec["layers"])
+        self.set_graph(wiring(spec["layers"]), [layer.get("name") for layer in spec["layers"]])
         self.input_spec: Any = None  # deploy.inputs.InputSpec once loaded
         self.classes: list[str] = [str(c) for c in range(self.layer_shapes[-1][0])]
         self.info: dict[str, Any] = {}  # the manifest (bundle) or the checkpoint's metadata
@@ -216,7 +219,7 @@ def model_from_checkpoint(checkpoint: dict[str, Any], source: str | os.PathLike)
         raise BundleError(f"{source}: weights do not fit the recorded architecture "
                           f"({first_line(exc)})") from None
     for module, layer in zip(model, model.spec["layers"], strict=True):
-        if entry_of(module).read(module) != layer:  # a select's stored indices, ...
+        if entry_of(module).read(module) != fields(layer):  # a select's stored indices, ...
             raise BundleError(f"{source}: the {layer['type']}'s stored indices/settings differ "
                               "from its spec")
     return model.eval()

@@ -34,8 +34,9 @@ REQUIRED = object()  # marks a field without a default
 # producer: computes units (Linear rows, Conv2d filters) and reads the previous group's units;
 # per_unit: one entry per unit, cut with them (BatchNorm); elementwise: acts on each value alone
 # (activations, dropout); reshape: changes the shape, not the values (Flatten); pool: keeps the
-# channels, changes the positions; inputs: the input features a network reads (select).
-Role = Literal["producer", "per_unit", "elementwise", "reshape", "pool", "inputs"]
+# channels, changes the positions; inputs: the input features a network reads (select);
+# merge: joins several values of a graph network (add, concat).
+Role = Literal["producer", "per_unit", "elementwise", "reshape", "pool", "inputs", "merge"]
 
 
 class SpecError(ValueError):
@@ -100,6 +101,7 @@ class LayerType:
     spatial: ClassVar[bool] = False  # a producer of feature maps (its units are channels)
     input_ranks: ClassVar[tuple[int, ...] | None] = None  # input ranks, batch excluded (any)
     keeps_rank: ClassVar[bool] = True  # the output has the input's rank
+    merge: ClassVar[bool] = False  # reads several values (add, concat): the *_many rules
 
     # ---- spec --------------------------------------------------------------------------------
     def check_field(self, field: str, value: Any, where: str, layer: Layer) -> Any:
@@ -158,6 +160,15 @@ class LayerType:
         """The adjoint of the input (b', k, *in) from the output's adjoint (b, k, *out) at input
         value x; b and b' are the batch size or 1 (an adjoint not yet batch-dependent)."""
         raise NotImplementedError(f"{self.name} has no interval adjoint rule")
+
+    def forward_many(self, module: nn.Module, xs: Sequence[Interval]) -> Interval:
+        """A merge node's output interval from its inputs' value intervals."""
+        raise NotImplementedError(f"{self.name} reads one value")
+
+    def backward_many(self, module: nn.Module, xs: Sequence[Interval],
+                      out_adjoint: Interval) -> list[Interval]:
+        """A merge node's input adjoints (one per input) from its output's adjoint."""
+        raise NotImplementedError(f"{self.name} reads one value")
 
     # ---- prunable groups and shrink ----------------------------------------------------------
     def units(self, module: nn.Module) -> int:
