@@ -86,72 +86,169 @@ def layer_table(model: Net) -> tuple[str, int, int]:
 # ---- a user's own module ---------------------------------------------------------------------
 
 def _function_layer(func: Any, args: tuple, kwargs: dict, result: Tensor) -> dict[str, Any]:
-    """The layer spec of a functional call on the chain's tensor, read by the layer type that
-    names the call (F.relu, torch.flatten, x.view, F.max_pool2d, ...); TypeError if none does."""
-    name = getattr(func, "__name__", repr(func)).strip("_")
+    """The layer spec of a functional call on a network's tensor, read by the layer type that
+    names the call (F.relu, torch.flatten, x.view, F.max_pool2d, torch.cat, ...); TypeError if
+    none does."""
+    name = _op_name(func)
     found = layers.of_call(name)
     if found is None:
-        raise TypeError(f"unsupported operation {name!r} in forward; IA-Prune imports chains of "
-                        f"{layers.supported()} and their functional forms")
+        raise TypeError(f"unsupported operation {name!r}; IA-Prune imports networks of "
+                        f"{layers.supported()}, their functional forms, residual adds and "
+                        "channel concatenations")
     return found.read_call(args, kwargs, result)
+
+
+def _op_name(func: Any) -> str:
+    return getattr(func, "__name__", repr(func)).strip("_")
 
 
 class _Unsupported(Exception):
     """Raised inside the recorder (a TypeError there would become Python's NotImplemented)."""
 
 
+# calls that give the same values (a copy, a layout, the dtype the network already has)
+_SAME = ("contiguous", "clone", "detach", "to", "float", "type_as")
+# modules that pass their input on unchanged (a ResNet's identity shortcut, nn.Sequential())
+_IDENTITY = (nn.Identity,)
+
+
 class _Recorder(TorchFunctionMode):
-    """Records the chain of a forward pass: module calls (by hooks) and functional calls made
-    outside modules; checks that every step takes the previous step's output."""
+    """Records the graph of a forward pass: module calls (by hooks) and functional calls made
+    outside modules, each with the values it reads (tracked by tensor identity: value 0 is the
+    input, step k's output value k + 1)."""
 
     def __init__(self, model: nn.Module, x: Tensor):
         super().__init__()
-        self.steps: list[tuple[dict[str, Any], nn.Module | None]] = []
-        self.last = x
+        # per step: (layer spec, owning module or None, values read, where it was called)
+        self.steps: list[tuple[dict[str, Any], nn.Module | None, tuple[int, ...], str]] = []
+        self.value: dict[int, int] = {id(x): 0}
+        self.held: list[Tensor] = [x]  # keeps tracked tensors alive: ids stay unique
         self.depth = 0
+        self.path: list[str] = []  # qualified names of the modules being run
         self.handles = []
-        leaves = [m for m in model.modules() if not list(m.children()) and m is not model]
-        for module in leaves:
-            self.handles.append(module.register_forward_pre_hook(self._enter))
-            self.handles.append(module.register_forward_hook(self._leave))
         self.seen: set[int] = set()
+        self.names = {module: name for name, module in model.named_modules()}
+        for module in model.modules():
+            leaf = not list(module.children()) and module is not model
+            self.handles.append(module.register_forward_pre_hook(
+                self._enter if leaf else self._enter_parent))
+            self.handles.append(module.register_forward_hook(
+                self._leave if leaf else self._leave_parent))
+
+    def where(self) -> str:
+        return f" in {self.path[-1]}" if self.path and self.path[-1] else ""
+
+    def _enter_parent(self, module: nn.Module, inputs: tuple) -> None:
+        self.path.append(self.names.get(module, ""))
+
+    def _leave_parent(self, module: nn.Module, inputs: tuple, output: Any) -> None:
+        self.path.pop()
+
+    def track(self, tensor: Tensor) -> None:
+        self.value[id(tensor)] = len(self.steps)
+        self.held.append(tensor)
+
+    def read(self, tensor: Any) -> int | None:
+        return self.value.get(id(tensor)) if isinstance(tensor, Tensor) else None
 
     def _enter(self, module: nn.Module, inputs: tuple) -> None:
         if self.depth == 0:
-            if not inputs or inputs[0] is not self.last:
-                raise TypeError(f"{type(module).__name__} does not take the previous layer's "
-                                "output: only chain-shaped forwards can be imported")
-            if id(module) in self.seen:
-                raise TypeError(f"{type(module).__name__} is called twice: shared layers "
-                                "cannot be pruned")
+            name = self.names.get(module, type(module).__name__)
+            if not inputs or self.read(inputs[0]) is None:
+                raise _Unsupported(f"{name} ({type(module).__name__}) does not read a value of "
+                                   "the network (its input or a layer's output)")
+            if id(module) in self.seen and not isinstance(module, _IDENTITY):
+                raise _Unsupported(f"{name} ({type(module).__name__}) is called twice: shared "
+                                   "layers cannot be pruned")
             self.seen.add(id(module))
         self.depth += 1
 
     def _leave(self, module: nn.Module, inputs: tuple, output: Any) -> None:
         self.depth -= 1
-        if self.depth == 0:
-            self.steps.append((layer_of(module), module))
-            self.last = output
+        if self.depth:
+            return
+        source = self.read(inputs[0])
+        if isinstance(module, _IDENTITY) or (type(module) is nn.Sequential and output is inputs[0]):
+            self.value[id(output)] = source  # an identity: the same value
+            return
+        try:
+            layer = layer_of(module)
+        except TypeError as exc:
+            raise _Unsupported(f"{self.names.get(module, '')}: {exc}") from None
+        self.steps.append((layer, module, (source,), self.names.get(module, "")))
+        self.track(output)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
-        if self.depth == 0 and isinstance(result, Tensor) and args and args[0] is self.last:
+        if self.depth or not isinstance(result, Tensor):
+            return result
+        flat = [*args, *kwargs.values()]
+        if args and isinstance(args[0], list | tuple):
+            flat = [*args[0], *flat[1:]]
+        reads = [self.read(a) for a in flat]
+        if all(r is None for r in reads):
+            return result  # a computation on constants or the weights, not on a value
+        name = _op_name(func)
+        tensors = [a for a in flat if isinstance(a, Tensor)]
+        if name in _SAME and reads[0] is not None and result.shape == args[0].shape:
+            self.value[id(result)] = reads[0]  # a copy or layout change: the same value
+            self.held.append(result)
+            return result
+        if name in ("add", "iadd", "radd"):
+            if len(tensors) != 2 or None in reads[:2] or kwargs.get("alpha", 1) != 1 or any(
+                    a is not None and not isinstance(a, Tensor) for a in flat[2:]):
+                raise _Unsupported(f"unsupported operation {name!r}{self.where()}: a skip "
+                                   "connection adds two values of the network (out + x); "
+                                   "adding a constant or a scaled value is not supported")
+            self.steps.append(({"type": "add"}, None, tuple(reads[:2]), self.where()))
+        elif name in ("cat", "concat", "concatenate"):
+            if None in reads[:len(args[0])]:
+                raise _Unsupported(f"torch.cat{self.where()} joins a tensor that is not a "
+                                   "value of the network (a constant?)")
             try:
-                self.steps.append((_function_layer(func, args, kwargs, result), None))
+                layer = _function_layer(func, args, kwargs, result)
             except TypeError as exc:
-                raise _Unsupported(str(exc)) from None
-            self.last = result
-        elif self.depth == 0 and isinstance(result, Tensor) and any(
-                a is self.last for a in (*args, *kwargs.values())):
-            name = getattr(func, "__name__", repr(func))
-            raise _Unsupported(f"unsupported operation {name!r} on the chain's tensor; IA-Prune "
-                               "imports chains of supported layers only")
+                raise _Unsupported(f"{exc}{self.where()}") from None
+            self.steps.append((layer, None, tuple(reads[:len(args[0])]), self.where()))
+        else:
+            if reads[0] is None or any(r is not None for r in reads[1:]):
+                raise _Unsupported(f"unsupported operation {name!r}{self.where()} on values of "
+                                   "the network; IA-Prune imports supported layers, residual "
+                                   "adds and channel concatenations")
+            try:
+                layer = _function_layer(func, args, kwargs, result)
+            except TypeError as exc:
+                raise _Unsupported(f"{exc}{self.where()}") from None
+            self.steps.append((layer, None, (reads[0],), self.where()))
+        self.track(result)
         return result
 
     def close(self) -> None:
         for handle in self.handles:
             handle.remove()
+
+
+def _graph_layers(steps: list[tuple[dict[str, Any], nn.Module | None, tuple[int, ...], str]]
+                  ) -> list[dict[str, Any]]:
+    """The layer specs of recorded steps; for a graph, every step is named (its module's
+    qualified name, or the operation and where it was called) and reads its inputs by name."""
+    if all(reads == (k,) for k, (_, _, reads, _) in enumerate(steps)):
+        return [layer for layer, _, _, _ in steps]
+    names: list[str] = []
+    for k, (layer, owner, _, where) in enumerate(steps):
+        if owner is not None:
+            names.append(where)
+        else:  # a functional step: its type, where it ran, and its step number
+            parent = where.removeprefix(" in ")
+            names.append(f"{parent + '.' if parent else ''}{layer['type']}{k}")
+    found = []
+    for k, (layer, _, reads, _) in enumerate(steps):
+        spec = {**layer, "name": names[k]}
+        if reads != (k,):
+            spec["inputs"] = ["input" if j == 0 else names[j - 1] for j in reads]
+        found.append(spec)
+    return found
 
 
 def from_module(module: nn.Module, input_shape: Sequence[int], check: bool = True,
@@ -203,13 +300,14 @@ def from_module(module: nn.Module, input_shape: Sequence[int], check: bool = Tru
     finally:
         recorder.close()
         module.train(was_training)
-    if out is not recorder.last:
+    if recorder.read(out) != len(recorder.steps) or not recorder.steps:
         raise TypeError(f"{type(module).__name__}.forward does something to its result after "
-                        "the last recorded layer")
-    found = [layer for layer, _ in recorder.steps]
-    owners = [owner for _, owner in recorder.steps]
-    # a leading flatten is implicit when the first shape-changing layer reads flat inputs
-    if found and layers.entry(found[0]["type"]).role == "reshape" and len(shape) > 1:
+                        "the last recorded layer (or returns no layer's output)")
+    found = _graph_layers(recorder.steps)
+    owners = [owner for _, owner, _, _ in recorder.steps]
+    # a chain's leading flatten is implicit when its first shape-changing layer reads flat inputs
+    chain = all("inputs" not in layer for layer in found)
+    if chain and layers.entry(found[0]["type"]).role == "reshape" and len(shape) > 1:
         probe = build({"input": list(shape), "layers": found[1:]}) if len(found) > 1 else None
         if probe is not None and probe.flat_input:
             found, owners = found[1:], owners[1:]

@@ -15,8 +15,9 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from iaprune.adjoint import sweep
 from iaprune.device import for_inference, inference_batch
-from iaprune.groups import Group, groups
+from iaprune.groups import Group, Use, groups
 from iaprune.interval import Interval
 from iaprune.spec import Net, Select
 from iaprune_runtime.layers import entry_of
@@ -96,17 +97,25 @@ def model_input(model: Net, x: Tensor) -> Tensor:
 
 @torch.no_grad()
 def value_at(model: Net, x: Tensor, index: int) -> Tensor:
-    """The input of module `index` (the output of modules 0..index-1) for data rows x, computed
-    in inference-sized batches (a conv net's feature maps of all rows at once would not fit in
-    memory, only the values asked for are kept)."""
-    head = nn.Sequential(*list(for_inference(model))[:index])
+    """Value `index` of the network (0: the input, i + 1: module i's output; in a chain, module
+    index's input) for data rows x, computed in inference-sized batches (a conv net's feature
+    maps of all rows at once would not fit in memory, only the values asked for are kept)."""
     batch = inference_batch(model)
-    return torch.cat([head(model_input(model, x[i:i + batch])) for i in range(0, len(x), batch)])
+    if model.wiring is None:
+        head = nn.Sequential(*list(for_inference(model))[:index])
+        return torch.cat([head(model_input(model, x[i:i + batch]))
+                          for i in range(0, len(x), batch)])
+    net = for_inference(model)
+    return torch.cat([net.values(model_input(model, x[i:i + batch]), True, (index,), index)[index]
+                      for i in range(0, len(x), batch)])
 
 
-def unit_view(u: Tensor, group: Group) -> Tensor:
-    """A consumer input (n, ...) as (n, units, positions): channels' maps or column blocks."""
-    return u.reshape(len(u), group.size, -1)
+def unit_view(u: Tensor, group: Group, use: Use | None = None) -> Tensor:
+    """A value (n, ...) as (n, units, positions) of the group's units: channels' maps or column
+    blocks (of a value holding several groups' units, the group's block at `use`'s offset)."""
+    if use is None or use.units in (0, group.size):
+        return u.reshape(len(u), group.size, -1)
+    return u.reshape(len(u), use.units, -1)[:, use.offset:use.offset + group.size]
 
 
 class Fold(NamedTuple):
@@ -130,41 +139,43 @@ def _needs_data(x: Tensor | None, fold: str) -> Tensor:
     return x
 
 
-def _rows(model: Net, group: Group, x: Tensor) -> Tensor:
-    """The consumer's input units as samples: (n·positions, units)."""
-    u = unit_view(value_at(model, _samples(model, x), group.consumer), group)  # (n, units, P)
+def _rows(model: Net, group: Group, use: Use, x: Tensor) -> Tensor:
+    """The group's units in the value a reader reads, as samples: (n·positions, units)."""
+    u = unit_view(value_at(model, _samples(model, x), use.value), group, use)  # (n, units, P)
     return u.transpose(1, 2).reshape(-1, group.size) if u.shape[2] > 1 else u[:, :, 0]
 
 
-def _fold_mean(model: Net, group: Group, keep: Tensor, removed: Tensor, x: Tensor | None,
-               box: Interval | None) -> Fold:
+def _fold_mean(model: Net, group: Group, use: Use, keep: Tensor, removed: Tensor,
+               x: Tensor | None, box: Interval | None) -> Fold:
     """Mean value of each removed unit over the training inputs (and its positions)."""
-    return Fold(_rows(model, group, _needs_data(x, "mean")).mean(0)[removed])
+    return Fold(_rows(model, group, use, _needs_data(x, "mean")).mean(0)[removed])
 
 
-def _fold_mid(model: Net, group: Group, keep: Tensor, removed: Tensor, x: Tensor | None,
-              box: Interval | None) -> Fold:
+def _fold_mid(model: Net, group: Group, use: Use, keep: Tensor, removed: Tensor,
+              x: Tensor | None, box: Interval | None) -> Fold:
     """Midpoint of each removed unit's value interval over the input box (default: data box)."""
     if box is None:
         flat = _needs_data(x, "mid").reshape(len(x), -1)
         box = Interval(flat.amin(dim=0), flat.amax(dim=0))
-    value = box
-    value = Interval(model_input(model, value.lower[None]), model_input(model, value.upper[None]))
-    for module in list(model)[:group.consumer]:
-        value = entry_of(module).forward(module, value)
-    mid = unit_view(value.mid, group)[0].mean(dim=1)  # (units,)
+    value = Interval(model_input(model, box.lower[None]), model_input(model, box.upper[None]))
+    if model.wiring is None:
+        for module in list(model)[:use.value]:
+            value = entry_of(module).forward(module, value)
+    else:  # the forward half of the sweep (no module is below len(model): no reverse sweep)
+        value = sweep(model, value, lowest=len(model)).values[use.value]
+    mid = unit_view(value.mid, group, use)[0].mean(dim=1)  # (units,)
     return Fold(mid[removed])
 
 
-def _fold_linear(model: Net, group: Group, keep: Tensor, removed: Tensor, x: Tensor | None,
-                 box: Interval | None) -> Fold:
+def _fold_linear(model: Net, group: Group, use: Use, keep: Tensor, removed: Tensor,
+                 x: Tensor | None, box: Interval | None) -> Fold:
     """Least-squares prediction of the removed units' values from the kept ones (ridge-damped;
     for channels position-wise, one coefficient per channel pair).
 
     Centred ridge regression u_R - mean_R ≈ coef (u_K - mean_K), so constant units are folded
     exactly (coef = 0, offset = their value) and `mean` is the special case coef = 0.
     """
-    a = _rows(model, group, _needs_data(x, "linear")).double()  # (samples, units)
+    a = _rows(model, group, use, _needs_data(x, "linear")).double()  # (samples, units)
     centred = a - a.mean(0)
     # One (h, h) scatter matrix, then its kept rows: half the time of gathering the kept and
     # removed columns of the (n, h) values and multiplying those.
@@ -176,7 +187,7 @@ def _fold_linear(model: Net, group: Group, keep: Tensor, removed: Tensor, x: Ten
     return Fold(offset, coef)
 
 
-FoldFn = Callable[[Net, Group, Tensor, Tensor, Tensor | None, Interval | None], Fold]
+FoldFn = Callable[[Net, Group, Use, Tensor, Tensor, Tensor | None, Interval | None], Fold]
 FOLDS: dict[str, FoldFn | None] = {
     "linear": _fold_linear, "mean": _fold_mean, "mid": _fold_mid, "none": None}
 
@@ -244,21 +255,52 @@ def shrink(model: Net, keep: Sequence[Tensor], bias_fold: BiasFold = "linear",
         removed = torch.ones(n, dtype=torch.bool)
         removed[idx] = False
         fold_fn = FOLDS[bias_fold]
-        estimate = None
-        if fold_fn is not None and removed.any():
-            estimate = fold_fn(current, group, idx, removed, data, box)
-        current = _cut(current, group, idx, removed, estimate)
+        estimates: list[Fold | None] = [None] * len(group.readers)
+        if fold_fn is not None and removed.any():  # each reader folds the value it reads
+            estimates = [fold_fn(current, group, use, idx, removed, data, box)
+                         for use in group.readers]
+        current = _cut(current, group, idx, removed, estimates)
     return current
 
 
-def _cut(model: Net, group: Group, idx: Tensor, removed: Tensor, fold: Fold | None) -> Net:
-    """A copy of `model` with group `group` cut to `idx` and the fold applied."""
+def _within(use: Use, group: Group, idx: Tensor, removed: Tensor) -> tuple[Tensor, Tensor, int]:
+    """(kept indices, removed mask, units) among all the units `use`'s module sees, of which
+    the group's are [offset, offset + size): the other groups' units are all kept."""
+    units = use.units or group.size
+    if units == group.size:
+        return idx, removed, units
+    before = torch.arange(use.offset)
+    after = torch.arange(use.offset + group.size, units)
+    mask = torch.zeros(units, dtype=torch.bool)
+    mask[use.offset:use.offset + group.size] = removed
+    return torch.cat([before, idx + use.offset, after]), mask, units
+
+
+def _widened(fold: Fold | None, use: Use, group: Group, kept: int) -> Fold | None:
+    """A fold on the group's kept units as one on all `kept` units the reader keeps (the other
+    groups' units get coefficient 0)."""
+    if fold is None or fold.coef is None or kept == fold.coef.shape[1]:
+        return fold
+    coef = fold.coef.new_zeros(len(fold.coef), kept)
+    coef[:, use.offset:use.offset + fold.coef.shape[1]] = fold.coef
+    return Fold(fold.offset, coef)
+
+
+def _cut(model: Net, group: Group, idx: Tensor, removed: Tensor,
+         folds: Sequence[Fold | None]) -> Net:
+    """A copy of `model` with group `group` cut to `idx` and each reader's fold applied."""
     modules = [copy.deepcopy(m) for m in model]
-    if group.producer is not None:  # the producer's rows/filters, the BatchNorms' entries
-        for i in (group.producer, *group.batchnorms):
-            entry_of(modules[i]).keep_outputs(modules[i], idx)
-    consumer = modules[group.consumer]  # its columns, channels or column blocks, and the fold
-    entry_of(consumer).keep_inputs(consumer, group.size, idx, removed, fold)
+    for i in group.producers:  # the producers' rows/filters
+        entry_of(modules[i]).keep_outputs(modules[i], idx)
+    for use in group.norms:  # the BatchNorms' entries
+        entry_of(modules[use.module]).keep_outputs(modules[use.module],
+                                                   _within(use, group, idx, removed)[0])
+    for use, fold in zip(group.readers, folds, strict=True):  # columns/channels/blocks + fold
+        kept, gone, units = _within(use, group, idx, removed)
+        reader = modules[use.module]
+        entry_of(reader).keep_inputs(reader, units, kept, gone, _widened(fold, use, group,
+                                                                         len(kept)))
     if group.kind == "input":
         modules = _cut_inputs(Net(modules, model.input_shape), group, idx)
-    return Net(modules, model.input_shape)
+        return Net(modules, model.input_shape)
+    return model.like(modules)

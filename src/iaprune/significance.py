@@ -27,8 +27,9 @@ from torch import Tensor
 
 from iaprune.adjoint import MEASURES, SEEDS, Measure, Seed, chain, sweep
 from iaprune.errors import UserError
-from iaprune.groups import Group, groups
+from iaprune.groups import Group, Use, groups
 from iaprune.interval import Interval
+from iaprune.prune import unit_view
 from iaprune.spec import Net
 from iaprune_runtime.layers import entry_of
 
@@ -147,13 +148,11 @@ def _per_unit(values: Tensor, aggregate: Aggregate) -> Tensor:
     return flat.sum(2) if aggregate == "sum" else flat.amax(2)
 
 
-def _value_index(group: Group, measure: Measure) -> int:
-    """Where a group's units are read in the sweep: values[i] is module i's input."""
-    if group.kind == "input":
-        return group.consumer
-    if measure == "post" and group.activation is not None:
-        return group.activation + 1
-    return group.output
+def _value_indices(group: Group, measure: Measure) -> tuple[int, ...]:
+    """Where a group's units are read in the sweep (values[i] is module i's input in a chain):
+    each producer's output, or with measure="post" the output of the first activation after
+    it (a coupled group has one per producer; values shared by several are read once)."""
+    return tuple(dict.fromkeys(group.post if measure == "post" else group.pre))
 
 
 def default_measure(model: Net) -> Measure:
@@ -175,26 +174,39 @@ def interval_adjoint(model: Net, box: Interval, seed: Seed = "per_output",
     """S = width([z]) · max(|lo [z̄]|, |hi [z̄]|) per unit of every group, max over outputs for
     "per_output", summed (or maximised) over a conv channel's positions, mean over boxes for a
     batch of boxes (box shape (batch, n_in)). With measure="post", the post-activation
-    a = φ(z) and its adjoint ā take the place of z and z̄."""
+    a = φ(z) and its adjoint ā take the place of z and z̄.
+
+    Coupled channels (tied by residual adds) are one unit in several values: their
+    significance is the sum of S over those values (each producer's output, or the first
+    activation after it). Removing the channel takes it out of every one of them, and the
+    output's change is bounded by the sum of the changes each removal makes (a telescoping sum
+    over the removals, each bounded by its own S): the sum is the bound; a max would not be."""
     if aggregate not in AGGREGATES:
         raise ValueError(f"unknown aggregate {aggregate!r}; choose from {list(AGGREGATES)}")
     found = groups(model, inputs)
     if not found:
         return []
     measure = measure or default_measure(model)
-    where = [_value_index(g, measure) for g in found]
+    where = [_value_indices(g, measure) for g in found]
     batched = box.lower.ndim == 2
     if not batched:
         box = Interval(box.lower[None], box.upper[None])
     box = Interval(_shaped(model, box.lower), _shaped(model, box.upper))
-    result = sweep(list(chain(model)), box, seed, lowest=min(where))
+    result = sweep(list(chain(model)), box, seed, lowest=min(min(w) for w in where),
+                   wiring=model.wiring)
     scores = []
-    for i in where:
-        value, adjoint = result.values[i], result.adjoints[i]
-        reach = adjoint.magnitude  # (batch, k, ...)
-        reach = reach.amax(dim=1) if seed == "per_output" else reach[:, 0]
-        significance = _per_unit(value.width * reach, aggregate)  # (batch, units)
-        scores.append(significance.mean(dim=0) if batched else significance[0])
+    for group, values in zip(found, where, strict=True):
+        total = None
+        for i in values:
+            value, adjoint = result.values[i], result.adjoints[i]
+            reach = adjoint.magnitude  # (batch, k, ...)
+            reach = reach.amax(dim=1) if seed == "per_output" else reach[:, 0]
+            product = value.width * reach
+            if product.shape[1] != group.size:  # a flattened map: (batch, units, positions)
+                product = product.reshape(len(product), group.size, -1)
+            significance = _per_unit(product, aggregate)  # (batch, units)
+            total = significance if total is None else total + significance
+        scores.append(total.mean(dim=0) if batched else total[0])
     return scores
 
 
@@ -229,8 +241,8 @@ def magnitude(model: Net, data: ScoreData, inputs: bool = False) -> list[Tensor]
     for g in groups(model, inputs):
         if g.producer is None:
             scores.append(model[g.consumer].weight.abs().sum(dim=0))
-        else:
-            scores.append(model[g.producer].weight.abs().flatten(1).sum(dim=1))
+        else:  # coupled channels: the norms of every producer's filter summed
+            scores.append(sum(model[p].weight.abs().flatten(1).sum(dim=1) for p in g.producers))
     return scores
 
 
@@ -242,20 +254,19 @@ def _subset(data: ScoreData) -> tuple[Tensor, Tensor]:
     return data.x[rows], data.y[rows]
 
 
-def _consumer_inputs(model: Net, x: Tensor, found: list[Group]) -> tuple[list[Tensor], Tensor]:
-    """(each group's consumer input = its units' values after activation etc., the logits)."""
-    wanted = {g.consumer for g in found}
-    seen, h = {}, _shaped(model, x)
-    for i, module in enumerate(chain(model)):
-        if i in wanted:
-            seen[i] = h
-        h = module(h)
-    return [seen[g.consumer] for g in found], h
+def _reads(group: Group) -> list[Use]:
+    """One reader per value the group's readers read (a coupled group's stream is read at
+    several depths; a chain group's consumer reads one value)."""
+    return list({use.value: use for use in group.readers}.values())
 
 
-def _unit_values(a: Tensor, group: Group) -> Tensor:
-    """A consumer input (n, ...) as (n, units, positions)."""
-    return a.reshape(len(a), group.size, -1)
+def _consumer_inputs(model: Net, x: Tensor, found: list[Group]
+                     ) -> tuple[list[list[Tensor]], Tensor]:
+    """(per group, the values its readers read = its units after activation etc., the
+    logits)."""
+    wanted = tuple({use.value for g in found for use in _reads(g)})
+    values = model.values(_shaped(model, x), keep=wanted)
+    return [[values[use.value] for use in _reads(g)] for g in found], values[-1]
 
 
 def taylor(model: Net, data: ScoreData, inputs: bool = False) -> list[Tensor]:
@@ -268,11 +279,14 @@ def taylor(model: Net, data: ScoreData, inputs: bool = False) -> list[Tensor]:
         x = x.to(dtype).detach().requires_grad_(True)  # keeps the graph even for frozen weights
         outputs, logits = _consumer_inputs(model, x, found)
         loss = F.cross_entropy(logits, y, reduction="sum")  # per-sample gradients, not / n
-        grads = torch.autograd.grad(loss, outputs)
+        grads = iter(torch.autograd.grad(loss, [a for values in outputs for a in values]))
     scores = []
-    for g, a, grad in zip(found, outputs, grads, strict=True):
-        product = _unit_values(a * grad, g).mean(dim=0)  # (units, positions)
-        scores.append(product.mean(dim=1).abs().detach())
+    for g, values in zip(found, outputs, strict=True):
+        total = 0
+        for a, use in zip(values, _reads(g), strict=True):  # a coupled group: summed over reads
+            product = unit_view(a * next(grads), g, use).mean(dim=0)  # (units, positions)
+            total = total + product.mean(dim=1).abs().detach()
+        scores.append(total)
     return scores
 
 
@@ -289,8 +303,9 @@ def apoz(model: Net, data: ScoreData, inputs: bool = False) -> list[Tensor]:
     x, _ = _subset(data)
     found = groups(model, inputs)
     outputs, _ = _consumer_inputs(model, x.to(next(model.parameters()).dtype), found)
-    return [(_unit_values(a, g) != 0).to(a.dtype).mean(dim=0).mean(dim=1)
-            for g, a in zip(found, outputs, strict=True)]
+    return [sum((unit_view(a, g, use) != 0).to(a.dtype).mean(dim=0).mean(dim=1)
+                for a, use in zip(values, _reads(g), strict=True)) / len(values)
+            for g, values in zip(found, outputs, strict=True)]
 
 
 def geometric_median(points: Tensor, iterations: int = 200, tol: float = 1e-7) -> Tensor:
@@ -313,10 +328,11 @@ def fpgm(model: Net, data: ScoreData, inputs: bool = False) -> list[Tensor]:
     (He et al. 2019: units near the median are replaceable by the others)."""
     _no_inputs("fpgm", inputs)
     scores = []
-    for g in groups(model):
-        weight = model[g.producer].weight
-        rows = weight.flatten(1).double()  # Weiszfeld is sensitive to rounding near the median
-        scores.append((rows - geometric_median(rows)).norm(dim=1).to(weight.dtype))
+    for g in groups(model):  # coupled channels: every producer's filters side by side
+        rows = torch.cat([model[p].weight.flatten(1) for p in g.producers], 1)
+        rows = rows.double()  # Weiszfeld is sensitive to rounding near the median
+        distance = (rows - geometric_median(rows)).norm(dim=1)
+        scores.append(distance.to(model[g.producer].weight.dtype))
     return scores
 
 

@@ -252,15 +252,16 @@ class SpecNet(nn.Sequential):
             return x
         return self.values(x, inference)[-1]
 
-    def values(self, x: Tensor, inference: bool = False, keep: Sequence[int] = ()
-               ) -> list[Tensor | None]:
-        """Every value of the network on shaped input x (value 0: x, value i + 1: module i's
-        output); values no later module reads and not in `keep` are dropped (None) as soon as
-        they are read, so the memory held is that of the widest cut of the graph."""
+    def values(self, x: Tensor, inference: bool = False, keep: Sequence[int] = (),
+               upto: int | None = None) -> list[Tensor | None]:
+        """The values of the network on shaped input x (value 0: x, value i + 1: module i's
+        output), up to value `upto` (default: the output); values no later module reads and
+        not in `keep` are dropped (None) as soon as they are read, so the memory held is that
+        of the widest cut of the graph."""
         links = self.wiring or tuple((i,) for i in range(len(self)))
         last_read = {j: i for i, reads in enumerate(links) for j in reads}
         held: list[Tensor | None] = [x]
-        for i, module in enumerate(self):
+        for i, module in enumerate(list(self)[:upto]):
             args = [held[j] for j in links[i]]
             kind = entry_of(module)
             held.append(kind.run(module, *args) if inference else module(*args))
