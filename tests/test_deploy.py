@@ -810,10 +810,20 @@ def spec_named(name: str) -> dict:
                   "flatten", {"type": "linear", "out": 12}, "leaky_relu",
                   {"type": "linear", "out": 10}]
         return src_spec.check_spec({"input": [1, 8, 8], "layers": layers})
+    if name == "graph":  # a residual add and a channel concatenation
+        layers = [{"type": "conv2d", "out": 4, "kernel": 3, "padding": 1}, "batchnorm",
+                  {"type": "relu", "name": "stem"},
+                  {"type": "conv2d", "out": 4, "kernel": 3, "padding": 1}, {"type": "batchnorm",
+                                                                           "name": "branch"},
+                  {"type": "add", "inputs": ["stem", "branch"]}, {"type": "relu", "name": "sum"},
+                  {"type": "conv2d", "out": 2, "kernel": 1, "name": "side"},
+                  {"type": "concat", "inputs": ["sum", "side"]}, {"type": "maxpool2d", "kernel": 2},
+                  "flatten", {"type": "linear", "out": 10}]
+        return src_spec.check_spec({"input": [1, 8, 8], "layers": layers})
     raise KeyError(name)
 
 
-SPEC_NAMES = ["mlp", "lenet5", "cnn3", "mixed", "select", "leaky"]
+SPEC_NAMES = ["mlp", "lenet5", "cnn3", "mixed", "select", "leaky", "graph"]
 
 
 def with_batchnorm_stats(model: nn.Module, seed: int = 1) -> nn.Module:
@@ -877,7 +887,7 @@ def test_the_twin_specs_cover_every_registered_layer_type():
     assert covered == set(layers.names())
 
 
-@pytest.mark.parametrize("name", ["lenet5", "cnn3", "mixed", "select", "leaky"])
+@pytest.mark.parametrize("name", ["lenet5", "cnn3", "mixed", "select", "leaky", "graph"])
 def test_spec_bundle_round_trip_gives_the_engines_outputs(tmp_path, name):
     """A CNN (or input-pruned) checkpoint bundles and loads, computing what src's model does."""
     spec = spec_named(name)
@@ -937,7 +947,7 @@ def test_predict_classifies_raw_digits_with_a_cnn(tmp_path, capsys):
                                            strict=True))]
 
 
-@pytest.mark.parametrize("name", ["lenet5", "cnn3", "mixed", "select", "leaky"])
+@pytest.mark.parametrize("name", ["lenet5", "cnn3", "mixed", "select", "leaky", "graph"])
 def test_onnx_export_matches_torch_for_every_layer_type(tmp_path, name):
     """model.onnx takes flat preprocessed inputs, like torch, and agrees with it for convs,
     pooling, batchnorm, dropout, sigmoid/tanh and select."""

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from iaprune.spec import Net, build, layer_of, mlp, shapes, spec_of
+from iaprune.spec import Net, build, input_shapes, layer_of, mlp, shapes, spec_of
 from iaprune_runtime import layers
 
 
@@ -62,13 +62,14 @@ def layer_table(model: Net) -> tuple[str, int, int]:
     from thop import profile  # imported here: only the engine's summaries need it
 
     spec = spec_of(model)
-    layer_shapes = shapes(spec["layers"], spec["input"])
+    layer_shapes = shapes(spec["layers"], spec["input"])  # the input, then each layer's output
+    inputs = input_shapes(spec["layers"], spec["input"])
     rows = []
     for i, module in enumerate(model):
         params = sum(p.numel() for p in module.parameters())
         if not params:
             continue
-        rows.append((i, spec["layers"][i]["type"], "x".join(map(str, layer_shapes[i])),
+        rows.append((i, spec["layers"][i]["type"], "x".join(map(str, inputs[i])),
                      "x".join(map(str, layer_shapes[i + 1])), params,
                      _macs(module, layer_shapes[i + 1])))
     probe = copy.deepcopy(model).float().cpu()  # thop adds buffers to the modules it profiles
@@ -290,7 +291,8 @@ def from_module(module: nn.Module, input_shape: Sequence[int], check: bool = Tru
     shape = tuple(int(s) for s in input_shape)
     was_training = module.training
     module.eval()
-    x = torch.rand(samples, *shape, generator=torch.Generator().manual_seed(0))
+    dtype = next(module.parameters()).dtype
+    x = torch.rand(samples, *shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
     recorder = _Recorder(module, x)
     try:
         with torch.no_grad(), recorder:

@@ -33,8 +33,8 @@ from iaprune.errors import UserError
 from iaprune_runtime import layers
 from iaprune_runtime.layers import Select
 
-__all__ = ["PRESETS", "Net", "Select", "SpecError", "build",
-           "check_layer", "check_spec", "describe", "layer_of", "max_pool", "mlp", "out_shape",
+__all__ = ["PRESETS", "Net", "Select", "SpecError", "build", "check_layer", "check_spec",
+           "describe", "input_shapes", "layer_of", "max_pool", "mlp", "out_shape",
            "reads_flat", "read_spec", "resolve_arch", "shapes", "spec_of"]
 
 Layer = dict[str, Any]
@@ -61,6 +61,7 @@ def _ours(fn: Callable[..., Any]) -> Callable[..., Any]:
 check_layer = _ours(runtime_spec.check_layer)
 out_shape = _ours(runtime_spec.out_shape)
 shapes = _ours(runtime_spec.shapes)
+input_shapes = _ours(runtime_spec.input_shapes)
 check_spec = _ours(runtime_spec.check_spec)
 reads_flat = runtime_spec.reads_flat
 describe = runtime_spec.describe
@@ -212,7 +213,54 @@ def cnn3(input_shape: Sequence[int], num_classes: int) -> dict[str, Any]:
     return check_spec({"input": list(input_shape), "layers": chain})
 
 
-PRESETS: dict[str, Callable[..., dict[str, Any]]] = {"mlp": mlp, "lenet5": lenet5, "cnn3": cnn3}
+def resnet(input_shape: Sequence[int], num_classes: int, blocks: int) -> dict[str, Any]:
+    """A CIFAR-style ResNet (He et al. 2016, section 4.2) of 6·blocks + 2 layers: a 3x3 stem of
+    16 channels, three stages of 16/32/64 channels with `blocks` BasicBlocks each (two 3x3
+    convs with BatchNorm, ReLU after the residual add), the first block of stages 2 and 3 with
+    stride 2 and a 1x1-conv shortcut (with BatchNorm), identity shortcuts otherwise, global
+    average pooling and a linear layer. Any image size works (the pooling is global)."""
+    def conv(out: int, kernel: int, stride: int, name: str, inputs: str | None = None) -> Layer:
+        layer = {"type": "conv2d", "out": out, "kernel": kernel, "stride": stride,
+                 "padding": kernel // 2, "bias": False, "name": name}
+        return {**layer, "inputs": [inputs]} if inputs else layer
+
+    chain: list[Layer] = [conv(16, 3, 1, "stem.conv"), {"type": "batchnorm", "name": "stem.bn"},
+                          {"type": "relu", "name": "stem"}]
+    stream, width = "stem", 16
+    for stage, out in enumerate((16, 32, 64), start=1):
+        for b in range(1, blocks + 1):
+            name = f"stage{stage}.block{b}"
+            stride = 2 if stage > 1 and b == 1 else 1
+            chain += [conv(out, 3, stride, f"{name}.conv1", stream),
+                      {"type": "batchnorm", "name": f"{name}.bn1"},
+                      {"type": "relu", "name": f"{name}.relu1"},
+                      conv(out, 3, 1, f"{name}.conv2"),
+                      {"type": "batchnorm", "name": f"{name}.bn2"}]
+            shortcut = stream
+            if stride != 1 or out != width:
+                chain += [conv(out, 1, stride, f"{name}.shortcut.conv", stream),
+                          {"type": "batchnorm", "name": f"{name}.shortcut"}]
+                shortcut = f"{name}.shortcut"
+            chain += [{"type": "add", "name": f"{name}.add", "inputs": [f"{name}.bn2", shortcut]},
+                      {"type": "relu", "name": name}]
+            stream, width = name, out
+    chain += [{"type": "global_avgpool", "name": "pool"}, {"type": "linear", "out": num_classes,
+                                                           "name": "fc"}]
+    return check_spec({"input": list(input_shape), "layers": chain})
+
+
+def resnet8(input_shape: Sequence[int], num_classes: int) -> dict[str, Any]:
+    """The CIFAR-style ResNet-8: one BasicBlock per stage (`resnet`)."""
+    return resnet(input_shape, num_classes, 1)
+
+
+def resnet20(input_shape: Sequence[int], num_classes: int) -> dict[str, Any]:
+    """The CIFAR-style ResNet-20: three BasicBlocks per stage (`resnet`)."""
+    return resnet(input_shape, num_classes, 3)
+
+
+PRESETS: dict[str, Callable[..., dict[str, Any]]] = {
+    "mlp": mlp, "lenet5": lenet5, "cnn3": cnn3, "resnet8": resnet8, "resnet20": resnet20}
 
 
 def read_spec(path: str | os.PathLike, input_shape: Sequence[int] | None = None

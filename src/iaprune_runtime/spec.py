@@ -179,6 +179,9 @@ def check_spec(spec: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(spec["layers"], list | tuple) or not spec["layers"]:
         raise SpecError("spec layers must be a non-empty list")
     layers = [check_layer(layer, f"layer {i}") for i, layer in enumerate(spec["layers"])]
+    for i, reads in enumerate(wiring(layers)):  # inputs naming the layer before: the default
+        if reads == (i,):
+            layers[i].pop("inputs", None)
     shapes(layers, shape)
     if not entry(layers[-1]["type"]).logits:
         last = [e.name for e in entries() if e.logits]
