@@ -151,26 +151,3 @@ def test_a_users_cnn_imports_with_functional_calls():
         "conv2d", "batchnorm", "relu", "maxpool2d", "flatten", "linear"]
 
 
-class Residual(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(4, 4), nn.Linear(4, 2)
-
-    def forward(self, x):
-        return self.fc2(self.fc1(x) + x)
-
-
-class Gelu(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(4, 4), nn.Linear(4, 2)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-@pytest.mark.parametrize("module, message", [(Residual(), "unsupported operation 'add'"),
-                                             (Gelu(), "unsupported operation 'gelu'")])
-def test_an_unsupported_step_is_a_type_error_naming_it(module, message):
-    with pytest.raises(TypeError, match=message):
-        from_module(module, [4])

@@ -663,7 +663,8 @@ def test_criterion_that_does_not_apply_fails_its_cells_as_in_the_engine(tmp_path
     (["--arch", "{bad"], "not valid JSON"),
     (["--arch", "mnist"], "input [1, 28, 28] does not match the dataset's [1, 8, 8]"),
     (["--arch", "linear"], "nothing to prune"),
-    (["--arch", "nowhere.json"], "no such architecture file (or preset: mlp, lenet5, cnn3)"),
+    (["--arch", "nowhere.json"],
+     "no such architecture file (or preset: mlp, lenet5, cnn3, resnet8, resnet20)"),
     (["--arch", "tiny", "--retain", "retain.txt"], "first row 16-8 is not the units 3-8"),
 ])
 def test_bad_arch_is_one_line_and_writes_nothing(extra, message, tmp_path, monkeypatch):

@@ -130,7 +130,7 @@ def _segments(model: Net, kinds: list[LayerType], links: list[tuple[int, ...]],
         if kind.role == "producer":
             spaces.add(i)
             values.append(((i, kind.units(module)),))
-        elif kind.name == "add":
+        elif kind.joins == "same":
             shape = [c for _, c in given[0]]
             for other in given[1:]:
                 if [c for _, c in other] != shape:  # blocks that do not line up: keep them all
@@ -140,7 +140,7 @@ def _segments(model: Net, kinds: list[LayerType], links: list[tuple[int, ...]],
                 for (a, _), (b, _) in zip(given[0], other, strict=True):
                     spaces.tie(a, b)
             values.append(given[0])
-        elif kind.name == "concat":
+        elif kind.joins == "stack":
             values.append(tuple(s for segs in given for s in segs))
         elif kind.role in ("per_unit", "elementwise", "pool", "reshape", "inputs"):
             values.append(given[0])
@@ -161,7 +161,7 @@ def _walk_to_activation(model: Net, kinds: list[LayerType], readers: dict[int, l
         kind = kinds[i]
         if kind.activation:
             return i
-        if kind.role == "producer" or kind.name == "concat":
+        if kind.role == "producer" or kind.joins == "stack":
             return None
         value = i + 1
     return None

@@ -191,27 +191,24 @@ class _Recorder(TorchFunctionMode):
         if all(r is None for r in reads):
             return result  # a computation on constants or the weights, not on a value
         name = _op_name(func)
-        tensors = [a for a in flat if isinstance(a, Tensor)]
         if name in _SAME and reads[0] is not None and result.shape == args[0].shape:
             self.value[id(result)] = reads[0]  # a copy or layout change: the same value
             self.held.append(result)
             return result
-        if name in ("add", "iadd", "radd"):
-            if len(tensors) != 2 or None in reads[:2] or kwargs.get("alpha", 1) != 1 or any(
-                    a is not None and not isinstance(a, Tensor) for a in flat[2:]):
-                raise _Unsupported(f"unsupported operation {name!r}{self.where()}: a skip "
-                                   "connection adds two values of the network (out + x); "
-                                   "adding a constant or a scaled value is not supported")
-            self.steps.append(({"type": "add"}, None, tuple(reads[:2]), self.where()))
-        elif name in ("cat", "concat", "concatenate"):
-            if None in reads[:len(args[0])]:
-                raise _Unsupported(f"torch.cat{self.where()} joins a tensor that is not a "
-                                   "value of the network (a constant?)")
+        joining = layers.of_call(name)
+        if joining is not None and joining.merge:  # a residual add, a concatenation
+            given = list(args[0]) if isinstance(args[0], list | tuple) else list(args[:2])
+            count = len(given)
+            if any(self.read(a) is None for a in given):
+                raise _Unsupported(f"{name}{self.where()} joins a tensor that is not a value of "
+                                   "the network: a skip connection adds two values of the "
+                                   "network (out + x); constants are not supported")
             try:
-                layer = _function_layer(func, args, kwargs, result)
+                layer = joining.read_call(args, kwargs, result)
             except TypeError as exc:
-                raise _Unsupported(f"{exc}{self.where()}") from None
-            self.steps.append((layer, None, tuple(reads[:len(args[0])]), self.where()))
+                raise _Unsupported(f"unsupported operation {name!r}{self.where()}: {exc}"
+                                   ) from None
+            self.steps.append((layer, None, tuple(reads[:count]), self.where()))
         else:
             if reads[0] is None or any(r is not None for r in reads[1:]):
                 raise _Unsupported(f"unsupported operation {name!r}{self.where()} on values of "

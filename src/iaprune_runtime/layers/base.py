@@ -102,6 +102,9 @@ class LayerType:
     input_ranks: ClassVar[tuple[int, ...] | None] = None  # input ranks, batch excluded (any)
     keeps_rank: ClassVar[bool] = True  # the output has the input's rank
     merge: ClassVar[bool] = False  # reads several values (add, concat): the *_many rules
+    # how a merge passes its inputs' units on: "same" (an add: its inputs' channels are the same
+    # units, tied into one group) or "stack" (a concat: side by side, each group its own)
+    joins: ClassVar[Literal["same", "stack"] | None] = None
 
     # ---- spec --------------------------------------------------------------------------------
     def check_field(self, field: str, value: Any, where: str, layer: Layer) -> Any:

@@ -53,7 +53,8 @@ class Merge(LayerType):
 class AddType(Merge):
     name = "add"
     modules = (Add,)
-    calls = ("add", "iadd")
+    calls = ("add", "iadd", "radd")
+    joins = "same"
 
     def out_shape(self, layer: Layer, shape: Sequence[tuple[int, ...]], where: str
                   ) -> tuple[int, ...]:
@@ -62,6 +63,14 @@ class AddType(Merge):
                             f"{' and '.join(str(tuple(s)) for s in shape)}; give the shortcut a "
                             "1x1 conv (and stride) that makes the shapes equal")
         return tuple(shape[0])
+
+    def read_call(self, args: tuple, kwargs: dict, result: Tensor) -> Layer:
+        """out + x, torch.add(out, x), out += x: two tensors, no scaling (alpha)."""
+        if (len(args) != 2 or not all(isinstance(a, Tensor) for a in args)
+                or kwargs.get("alpha", 1) != 1 or set(kwargs) - {"alpha", "out"}):
+            raise TypeError("a skip connection adds two values of the network (out + x); "
+                            "adding a constant or a scaled value is not supported")
+        return {"type": self.name}
 
     def forward_many(self, module: nn.Module, xs: Sequence[Interval]) -> Interval:
         """[y] = Σ_i [x_i] (Interval addition: lower bounds summed, upper bounds summed)."""
@@ -81,6 +90,7 @@ class ConcatType(Merge):
     name = "concat"
     modules = (Concat,)
     calls = ("cat", "concat", "concatenate")
+    joins = "stack"
 
     def out_shape(self, layer: Layer, shape: Sequence[tuple[int, ...]], where: str
                   ) -> tuple[int, ...]:
