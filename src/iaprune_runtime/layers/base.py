@@ -97,6 +97,13 @@ class LayerType:
     sparse: ClassVar[bool] = False  # outputs exact zeros for inactive units (what APoZ counts)
     reads_flat: ClassVar[bool] = False  # as a network's first shape-changing layer: flat input
     logits: ClassVar[bool] = False  # may be the last layer of a network
+    # softmax/log_softmax: allowed only after the logits layer, as the network's last layer;
+    # the loss and the significance are taken on its input (layers/softmax.py says why)
+    normaliser: ClassVar[bool] = False
+    # fields left out of a checked spec while they hold their default: fields added after specs
+    # were stored (a pool's padding), so that those specs, manifests and descriptions stay as
+    # they were
+    optional: ClassVar[tuple[str, ...]] = ()
     spatial: ClassVar[bool] = False  # a producer of feature maps (its units are channels)
     input_ranks: ClassVar[tuple[int, ...] | None] = None  # input ranks, batch excluded (any)
     keeps_rank: ClassVar[bool] = True  # the output has the input's rank
@@ -251,6 +258,12 @@ def entry_of(module: nn.Module) -> LayerType:
         raise TypeError(f"unsupported module {type(module).__name__}; IA-Prune supports "
                         f"{supported()}")
     return found
+
+
+def logits_end(kinds: Sequence[LayerType]) -> int:
+    """The number of leading layers that compute the logits: all of them, or all but a trailing
+    normaliser (softmax, log_softmax)."""
+    return len(kinds) - 1 if kinds and kinds[-1].normaliser else len(kinds)
 
 
 def of_call(name: str) -> LayerType | None:
