@@ -160,17 +160,17 @@ class Residual(nn.Module):
         return self.fc2(self.fc1(x) + x)
 
 
-class Gelu(nn.Module):
+class Softsign(nn.Module):
     def __init__(self):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(4, 4), nn.Linear(4, 2)
 
     def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(F.softsign(self.fc1(x)))
 
 
 @pytest.mark.parametrize("module, message", [(Residual(), "unsupported operation 'add'"),
-                                             (Gelu(), "unsupported operation 'gelu'")])
+                                             (Softsign(), "unsupported operation 'softsign'")])
 def test_an_unsupported_step_is_a_type_error_naming_it(module, message):
     with pytest.raises(TypeError, match=message):
         from_module(module, [4])

@@ -30,7 +30,7 @@ from iaprune.errors import UserError
 from iaprune.groups import Group, groups
 from iaprune.interval import Interval
 from iaprune.spec import Net
-from iaprune_runtime.layers import entry_of
+from iaprune_runtime.layers import entry_of, logits_end
 
 BoxKind = Literal["data", "quantile", "samples"]
 Aggregate = Literal["sum", "max"]
@@ -246,7 +246,9 @@ def _consumer_inputs(model: Net, x: Tensor, found: list[Group]) -> tuple[list[Te
     """(each group's consumer input = its units' values after activation etc., the logits)."""
     wanted = {g.consumer for g in found}
     seen, h = {}, _shaped(model, x)
-    for i, module in enumerate(chain(model)):
+    modules = chain(model)
+    # the logits are the input of a trailing softmax (the loss is taken on them)
+    for i, module in enumerate(modules[:logits_end([entry_of(m) for m in modules])]):
         if i in wanted:
             seen[i] = h
         h = module(h)

@@ -19,6 +19,7 @@ from iaprune.errors import UserError
 from iaprune.groups import units
 from iaprune.model import hidden_label
 from iaprune.spec import describe, spec_of
+from iaprune_runtime.layers.softmax import logits_of
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def evaluate_split(model: nn.Module, split: Split) -> tuple[float, float]:
     batch = inference_batch(model)
     for start in range(0, len(split), batch):
         x, y = split.x[start:start + batch], split.y[start:start + batch]
-        logits = model(x)
+        logits = logits_of(model, x)  # before a trailing softmax
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
     model.train(was_training)

@@ -34,8 +34,9 @@ REQUIRED = object()  # marks a field without a default
 # producer: computes units (Linear rows, Conv2d filters) and reads the previous group's units;
 # per_unit: one entry per unit, cut with them (BatchNorm); elementwise: acts on each value alone
 # (activations, dropout); reshape: changes the shape, not the values (Flatten); pool: keeps the
-# channels, changes the positions; inputs: the input features a network reads (select).
-Role = Literal["producer", "per_unit", "elementwise", "reshape", "pool", "inputs"]
+# channels, changes the positions; inputs: the input features a network reads (select);
+# normaliser: a softmax/log_softmax after the logits (the last layer).
+Role = Literal["producer", "per_unit", "elementwise", "reshape", "pool", "inputs", "normaliser"]
 
 
 class SpecError(ValueError):
