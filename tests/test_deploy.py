@@ -820,10 +820,22 @@ def spec_named(name: str) -> dict:
                   {"type": "concat", "inputs": ["sum", "side"]}, {"type": "maxpool2d", "kernel": 2},
                   "flatten", {"type": "linear", "out": 10}]
         return src_spec.check_spec({"input": [1, 8, 8], "layers": layers})
+    if name == "smooth":  # gelu, silu, elu, dropout2d, padded max pool, adaptive pooling, softmax
+        layers = [{"type": "conv2d", "out": 4, "kernel": 3}, "gelu", "dropout2d",
+                  {"type": "maxpool2d", "kernel": 3, "stride": 2, "padding": 1},
+                  {"type": "conv2d", "out": 5, "kernel": 2}, "silu", "adaptive_avgpool2d",
+                  "flatten", {"type": "linear", "out": 12}, "elu", {"type": "linear", "out": 10},
+                  "softmax"]
+        return src_spec.check_spec({"input": [1, 8, 8], "layers": layers})
+    if name == "global":  # relu6, padded avg pool, global average pooling, log_softmax
+        layers = [{"type": "conv2d", "out": 4, "kernel": 3}, "relu6",
+                  {"type": "avgpool2d", "kernel": 2, "stride": 1, "padding": 1},
+                  "global_avgpool", {"type": "linear", "out": 10}, "log_softmax"]
+        return src_spec.check_spec({"input": [1, 8, 8], "layers": layers})
     raise KeyError(name)
 
 
-SPEC_NAMES = ["mlp", "lenet5", "cnn3", "mixed", "select", "leaky", "graph"]
+SPEC_NAMES = ["mlp", "lenet5", "cnn3", "mixed", "select", "leaky", "smooth", "global", "graph"]
 
 
 def with_batchnorm_stats(model: nn.Module, seed: int = 1) -> nn.Module:
@@ -887,7 +899,8 @@ def test_the_twin_specs_cover_every_registered_layer_type():
     assert covered == set(layers.names())
 
 
-@pytest.mark.parametrize("name", ["lenet5", "cnn3", "mixed", "select", "leaky", "graph"])
+@pytest.mark.parametrize("name", ["lenet5", "cnn3", "mixed", "select", "leaky", "smooth",
+                                  "global", "graph"])
 def test_spec_bundle_round_trip_gives_the_engines_outputs(tmp_path, name):
     """A CNN (or input-pruned) checkpoint bundles and loads, computing what src's model does."""
     spec = spec_named(name)
@@ -947,7 +960,8 @@ def test_predict_classifies_raw_digits_with_a_cnn(tmp_path, capsys):
                                            strict=True))]
 
 
-@pytest.mark.parametrize("name", ["lenet5", "cnn3", "mixed", "select", "leaky", "graph"])
+@pytest.mark.parametrize("name", ["lenet5", "cnn3", "mixed", "select", "leaky", "smooth",
+                                  "global", "graph"])
 def test_onnx_export_matches_torch_for_every_layer_type(tmp_path, name):
     """model.onnx takes flat preprocessed inputs, like torch, and agrees with it for convs,
     pooling, batchnorm, dropout, sigmoid/tanh and select."""

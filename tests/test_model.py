@@ -62,7 +62,7 @@ def test_bad_sizes_are_rejected(sizes):
 def test_unknown_activation_is_rejected():
     """An unknown activation names the valid ones."""
     with pytest.raises(ValueError, match="relu"):
-        mlp_net([3, 2, 1], "gelu")
+        mlp_net([3, 2, 1], "softsign")
 
 
 def test_layer_table_counts_conv_and_linear_params_and_macs():

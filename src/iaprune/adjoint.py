@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from iaprune.interval import Interval
-from iaprune_runtime.layers import LayerType, by_module, entry_of, lookup, supported
+from iaprune_runtime.layers import LayerType, by_module, entry_of, logits_end, lookup, supported
 
 Seed = Literal["per_output", "sum"]
 SEEDS: tuple[str, ...] = get_args(Seed)
@@ -140,9 +140,11 @@ def sweep(modules: Sequence[nn.Module], box: Interval, seed: Seed = "per_output"
     `box`, one input box (*input_shape) or a batch of them (batch, *input_shape).
 
     values[i] encloses module i's input (values[-1] the output) and, for i >= lowest,
-    adjoints[i] the derivatives of the outputs with respect to it: "per_output" seeds each output
-    y_k separately (k = number of outputs, adjoints[i][..., k, ...] = ∂y_k/∂values[i]), "sum"
-    seeds all outputs with 1 at once (k = 1, ∂(Σ_k y_k)/∂values[i]). lowest=0 reaches the input.
+    adjoints[i] the derivatives of the outputs with respect to it (the outputs are the logits: a
+    trailing softmax/log_softmax is swept forward, not seeded; its adjoint is None):
+    "per_output" seeds each output y_k separately (k = number of outputs,
+    adjoints[i][..., k, ...] = ∂y_k/∂values[i]), "sum" seeds all outputs with 1 at once (k = 1,
+    ∂(Σ_k y_k)/∂values[i]). lowest=0 reaches the input.
     Shapes are (batch, *shape_i) and (batch, k, *shape_i), without the batch dimension for an
     unbatched box. `input_shape` (one input's shape) settles whether the box is batched; without
     it, torch's rule decides: a box with one dimension more than the first module takes is a
@@ -176,13 +178,17 @@ def sweep(modules: Sequence[nn.Module], box: Interval, seed: Seed = "per_output"
         _check_input(position, module, tuple(values[reads[0]].shape[1:]))
         values.append(kind.forward(module, values[reads[0]]))
 
-    out_shape = values[-1].shape[1:]
+    # the outputs seeded are the logits: the input of a trailing softmax/log_softmax, whose
+    # adjoints stay None (iaprune_runtime/layers/softmax.py says why)
+    end = logits_end([entry_of(m) for m in modules])
+    out_shape = values[end if end == len(modules) else links[end][0]].shape[1:]
     n_out = math.prod(out_shape)
     start = (torch.eye(n_out, dtype=x.dtype, device=x.lower.device) if seed == "per_output"
              else torch.ones(1, n_out, dtype=x.dtype, device=x.lower.device))
     adjoints: list[Interval | None] = [None] * len(values)
-    adjoints[-1] = Interval.point(start.reshape(1, len(start), *out_shape))  # (1, k, *out)
-    for i in range(len(modules) - 1, lowest - 1, -1):
+    seed_at = end if end == len(modules) else links[end][0]  # the normaliser's input
+    adjoints[seed_at] = Interval.point(start.reshape(1, len(start), *out_shape))  # (1, k, *out)
+    for i in range(end - 1, lowest - 1, -1):
         kind, reads = entry_of(modules[i]), links[i]
         if kind.merge:
             given = kind.backward_many(modules[i], [values[j] for j in reads], adjoints[i + 1])

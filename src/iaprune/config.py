@@ -24,8 +24,12 @@ from iaprune.data import DEFAULT_VAL_SIZE, DatasetError, check_name, is_path
 from iaprune.device import Device
 from iaprune.errors import UserError
 from iaprune.trainer import Precision, Schedule, TrainConfig
+from iaprune_runtime.layers import entries
+from iaprune_runtime.spec import activations
 
-Activation = Literal["relu", "sigmoid", "tanh"]
+# the activations of the layer registry (relu, sigmoid, tanh, leaky_relu, gelu, ...), each with
+# its default settings: a new activation entry is a new --activation choice
+Activation = Literal[activations()]
 Mode = Literal["iterative", "one-shot"]
 Criterion = Literal["interval_adjoint", "random", "magnitude", "taylor", "apoz", "fpgm"]
 SeedMode = Literal["per_output", "sum"]
@@ -306,8 +310,8 @@ def dataset_defaults(dataset: str) -> dict[str, dict[str, Any]]:
 
 
 # Criteria that only make sense for some activations: apoz counts activations that are exactly
-# zero, which ReLU produces and sigmoid/tanh never do (every unit would score the same).
-CRITERION_ACTIVATIONS = {"apoz": ("relu",)}
+# zero, which ReLU (and ReLU6) produce and sigmoid/tanh never do (every unit would score the same).
+CRITERION_ACTIVATIONS = {"apoz": tuple(e.name for e in entries() if e.activation and e.sparse)}
 SECTIONS: dict[str, type] = {"training": Training, "retraining": Retraining, "scoring": Scoring}
 PREFIXES = {"training": "", "retraining": "retrain-", "scoring": ""}
 IGNORED_KEYS = {"version", "mlflow_run_id", "data"}  # bookkeeping kept in config.json beside

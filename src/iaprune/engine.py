@@ -56,7 +56,7 @@ from iaprune.retain import (
 from iaprune.run_data import check_same_data, config_for, load_run_data, saved_record
 from iaprune.session import Session, SessionError, check_session_folder, holds_results, locked
 from iaprune.significance import ScoreData, data_box, score
-from iaprune.spec import Net, build, describe, resolve_arch, spec_of
+from iaprune.spec import Net, build, describe, resolve_arch, shapes, spec_of
 from iaprune.tracking import NullTracker, Tracker
 from iaprune.trainer import kept_metrics, train, uses_bf16
 from iaprune.validator import Metrics, evaluate, evaluate_split
@@ -187,7 +187,7 @@ class IterativePruning:
                               "refusing a broken model")
         theirs = spec_of(model)
         if math.prod(theirs["input"]) != d.n_features or \
-                theirs["layers"][-1]["out"] != d.num_classes:
+                shapes(theirs["layers"], theirs["input"])[-1] != (d.num_classes,):
             raise EngineError(f"{path}: model ({describe(theirs)}) does not fit {c.dataset} "
                               f"({d.n_features} inputs, {d.num_classes} classes)")
         if layer_kinds(theirs) != layer_kinds(self.spec):

@@ -298,7 +298,8 @@ def resolve_arch(arch: str, input_shape: Sequence[int], num_classes: int,
     if tuple(spec["input"]) != tuple(input_shape):
         raise SpecError(f"--arch {arch}: input {spec['input']} does not match the dataset's "
                         f"{list(input_shape)}")
-    if spec["layers"][-1]["out"] != num_classes:
-        raise SpecError(f"--arch {arch}: {spec['layers'][-1]['out']} outputs, the dataset has "
+    outputs = shapes(spec["layers"], spec["input"])[-1][0]  # the logits, maybe normalised
+    if outputs != num_classes:
+        raise SpecError(f"--arch {arch}: {outputs} outputs, the dataset has "
                         f"{num_classes} classes")
     return spec

@@ -22,6 +22,7 @@ from iaprune.data import Dataset
 from iaprune.errors import UserError
 from iaprune.records import write_epochs
 from iaprune.validator import Metrics, evaluate, evaluate_split
+from iaprune_runtime.layers.softmax import logits_of
 
 
 class TrainingError(UserError):
@@ -254,7 +255,7 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
     if use_teacher:  # the teacher is frozen: its logits are computed once, not per batch
         with torch.no_grad():
             teacher.eval()
-            teacher_logits = torch.cat([teacher(data.train.x[i:i + 8192])
+            teacher_logits = torch.cat([logits_of(teacher, data.train.x[i:i + 8192])
                                         for i in range(0, n, 8192)])
 
     history: list[EpochRecord] = []
@@ -282,7 +283,8 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
             if config.shift and len(data.input_shape) >= 2:
                 xb = random_shift(xb, data.input_shape, config.shift, generator)
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(xb).float()  # (b, classes); the loss is taken in fp32
+                # (b, classes), before a trailing softmax; the loss is taken in fp32
+                logits = logits_of(model, xb).float()
             loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
             if use_teacher:
                 soft = _distill_loss(logits, teacher_logits.index_select(0, idx),

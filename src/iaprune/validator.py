@@ -18,7 +18,8 @@ from iaprune.device import for_inference, inference_batch
 from iaprune.errors import UserError
 from iaprune.groups import units
 from iaprune.model import hidden_label
-from iaprune.spec import describe, spec_of
+from iaprune.spec import describe, shapes, spec_of
+from iaprune_runtime.layers.softmax import logits_of
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def evaluate_split(model: nn.Module, split: Split) -> tuple[float, float]:
     batch = inference_batch(model)
     for start in range(0, len(split), batch):
         x, y = split.x[start:start + batch], split.y[start:start + batch]
-        logits = model(x)
+        logits = logits_of(model, x)  # before a trailing softmax
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
     model.train(was_training)
@@ -90,7 +91,7 @@ def check_dataset(model: nn.Module, trained_on: str | None, name: str, source: s
     """Refuse a dataset whose input or class count differs from the model's, naming both."""
     n_in, n_classes = dataset_sizes(name)
     spec = spec_of(model)
-    sizes = [math.prod(spec["input"]), spec["layers"][-1]["out"]]
+    sizes = [math.prod(spec["input"]), shapes(spec["layers"], spec["input"])[-1][0]]
     if sizes == [n_in, n_classes]:
         return
     model = f"{sizes[0]} inputs, {sizes[-1]} classes"
@@ -119,7 +120,7 @@ def load_own_data(source: str, checkpoint: dict, args: argparse.Namespace,
 def check_own_data(model: nn.Module, checkpoint: dict, data: Dataset, source: str) -> None:
     """Refuse data whose input size, class count or class names differ from the model's."""
     spec = spec_of(model)
-    sizes = [math.prod(spec["input"]), spec["layers"][-1]["out"]]
+    sizes = [math.prod(spec["input"]), shapes(spec["layers"], spec["input"])[-1][0]]
     if sizes != [data.n_features, data.num_classes]:
         raise UserError(f"{source}: the model ({sizes[0]} inputs, {sizes[1]} classes) does not "
                         f"fit {data.name} ({data.n_features} inputs, {data.num_classes} classes)")

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .images import read_image
+from .layers.softmax import logits_of
 
 MNIST_INPUT = {"shape": [1, 28, 28], "scale": 1 / 255, "flatten": True, "dtype": "uint8",
                "range": [0.0, 1.0]}
@@ -151,7 +152,8 @@ def predict(model: nn.Module, inputs: Any, spec: InputSpec | None = None,
     was_training = model.training
     model.eval()
     try:
-        logits = model(x.to(device=param.device, dtype=param.dtype))
+        # the logits: before a trailing softmax, so that probabilities are softmax(logits)
+        logits = logits_of(model, x.to(device=param.device, dtype=param.dtype))
     finally:
         model.train(was_training)
     return Prediction(logits.argmax(1), logits.softmax(1), logits)

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .layers import REQUIRED, Layer, SpecError, entries, entry, entry_of, names
+from .layers import REQUIRED, Layer, SpecError, entries, entry, entry_of, logits_end, names
 from .layers.base import check_int
 
 NETWORK_INPUT = "input"  # the name of the network's input in a layer's `inputs`
@@ -72,7 +72,9 @@ def check_layer(layer: Layer | str, where: str = "layer") -> Layer:
         value = layer.get(name, default)
         if value is REQUIRED:
             raise SpecError(f"{where}: {kind} needs {name!r}")
-        out[name] = found.check_field(name, value, where, out)
+        checked = found.check_field(name, value, where, out)
+        if name not in found.optional or checked != default:
+            out[name] = checked
     if "name" in layer:
         out["name"] = _check_name(layer["name"], where)
     if "inputs" in layer:
@@ -183,9 +185,17 @@ def check_spec(spec: dict[str, Any]) -> dict[str, Any]:
         if reads == (i,):
             layers[i].pop("inputs", None)
     shapes(layers, shape)
-    if not entry(layers[-1]["type"]).logits:
+    kinds = [entry(layer["type"]) for layer in layers]
+    end = logits_end(kinds)  # a trailing softmax/log_softmax normalises the logits before it
+    for i, kind in enumerate(kinds[:end]):
+        if kind.normaliser:
+            raise SpecError(f"layer {i}: {kind.name} may only be the last layer, after the "
+                            "logits layer")
+    if not end or not kinds[end - 1].logits:
         last = [e.name for e in entries() if e.logits]
-        raise SpecError(f"the last layer must be a {' or '.join(last)} layer (the logits)")
+        after = [e.name for e in entries() if e.normaliser]
+        raise SpecError(f"the last layer must be a {' or '.join(last)} layer (the logits), "
+                        f"optionally followed by one {' or '.join(after)}")
     return {"input": list(shape), "layers": layers}
 
 

@@ -17,6 +17,10 @@ Input pruning: a checkpoint whose network starts with a select reads only some i
 
 from __future__ import annotations
 
+import ast
+import copy
+import inspect
+import textwrap
 from typing import Literal
 
 import torch
@@ -61,9 +65,20 @@ def _selected(reference: DeployedNet) -> Tensor | None:
 def copy_into(target: nn.Module, reference: DeployedNet, inputs: InputMode = "error"
               ) -> nn.Module:
     """Resize `target`'s Conv2d/BatchNorm/Linear layers in place to `reference`'s and load its
-    weights strictly; see the module docstring for `inputs`. Returns `target` in eval mode."""
+    weights strictly; see the module docstring for `inputs`. Returns `target` in eval mode.
+
+    The load is tried on a copy first, whose own forward must then compute the pruned network's
+    outputs on a small random batch (`check_forward`): a forward that reshapes to a fixed size
+    is a ValueError naming the constant to change, and `target` is left as it was."""
     if inputs not in INPUT_MODES:
         raise ValueError(f"unknown inputs mode {inputs!r}; choose from {list(INPUT_MODES)}")
+    trial = _load(copy.deepcopy(target), reference, inputs)
+    check_forward(trial, target, reference)
+    return _load(target, reference, inputs)
+
+
+def _load(target: nn.Module, reference: DeployedNet, inputs: InputMode) -> nn.Module:
+    """copy_into without the forward check."""
     cls = type(target).__name__
     mine = [(name, m) for name, m in target.named_modules() if _kind(m) is not None]
     theirs = [m for m in reference if _kind(m) is not None]
@@ -123,3 +138,91 @@ def copy_into(target: nn.Module, reference: DeployedNet, inputs: InputMode = "er
         else:  # a buffer follows model.to(device) but stays out of your state_dict
             target.register_buffer("input_indices", indices.clone(), persistent=False)
     return target.eval()
+
+
+FORWARD_SAMPLES = 4  # the random batch the user's forward is checked on
+UNSIZED = "does it assume the unpruned layer sizes?"
+
+
+def _int_value(node: ast.AST) -> int | None:
+    """The value of an integer constant expression (16 * 2 * 2), else None."""
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return node.value
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult | ast.Add | ast.Sub):
+        a, b = _int_value(node.left), _int_value(node.right)
+        if a is None or b is None:
+            return None
+        return a * b if isinstance(node.op, ast.Mult) else a + b if isinstance(
+            node.op, ast.Add) else a - b
+    return None
+
+
+def reshape_constant(cls: type, value: int) -> str | None:
+    """The source of a constant expression equal to `value` in a .view/.reshape call of `cls`'s
+    code ('16*2*2' in x.view(-1, 16*2*2)), else None (no source, or no such constant)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return None
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr in ("view", "reshape"):
+            for arg in ast.walk(node):
+                if arg is not node and _int_value(arg) == value:
+                    return ast.get_source_segment(source, arg)
+    return None
+
+
+def _fixed_size_hint(trial: nn.Module, original: nn.Module, wrong: tuple[str, int] | None
+                     ) -> str:
+    """What to change when a forward feeds a Linear a fixed, now wrong, number of features."""
+    before = dict(original.named_modules())
+    changed = [(name, _n_in(before[name]), _n_in(m)) for name, m in trial.named_modules()
+               if _kind(m) is not None and _kind(m).reads_flat and _n_in(before[name]) != _n_in(m)]
+    if wrong is not None:  # a Linear got `got` features: the old size, from a fixed reshape
+        name, got = wrong
+        changed = [(name, got, _n_in(dict(trial.named_modules())[name]))]
+    for name, old, new in changed:
+        expr = reshape_constant(type(original), old)
+        if expr is not None or wrong is not None:
+            constant = f"{expr} (={old})" if expr is not None and expr != str(old) else str(old)
+            return (f"your forward reshapes to {old} features; the pruned network's {name} "
+                    f"takes {new}: change the constant {constant} to {new}")
+    return ""
+
+
+@torch.no_grad()
+def check_forward(trial: nn.Module, original: nn.Module, reference: DeployedNet) -> None:
+    """ValueError unless `trial` (a copy of `original` holding the pruned weights) computes the
+    pruned network `reference`'s outputs on a random batch; it names the constant of a reshape to
+    a fixed size (x.view(-1, 16*2*2)) when that is what fails."""
+    param = next(trial.parameters())
+    x = torch.rand(FORWARD_SAMPLES, *reference.input_shape,
+                   generator=torch.Generator().manual_seed(0)).to(param.device, param.dtype)
+    theirs = next(reference.parameters())
+    expected = reference.eval()(x.to(theirs.device, theirs.dtype))
+    wrong: list[tuple[str, int]] = []
+    hooks = [m.register_forward_pre_hook(
+        lambda m, args, name=name: wrong.append((name, args[0].shape[-1]))
+        if args and args[0].shape[-1] != _n_in(m) else None)
+        for name, m in trial.named_modules() if _kind(m) is not None and _kind(m).reads_flat]
+    cls = type(original).__name__
+    try:
+        got = trial.eval()(x.flatten(1) if reference.flat_input else x)
+    except Exception as exc:  # noqa: BLE001 (any failure of the user's own code is reported)
+        hint = _fixed_size_hint(trial, original, wrong[0] if wrong else None)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{cls}.forward fails on the pruned weights ({first}); "
+                         f"{hint or UNSIZED}; your model was left as it was") from None
+    finally:
+        for hook in hooks:
+            hook.remove()
+    expected = expected.to(got.device, got.dtype)
+    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
+        diff = (f"max abs diff {float((got - expected).abs().max()):.3g}"
+                if got.shape == expected.shape else f"shape {tuple(got.shape)}, expected "
+                f"{tuple(expected.shape)}")
+        hint = _fixed_size_hint(trial, original, wrong[0] if wrong else None)
+        raise ValueError(f"{cls}.forward on the pruned weights does not compute the pruned "
+                         f"network's outputs ({diff}); {hint or UNSIZED}; your model was left "
+                         "as it was")

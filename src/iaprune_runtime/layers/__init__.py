@@ -19,6 +19,7 @@ from .base import (
     entries,
     entry,
     entry_of,
+    logits_end,
     lookup,
     names,
     of_call,
@@ -36,4 +37,5 @@ from .pooling import max_pool  # noqa: E402
 from .select import Select  # noqa: E402
 
 __all__ = ["REQUIRED", "Layer", "LayerType", "Select", "SpecError", "by_module", "entries",
-           "entry", "entry_of", "lookup", "max_pool", "names", "of_call", "register", "supported"]
+           "entry", "entry_of", "logits_end", "lookup", "max_pool", "names", "of_call", "register",
+           "supported"]

@@ -3,10 +3,27 @@ with φ and the range of φ' over an interval from Interval (relu, relu_derivati
 
 from __future__ import annotations
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from ..interval import Interval
 from .base import LayerType, register
+
+# Smooth activations (elu, gelu, silu) are evaluated by torch's kernels: a few roundings of
+# erf/exp/tanh, each within an ulp or two, and up to four arithmetic operations, so a computed
+# value (or derivative) is within ~8 ulps of (1 + |z|) of the exact one, and the computed function
+# need not be monotone where the exact one is. Their ranges over a box of width > 0 are widened
+# outward by ROUNDING_ULPS such ulps (4x that), so that torch's value at every point of the box
+# lies inside; a point box is not widened and keeps torch's value exactly.
+ROUNDING_ULPS = 2**5
+
+
+def widened(z: Interval, lower: Tensor, upper: Tensor) -> Interval:
+    """[lower - δ, upper + δ] with δ = ROUNDING_ULPS · ε · (1 + max(|lo z|, |hi z|)) where the
+    box z has width > 0, [lower, upper] where it is a point (see ROUNDING_ULPS)."""
+    margin = ROUNDING_ULPS * torch.finfo(z.dtype).eps * (1 + z.magnitude)
+    margin = torch.where(z.lower == z.upper, 0.0, margin)
+    return Interval(lower - margin, upper + margin)
 
 
 class Activation(LayerType):

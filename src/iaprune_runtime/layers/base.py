@@ -35,8 +35,10 @@ REQUIRED = object()  # marks a field without a default
 # per_unit: one entry per unit, cut with them (BatchNorm); elementwise: acts on each value alone
 # (activations, dropout); reshape: changes the shape, not the values (Flatten); pool: keeps the
 # channels, changes the positions; inputs: the input features a network reads (select);
-# merge: joins several values of a graph network (add, concat).
-Role = Literal["producer", "per_unit", "elementwise", "reshape", "pool", "inputs", "merge"]
+# merge: joins several values of a graph network (add, concat); normaliser: a softmax/log_softmax
+# after the logits (the last layer).
+Role = Literal["producer", "per_unit", "elementwise", "reshape", "pool", "inputs", "merge",
+               "normaliser"]
 
 
 class SpecError(ValueError):
@@ -98,6 +100,13 @@ class LayerType:
     sparse: ClassVar[bool] = False  # outputs exact zeros for inactive units (what APoZ counts)
     reads_flat: ClassVar[bool] = False  # as a network's first shape-changing layer: flat input
     logits: ClassVar[bool] = False  # may be the last layer of a network
+    # softmax/log_softmax: allowed only after the logits layer, as the network's last layer;
+    # the loss and the significance are taken on its input (layers/softmax.py says why)
+    normaliser: ClassVar[bool] = False
+    # fields left out of a checked spec while they hold their default: fields added after specs
+    # were stored (a pool's padding), so that those specs, manifests and descriptions stay as
+    # they were
+    optional: ClassVar[tuple[str, ...]] = ()
     spatial: ClassVar[bool] = False  # a producer of feature maps (its units are channels)
     input_ranks: ClassVar[tuple[int, ...] | None] = None  # input ranks, batch excluded (any)
     keeps_rank: ClassVar[bool] = True  # the output has the input's rank
@@ -265,6 +274,12 @@ def entry_of(module: nn.Module) -> LayerType:
         raise TypeError(f"unsupported module {type(module).__name__}; IA-Prune supports "
                         f"{supported()}")
     return found
+
+
+def logits_end(kinds: Sequence[LayerType]) -> int:
+    """The number of leading layers that compute the logits: all of them, or all but a trailing
+    normaliser (softmax, log_softmax)."""
+    return len(kinds) - 1 if kinds and kinds[-1].normaliser else len(kinds)
 
 
 def of_call(name: str) -> LayerType | None:

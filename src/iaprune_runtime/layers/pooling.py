@@ -1,18 +1,29 @@
-"""maxpool2d(kernel, stride [kernel]) and avgpool2d(kernel, stride [kernel]): nn.MaxPool2d and
-nn.AvgPool2d with square windows. Both are monotone forward; MaxPool's adjoint is routed to the
+"""maxpool2d(kernel, stride [kernel], padding [0]) and avgpool2d(kernel, stride [kernel], padding
+[0]): nn.MaxPool2d and nn.AvgPool2d with square windows (torch's padding: -inf for max, zeros
+counted in the window for avg). Both are monotone forward; MaxPool's adjoint is routed to the
 inputs that can be a window's maximum, AvgPool's is the transposed average."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..interval import TIE_ULPS, Interval
-from .base import REQUIRED, Layer, LayerType, check_int, pair, register, square, window_shape
+from .base import (
+    REQUIRED,
+    Layer,
+    LayerType,
+    SpecError,
+    check_int,
+    pair,
+    register,
+    square,
+    window_shape,
+)
 from .conv import unfold_seeds
 
 
@@ -64,38 +75,55 @@ def max_pool(pool: nn.MaxPool2d, x: Tensor) -> Tensor:
 
 
 class Pool(LayerType):
-    """A square pooling window over (C, H, W): the channels stay, the positions change."""
+    """A square pooling window over (C, H, W): the channels stay, the positions change. With
+    padding p, torch's semantics: a max pool pads with -inf (padding is never a maximum), an
+    average pool with zeros that count in the window size (count_include_pad=True)."""
 
     role = "pool"
-    fields = {"kernel": REQUIRED, "stride": None}
+    fields = {"kernel": REQUIRED, "stride": None, "padding": 0}
+    optional = ("padding",)  # left out at 0: specs stored before it existed stay as they were
     input_ranks = (3,)
+    # torch's keyword names of the functional form's positional arguments after the input
+    call_args: ClassVar[tuple[str, ...]]
 
     def check_field(self, field: str, value: Any, where: str, layer: Layer) -> Any:
         if field == "stride" and value is None:
             return layer["kernel"]
+        if field == "padding":
+            check_int(value, f"{where}: {self.name} padding", 0)
+            if 2 * value > layer["kernel"]:
+                raise SpecError(f"{where}: {self.name} padding {value} exceeds half the kernel "
+                                f"{layer['kernel']} (torch refuses it)")
+            return value
         return check_int(value, f"{where}: {self.name} {field}", 1)
 
     def out_shape(self, layer: Layer, shape: tuple[int, ...], where: str) -> tuple[int, ...]:
         return window_shape(layer, shape, where, shape[0] if shape else 0)
 
     def build(self, layer: Layer, shape: tuple[int, ...]) -> nn.Module:
-        return self.modules[0](layer["kernel"], layer["stride"])
+        return self.modules[0](layer["kernel"], layer["stride"], layer.get("padding", 0))
+
+    def refused(self, module: nn.Module) -> list[str]:
+        """The settings of `module` a spec cannot hold, as 'name=value'."""
+        dilation = square(getattr(module, "dilation", 1), "dilation", module)
+        return [f"dilation={dilation}"] * (dilation != 1) + ["ceil_mode=True"] * module.ceil_mode
 
     def read(self, module: nn.Module) -> Layer:
-        padding = square(module.padding, "padding", module)
-        dilation = square(getattr(module, "dilation", 1), "dilation", module)
-        if padding or dilation != 1 or module.ceil_mode:
-            raise TypeError(f"{type(module).__name__} with padding, dilation or ceil_mode is not "
-                            "supported")
+        refused = self.refused(module)
+        if refused:
+            raise TypeError(f"{type(module).__name__} with {', '.join(refused)} is not supported")
         stride = module.stride if module.stride is not None else module.kernel_size
-        return {"type": self.name, "kernel": square(module.kernel_size, "kernel", module),
-                "stride": square(stride, "stride", module)}
+        layer = {"type": self.name, "kernel": square(module.kernel_size, "kernel", module),
+                 "stride": square(stride, "stride", module)}
+        padding = square(module.padding, "padding", module)
+        return {**layer, "padding": padding} if padding else layer
 
     def read_call(self, args: tuple, kwargs: dict, result: Tensor) -> Layer:
-        """F.max_pool2d(x, kernel_size, stride=None, ...) and F.avg_pool2d alike."""
-        kernel = kwargs.get("kernel_size", args[1] if len(args) > 1 else None)
-        stride = kwargs.get("stride", args[2] if len(args) > 2 else None) or kernel
-        return self.read(self.modules[0](kernel, stride))
+        """F.max_pool2d(x, kernel_size, stride=None, padding=0, ...) and F.avg_pool2d alike."""
+        given = {**dict(zip(self.call_args, args[1:], strict=False)), **kwargs}
+        if given.get("stride") is None:
+            given["stride"] = given["kernel_size"]
+        return self.read(self.modules[0](**given))
 
     def check(self, module: nn.Module) -> None:
         if module.ceil_mode:
@@ -113,10 +141,12 @@ class MaxPool2d(Pool):
     name = "maxpool2d"
     modules = (nn.MaxPool2d,)
     calls = ("max_pool2d", "max_pool2d_with_indices")
+    call_args = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
 
     def run(self, module: nn.Module, x: Tensor) -> Tensor:
-        """The pool as strided maxima (`max_pool`): no indices at inference."""
-        return max_pool(module, x)
+        """The pool as strided maxima (`max_pool`, no indices) at inference; torch's own pool
+        where a spec's pool has padding."""
+        return module(x) if pair(module.padding) != (0, 0) else max_pool(module, x)
 
     def forward(self, module: nn.Module, x: Interval) -> Interval:
         """[max lo, max hi] over each window: max is non-decreasing in every entry
@@ -194,6 +224,17 @@ class AvgPool2d(Pool):
     name = "avgpool2d"
     modules = (nn.AvgPool2d,)
     calls = ("avg_pool2d",)
+    call_args = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                 "divisor_override")
+
+    def refused(self, module: nn.Module) -> list[str]:
+        """Also divisor_override, and count_include_pad=False where there is padding."""
+        refused = super().refused(module)
+        if module.divisor_override:
+            refused.append(f"divisor_override={module.divisor_override}")
+        if not module.count_include_pad and square(module.padding, "padding", module):
+            refused.append("count_include_pad=False")
+        return refused
 
     def forward(self, module: nn.Module, x: Interval) -> Interval:
         """[avg lo, avg hi] over each window: an average with weights >= 0 is non-decreasing in
