@@ -64,6 +64,23 @@ class Interval:
         """[centre - radius, centre + radius]; radius must be >= 0."""
         return cls(centre - radius, centre + radius)
 
+    @classmethod
+    def _ordered(cls, lower: Tensor, upper: Tensor) -> Interval:
+        """The box of bounds a rule computed in an order that keeps lower <= upper (c - r and
+        c + r with r >= 0, sums of lower and of upper bounds, the min and max of products,
+        monotone maps): rounding to nearest is monotone, so the rounded bounds keep their order,
+        and the check on creation (a full pass over both bounds, ~15 % of a ResNet's sweep) is
+        skipped. NaN bounds are caught where a sweep starts (its box) and where its scores end."""
+        result = object.__new__(cls)
+        object.__setattr__(result, "lower", lower)
+        object.__setattr__(result, "upper", upper)
+        return result
+
+    @classmethod
+    def _centred(cls, centre: Tensor, radius: Tensor) -> Interval:
+        """[centre - radius, centre + radius] of a rule's radius (>= 0 by construction)."""
+        return cls._ordered(centre - radius, centre + radius)
+
     # ---- shape and derived quantities -----------------------------------------------------
 
     @property
@@ -135,8 +152,8 @@ class Interval:
     def __add__(self, other: Interval | Tensor | float) -> Interval:
         """[a] + [b] = [a.lo + b.lo, a.hi + b.hi]; a point is a degenerate interval."""
         if isinstance(other, Interval):
-            return Interval(self.lower + other.lower, self.upper + other.upper)
-        return Interval(self.lower + other, self.upper + other)
+            return Interval._ordered(self.lower + other.lower, self.upper + other.upper)
+        return Interval._ordered(self.lower + other, self.upper + other)
 
     __radd__ = __add__
 
@@ -160,16 +177,26 @@ class Interval:
         if isinstance(other, Interval):
             products = (self.lower * other.lower, self.lower * other.upper,
                         self.upper * other.lower, self.upper * other.upper)
-            return Interval(torch.minimum(torch.minimum(products[0], products[1]),
-                                          torch.minimum(products[2], products[3])),
-                            torch.maximum(torch.maximum(products[0], products[1]),
-                                          torch.maximum(products[2], products[3])))
+            return Interval._ordered(torch.minimum(torch.minimum(products[0], products[1]),
+                                                   torch.minimum(products[2], products[3])),
+                                     torch.maximum(torch.maximum(products[0], products[1]),
+                                                   torch.maximum(products[2], products[3])))
         if not isinstance(other, Tensor | Real):
             return NotImplemented
         a, b = self.lower * other, self.upper * other
-        return Interval(torch.minimum(a, b), torch.maximum(a, b))
+        return Interval._ordered(torch.minimum(a, b), torch.maximum(a, b))
 
     __rmul__ = __mul__
+
+    def times_nonnegative(self, factor: Interval) -> Interval:
+        """[a] * [d] for a factor with d.lower >= 0 (the derivative range of a non-decreasing
+        activation): x t is linear in t >= 0 and in x, so over the box it lies between
+        min(a.lo d.lo, a.lo d.hi) and max(a.hi d.lo, a.hi d.hi) — the same bounds as the
+        general product (`__mul__`) with half of its comparisons."""
+        return Interval._ordered(torch.minimum(self.lower * factor.lower,
+                                               self.lower * factor.upper),
+                                 torch.maximum(self.upper * factor.lower,
+                                               self.upper * factor.upper))
 
     def linear(self, weight: Tensor, bias: Tensor | None = None,
                abs_weight: Tensor | None = None) -> Interval:
@@ -182,7 +209,7 @@ class Interval:
         if bias is not None:
             centre = centre + bias
         radius = self.radius @ (weight.abs() if abs_weight is None else abs_weight).mT
-        return Interval.from_centre_radius(centre, radius)
+        return Interval._centred(centre, radius)
 
     def conv2d(self, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
                dilation=1, groups: int = 1) -> Interval:
@@ -194,8 +221,8 @@ class Interval:
         c' ± Σ |w| r. Zero padding pads the box with [0, 0] (c = r = 0).
         """
         conv = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
-        return Interval.from_centre_radius(F.conv2d(self.mid, weight, bias, **conv),
-                                           F.conv2d(self.radius, weight.abs(), None, **conv))
+        return Interval._centred(F.conv2d(self.mid, weight, bias, **conv),
+                                 F.conv2d(self.radius, weight.abs(), None, **conv))
 
     def conv_transpose2d(self, weight: Tensor, stride=1, padding=0, output_padding=0,
                          dilation=1, groups: int = 1) -> Interval:
@@ -207,15 +234,15 @@ class Interval:
         """
         conv = {"stride": stride, "padding": padding, "output_padding": output_padding,
                 "dilation": dilation, "groups": groups}
-        return Interval.from_centre_radius(F.conv_transpose2d(self.mid, weight, **conv),
-                                           F.conv_transpose2d(self.radius, weight.abs(), **conv))
+        return Interval._centred(F.conv_transpose2d(self.mid, weight, **conv),
+                                 F.conv_transpose2d(self.radius, weight.abs(), **conv))
 
     def monotone(self, f: Callable[[Tensor], Tensor]) -> Interval:
         """[f(lo), f(hi)] for f non-decreasing in every input coordinate (max or average
         pooling, a reshape): x <= x' elementwise implies f(x) <= f(x'), so every point of the box
         maps between the images of its corners lo and hi. Exact when f is a max or a sum with
         non-negative weights of separate coordinates (each output attains both ends)."""
-        return Interval(f(self.lower), f(self.upper))
+        return Interval._ordered(f(self.lower), f(self.upper))
 
     def __matmul__(self, matrix: Tensor) -> Interval:
         """[x] @ M = [x] (Mᵀ)ᵀ: the affine rule of `linear` without bias."""
@@ -231,7 +258,7 @@ class Interval:
 
     def relu(self) -> Interval:
         """ReLU is monotone: [max(lo, 0), max(hi, 0)] (the lower bound is clipped at 0)."""
-        return Interval(self.lower.clamp_min(0), self.upper.clamp_min(0))
+        return Interval._ordered(self.lower.clamp_min(0), self.upper.clamp_min(0))
 
     def sigmoid(self) -> Interval:
         """sigmoid is increasing: [σ(lo), σ(hi)]."""

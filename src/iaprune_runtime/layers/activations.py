@@ -3,6 +3,8 @@ with φ and the range of φ' over an interval from Interval (relu, relu_derivati
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -31,6 +33,7 @@ class Activation(LayerType):
 
     role = "elementwise"
     activation = True
+    nondecreasing: ClassVar[bool] = True  # φ' >= 0 everywhere (a cheaper adjoint product)
 
     def value(self, module: nn.Module, z: Interval) -> Interval:
         """[φ(z)] over the interval z."""
@@ -46,8 +49,11 @@ class Activation(LayerType):
 
     def backward(self, module: nn.Module, x: Interval, out_adjoint: Interval) -> Interval:
         """z̄ = ā ⊗ φ'([z]): the interval product with the derivative range, broadcast over the
-        seed dimension."""
-        return out_adjoint * self.derivative(module, x[:, None])
+        seed dimension (for a non-decreasing φ, whose φ' >= 0, by Interval.times_nonnegative)."""
+        derivative = self.derivative(module, x[:, None])
+        if self.nondecreasing:
+            return out_adjoint.times_nonnegative(derivative)
+        return out_adjoint * derivative
 
 
 @register

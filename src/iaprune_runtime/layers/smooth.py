@@ -72,6 +72,8 @@ class Smooth(Activation):
     and of φ' at points[1], a maximum of φ' at points[2] (φ' decreasing, increasing, decreasing
     on the three pieces)."""
 
+    nondecreasing = False  # GELU and SiLU dip below 0: their derivative changes sign
+
     points: ClassVar[tuple[float, float, float]]
 
     def function(self, module: nn.Module, t: Tensor) -> Tensor:
