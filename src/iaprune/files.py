@@ -17,6 +17,7 @@ from iaprune_runtime.files import TEMP_NAME as TEMP_NAME
 from iaprune_runtime.files import atomic_write as atomic_write
 from iaprune_runtime.files import file_problem as file_problem
 from iaprune_runtime.files import first_line as first_line
+from iaprune_runtime.files import parse_json as parse_json
 from iaprune_runtime.files import remove_temp_files as remove_temp_files
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .files import atomic_write, remove_temp_files
+from .files import atomic_write, parse_json, remove_temp_files
 from .inputs import InputSpec
 from .model import (
     BundleError,
@@ -53,7 +53,7 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise BundleError(f"{folder}: not an IA-Prune bundle (no {MANIFEST})")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = parse_json(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") not in REQUIRED_KEYS:

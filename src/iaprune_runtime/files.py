@@ -1,13 +1,16 @@
 """Small file helpers of the runtime (standard library only): the atomic write, the cleanup of
-what a killed write leaves, and one-line descriptions of file problems. The library uses these
+what a killed write leaves, JSON that cannot recurse, and one-line descriptions of file
+problems. The library uses these
 same functions (iaprune.files re-exports them)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
 from pathlib import Path
+from typing import Any
 
 # atomic_write's temp files: .<name>.<8 hex digits>.tmp
 TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
@@ -67,6 +70,15 @@ def remove_temp_files(*folders: Path) -> list[Path]:
                 path.unlink(missing_ok=True)
                 removed.append(path)
     return removed
+
+
+def parse_json(text: str) -> Any:
+    """json.loads(text); a document nested too deeply for the parser's recursion is a
+    ValueError (like any other invalid JSON), not a RecursionError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def first_line(exc: BaseException) -> str:

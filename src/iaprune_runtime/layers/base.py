@@ -128,6 +128,11 @@ class LayerType:
         """Multiply-accumulates per sample (0 for layers without weights, as thop counts)."""
         return 0
 
+    def params(self, layer: Layer, shape: tuple[int, ...]) -> int:
+        """Values its module holds (parameters and buffers) for a checked layer spec on inputs
+        of `shape`, computed without building it (the memory budget, iaprune_runtime.budget)."""
+        return 0
+
     # ---- import ------------------------------------------------------------------------------
     def read(self, module: nn.Module) -> Layer:
         """The layer spec of `module`; TypeError for settings this type does not cover."""
