@@ -59,12 +59,24 @@ def draft(image, size: tuple[int, int] | None) -> None:
         image.draft(None, (side, side))
 
 
+def shrink_factor(height: int, width: int, size: tuple[int, int]) -> int:
+    """The box-averaging factor of shrink: the largest that keeps KEEP x `size` (h, w); when
+    the image is whole blocks of the target (700 = 25 x 28), the largest of those that keeps
+    the blocks whole, so the final area resize gives the full image's block means."""
+    most = min(height // (KEEP * size[0]), width // (KEEP * size[1]))
+    if height % size[0] or width % size[1]:
+        return max(most, 1)
+    blocks = (height // size[0], width // size[1])
+    return max((f for f in range(1, most + 1) if blocks[0] % f == 0 and blocks[1] % f == 0),
+               default=1)
+
+
 def shrink(image, size: tuple[int, int] | None):
-    """`image` box-averaged by the largest whole factor that keeps it at least KEEP x `size`
-    (h, w): the final area resize then reads a small array (the same area average)."""
+    """`image` box-averaged by shrink_factor (at least KEEP x `size` (h, w) stays), so the
+    final area resize reads a small array; the same area average up to rounding."""
     if size is None:
         return image
-    factor = min(image.height // (KEEP * size[0]), image.width // (KEEP * size[1]))
+    factor = shrink_factor(image.height, image.width, size)
     if factor < 2:
         return image
     try:
