@@ -172,3 +172,20 @@ def test_a_deep_concatenate_json_is_a_results_error(tmp_path):
     (tmp_path / "concatenate.json").write_text("[" * DEEP + "]" * DEEP)
     with pytest.raises(ResultsError, match="nested too deeply"):
         read_settings(tmp_path)
+
+
+def test_a_npy_header_declaring_1e12_values_is_one_line(tmp_path, capsys):
+    """A 100-byte .npy whose header declares 10¹² values: predict reads it mapped, so the
+    mismatch is one line (it asked numpy for a terabyte before)."""
+    import numpy as np
+
+    model = tmp_path / "m.pth"
+    from iaprune import save_checkpoint
+    save_checkpoint(model, build(mlp(4), seed=0), dataset="digits")
+    path = tmp_path / "x.npy"
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (10**12,)})
+        fh.write(bytes(100))
+    assert deploy(["predict", "--bundle", str(model), str(path)]) == 2
+    assert str(path) in one_error_line(capsys)
