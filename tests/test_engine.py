@@ -369,3 +369,73 @@ def test_an_iteration_keeps_the_pruned_model_when_retraining_only_loses(tmp_path
         epochs = [float(line.split()[4]) for line in history.splitlines()[1:]]
         # (a pruned model already at its parent's accuracy is not retrained at all)
         assert not epochs or max(epochs) < row["Val_Accuracy"]
+
+
+# ---- a run dying at a write ------------------------------------------------------------------
+
+KILL_ROWS = ("Iteration h1NodesRetained h2NodesRetained perNodesRetained\n"
+             "0 4 2 100\n1 3 2 83.33\n2 2 1 50\n")
+KILL_CONFIG = PruneConfig(dataset="digits", hidden=(4, 2), training=Training(epochs=1),
+                          retraining=Retraining(epochs=1))
+
+
+class Killed(Exception):
+    """The injected failure standing for a kill."""
+
+
+def outputs(session: Path) -> dict[str, bytes]:
+    """What a run leaves that does not depend on the clock: every iteration's validation row,
+    the results table and the recommendation."""
+    mode = session / "iterative_pruning"
+    names = [p for p in sorted(mode.glob("*/prune_w_retrain/validation_results.txt"))]
+    names += [mode / "prune_w_retrain_results" / n for n in ("validations.txt",
+                                                            "recommended.txt")]
+    return {str(p.relative_to(session)): p.read_bytes() for p in names}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("uninterrupted")
+    (root / "retain.txt").write_text(KILL_ROWS)
+    run(KILL_CONFIG, root / "s", retain=root / "retain.txt", quiet=True, log=quiet)
+    return root / "retain.txt", root / "s"
+
+
+# (file, n): die at the n-th write of that file: the settings, the base model's checkpoint,
+# iteration 1's validation row, iteration 2's summary, the gathered results (first and last)
+KILL_POINTS = [("config.json", 1), ("best_model.pth", 1), ("validation_results.txt", 2),
+               ("summary.txt", 3), ("validations.txt", 1), ("concatenate.json", 2)]
+
+
+@pytest.mark.parametrize(("name", "nth"), KILL_POINTS)
+def test_a_run_dying_at_a_write_resumes_to_the_uninterrupted_results(
+        uninterrupted, tmp_path, monkeypatch, name, nth):
+    """A run that dies at a write (in the settings, the base, an iteration or the gathered
+    results), leaving that write's temp file behind as a kill would, resumes to the results of
+    an uninterrupted run, with no temp file left and the results vouched for by their
+    fingerprint (a further concatenate rewrites nothing)."""
+    import os
+
+    import iaprune_runtime.files as runtime_files
+    from iaprune.concatenate import concatenate
+    from iaprune.files import TEMP_NAME
+
+    retain, reference = uninterrupted
+    real, seen = runtime_files.os.fsync, []
+
+    def dying(fd):
+        target = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        seen.append(TEMP_NAME.fullmatch(target.name) and target.name.split(".")[1])
+        if seen.count(name.split(".")[0]) == nth:
+            target.with_name(f".{name}.0badcafe.tmp").write_bytes(b"half")
+            raise Killed(name)
+        return real(fd)
+
+    monkeypatch.setattr(runtime_files.os, "fsync", dying)
+    with pytest.raises(Killed):
+        run(KILL_CONFIG, tmp_path / "s", retain=retain, quiet=True, log=quiet)
+    monkeypatch.undo()
+    run(KILL_CONFIG, tmp_path / "s", retain=retain, quiet=True, log=quiet)
+    assert not [p for p in (tmp_path / "s").rglob("*") if TEMP_NAME.fullmatch(p.name)]
+    assert outputs(tmp_path / "s") == outputs(reference)
+    assert not concatenate(tmp_path / "s" / "iterative_pruning", quiet=True).written

@@ -19,8 +19,9 @@ from iaprune.data import DATASETS
 from iaprune.errors import UserError
 from iaprune.files import atomic_write, file_problem, first_line
 from iaprune.records import CHECKPOINT_FILE
-from iaprune.spec import Net, SpecError, build, mlp, spec_of
+from iaprune.spec import Net, SpecError, build, check_spec, mlp, spec_of
 from iaprune_runtime.model import load_problem
+from iaprune_runtime.spec import weights_problem
 
 FORMAT = "ia-prune/2"
 LEGACY_FORMAT = "ia-prune/1"  # an MLP by its sizes and activation
@@ -137,7 +138,14 @@ def checkpoint_spec(checkpoint: dict[str, Any], source: str | os.PathLike = "") 
 
 def model_from_checkpoint(checkpoint: dict[str, Any], source: str | os.PathLike = "") -> Net:
     """Rebuild the Net a checkpoint describes and load its weights strictly, in eval mode."""
-    spec = checkpoint_spec(checkpoint, source)
+    try:
+        spec = check_spec(checkpoint_spec(checkpoint, source))
+    except SpecError as exc:
+        raise CheckpointError(f"{source}: bad architecture ({first_line(exc)})") from None
+    problem = weights_problem(spec, checkpoint["state_dict"])  # before the network is allocated
+    if problem:
+        raise CheckpointError(f"{source}: weights do not fit the recorded architecture "
+                              f"({problem})")
     try:
         model = build(spec)
         model.load_state_dict(checkpoint["state_dict"], strict=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 from matplotlib.axes import Axes
 
 from iaprune import __version__, cli
-from iaprune.files import LockHeld, atomic_write, holding, remove_temp_files
+from iaprune.files import LockHeld, atomic_write, holding, parse_json, remove_temp_files
 from iaprune.plotting import COLORS, log_axis, new_figure, plain_number, save_figure
 from iaprune.records import (
     CHECKPOINT_FILE,
@@ -146,7 +146,7 @@ def read_settings(results_dir: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
+        settings = parse_json(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ResultsError(f"{path}: not valid JSON ({exc}); delete it to start afresh") from None
     tolerance = settings.get("tolerance") if isinstance(settings, dict) else None

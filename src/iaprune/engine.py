@@ -14,7 +14,6 @@ resumed run gives the same numbers as an uninterrupted one.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from iaprune.config import PruneConfig, differences, dumps, flat, iteration_seed
 from iaprune.data import Dataset
 from iaprune.device import place, torch_device
 from iaprune.errors import UserError
-from iaprune.files import atomic_write
+from iaprune.files import atomic_write, parse_json
 from iaprune.groups import units
 from iaprune.interval import Interval
 from iaprune.model import hidden_label, layer_table
@@ -93,8 +92,8 @@ def read_config(session: Session) -> PruneConfig | None:
     if not session.config.is_file():
         return None
     try:
-        saved = json.loads(session.config.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        saved = parse_json(session.config.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
         raise SessionError(f"{session.config}: not valid JSON ({exc})") from None
     if not isinstance(saved, dict):
         raise SessionError(f"{session.config}: not a settings object")

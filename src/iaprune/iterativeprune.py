@@ -19,6 +19,7 @@ from iaprune.config import add_flags, apply, given_settings
 from iaprune.engine import DEFAULT_RETAIN, read_config, run
 from iaprune.session import Session, check_session_folder, holds_results
 from iaprune.tracking import make_tracker
+from iaprune_runtime.budget import add_memory_flag, memory_limit
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -46,6 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="when another process runs this session, wait for it to finish "
                         "[refuse, naming that process]")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_memory_flag(p)
     return p.parse_args(argv)
 
 
@@ -62,32 +64,33 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    root = Path(args.session or f"sessions/{datetime.date.today().isoformat()}")
-    check_session_folder(root)
-    # Flags not given keep the session's settings, so re-running the same command resumes; a
-    # session without a complete iteration is started again with the flags given.
-    saved = read_config(Session(root))
-    given = given_settings(args)
-    keep = saved is not None and (holds_results(root) or not (given or args.retain))
-    if "--base-model" in given and "--dataset" not in given and not keep:
-        recorded = recorded_dataset(given["--base-model"])  # the data the model was made for
-        if recorded is not None:
-            given["--dataset"] = recorded
-    config = apply(saved if keep else None, given)
-    tracker = make_tracker(args.mlflow, args.mlflow_experiment, root, args.tensorboard)
-    try:
-        results = run(config, root, retain=args.retain, begin=args.begin_itr,
-                      data_root=args.data_root, tracker=tracker, quiet=args.quiet,
-                      wait=args.wait)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; the unfinished iteration was discarded. Resume with:\n"
-              f"  python -m iaprune.iterativeprune --session {root}", file=sys.stderr)
-        return cli.EXIT_INTERRUPTED
-    if results.rows:
-        print(f"\n{summary_table(results.rows)}\n")
-        print(f"results in {results.session.results_dir}; recommended model: "
-              f"{results.recommended}")
-    return 0
+    with memory_limit(args.max_memory):  # every network's sizes are checked against it
+        root = Path(args.session or f"sessions/{datetime.date.today().isoformat()}")
+        check_session_folder(root)
+        # Flags not given keep the session's settings, so re-running the same command resumes; a
+        # session without a complete iteration is started again with the flags given.
+        saved = read_config(Session(root))
+        given = given_settings(args)
+        keep = saved is not None and (holds_results(root) or not (given or args.retain))
+        if "--base-model" in given and "--dataset" not in given and not keep:
+            recorded = recorded_dataset(given["--base-model"])  # the data the model was made for
+            if recorded is not None:
+                given["--dataset"] = recorded
+        config = apply(saved if keep else None, given)
+        tracker = make_tracker(args.mlflow, args.mlflow_experiment, root, args.tensorboard)
+        try:
+            results = run(config, root, retain=args.retain, begin=args.begin_itr,
+                          data_root=args.data_root, tracker=tracker, quiet=args.quiet,
+                          wait=args.wait)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted; the unfinished iteration was discarded. Resume with:\n"
+                  f"  python -m iaprune.iterativeprune --session {root}", file=sys.stderr)
+            return cli.EXIT_INTERRUPTED
+        if results.rows:
+            print(f"\n{summary_table(results.rows)}\n")
+            print(f"results in {results.session.results_dir}; recommended model: "
+                  f"{results.recommended}")
+        return 0
 
 
 def entry(argv: list[str] | None = None) -> int:

@@ -9,7 +9,6 @@ count, size, newest modification time and a sha256 over names, sizes and times).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from iaprune.data import (
     fingerprint_change,
     load_dataset,
 )
+from iaprune.files import parse_json
 from iaprune.session import Session
 
 
@@ -53,7 +53,7 @@ def load_run_data(config: PruneConfig, data: Any, data_root: str | Path | None) 
 def saved_record(session: Session) -> dict[str, Any] | None:
     """The "data" record of the session's config.json (None: none or unreadable)."""
     try:
-        record = json.loads(session.config.read_text()).get("data")
+        record = parse_json(session.config.read_text(encoding="utf-8")).get("data")
     except (OSError, ValueError, AttributeError):
         return None
     return record if isinstance(record, dict) else None

@@ -19,7 +19,6 @@ reads the spec back and names any unsupported module; `PRESETS` are specs by nam
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from torch import nn
 
 import iaprune_runtime.spec as runtime_spec
 from iaprune.errors import UserError
+from iaprune.files import parse_json
 from iaprune_runtime import layers
 from iaprune_runtime.layers import Select
 
@@ -273,8 +273,8 @@ def read_spec(path: str | os.PathLike, input_shape: Sequence[int] | None = None
     if not path.is_file():
         raise SpecError(f"{path}: no such architecture file (or preset: {', '.join(PRESETS)})")
     try:
-        value = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        value = parse_json(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: not valid JSON ({exc})") from None
     if isinstance(value, list):
         if input_shape is None:

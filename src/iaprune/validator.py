@@ -19,6 +19,7 @@ from iaprune.errors import UserError
 from iaprune.groups import units
 from iaprune.model import hidden_label
 from iaprune.spec import describe, shapes, spec_of
+from iaprune_runtime.budget import add_memory_flag, memory_limit
 from iaprune_runtime.layers.softmax import logits_of
 
 
@@ -145,8 +146,14 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: $IAPRUNE_DATA, else data/)")
     parser.add_argument("--val-size", type=int, help="validation split size "
                         "(default: the one recorded in the checkpoint)")
+    add_memory_flag(parser)
     args = parser.parse_args(argv)
+    with memory_limit(args.max_memory):
+        return validate(args)
 
+
+def validate(args: argparse.Namespace) -> int:
+    """Re-evaluate args.checkpoint and print its metrics (the command line's work)."""
     model, checkpoint = load_model(args.checkpoint)
     trained_on = checkpoint.get("dataset")
     name = args.dataset or trained_on or "mnist"

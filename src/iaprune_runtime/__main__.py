@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .budget import add_memory_flag, memory_limit, resource_problem
 from .bundle import (
     MANIFEST,
     MODEL_FILE,
@@ -21,7 +22,7 @@ from .bundle import (
     write_bundle,
 )
 from .idx import DATASETS, ROOT_ENV, load_test_split
-from .images import ImageSupportMissing
+from .images import MAX_PIXELS, PIXELS_ENV, ImageSupportMissing
 from .inputs import InputRangeError, InputSpec, predict, preprocess, read_inputs
 from .model import describe
 from .onnx_export import OnnxUnavailable, check_onnx
@@ -67,7 +68,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Print one predicted class and its probability per input (notes go to stderr)."""
     model = load(args.bundle)
     for name in args.files:
-        arr, note = read_inputs(name, model.input_spec, args.invert)
+        arr, note = read_inputs(name, model.input_spec, args.invert, args.max_pixels)
         if note:
             print(f"note: {note}", file=sys.stderr)
         try:
@@ -165,12 +166,24 @@ def parser() -> argparse.ArgumentParser:
                    help="dataset to evaluate on (default: the bundle's)")
     v.add_argument("--data-root",
                    help=f"folder holding MNIST/raw/ (default ${ROOT_ENV}, else data/)")
+    p.add_argument("--max-pixels", type=positive, metavar="N",
+                   help=f"refuse larger images (default ${PIXELS_ENV}, else {MAX_PIXELS:,})")
+    for command in (b, p, v):
+        add_memory_flag(command)
     return top
+
+
+def positive(text: str) -> int:
+    """A whole number >= 1 (argparse type)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return COMMANDS[args.command](args)
+    with memory_limit(args.max_memory):
+        return COMMANDS[args.command](args)
 
 
 def run(entry: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
@@ -184,6 +197,12 @@ def run(entry: Callable[[list[str] | None], int], argv: list[str] | None = None)
     except OSError as exc:  # the machine's state (no space, read-only), not a bug
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (MemoryError, RuntimeError) as exc:  # out of memory or stack: one line; else a bug
+        problem = resource_problem(exc)
+        if problem is None:
+            raise
+        print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
 
 

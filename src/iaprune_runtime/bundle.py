@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .files import atomic_write, remove_temp_files
+from .files import atomic_write, holding, parse_json, remove_temp_files
 from .inputs import InputSpec
 from .model import (
     BundleError,
@@ -34,6 +34,7 @@ LEGACY_BUNDLE_FORMAT = "ia-prune-bundle/1"  # an MLP by its sizes and activation
 REQUIRED_KEYS = {BUNDLE_FORMAT: ("sha256", "spec"),
                  LEGACY_BUNDLE_FORMAT: ("sha256", "sizes", "activation")}
 MANIFEST, MODEL_FILE, ONNX_FILE = "manifest.json", "model.pth", "model.onnx"
+LOCK_FILE = ".bundle.lock"  # held while a bundle is written (then removed): one writer at a time
 RESULTS = Path("prune_w_retrain_results") / "recommended.txt"  # under a session's mode folder
 MODEL_NAME = "best_model.pth"  # an iteration's kept model, in <mode>/<i>/prune_w_retrain/
 MODES = ("iterative_pruning", "one_shot_pruning")
@@ -52,8 +53,9 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
         raise BundleError(f"{folder}: no such bundle folder")
     if not path.is_file():
         raise BundleError(f"{folder}: not an IA-Prune bundle (no {MANIFEST})")
+    check_no_links(folder)
     try:
-        manifest = json.loads(path.read_text())
+        manifest = parse_json(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") not in REQUIRED_KEYS:
@@ -64,6 +66,15 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
             raise BundleError(f"{path}: manifest lacks {key!r}")
     check_manifest(manifest, path)
     return manifest
+
+
+def check_no_links(folder: Path) -> None:
+    """Refuse a bundle folder holding a symbolic link: a bundle's files are its own, and a link
+    would make verify and load read (and vouch for) a file outside it."""
+    links = sorted(p.name for p in folder.iterdir() if p.is_symlink())
+    if links:
+        raise BundleError(f"{folder / links[0]}: is a symbolic link; a bundle holds its own "
+                          f"files, refusing it")
 
 
 def check_finite(model: nn.Module, source: Path | str) -> None:
@@ -108,6 +119,8 @@ def _check_member(name: Any, key: str, path: Path) -> None:
 def checked_file(folder: Path, name: str, expected: str) -> bytes:
     """The bytes of a bundle file whose sha256 must equal the manifest's."""
     path = folder / name
+    if path.is_symlink():
+        raise BundleError(f"{path}: is a symbolic link; a bundle holds its own files, refusing it")
     if not path.is_file():
         raise BundleError(f"{path}: missing from the bundle")
     data = path.read_bytes()
@@ -233,7 +246,9 @@ def write_bundle(checkpoint_path: str | os.PathLike, out: str | os.PathLike,
                  onnx: bool = True) -> dict[str, Any]:
     """Write model.pth, model.onnx (when onnx/onnxruntime are installed) and manifest.json.
 
-    Returns the manifest; manifest['onnx'] is the ONNX entry or {'skipped': reason}.
+    Returns the manifest; manifest['onnx'] is the ONNX entry or {'skipped': reason}. Every
+    check runs before the first write; the writes hold the folder's lock (.bundle.lock, removed
+    when done), so a second bundle into the same folder waits, then writes a whole bundle.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -259,14 +274,16 @@ def write_bundle(checkpoint_path: str | os.PathLike, out: str | os.PathLike,
                       "output": "logits", "max_abs_diff": diff}
     manifest["onnx"] = onnx_entry
 
-    remove_temp_files(out)  # a killed bundle's leftovers
-    # model files first, manifest last: until the manifest is replaced the folder is refused
-    atomic_write(out / MODEL_FILE, data)
-    if onnx_bytes is not None:
-        atomic_write(out / ONNX_FILE, onnx_bytes)
-    else:
-        (out / ONNX_FILE).unlink(missing_ok=True)  # never leave a stale export behind
-    atomic_write(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    with holding(out / LOCK_FILE):  # another bundle into this folder waits for this one
+        remove_temp_files(out)  # a killed bundle's leftovers
+        # model files first, manifest last: until the manifest is replaced the folder is refused
+        atomic_write(out / MODEL_FILE, data)
+        if onnx_bytes is not None:
+            atomic_write(out / ONNX_FILE, onnx_bytes)
+        else:
+            (out / ONNX_FILE).unlink(missing_ok=True)  # never leave a stale export behind
+        atomic_write(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        (out / LOCK_FILE).unlink()  # while held: a waiting writer then locks a fresh file
     return manifest
 
 

@@ -1,13 +1,21 @@
 """Small file helpers of the runtime (standard library only): the atomic write, the cleanup of
-what a killed write leaves, and one-line descriptions of file problems. The library uses these
+what a killed write leaves, the folder lock, JSON that cannot recurse, and one-line
+descriptions of file problems. The library uses these
 same functions (iaprune.files re-exports them)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import re
 import secrets
+import socket
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # atomic_write's temp files: .<name>.<8 hex digits>.tmp
 TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
@@ -67,6 +75,67 @@ def remove_temp_files(*folders: Path) -> list[Path]:
                 path.unlink(missing_ok=True)
                 removed.append(path)
     return removed
+
+
+class LockHeld(Exception):
+    """A lock that `holding(..., wait=False)` found held; the message names the holder."""
+
+
+def holder_line() -> str:
+    """Who holds a lock: host, pid and command line (the pid is the second word)."""
+    command = " ".join([Path(sys.executable).name, *sys.argv]) if sys.argv else "python"
+    return f"{socket.gethostname()} {os.getpid()} {command}"
+
+
+@contextlib.contextmanager
+def holding(lock: Path, wait: bool = True) -> Iterator[None]:
+    """Hold `lock` (the kernel's flock): one process at a time in a session, cell or search.
+
+    The kernel drops the lock with its process, so a killed holder never leaves a stale lock:
+    the next process takes it over. The file is opened in place, not written atomically: a
+    lock must stay the same file. It names the holder (host, pid, command) while held. With
+    `wait=False` a lock held by another process raises LockHeld (naming that holder) instead
+    of waiting for it. A lock file removed while waited for is opened again (a lock on the
+    removed file would lock nothing).
+    """
+    while True:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        # O_NOFOLLOW: a lock planted as a symbolic link is an error, never a file truncated
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o666)
+        with os.fdopen(fd, "a+", encoding="utf-8") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                raise LockHeld(fh.read().strip() or "another process") from None
+            try:
+                if not _same_file(fh, lock):
+                    continue
+                fh.seek(0)
+                fh.truncate()
+                fh.write(holder_line() + "\n")
+                fh.flush()
+                yield
+                return
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _same_file(fh, path: Path) -> bool:
+    """Whether the open file `fh` is still the file at `path`."""
+    try:
+        return os.path.samestat(os.fstat(fh.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def parse_json(text: str) -> Any:
+    """json.loads(text); a document nested too deeply for the parser's recursion is a
+    ValueError (like any other invalid JSON), not a RecursionError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def first_line(exc: BaseException) -> str:

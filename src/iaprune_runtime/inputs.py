@@ -169,12 +169,14 @@ def image_sample(gray: np.ndarray, spec: InputSpec) -> np.ndarray:
     return (lo + (hi - lo) * sample.astype(np.float32) / 255).astype(np.float32)
 
 
-def read_inputs(path: str | os.PathLike, spec: InputSpec,
-                invert: bool | None = None) -> tuple[np.ndarray, str | None]:
+def read_inputs(path: str | os.PathLike, spec: InputSpec, invert: bool | None = None,
+                max_pixels: int | None = None) -> tuple[np.ndarray, str | None]:
     """(raw samples, note) from a .npy array (one sample or a batch) or an image file.
 
     Images are read with Pillow (see deploy.images; invert=None detects a light background);
-    the note says what was done to an image, or is None.
+    the note says what was done to an image, or is None. Images above `max_pixels`
+    (images.pixel_limit) and .npy headers declaring more values than the file holds are
+    refused before anything is allocated.
     """
     path = Path(path)
     if path.is_dir():
@@ -183,7 +185,8 @@ def read_inputs(path: str | os.PathLike, spec: InputSpec,
         raise FileNotFoundError(f"{path}: no such file")
     if path.suffix.lower() == ".npy":
         try:
-            arr = np.load(path, allow_pickle=False)
+            # mapped, not read: a header declaring more values than the file holds fails here
+            arr = np.array(np.load(path, mmap_mode="r", allow_pickle=False))
         except (ValueError, OSError, EOFError) as exc:
             raise ValueError(f"{path}: not a readable .npy array ({exc})") from None
         if invert:
@@ -191,5 +194,5 @@ def read_inputs(path: str | os.PathLike, spec: InputSpec,
         return arr, None
     if len(spec.shape) < 2 or math.prod(spec.shape[:-2]) != 1:
         raise ValueError(f"{path}: the model's input {list(spec.shape)} is not one grayscale image")
-    gray, note = read_image(path, tuple(spec.shape[-2:]), invert)
+    gray, note = read_image(path, tuple(spec.shape[-2:]), invert, max_pixels)
     return image_sample(gray, spec), note

@@ -37,6 +37,7 @@ from .spec import (
     modules,
     reads_flat,
     shapes,
+    weights_problem,
     wiring,
 )
 
@@ -212,7 +213,11 @@ def load_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, Any], bytes
 
 def model_from_checkpoint(checkpoint: dict[str, Any], source: str | os.PathLike) -> DeployedNet:
     """Rebuild the network a checkpoint describes and load its weights strictly, in eval mode."""
-    model = DeployedNet(checkpoint_spec(checkpoint, source))
+    spec = checkpoint_spec(checkpoint, source)
+    problem = weights_problem(spec, checkpoint["state_dict"])  # before the network is allocated
+    if problem:
+        raise BundleError(f"{source}: weights do not fit the recorded architecture ({problem})")
+    model = DeployedNet(spec)
     try:
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except (RuntimeError, ValueError, TypeError, AttributeError) as exc:

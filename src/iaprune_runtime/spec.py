@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .budget import check_memory
 from .layers import REQUIRED, Layer, SpecError, entries, entry, entry_of, logits_end, names
 from .layers.base import check_int
 
@@ -171,7 +172,8 @@ def input_shapes(layers: Sequence[Layer], input_shape: Sequence[int]
 
 
 def check_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """A checked spec {'input': [...], 'layers': [...]} with defaults filled in."""
+    """A checked spec {'input': [...], 'layers': [...]} with defaults filled in, whose sizes fit
+    the memory limit (budget.check_memory: before anything is allocated)."""
     if not isinstance(spec, dict) or set(spec) != {"input", "layers"}:
         raise SpecError("a spec is an object with exactly 'input' and 'layers'")
     shape = spec["input"]
@@ -184,7 +186,7 @@ def check_spec(spec: dict[str, Any]) -> dict[str, Any]:
     for i, reads in enumerate(wiring(layers)):  # inputs naming the layer before: the default
         if reads == (i,):
             layers[i].pop("inputs", None)
-    shapes(layers, shape)
+    check_memory(layers, shapes(layers, shape), wiring(layers))
     kinds = [entry(layer["type"]) for layer in layers]
     end = logits_end(kinds)  # a trailing softmax/log_softmax normalises the logits before it
     for i, kind in enumerate(kinds[:end]):
@@ -204,6 +206,25 @@ def modules(spec: dict[str, Any]) -> list[nn.Module]:
     layer_shapes = input_shapes(spec["layers"], spec["input"])
     return [entry(layer["type"]).build(fields(layer), s)
             for layer, s in zip(spec["layers"], layer_shapes, strict=True)]
+
+
+def weights_problem(spec: dict[str, Any], state_dict: Any) -> str | None:
+    """Why `state_dict` cannot be the weights of checked `spec` (a missing, extra or differently
+    shaped tensor), found without allocating: the network is built on torch's meta device, so a
+    file declaring a huge layer with small tensors is refused before the layer exists."""
+    if not isinstance(state_dict, dict) or not all(
+            isinstance(k, str) and isinstance(v, Tensor) for k, v in state_dict.items()):
+        return "state_dict is not a dict of named tensors"
+    with torch.device("meta"):
+        expected = nn.Sequential(*modules(spec)).state_dict()
+    for name, tensor in expected.items():
+        if name not in state_dict:
+            return f"missing {name}"
+        if state_dict[name].shape != tensor.shape:
+            return (f"{name} has shape {list(state_dict[name].shape)}, the architecture needs "
+                    f"{list(tensor.shape)}")
+    extra = sorted(set(state_dict) - set(expected))
+    return f"unexpected {', '.join(extra[:4])}" if extra else None
 
 
 def layer_of(module: nn.Module) -> Layer:

@@ -22,6 +22,7 @@ import numpy as np
 
 from iaprune.data.dataset import DatasetError
 from iaprune.data.prepare import RawData
+from iaprune_runtime.images import check_pixels, draft, pixel_limit, shrink
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N"}
@@ -81,7 +82,8 @@ def refuse_unreadable(bad: list[tuple[Path, Exception]]) -> None:
 
 
 def headers(paths: list[Path]) -> list[tuple[str, tuple[int, int]]]:
-    """(mode, (width, height)) of each image, read from its header only."""
+    """(mode, (width, height)) of each image, read from its header only; an image above the
+    pixel limit ($IAPRUNE_MAX_PIXELS, default 16.8 M) is refused before anything is decoded."""
     from PIL import Image, UnidentifiedImageError
 
     found, bad = [], []
@@ -92,6 +94,12 @@ def headers(paths: list[Path]) -> list[tuple[str, tuple[int, int]]]:
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
             bad.append((path, exc))
     refuse_unreadable(bad)
+    try:
+        limit = pixel_limit()
+        for path, (_, size) in zip(paths, found, strict=True):
+            check_pixels(path, size, limit)
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from None
     return found
 
 
@@ -102,11 +110,14 @@ def common_size(sizes: list[tuple[int, int]]) -> tuple[int, int]:
 
 
 def pixels(path: Path, gray: bool, wide: bool, size: tuple[int, int]) -> np.ndarray:
-    """(C, H, W) array of one image, decoded in full: uint16 when `wide`, else uint8."""
+    """(C, H, W) array of one image (width, height `size`): uint16 when `wide`, else uint8. An
+    image many times larger is decoded reduced (JPEG) or box-averaged first (runtime.images)."""
     from PIL import Image
 
     with Image.open(path) as image:
+        draft(image, size[::-1])
         image.load()  # decodes now: a truncated file fails here
+        image = shrink(image, size[::-1])
         if wide:
             arr = np.asarray(image).astype(np.int64).clip(0, 65535).astype(np.uint16)
             if image.size != size:  # resized in float, rounded back to 16 bits

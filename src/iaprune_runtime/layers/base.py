@@ -126,8 +126,8 @@ class LayerType:
 
     def describe(self, layer: Layer) -> str:
         """'conv2d 6 5 1 0': the type and its field values."""
-        return " ".join([self.name, *(str(v) for k, v in layer.items() if k not in ("type",
-                                                                                    "bias"))])
+        return " ".join([self.name, *(str(v) for k, v in layer.items()
+                                       if k not in ("type", "bias", "name", "inputs"))])
 
     # ---- network -----------------------------------------------------------------------------
     def build(self, layer: Layer, shape: tuple[int, ...]) -> nn.Module:
@@ -140,6 +140,11 @@ class LayerType:
 
     def macs(self, module: nn.Module, out_shape: tuple[int, ...]) -> int:
         """Multiply-accumulates per sample (0 for layers without weights, as thop counts)."""
+        return 0
+
+    def params(self, layer: Layer, shape: tuple[int, ...]) -> int:
+        """Values its module holds (parameters and buffers) for a checked layer spec on inputs
+        of `shape`, computed without building it (the memory budget, iaprune_runtime.budget)."""
         return 0
 
     # ---- import ------------------------------------------------------------------------------

@@ -37,6 +37,10 @@ class BatchNorm(LayerType):
     def build(self, layer: Layer, shape: tuple[int, ...]) -> nn.Module:
         return nn.BatchNorm1d(shape[0]) if len(shape) == 1 else nn.BatchNorm2d(shape[0])
 
+    def params(self, layer: Layer, shape: tuple[int, ...]) -> int:
+        """γ, β, running mean and running variance: four per unit."""
+        return 4 * shape[0]
+
     def read(self, module: nn.Module) -> Layer:
         if not (module.affine and module.track_running_stats) or module.eps != 1e-5:
             raise TypeError(f"{type(module).__name__} must be affine, track running stats and "

@@ -56,6 +56,10 @@ class Conv2d(Producer):
         return nn.Conv2d(shape[0], layer["out"], layer["kernel"], layer["stride"],
                          layer["padding"], bias=layer["bias"])
 
+    def params(self, layer: Layer, shape: tuple[int, ...]) -> int:
+        """out · in · k · k weights + out biases."""
+        return (shape[0] * layer["kernel"] ** 2 + layer["bias"]) * layer["out"]
+
     def read(self, module: nn.Module) -> Layer:
         if (square(module.dilation, "dilation", module) != 1 or module.groups != 1
                 or module.padding_mode != "zeros" or isinstance(module.padding, str)):

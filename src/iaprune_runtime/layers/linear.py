@@ -39,6 +39,10 @@ class Linear(Producer):
     def build(self, layer: Layer, shape: tuple[int, ...]) -> nn.Module:
         return nn.Linear(shape[0], layer["out"], bias=layer["bias"])
 
+    def params(self, layer: Layer, shape: tuple[int, ...]) -> int:
+        """in · out weights + out biases."""
+        return (shape[0] + layer["bias"]) * layer["out"]
+
     def read(self, module: nn.Module) -> Layer:
         return {"type": self.name, "out": module.out_features, "bias": module.bias is not None}
 

@@ -55,6 +55,10 @@ class SelectType(LayerType):
     def build(self, layer: Layer, shape: tuple[int, ...]) -> nn.Module:
         return Select(layer["indices"], shape[0])
 
+    def params(self, layer: Layer, shape: tuple[int, ...]) -> int:
+        """The index buffer."""
+        return len(layer["indices"])
+
     def read(self, module: nn.Module) -> Layer:
         return {"type": self.name, "indices": module.indices.tolist()}
 
