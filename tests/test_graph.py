@@ -301,3 +301,21 @@ class PlusOne(nn.Module):
 def test_an_unsupported_operation_is_a_type_error_naming_it(module, message):
     with pytest.raises(TypeError, match=message):
         from_module(module, [4])
+
+
+@pytest.mark.parametrize("cls, shape, keep", [
+    (TinyResNet, [3, 8, 8], [[0, 2, 5], [1, 3], [0, 4, 9, 15], [2, 3, 7, 11, 12]]),
+    (DenseBlock, [1, 8, 8], [[0, 3], [1], [0, 2]]),
+])
+def test_a_pruned_graph_loads_back_into_the_users_own_class(tmp_path, cls, shape, keep):
+    """A pruned import saved as a checkpoint loads into a fresh instance of the user's class,
+    whose own forward then computes the pruned network's outputs."""
+    from iaprune import load_pruned_model
+    from iaprune.checkpoint import save_checkpoint
+
+    net = from_module(_trained_like(cls()), shape)
+    x = torch.rand(8, *shape, dtype=D)
+    small = shrink(net, [torch.tensor(k) for k in keep], "linear", data=x.flatten(1))
+    path = save_checkpoint(tmp_path / "best_model.pth", small)
+    mine = load_pruned_model(cls().double(), path)
+    assert (mine(x) - small(x)).abs().max() <= 1e-5

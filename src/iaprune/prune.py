@@ -286,6 +286,18 @@ def _widened(fold: Fold | None, use: Use, group: Group, kept: int) -> Fold | Non
     return Fold(fold.offset, coef)
 
 
+def _into_norm(model: Net, modules: list[nn.Module], reader: int) -> None:
+    """Move the bias a fold gave a bias-free reader into the BatchNorm that alone reads its
+    output (a ResNet's conv -> BatchNorm), so the pruned layer keeps the user's layout (no bias)
+    and loads back into the user's class; the outputs are the same."""
+    links = model.wiring or [(i,) for i in range(len(model))]
+    after = [i for i, reads in enumerate(links) if reader + 1 in reads]
+    if len(after) == 1 and entry_of(modules[after[0]]).role == "per_unit":
+        norm = modules[after[0]]
+        if entry_of(norm).absorb_shift(norm, modules[reader].bias.detach()):
+            modules[reader].bias = None
+
+
 def _cut(model: Net, group: Group, idx: Tensor, removed: Tensor,
          folds: Sequence[Fold | None]) -> Net:
     """A copy of `model` with group `group` cut to `idx` and each reader's fold applied."""
@@ -298,8 +310,11 @@ def _cut(model: Net, group: Group, idx: Tensor, removed: Tensor,
     for use, fold in zip(group.readers, folds, strict=True):  # columns/channels/blocks + fold
         kept, gone, units = _within(use, group, idx, removed)
         reader = modules[use.module]
+        had_bias = getattr(reader, "bias", None) is not None
         entry_of(reader).keep_inputs(reader, units, kept, gone, _widened(fold, use, group,
                                                                          len(kept)))
+        if not had_bias and getattr(reader, "bias", None) is not None:
+            _into_norm(model, modules, use.module)
     if group.kind == "input":
         modules = _cut_inputs(Net(modules, model.input_shape), group, idx)
         return Net(modules, model.input_shape)

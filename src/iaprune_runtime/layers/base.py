@@ -202,6 +202,11 @@ class LayerType:
         folding the removed units' estimate `fold` (offset, coef) into it (None: no fold)."""
         raise NotImplementedError(f"{self.name} reads no units")
 
+    def absorb_shift(self, module: nn.Module, shift: Tensor) -> bool:
+        """Take a per-unit shift b of its input into `module` in place, so that module(x + b)
+        computes what module(x) did before (in eval mode); False when this type cannot."""
+        return False
+
     def check_pair(self, mine: nn.Module, ref: nn.Module, where: str) -> None:
         """ValueError unless a user's module `mine` can take the weights of `ref` once resized."""
 

@@ -55,6 +55,13 @@ class BatchNorm(LayerType):
     def features(self, module: nn.Module) -> int:
         return module.num_features
 
+    def absorb_shift(self, module: nn.Module, shift: Tensor) -> bool:
+        """(x + b - mean) = (x - (mean - b)): the running mean takes the shift (a bias a fold
+        gave a bias-free conv before it; in training the batch mean absorbs it anyway)."""
+        with torch.no_grad():
+            module.running_mean.sub_(shift.to(module.running_mean.dtype))
+        return True
+
     def ranks(self, module: nn.Module) -> tuple[int, ...]:
         """BatchNorm1d takes (C,) or (C, L), BatchNorm2d (C, H, W)."""
         return (1, 2) if type(module) is nn.BatchNorm1d else (3,)
