@@ -29,6 +29,7 @@ from iaprune.checkpoint import load_checkpoint, model_from_checkpoint, save_chec
 from iaprune.concatenate import READ_ONLY, Concatenation, concatenate
 from iaprune.config import PruneConfig, differences, dumps, flat, iteration_seed, value_of
 from iaprune.data import Dataset
+from iaprune.data.rows import head
 from iaprune.device import place, torch_device
 from iaprune.errors import UserError
 from iaprune.files import atomic_write
@@ -65,7 +66,7 @@ from iaprune_runtime.layers import entry, entry_of
 DEFAULT_RETAIN = RETAIN_FILE  # relative to the working folder
 DEFAULT_HIDDEN = (256, 64)  # the thesis MLP's hidden sizes
 # Settings a resumed run may change; every other setting must match the session's config.json.
-CHANGEABLE = {"--max-accuracy-drop", "--device"}
+CHANGEABLE = {"--max-accuracy-drop", "--device", "--stream"}  # same results either way
 
 
 class EngineError(UserError):
@@ -610,7 +611,7 @@ def _run(config: PruneConfig, root: Path, retain: str | Path | None, begin: int 
                           config.base_model, exact=True)
     # The criterion must work on this architecture: find out now, not after training.
     sample = data.train
-    score(config.scoring.criterion, probe, ScoreData(sample.x[:64], sample.y[:64],
+    score(config.scoring.criterion, probe, ScoreData(head(sample.x, 64), sample.y[:64],
                                                      measure=config.scoring.measure),
           prunes_inputs(schedule))
     session.remove_temp_files()  # every check passed: the first write; a killed run's leftovers

@@ -15,6 +15,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from iaprune.data.rows import Rows, batches, head, value_range
 from iaprune.device import for_inference, inference_batch
 from iaprune.groups import Group, groups
 from iaprune.interval import Interval
@@ -95,13 +96,13 @@ def model_input(model: Net, x: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def value_at(model: Net, x: Tensor, index: int) -> Tensor:
+def value_at(model: Net, x: Rows, index: int) -> Tensor:
     """The input of module `index` (the output of modules 0..index-1) for data rows x, computed
     in inference-sized batches (a conv net's feature maps of all rows at once would not fit in
     memory, only the values asked for are kept)."""
-    head = nn.Sequential(*list(for_inference(model))[:index])
+    front = nn.Sequential(*list(for_inference(model))[:index])
     batch = inference_batch(model)
-    return torch.cat([head(model_input(model, x[i:i + batch])) for i in range(0, len(x), batch)])
+    return torch.cat([front(model_input(model, xb)) for xb in batches(x, batch)])
 
 
 def unit_view(u: Tensor, group: Group) -> Tensor:
@@ -117,37 +118,36 @@ class Fold(NamedTuple):
     coef: Tensor | None = None  # (r, k) on the k kept units' values
 
 
-def _samples(model: Net, x: Tensor) -> Tensor:
+def _samples(model: Net, x: Rows) -> Rows:
     """The data a fold looks at: every row for an MLP, the first FOLD_SAMPLES for a conv net."""
     if len(x) > FOLD_SAMPLES and any(entry_of(m).spatial for m in model):
-        return x[:FOLD_SAMPLES]
+        return head(x, FOLD_SAMPLES)
     return x
 
 
-def _needs_data(x: Tensor | None, fold: str) -> Tensor:
+def _needs_data(x: Rows | None, fold: str) -> Rows:
     if x is None:
         raise ValueError(f"bias_fold={fold!r} needs the training inputs (data=...)")
     return x
 
 
-def _rows(model: Net, group: Group, x: Tensor) -> Tensor:
+def _rows(model: Net, group: Group, x: Rows) -> Tensor:
     """The consumer's input units as samples: (n·positions, units)."""
     u = unit_view(value_at(model, _samples(model, x), group.consumer), group)  # (n, units, P)
     return u.transpose(1, 2).reshape(-1, group.size) if u.shape[2] > 1 else u[:, :, 0]
 
 
-def _fold_mean(model: Net, group: Group, keep: Tensor, removed: Tensor, x: Tensor | None,
+def _fold_mean(model: Net, group: Group, keep: Tensor, removed: Tensor, x: Rows | None,
                box: Interval | None) -> Fold:
     """Mean value of each removed unit over the training inputs (and its positions)."""
     return Fold(_rows(model, group, _needs_data(x, "mean")).mean(0)[removed])
 
 
-def _fold_mid(model: Net, group: Group, keep: Tensor, removed: Tensor, x: Tensor | None,
+def _fold_mid(model: Net, group: Group, keep: Tensor, removed: Tensor, x: Rows | None,
               box: Interval | None) -> Fold:
     """Midpoint of each removed unit's value interval over the input box (default: data box)."""
     if box is None:
-        flat = _needs_data(x, "mid").reshape(len(x), -1)
-        box = Interval(flat.amin(dim=0), flat.amax(dim=0))
+        box = Interval(*value_range(_needs_data(x, "mid")))
     value = box
     value = Interval(model_input(model, value.lower[None]), model_input(model, value.upper[None]))
     for module in list(model)[:group.consumer]:
@@ -156,7 +156,7 @@ def _fold_mid(model: Net, group: Group, keep: Tensor, removed: Tensor, x: Tensor
     return Fold(mid[removed])
 
 
-def _fold_linear(model: Net, group: Group, keep: Tensor, removed: Tensor, x: Tensor | None,
+def _fold_linear(model: Net, group: Group, keep: Tensor, removed: Tensor, x: Rows | None,
                  box: Interval | None) -> Fold:
     """Least-squares prediction of the removed units' values from the kept ones (ridge-damped;
     for channels position-wise, one coefficient per channel pair).
@@ -176,7 +176,7 @@ def _fold_linear(model: Net, group: Group, keep: Tensor, removed: Tensor, x: Ten
     return Fold(offset, coef)
 
 
-FoldFn = Callable[[Net, Group, Tensor, Tensor, Tensor | None, Interval | None], Fold]
+FoldFn = Callable[[Net, Group, Tensor, Tensor, Rows | None, Interval | None], Fold]
 FOLDS: dict[str, FoldFn | None] = {
     "linear": _fold_linear, "mean": _fold_mean, "mid": _fold_mid, "none": None}
 
@@ -195,7 +195,7 @@ def _cut_inputs(model: Net, group: Group, idx: Tensor) -> list[nn.Module]:
 
 @torch.no_grad()
 def shrink(model: Net, keep: Sequence[Tensor], bias_fold: BiasFold = "linear",
-           data: Tensor | None = None, box: Interval | None = None,
+           data: Rows | None = None, box: Interval | None = None,
            inputs: bool = False) -> Net:
     """The surgery: a new, physically smaller Net keeping units `keep[g]` of each prunable
     group g (order preserved); the input model is not changed.

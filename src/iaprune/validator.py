@@ -14,6 +14,7 @@ from torch import nn
 from iaprune import cli
 from iaprune.checkpoint import load_model
 from iaprune.data import DATASETS, PYTHON_OBJECT, Dataset, Split, dataset_sizes, load_dataset
+from iaprune.data.rows import batches
 from iaprune.device import for_inference, inference_batch
 from iaprune.errors import UserError
 from iaprune.groups import units
@@ -44,8 +45,8 @@ def evaluate_split(model: nn.Module, split: Split) -> tuple[float, float]:
     model.eval()
     loss_sum, correct = 0.0, 0
     batch = inference_batch(model)
-    for start in range(0, len(split), batch):
-        x, y = split.x[start:start + batch], split.y[start:start + batch]
+    for start, x in zip(range(0, len(split), batch), batches(split.x, batch), strict=True):
+        y = split.y[start:start + batch]
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
