@@ -121,3 +121,36 @@ def test_stream_is_refused_for_data_held_in_memory(tmp_path, source, capsys):
                    ["--stream", "--session", str(session)]) == 2
     assert "--stream applies to" in capsys.readouterr().err
     assert not session.exists()
+
+
+@pytest.mark.parametrize("flag", [["--target", "label"], ["--image-size", "8"], ["--stream"]])
+def test_validator_refuses_own_data_flags_with_a_built_in_set(tmp_path, flag, capsys):
+    """validator --dataset digits with --target, --image-size or --stream: one line, exit 2
+    (they were ignored before)."""
+    from iaprune import validator
+    from iaprune.checkpoint import save_checkpoint
+
+    net = build({"input": [1, 8, 8], "layers": [{"type": "linear", "out": 10}]}, seed=0)
+    path = tmp_path / "m.pth"
+    save_checkpoint(path, net, dataset="digits")
+    assert cli.run(validator.main, [str(path), "--dataset", "digits", *flag]) == 2
+    assert f"error: {flag[0]} applies to your own data, not to the built-in digits" in \
+        capsys.readouterr().err
+
+
+def test_validator_streams_a_folder_to_the_in_memory_figures(tmp_path, rgb, capsys):
+    """validator --stream prints the same metrics as without it."""
+    from iaprune import validator
+    from iaprune.checkpoint import save_checkpoint
+
+    data = load_dataset(rgb)
+    net = build({"input": list(data.input_shape), "layers": [{"type": "linear", "out": 3}]},
+                seed=0)
+    path = tmp_path / "m.pth"
+    save_checkpoint(path, net, dataset=str(rgb), input=data.input_info(),
+                    classes=list(data.classes))
+    outputs = []
+    for extra in ([], ["--stream"]):
+        assert cli.run(validator.main, [str(path), "--dataset", str(rgb), *extra]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1]
