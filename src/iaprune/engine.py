@@ -40,11 +40,13 @@ from iaprune.prune import keep_global, keep_indices, shrink
 from iaprune.records import (
     CHECKPOINT_FILE,
     COLUMN,
+    FEATURES_FILE,
     RETAIN_FILE,
     SUMMARY_FILE,
     TRAIN_FILE,
     VALIDATION_FILE,
     validation_row,
+    write_features,
     write_validation_results,
 )
 from iaprune.retain import (
@@ -307,6 +309,7 @@ class IterativePruning:
         percent = self.schedule[i].percent
         kept = self.units(model)
         read = features_read(model)
+        names = kept_features(model, d.features)
         save_checkpoint(folder / CHECKPOINT_FILE, model, dataset=c.dataset,
                         val_size=len(d.val), split_seed=0, input=d.input_info(),
                         classes=list(d.classes), iteration=i, hidden=units(model),
@@ -316,11 +319,14 @@ class IterativePruning:
                         version=__version__)
         atomic_write(folder / SUMMARY_FILE,
                      f"Iteration {i}: units {self.label(kept)} ({percent:.2f}% of the "
-                     f"schedule's units)\ninput features read: {read} of {d.n_features}\n"
+                     f"schedule's units)\ninput features read: {read} of {d.n_features}"
+                     f"{'' if names is None else ': ' + ', '.join(names)}\n"
                      f"architecture: {describe(spec_of(model))}\n\n{table}")
         values = validation_row({**metrics.as_dict(), "percent_retained": percent,
                                  "no_retrain_test_accuracy": no_retrain,
                                  "hidden": self.label(kept), "params": params, "macs": macs})
+        if names is not None:
+            write_features(folder / FEATURES_FILE, names)
         write_validation_results(folder / VALIDATION_FILE, values)  # written last
         self._val_accuracy[i] = metrics.val_accuracy
         self.session.commit(i)
@@ -360,6 +366,15 @@ def features_read(model: Net) -> int:
     if entry_of(first).role == "inputs":
         return len(first.indices)
     return math.prod(model.input_shape)
+
+
+def kept_features(model: Net, features: tuple[str, ...] | None) -> list[str] | None:
+    """The names of the input columns the model reads (None: the data has no column names)."""
+    if features is None:
+        return None
+    first = model[0]
+    read = first.indices.tolist() if entry_of(first).role == "inputs" else range(len(features))
+    return [features[j] for j in read]
 
 
 def progress_line(row: dict[str, Any], last: int) -> str:

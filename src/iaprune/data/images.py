@@ -23,6 +23,7 @@ import numpy as np
 
 from iaprune.data.dataset import DatasetError
 from iaprune.data.prepare import RawData
+from iaprune_runtime.images import channels
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N"}
@@ -115,13 +116,7 @@ def pixels(path: Path, gray: bool, wide: bool, size: tuple[int, int]) -> np.ndar
                     size, Image.Resampling.BILINEAR)
                 arr = np.clip(np.round(np.asarray(resized)), 0, 65535).astype(np.uint16)
             return arr[None]
-        if image.mode == "P":  # through RGBA: Pillow's way for palettes with transparency
-            image = image.convert("RGBA")
-        image = image.convert("L" if gray else "RGB")  # palettes expanded, alpha dropped
-    if image.size != size:
-        image = image.resize(size, Image.Resampling.BILINEAR)
-    arr = np.asarray(image, dtype=np.uint8)
-    return arr[None] if gray else arr.transpose(2, 0, 1)
+        return channels(image, gray, size)  # as the deploy runtime reads an RGB image
 
 
 def parse_size(image_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
