@@ -154,3 +154,16 @@ def test_validator_streams_a_folder_to_the_in_memory_figures(tmp_path, rgb, caps
         assert cli.run(validator.main, [str(path), "--dataset", str(rgb), *extra]) == 0
         outputs.append(capsys.readouterr().out)
     assert outputs[0] == outputs[1]
+
+
+def test_a_folder_streams_by_itself_when_it_exceeds_half_the_available_memory(rgb, monkeypatch):
+    """Without stream=..., the folder is streamed when its float32 inputs exceed half the
+    available memory, and held in memory otherwise; stream=False holds it in memory."""
+    from iaprune.data import stream
+
+    size = (14 + 4) * 3 * 3 * 10 * 10 * 4  # 54 images of 3x10x10 float32
+    monkeypatch.setattr(stream, "available_memory", lambda: 2 * size - 2)
+    assert isinstance(load_dataset(rgb).train.x, DiskRows)
+    assert isinstance(load_dataset(rgb, stream=False).train.x, torch.Tensor)
+    monkeypatch.setattr(stream, "available_memory", lambda: 2 * size)
+    assert isinstance(load_dataset(rgb).train.x, torch.Tensor)

@@ -34,7 +34,15 @@ def default_workers() -> int:
 
 
 def available_memory() -> int | None:
-    """Bytes of memory available now (None: unknown on this system)."""
+    """Bytes of memory available now: Linux's MemAvailable (free memory plus the caches it can
+    drop), else the free pages; None when unknown on this system."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
