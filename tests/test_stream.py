@@ -3,6 +3,7 @@ splits and rows, the same input box, criteria and folds, and the same validation
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ def test_streaming_is_forced_and_reads_the_in_memory_rows_in_order(rgb):
                  (memory.test, streamed.test)):
         assert torch.equal(a.y, b.y)
         order = torch.randperm(len(a), generator=torch.Generator().manual_seed(0))
-        got = torch.cat(list(batches(b.x.__class__(b.x.images, workers=2), 5, order)))
+        got = torch.cat(list(batches(replace(b.x, workers=2), 5, order)))
         assert torch.equal(got, a.x[order])
 
 
@@ -103,7 +104,7 @@ def test_an_image_that_fails_to_decode_while_streaming_is_named_in_one_line(rgb)
     bad = rgb / "train" / "red" / "3.png"
     bad.write_bytes(bad.read_bytes()[:60])  # the header still reads
     data = load_dataset(rgb, val_size=6, stream=True)
-    x = data.train.x.__class__(data.train.x.images, workers=1)
+    x = replace(data.train.x, workers=1)
     with pytest.raises(DatasetError) as caught:
         take(x, torch.arange(len(x)))
     assert str(bad) in str(caught.value) and "\n" not in str(caught.value)
