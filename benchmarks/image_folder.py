@@ -14,6 +14,9 @@ Usage: python benchmarks/image_folder.py [--out DIR] [--rows N]
 4. The recommended model of that session (the engine's recommendation, else the last) is
    bundled with `iaprune deploy bundle` and `iaprune deploy predict --no-invert` classifies
    every PNG of the test folder: its accuracy must equal the recorded test accuracy.
+5. With --stream, the folder session once more with streaming forced (images read from disk in
+   batches by DataLoader workers, PruneConfig(stream=True)): every complete iteration's
+   validation_results.txt must equal the in-memory session's.
 
 Every run is an ordinary engine session under DIR/cache/image_folder/, so an interrupted
 benchmark continues where it stopped. Writes DIR/image_folder.md.
@@ -96,6 +99,14 @@ def light_backgrounds(test: Path) -> int:
                for p in test.rglob("*.png"))
 
 
+def same_validation_results(memory: Path, streamed: Path) -> tuple[int, int]:
+    """(iterations whose validation_results.txt are equal, iterations complete in both)."""
+    found = [(memory / p.relative_to(streamed), p) for p in
+             sorted(streamed.glob("iterative_pruning/*/prune_w_retrain/validation_results.txt"))]
+    pairs = [(a, b) for a, b in found if a.is_file()]
+    return sum(a.read_text() == b.read_text() for a, b in pairs), len(pairs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -106,7 +117,10 @@ def main() -> None:
                              "workflow's default, until the validation accuracy plateaus)")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: report the iterations the sessions have completed")
-    parser.add_argument("--only", choices=("folder", "builtin"), default=None,
+    parser.add_argument("--stream", action="store_true",
+                        help="also run the folder session with streaming forced and compare "
+                             "its validation results with the in-memory session's")
+    parser.add_argument("--only", choices=("folder", "builtin", "stream"), default=None,
                         help="run only this session (to run both at once in two processes), "
                              "then stop; a later run without --only resumes both and reports")
     args = parser.parse_args()
@@ -135,6 +149,12 @@ def main() -> None:
                           cache / f"builtin{suffix}", base_only)
         timings["builtin"] = time.perf_counter() - t
         print(f"built-in session done ({timings['builtin']:.0f} s)", flush=True)
+    if (args.only == "stream" or (args.stream and args.only is None)) and not args.report_only:
+        t = time.perf_counter()
+        session(PruneConfig(dataset=str(folder), val_size=VAL_SIZE, training=training,
+                            stream=True), cache / f"folder-stream{suffix}", shortened)
+        timings["stream"] = time.perf_counter() - t
+        print(f"streamed folder session done ({timings['stream']:.0f} s)", flush=True)
     if args.only is not None:
         return
     cap = ("every setting the default" if args.epochs is None else
@@ -197,6 +217,12 @@ def main() -> None:
         f"({len(seconds)} epochs in both sessions) on the shared 2-core machine (other "
         "engineers' runs and this benchmark's two sessions at once).",
     ])
+    if args.stream:
+        equal, complete = same_validation_results(cache / f"folder{suffix}",
+                                                  cache / f"folder-stream{suffix}")
+        text += ("\n\nWith streaming forced (`PruneConfig(stream=True)`, the PNGs read from "
+                 f"disk in batches): {equal} of {complete} iterations complete in both "
+                 "sessions have the same validation_results.txt as in memory.")
     atomic_write(args.out / "image_folder.md", text + "\n")
     print(text)
 

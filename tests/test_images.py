@@ -54,7 +54,7 @@ def test_a_huge_png_allowed_by_max_pixels_peaks_well_under_300_mb(huge_png, mnis
         from iaprune_runtime.inputs import read_inputs
         model = load({str(mnist_model)!r})
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        sample, _ = read_inputs({str(huge_png)!r}, model.input_spec, False, 10**8)
+        sample, _ = read_inputs({str(huge_png)!r}, model.input_spec, False, max_pixels=10**8)
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print((after - before) // 1024, int(sample.min()), int(sample.max()))
     """)

@@ -28,6 +28,7 @@ from iaprune.records import (
     CHECKPOINT_FILE,
     COMPARISON_PLOT,
     CONFIG_FILE,
+    FEATURES_FILE,
     ITERATION_DIR,
     LOCK_FILE,
     LOSS_COLUMNS,
@@ -39,6 +40,7 @@ from iaprune.records import (
     VALIDATION_FILE,
     ResultsError,
     Value,
+    read_features,
     read_validation_results,
 )
 from iaprune.session import READ_ONLY, iteration_dirs, mode_dirs
@@ -56,6 +58,7 @@ class IterationResult:
 
     iteration: int  # the folder number i of <mode>/<i>/
     values: Mapping[str, Value]  # VALIDATION_COLUMNS -> value
+    features: tuple[str, ...] | None = None  # a table's input columns the model reads
 
     def __getitem__(self, column: str) -> Value:
         return self.values[column]
@@ -104,7 +107,9 @@ def gather(mode_dir: str | os.PathLike,
             _note(f"skipping iteration {iteration}: no {ITERATION_DIR}/{VALIDATION_FILE} "
                   f"(incomplete)", quiet)
             continue
-        rows.append(IterationResult(iteration, read_validation_results(results)))
+        names = read_features(folder / ITERATION_DIR / FEATURES_FILE)
+        rows.append(IterationResult(iteration, read_validation_results(results),
+                                    None if names is None else tuple(names)))
     if not rows:
         raise ResultsError(f"{mode_dir}: no complete iteration (none has "
                            f"<i>/{ITERATION_DIR}/{VALIDATION_FILE})")
@@ -162,6 +167,8 @@ def fingerprint(rows: Sequence[IterationResult], tolerance: float) -> str:
     session's name: a renamed or archived copy keeps its plots as they were drawn)."""
     content = {"version": __version__, "tolerance": tolerance,
                "rows": [[r.iteration, [r[c] for c in VALIDATION_COLUMNS]] for r in rows]}
+    if any(r.features is not None for r in rows):  # unchanged stamps for sessions without
+        content["features"] = [r.features for r in rows]
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
@@ -197,8 +204,29 @@ def write_results(result: Concatenation, stamp: str) -> None:
     plot_tradeoff(result, tradeoff)
     atomic_write(recommended_txt, session_path(result.mode_dir, result.recommended) + "\n")
     written = (table, accuracies, losses, tradeoff, recommended_txt)
+    if has_features(result.rows):
+        written += (atomic_write(features_path(result.mode_dir), format_features(result.rows)),)
     settings.update(fingerprint=stamp, sha256={p.name: sha256_of(p) for p in written})
     atomic_write(settings_json, json.dumps(settings, indent=2) + "\n")
+
+
+def has_features(rows: Sequence[IterationResult]) -> bool:
+    """Whether the iterations name their input columns (a table's session)."""
+    return any(r.features is not None for r in rows)
+
+
+def features_path(mode_dir: Path) -> Path:
+    """<mode_dir>/prune_w_retrain_results/features.txt."""
+    return mode_dir / RESULTS_DIR / FEATURES_FILE
+
+
+def format_features(rows: Sequence[IterationResult]) -> str:
+    """The results' features.txt: per iteration, the count and names of the input columns its
+    model reads, tab-separated (column names may hold spaces and commas)."""
+    lines = ["Iteration\tFeatures\tColumns"]
+    lines += ["\t".join([str(r.iteration), str(len(r.features)), *r.features])
+              for r in rows if r.features is not None]
+    return "\n".join(lines) + "\n"
 
 
 def format_validations(rows: Sequence[IterationResult],
@@ -393,9 +421,11 @@ def concatenate(mode_dir: str | os.PathLike, tolerance: float | None = None,
     reference, recommended = recommend(rows, tolerance)
     paths = tuple(out / name for name in RESULTS_FILES)
     stamp = fingerprint(rows, tolerance)
-    written = not vouched(settings, stamp, paths[:-1])
+    checked = paths[:-1] + ((features_path(mode_dir),) if has_features(rows) else ())
+    written = not vouched(settings, stamp, checked)
+    outputs = paths + ((features_path(mode_dir),) if has_features(rows) else ())
     result = Concatenation(mode_dir, tuple(rows), tuple(skipped), float(tolerance), reference,
-                           recommended, checkpoint_path(mode_dir, recommended), paths, written)
+                           recommended, checkpoint_path(mode_dir, recommended), outputs, written)
     if reference != 0:
         _note(f"{mode_dir}: no iteration 0 (base model); tolerance measured from iteration "
               f"{reference}", quiet)
@@ -406,7 +436,7 @@ def concatenate(mode_dir: str | os.PathLike, tolerance: float | None = None,
         for other in compare:
             other_rows, _ = gather(other, quiet=True)
             runs.append((run_label(Path(other)), other_rows, recommend(other_rows, tolerance)[1]))
-        result = replace(result, outputs=paths + (out / COMPARISON_PLOT,))
+        result = replace(result, outputs=outputs + (out / COMPARISON_PLOT,))
         plot_comparison(_unique_labels(runs, [mode_dir, *map(Path, compare)]),
                         out / COMPARISON_PLOT, tolerance)
     if not quiet:
@@ -435,6 +465,8 @@ def _report(result: Concatenation) -> str:
              f"{base.iteration} (tolerance {result.tolerance:g} pt), test "
              f"{row['Test_Accuracy']:.2f}%",
              f"  {result.recommended_path}",
+             *([] if row.features is None else [
+                 f"  reads {len(row.features)} input columns: {', '.join(row.features)}"]),
              (f"wrote into {result.outputs[0].parent}: " if result.written else
               f"up to date (nothing rewritten) in {result.outputs[0].parent}: ")
              + ", ".join(p.name for p in result.outputs)]

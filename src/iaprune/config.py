@@ -185,6 +185,10 @@ class PruneConfig:
     target: str | None = setting(None, "label column of a .csv or .parquet table")
     image_size: int | None = setting(None, "image folder: resize every image to N x N [the "
                                            "most common size]")
+    stream: bool = setting(False, "image folder: read the images from disk in batches "
+                                  "(DataLoader worker processes) even when they fit in memory, "
+                                  "with the same results [automatic when they would take more "
+                                  "than half the available memory]")
     arch: str | None = setting(None, "architecture: a preset (mlp, lenet5, cnn3) or a JSON spec "
                                      "file [mlp; with only --base-model given, its own]")
     hidden: tuple[int, ...] | None = setting(None, "hidden layer sizes of the mlp architecture "
@@ -227,6 +231,8 @@ class PruneConfig:
         if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(
                 self.image_size, int) or self.image_size < 1):
             raise ConfigError(f"--image-size must be an integer >= 1, got {self.image_size!r}")
+        if not isinstance(self.stream, bool):
+            raise ConfigError(f"--stream is true or false, got {self.stream!r}")
         if self.base_model is not None:  # a file outside the session: any folder finds it
             object.__setattr__(self, "base_model", os.path.abspath(self.base_model))
         if self.val_size is None:
@@ -394,6 +400,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         text = flag.field.metadata["help"]
         if choices:
             text += f" ({', '.join(choices)})"
+        if hint is bool:  # a switch: given = True, absent = None (not given)
+            parser.add_argument(flag.flag, action="store_const", const=True, default=None,
+                                help=text)
+            continue
         if shown is not None and "[" not in text:
             text += f" [{shown}]"
         parser.add_argument(flag.flag, default=None, help=text, metavar=None if not choices

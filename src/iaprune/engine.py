@@ -28,6 +28,7 @@ from iaprune.checkpoint import load_checkpoint, model_from_checkpoint, save_chec
 from iaprune.concatenate import READ_ONLY, Concatenation, concatenate
 from iaprune.config import PruneConfig, differences, dumps, flat, iteration_seed, value_of
 from iaprune.data import Dataset
+from iaprune.data.rows import head
 from iaprune.device import place, torch_device
 from iaprune.errors import UserError
 from iaprune.files import atomic_write, parse_json
@@ -38,11 +39,13 @@ from iaprune.prune import keep_global, keep_indices, shrink
 from iaprune.records import (
     CHECKPOINT_FILE,
     COLUMN,
+    FEATURES_FILE,
     RETAIN_FILE,
     SUMMARY_FILE,
     TRAIN_FILE,
     VALIDATION_FILE,
     validation_row,
+    write_features,
     write_validation_results,
 )
 from iaprune.retain import (
@@ -64,7 +67,7 @@ from iaprune_runtime.layers import entry, entry_of
 DEFAULT_RETAIN = RETAIN_FILE  # relative to the working folder
 DEFAULT_HIDDEN = (256, 64)  # the thesis MLP's hidden sizes
 # Settings a resumed run may change; every other setting must match the session's config.json.
-CHANGEABLE = {"--max-accuracy-drop", "--device"}
+CHANGEABLE = {"--max-accuracy-drop", "--device", "--stream"}  # same results either way
 
 
 class EngineError(UserError):
@@ -305,6 +308,7 @@ class IterativePruning:
         percent = self.schedule[i].percent
         kept = self.units(model)
         read = features_read(model)
+        names = kept_features(model, d.features)
         save_checkpoint(folder / CHECKPOINT_FILE, model, dataset=c.dataset,
                         val_size=len(d.val), split_seed=0, input=d.input_info(),
                         classes=list(d.classes), iteration=i, hidden=units(model),
@@ -314,11 +318,14 @@ class IterativePruning:
                         version=__version__)
         atomic_write(folder / SUMMARY_FILE,
                      f"Iteration {i}: units {self.label(kept)} ({percent:.2f}% of the "
-                     f"schedule's units)\ninput features read: {read} of {d.n_features}\n"
+                     f"schedule's units)\ninput features read: {read} of {d.n_features}"
+                     f"{'' if names is None else ': ' + ', '.join(names)}\n"
                      f"architecture: {describe(spec_of(model))}\n\n{table}")
         values = validation_row({**metrics.as_dict(), "percent_retained": percent,
                                  "no_retrain_test_accuracy": no_retrain,
                                  "hidden": self.label(kept), "params": params, "macs": macs})
+        if names is not None:
+            write_features(folder / FEATURES_FILE, names)
         write_validation_results(folder / VALIDATION_FILE, values)  # written last
         self._val_accuracy[i] = metrics.val_accuracy
         self.session.commit(i)
@@ -358,6 +365,15 @@ def features_read(model: Net) -> int:
     if entry_of(first).role == "inputs":
         return len(first.indices)
     return math.prod(model.input_shape)
+
+
+def kept_features(model: Net, features: tuple[str, ...] | None) -> list[str] | None:
+    """The names of the input columns the model reads (None: the data has no column names)."""
+    if features is None:
+        return None
+    first = model[0]
+    read = first.indices.tolist() if entry_of(first).role == "inputs" else range(len(features))
+    return [features[j] for j in read]
 
 
 def progress_line(row: dict[str, Any], last: int) -> str:
@@ -609,7 +625,7 @@ def _run(config: PruneConfig, root: Path, retain: str | Path | None, begin: int 
                           config.base_model, exact=True)
     # The criterion must work on this architecture: find out now, not after training.
     sample = data.train
-    score(config.scoring.criterion, probe, ScoreData(sample.x[:64], sample.y[:64],
+    score(config.scoring.criterion, probe, ScoreData(head(sample.x, 64), sample.y[:64],
                                                      measure=config.scoring.measure),
           prunes_inputs(schedule))
     session.remove_temp_files()  # every check passed: the first write; a killed run's leftovers

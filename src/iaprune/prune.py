@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from iaprune.adjoint import sweep
+from iaprune.data.rows import Rows, batches, head, value_range
 from iaprune.device import for_inference, inference_batch
 from iaprune.groups import Group, Use, groups
 from iaprune.interval import Interval
@@ -96,18 +97,17 @@ def model_input(model: Net, x: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def value_at(model: Net, x: Tensor, index: int) -> Tensor:
+def value_at(model: Net, x: Rows, index: int) -> Tensor:
     """Value `index` of the network (0: the input, i + 1: module i's output; in a chain, module
     index's input) for data rows x, computed in inference-sized batches (a conv net's feature
     maps of all rows at once would not fit in memory, only the values asked for are kept)."""
     batch = inference_batch(model)
     if model.wiring is None:
-        head = nn.Sequential(*list(for_inference(model))[:index])
-        return torch.cat([head(model_input(model, x[i:i + batch]))
-                          for i in range(0, len(x), batch)])
+        front = nn.Sequential(*list(for_inference(model))[:index])
+        return torch.cat([front(model_input(model, xb)) for xb in batches(x, batch)])
     net = for_inference(model)
-    return torch.cat([net.values(model_input(model, x[i:i + batch]), True, (index,), index)[index]
-                      for i in range(0, len(x), batch)])
+    return torch.cat([net.values(model_input(model, xb), True, (index,), index)[index]
+                      for xb in batches(x, batch)])
 
 
 def unit_view(u: Tensor, group: Group, use: Use | None = None) -> Tensor:
@@ -126,37 +126,36 @@ class Fold(NamedTuple):
     coef: Tensor | None = None  # (r, k) on the k kept units' values
 
 
-def _samples(model: Net, x: Tensor) -> Tensor:
+def _samples(model: Net, x: Rows) -> Rows:
     """The data a fold looks at: every row for an MLP, the first FOLD_SAMPLES for a conv net."""
     if len(x) > FOLD_SAMPLES and any(entry_of(m).spatial for m in model):
-        return x[:FOLD_SAMPLES]
+        return head(x, FOLD_SAMPLES)
     return x
 
 
-def _needs_data(x: Tensor | None, fold: str) -> Tensor:
+def _needs_data(x: Rows | None, fold: str) -> Rows:
     if x is None:
         raise ValueError(f"bias_fold={fold!r} needs the training inputs (data=...)")
     return x
 
 
-def _rows(model: Net, group: Group, use: Use, x: Tensor) -> Tensor:
+def _rows(model: Net, group: Group, use: Use, x: Rows) -> Tensor:
     """The group's units in the value a reader reads, as samples: (n·positions, units)."""
     u = unit_view(value_at(model, _samples(model, x), use.value), group, use)  # (n, units, P)
     return u.transpose(1, 2).reshape(-1, group.size) if u.shape[2] > 1 else u[:, :, 0]
 
 
 def _fold_mean(model: Net, group: Group, use: Use, keep: Tensor, removed: Tensor,
-               x: Tensor | None, box: Interval | None) -> Fold:
+               x: Rows | None, box: Interval | None) -> Fold:
     """Mean value of each removed unit over the training inputs (and its positions)."""
     return Fold(_rows(model, group, use, _needs_data(x, "mean")).mean(0)[removed])
 
 
 def _fold_mid(model: Net, group: Group, use: Use, keep: Tensor, removed: Tensor,
-              x: Tensor | None, box: Interval | None) -> Fold:
+              x: Rows | None, box: Interval | None) -> Fold:
     """Midpoint of each removed unit's value interval over the input box (default: data box)."""
     if box is None:
-        flat = _needs_data(x, "mid").reshape(len(x), -1)
-        box = Interval(flat.amin(dim=0), flat.amax(dim=0))
+        box = Interval(*value_range(_needs_data(x, "mid")))
     value = Interval(model_input(model, box.lower[None]), model_input(model, box.upper[None]))
     if model.wiring is None:
         for module in list(model)[:use.value]:
@@ -168,7 +167,7 @@ def _fold_mid(model: Net, group: Group, use: Use, keep: Tensor, removed: Tensor,
 
 
 def _fold_linear(model: Net, group: Group, use: Use, keep: Tensor, removed: Tensor,
-                 x: Tensor | None, box: Interval | None) -> Fold:
+                 x: Rows | None, box: Interval | None) -> Fold:
     """Least-squares prediction of the removed units' values from the kept ones (ridge-damped;
     for channels position-wise, one coefficient per channel pair).
 
@@ -206,7 +205,7 @@ def _cut_inputs(model: Net, group: Group, idx: Tensor) -> list[nn.Module]:
 
 @torch.no_grad()
 def shrink(model: Net, keep: Sequence[Tensor], bias_fold: BiasFold = "linear",
-           data: Tensor | None = None, box: Interval | None = None,
+           data: Rows | None = None, box: Interval | None = None,
            inputs: bool = False) -> Net:
     """The surgery: a new, physically smaller Net keeping units `keep[g]` of each prunable
     group g (order preserved); the input model is not changed.

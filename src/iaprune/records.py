@@ -6,9 +6,11 @@ tables, and how those tables are written and read. The one place these names are
                                                 iaprune.retain wrote the folder)
     <session>/<mode>/<i>/prune_w_retrain/       best_model.pth, train_results.txt,
                                                 validation_results.txt, summary.txt
+                                                (+ features.txt for a table)
     <session>/<mode>/prune_w_retrain_results/   validations.txt, accuracies.png, losses.png,
                                                 tradeoff.png, recommended.txt, concatenate.json
-                                                (comparison.png with --compare)
+                                                (comparison.png with --compare, features.txt
+                                                for a table)
 
 train_results.txt has one row per epoch (`EPOCH`), validation_results.txt one row (`VALIDATION`):
 an iteration's final metrics. Each column is a `Column`: its header in the file, the attribute
@@ -43,7 +45,10 @@ CHECKPOINT_FILE = "best_model.pth"
 TRAIN_FILE = "train_results.txt"
 VALIDATION_FILE = "validation_results.txt"  # written last: the iteration is complete
 SUMMARY_FILE = "summary.txt"
-ITERATION_FILES = (SUMMARY_FILE, CHECKPOINT_FILE, TRAIN_FILE, VALIDATION_FILE)
+# A table's input columns: in an iteration folder, the ones its model reads (one name a line);
+# in the results folder, every iteration's (written only for data with column names).
+FEATURES_FILE = "features.txt"
+ITERATION_FILES = (SUMMARY_FILE, CHECKPOINT_FILE, TRAIN_FILE, VALIDATION_FILE, FEATURES_FILE)
 RESULTS_DIR = "prune_w_retrain_results"
 VALIDATIONS_FILE = "validations.txt"
 ACCURACIES_PLOT = "accuracies.png"
@@ -223,3 +228,17 @@ def read_epochs(path: str | os.PathLike) -> list[dict[str, float]]:
     if not lines or lines[0] != list(EPOCH_COLUMNS):
         raise ResultsError(f"{path}: header must be {' '.join(EPOCH_COLUMNS)}")
     return [dict(zip(EPOCH_COLUMNS, map(float, row), strict=True)) for row in lines[1:]]
+
+
+# ---------------------------------------------------------------- kept features
+def write_features(path: str | os.PathLike, names: list[str]) -> Path:
+    """features.txt of an iteration: the input columns its model reads, one name a line."""
+    return atomic_write(path, "".join(f"{name}\n" for name in names))
+
+
+def read_features(path: str | os.PathLike) -> list[str] | None:
+    """The names in an iteration's features.txt (None: the file is absent)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return path.read_text(encoding="utf-8").splitlines()

@@ -47,7 +47,7 @@ def load_run_data(config: PruneConfig, data: Any, data_root: str | Path | None) 
     """The run's Dataset: `data` when it is one or a Python object, else the config's source."""
     source = config.dataset if data is None or isinstance(data, (str, os.PathLike)) else data
     return load_dataset(source, data_root, val_size=config.val_size, target=config.target,
-                        image_size=config.image_size)
+                        image_size=config.image_size, stream=config.stream or None)
 
 
 def saved_record(session: Session) -> dict[str, Any] | None:

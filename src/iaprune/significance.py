@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from iaprune.adjoint import MEASURES, SEEDS, Measure, Seed, chain, sweep
+from iaprune.data.rows import Rows, head, take, value_range
+from iaprune.data.stream import DiskRows
 from iaprune.errors import UserError
 from iaprune.groups import Group, Use, groups
 from iaprune.interval import Interval
@@ -50,7 +52,8 @@ QUANTILE = 0.05
 class ScoreData:
     """What a criterion may look at."""
 
-    x: Tensor  # (n, n_in) training inputs in the model's input scale (flattened, [0, 1])
+    x: Rows  # (n, n_in) training inputs in the model's input scale (flattened; a Tensor, or
+    # DiskRows for an image folder streamed from disk)
     y: Tensor  # (n,) int64 labels
     seed: int = 0  # for `random` and for choosing samples
     seed_mode: Seed = "per_output"  # interval_adjoint reverse-sweep seeding
@@ -61,7 +64,9 @@ class ScoreData:
     n_samples: int = 64  # number of sample boxes (box="samples"; at most len(x))
 
     def __post_init__(self):
-        if not isinstance(self.x, Tensor) or self.x.ndim != 2 or not self.x.is_floating_point():
+        if not isinstance(self.x, DiskRows) and (not isinstance(self.x, Tensor) or
+                                                  self.x.ndim != 2 or
+                                                  not self.x.is_floating_point()):
             raise ValueError("ScoreData.x must be a 2-D floating-point tensor (n, n_in)")
         if not isinstance(self.y, Tensor) or self.y.shape != (len(self.x),):
             raise ValueError(f"ScoreData.y must have shape ({len(self.x)},), one label per row")
@@ -88,41 +93,40 @@ Criterion = Callable[[Net, ScoreData, bool], list[Tensor]]
 
 # ---- boxes --------------------------------------------------------------------------------
 
-def data_box(X: Tensor) -> Interval:  # noqa: N803 (X is a data matrix)
+def data_box(X: Rows) -> Interval:  # noqa: N803 (X is a data matrix)
     """Per-feature [min, max] over the rows of X (n, ...), in the model's input scale: (n_in,)."""
-    flat = X.flatten(1)
-    # two reductions: torch.aminmax over dim 0 was ~5x slower on (55000, 784)
-    return Interval(flat.amin(dim=0), flat.amax(dim=0))
+    return Interval(*value_range(X))
 
 
-def quantile_box(X: Tensor, q: float = QUANTILE) -> Interval:  # noqa: N803
+def quantile_box(X: Rows, q: float = QUANTILE) -> Interval:  # noqa: N803
     """Per-feature [q-quantile, (1-q)-quantile] over the rows of X (n, ...): the data box
     without each feature's rarest values (q = 0 is the data box). Quantiles are order
     statistics (the lower one rounded down, the upper one up), so the box lies inside the
     data box: (n_in,)."""
     if not 0.0 <= q < 0.5:
         raise ValueError(f"quantile must be in [0, 0.5), got {q}")
+    low = math.floor(q * (len(X) - 1))
+    high = math.ceil((1 - q) * (len(X) - 1))
+    if isinstance(X, DiskRows):
+        return Interval(*X.order_statistics([low + 1, high + 1]))
     flat = X.flatten(1)
-    low = math.floor(q * (len(flat) - 1))
-    high = math.ceil((1 - q) * (len(flat) - 1))
     # kthvalue per column (1-based): torch.quantile refuses inputs of more than 2**24 values
     return Interval(flat.kthvalue(low + 1, dim=0).values, flat.kthvalue(high + 1, dim=0).values)
 
 
-def sample_boxes(X: Tensor, eps: float, n: int, seed: int = 0,  # noqa: N803
+def sample_boxes(X: Rows, eps: float, n: int, seed: int = 0,  # noqa: N803
                  clip: bool = True) -> Interval:
     """Boxes [x - eps, x + eps] around n rows of X drawn without replacement with `seed`:
     a batch (n, n_in). With clip, each box is cut to the data box (the observed feature range)."""
     if not eps >= 0 or n < 1:
         raise ValueError(f"need eps >= 0 and n >= 1, got eps={eps}, n={n}")
-    flat = X.flatten(1)
-    if n > len(flat):
-        raise ValueError(f"asked for {n} sample boxes but X has only {len(flat)} rows")
-    rows = torch.randperm(len(flat), generator=torch.Generator().manual_seed(seed))[:n]
-    centres = flat[rows]  # (n, n_in)
+    if n > len(X):
+        raise ValueError(f"asked for {n} sample boxes but X has only {len(X)} rows")
+    rows = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))[:n]
+    centres = take(X, rows).flatten(1)  # (n, n_in)
     lower, upper = centres - eps, centres + eps
     if clip:
-        bounds = data_box(flat)
+        bounds = data_box(X)
         lower, upper = torch.maximum(lower, bounds.lower), torch.minimum(upper, bounds.upper)
     return Interval(lower, upper)
 
@@ -249,9 +253,9 @@ def magnitude(model: Net, data: ScoreData, inputs: bool = False) -> list[Tensor]
 def _subset(data: ScoreData) -> tuple[Tensor, Tensor]:
     """Up to SUBSET training samples drawn without replacement with data.seed."""
     if len(data.x) <= SUBSET:
-        return data.x, data.y
+        return head(data.x, len(data.x)), data.y
     rows = torch.randperm(len(data.x), generator=torch.Generator().manual_seed(data.seed))[:SUBSET]
-    return data.x[rows], data.y[rows]
+    return take(data.x, rows), data.y[rows]
 
 
 def _reads(group: Group) -> list[Use]:

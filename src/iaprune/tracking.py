@@ -55,6 +55,7 @@ from iaprune.records import (
     COLUMN,
     CONFIG_FILE,
     EPOCH,
+    FEATURES_FILE,
     ITERATION_DIR,
     ITERATION_FILES,
     MODES,
@@ -64,6 +65,7 @@ from iaprune.records import (
     VALIDATION,
     VALIDATION_FILE,
     read_epochs,
+    read_features,
     read_validation_results,
 )
 
@@ -346,6 +348,9 @@ class MlflowTracker:
         old = [r for r in self.children() if int(r.data.tags.get("iteration", -1)) == i or
                (not backfilled and int(r.data.tags.get("iteration", -1)) > i)]
         tags = {"mlflow.parentRunId": self.parent_id, "iteration": str(i)}
+        names = read_features(folder / FEATURES_FILE)
+        if names is not None:  # a table: the columns the model reads, by name
+            tags["features_kept"] = features_text(names)
         if backfilled:
             tags["backfilled"] = "true"
         child = self.client.create_run(self.experiment_id, run_name=f"iteration-{i}", tags=tags)
@@ -386,6 +391,11 @@ class MlflowTracker:
 
 
 # ------------------------------------------------------------------------------- TensorBoard
+def features_text(names: list[str]) -> str:
+    """How trackers show the input columns a model reads: '2: radius, area'."""
+    return f"{len(names)}: {', '.join(names)}"
+
+
 def iteration_files(mode_dir: Path) -> dict[int, Path]:
     """{i: prune_w_retrain/ folder} of the complete iterations in a session's mode folder."""
     if not mode_dir.is_dir():
@@ -512,7 +522,7 @@ class TensorBoardTracker:
                 for column, name in EPOCH_METRICS.items():
                     writer.add_scalar(name, epoch[column], int(epoch["Epoch"]))
             names = [f"h{layer}" for layer in range(1, len(scores or []) + 1)]
-            if parse_hidden_label(row["Hidden"])[0] is not None:  # the input features first
+            if scores and parse_hidden_label(row["Hidden"])[0] is not None:  # inputs first
                 names = ["inputs", *names[:-1]]
             for name, values in zip(names, scores or [], strict=True):
                 writer.add_histogram(f"significance/{name}", values, i)
@@ -524,6 +534,9 @@ class TensorBoardTracker:
                 writer.file_writer.add_summary(summary, i)
             for tag, value in final.items():
                 writer.add_scalar(tag, value, i)
+            names = read_features(folder / FEATURES_FILE)
+            if names is not None:  # a table: the columns the model reads, by name
+                writer.add_text("features_kept", features_text(names), i)
             atomic_write(Path(writer.get_logdir()) / TB_STAMP, source_hash(folder) + "\n")
 
         self._replace(f"iteration-{i}", write)

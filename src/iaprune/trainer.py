@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from iaprune.data import Dataset
+from iaprune.data.rows import batches
 from iaprune.errors import UserError
 from iaprune.records import write_epochs
 from iaprune.validator import Metrics, evaluate, evaluate_split
@@ -255,8 +256,8 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
     if use_teacher:  # the teacher is frozen: its logits are computed once, not per batch
         with torch.no_grad():
             teacher.eval()
-            teacher_logits = torch.cat([logits_of(teacher, data.train.x[i:i + 8192])
-                                        for i in range(0, n, 8192)])
+            teacher_logits = torch.cat([logits_of(teacher, xb)
+                                        for xb in batches(data.train.x, 8192)])
 
     history: list[EpochRecord] = []
     if log_path is not None:
@@ -270,16 +271,17 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
         started = time.perf_counter()
         model.train()
         # One permutation per epoch; each batch is one row gather (no per-sample Python work,
-        # and cheaper than copying the whole shuffled set at once). index_select copies whole
-        # rows: 3x faster than x[idx], which gathers element by element.
+        # and cheaper than copying the whole shuffled set at once); a streamed folder decodes
+        # the same rows in the same order.
         perm = torch.randperm(n, generator=generator).to(x.device)  # the generator is the CPU's
         loss_sum = torch.zeros((), device=x.device)
         correct = torch.zeros((), dtype=torch.long, device=x.device)
-        for start in range(0, n, config.batch_size):
+        for start, xb in zip(range(0, n, config.batch_size),
+                             batches(x, config.batch_size, perm), strict=True):
             for group in optimizer.param_groups:  # set the lr first, as nanoGPT does
                 group["lr"] = learning_rate(step, total_steps, warmup, config, decays)
             idx = perm[start:start + config.batch_size]
-            xb, yb = x.index_select(0, idx), y.index_select(0, idx)
+            yb = y.index_select(0, idx)
             if config.shift and len(data.input_shape) >= 2:
                 xb = random_shift(xb, data.input_shape, config.shift, generator)
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):

@@ -14,6 +14,7 @@ from torch import nn
 from iaprune import cli
 from iaprune.checkpoint import load_model
 from iaprune.data import DATASETS, PYTHON_OBJECT, Dataset, Split, dataset_sizes, load_dataset
+from iaprune.data.rows import batches
 from iaprune.device import for_inference, inference_batch
 from iaprune.errors import UserError
 from iaprune.groups import units
@@ -46,8 +47,8 @@ def evaluate_split(model: nn.Module, split: Split) -> tuple[float, float]:
     model.eval()
     loss_sum, correct = 0.0, 0
     batch = inference_batch(model)
-    for start in range(0, len(split), batch):
-        x, y = split.x[start:start + batch], split.y[start:start + batch]
+    for start, x in zip(range(0, len(split), batch), batches(split.x, batch), strict=True):
+        y = split.y[start:start + batch]
         logits = logits_of(model, x)  # before a trailing softmax
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
@@ -115,7 +116,8 @@ def load_own_data(source: str, checkpoint: dict, args: argparse.Namespace,
     return load_dataset(source, val_size=val_size, seed=checkpoint.get("split_seed", 0),
                         target=args.target or (info.get("target") if not folder else None),
                         image_size=image_size if folder else None,
-                        scaling=info if info.get("mean") is not None else None)
+                        scaling=info if info.get("mean") is not None else None,
+                        stream=args.stream)
 
 
 def check_own_data(model: nn.Module, checkpoint: dict, data: Dataset, source: str) -> None:
@@ -142,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", help="label column of a table (default: the recorded one)")
     parser.add_argument("--image-size", type=int, help="resize a folder's images to N x N "
                         "(default: the model's input size)")
+    parser.add_argument("--stream", action="store_const", const=True, help="read an image "
+                        "folder from disk in batches (automatic when it would take more than "
+                        "half the available memory)")
     parser.add_argument("--data-root", help="folder holding MNIST/raw/ etc. "
                         "(default: $IAPRUNE_DATA, else data/)")
     parser.add_argument("--val-size", type=int, help="validation split size "
@@ -164,6 +169,10 @@ def validate(args: argparse.Namespace) -> int:
     recorded = checkpoint.get("val_size") if name == trained_on else None
     val_size = recorded if args.val_size is None else args.val_size  # 0 is refused, not unset
     if name in DATASETS:
+        given = [f for f, v in (("--target", args.target), ("--image-size", args.image_size),
+                                ("--stream", args.stream)) if v is not None]
+        if given:
+            raise UserError(f"{given[0]} applies to your own data, not to the built-in {name}")
         check_dataset(model, trained_on, name, args.checkpoint)  # before reading any data
         data = load_dataset(name, args.data_root, val_size=val_size,
                             seed=checkpoint.get("split_seed", 0))

@@ -68,7 +68,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Print one predicted class and its probability per input (notes go to stderr)."""
     model = load(args.bundle)
     for name in args.files:
-        arr, note = read_inputs(name, model.input_spec, args.invert, args.max_pixels)
+        arr, note = read_inputs(name, model.input_spec, args.invert, model.inputs_read,
+                                args.max_pixels)
         if note:
             print(f"note: {note}", file=sys.stderr)
         try:
@@ -149,9 +150,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default=DEFAULT_BUNDLE,
                    help=f"bundle folder (default {DEFAULT_BUNDLE})")
     b.add_argument("--no-onnx", action="store_true", help="do not write model.onnx")
-    p = sub.add_parser("predict", help="classify .npy arrays and images (PNG, JPEG, ...)")
+    p = sub.add_parser("predict", help="classify .npy arrays, .csv tables and images (PNG, "
+                       "JPEG, ...)")
     p.add_argument("files", nargs="+", metavar="FILE",
-                   help=".npy (one sample or a batch) or an image file (read with Pillow)")
+                   help=".npy (one sample or a batch), .csv with a header (a model trained on "
+                   "a table reads its kept columns by name) or an image file (read with "
+                   "Pillow; RGB for a model of colour images)")
     p.add_argument("--bundle", default=DEFAULT_BUNDLE,
                    help=f"bundle folder or best_model.pth (default {DEFAULT_BUNDLE})")
     polarity = p.add_mutually_exclusive_group()

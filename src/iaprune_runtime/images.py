@@ -1,4 +1,5 @@
-"""Image files (PNG, JPEG, BMP, GIF, TIFF, WebP, ... via Pillow) as MNIST-style grayscale samples.
+"""Image files (PNG, JPEG, BMP, GIF, TIFF, WebP, ... via Pillow) as MNIST-style grayscale samples,
+or as RGB samples for a model trained on a folder of colour images.
 
 Pillow is optional: deploy imports it only when an image is read, so bundles of .npy inputs need
 torch and numpy alone. An image becomes what the model saw in training: one grayscale channel,
@@ -177,6 +178,41 @@ def resize(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     else:
         out = F.interpolate(t, size=size, mode="bilinear", align_corners=False)
     return out[0, 0].round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def channels(image, gray: bool, size: tuple[int, int]) -> np.ndarray:
+    """A Pillow image as (C, H, W) uint8, the way image folders are read in training: palettes
+    through RGBA, then L (gray) or RGB (alpha dropped), resized (bilinear) to size (w, h)."""
+    from PIL import Image
+
+    if image.mode == "P":  # through RGBA: Pillow's way for palettes with transparency
+        image = image.convert("RGBA")
+    image = image.convert("L" if gray else "RGB")
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    arr = np.asarray(image, dtype=np.uint8)
+    return arr[None] if gray else arr.transpose(2, 0, 1)
+
+
+def read_rgb(path: str | os.PathLike, size: tuple[int, int], max_pixels: int | None = None
+             ) -> np.ndarray:
+    """An image file as (3, h, w) uint8 RGB for a model of colour images, size (h, w): decoded,
+    converted and resized exactly as its training folder was; images above `max_pixels`
+    (pixel_limit) are refused before they are decoded."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImageSupportMissing(f"{path}: reading images needs Pillow: pip install pillow "
+                                  f"(.npy arrays need nothing more)") from None
+    try:
+        with Image.open(path) as image:
+            check_pixels(path, image.size, pixel_limit(max_pixels))
+            image.load()
+            return channels(image, False, (size[1], size[0]))
+    except Image.UnidentifiedImageError:
+        raise ValueError(f"{path}: not an image Pillow can read, nor a .npy array") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"{path}: cannot decode the image ({first_line(exc)})") from None
 
 
 def read_image(path: str | os.PathLike, size: tuple[int, int], invert: bool | None = None,

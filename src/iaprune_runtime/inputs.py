@@ -1,9 +1,11 @@
-"""Input preprocessing recorded with a model, applied to raw arrays, .npy files and images."""
+"""Input preprocessing recorded with a model, applied to raw arrays, .npy files, .csv tables and
+images."""
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -12,8 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .images import read_image
+from .images import read_image, read_rgb
 from .layers.softmax import logits_of
+from .table import read_table
 
 MNIST_INPUT = {"shape": [1, 28, 28], "scale": 1 / 255, "flatten": True, "dtype": "uint8",
                "range": [0.0, 1.0]}
@@ -32,6 +35,7 @@ class InputSpec:
     range: tuple[float, float] | None = (0.0, 1.0)  # the model inputs' range (None: unchecked)
     mean: tuple[float, ...] | None = None  # per feature, subtracted after scaling
     std: tuple[float, ...] | None = None  # per feature, divided by after the mean
+    features: tuple[str, ...] | None = None  # a table's column names, one per feature
 
     @property
     def n_features(self) -> int:
@@ -39,10 +43,12 @@ class InputSpec:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values for manifest.json."""
-        d = {k: v for k, v in asdict(self).items() if k not in ("mean", "std")}
+        d = {k: v for k, v in asdict(self).items() if k not in ("mean", "std", "features")}
         d.update(shape=list(self.shape), range=None if self.range is None else list(self.range))
         if self.mean is not None:  # written only when set: older manifests stay as they were
             d.update(mean=list(self.mean), std=list(self.std))
+        if self.features is not None:
+            d["features"] = list(self.features)
         return d
 
     @classmethod
@@ -61,7 +67,9 @@ class InputSpec:
                        flatten=bool(info.get("flatten", True)),
                        dtype=str(info.get("dtype", "uint8")),
                        range=floats("range") if "range" in info else (0.0, 1.0),
-                       mean=floats("mean"), std=floats("std"))
+                       mean=floats("mean"), std=floats("std"),
+                       features=None if info.get("features") is None else tuple(
+                           str(name) for name in info["features"]))
         except (TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"bad input description {info!r} ({exc})") from None
         constants = [spec.scale, *(spec.range or ()), *(spec.mean or ()), *(spec.std or ())]
@@ -71,7 +79,8 @@ class InputSpec:
         standardised = [len(v) for v in (spec.mean, spec.std) if v is not None]
         if spec.n_features != n_in or (spec.range is not None and len(spec.range) != 2) or \
                 standardised not in ([], [n_in, n_in]) or \
-                (spec.std is not None and not all(v > 0 for v in spec.std)):
+                (spec.std is not None and not all(v > 0 for v in spec.std)) or \
+                (spec.features is not None and len(spec.features) != n_in):
             raise ValueError(f"input description {info!r} does not fit a model with {n_in} inputs")
         return spec
 
@@ -170,13 +179,15 @@ def image_sample(gray: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 
 def read_inputs(path: str | os.PathLike, spec: InputSpec, invert: bool | None = None,
-                max_pixels: int | None = None) -> tuple[np.ndarray, str | None]:
-    """(raw samples, note) from a .npy array (one sample or a batch) or an image file.
+                reads: Sequence[int] | None = None, max_pixels: int | None = None
+                ) -> tuple[np.ndarray, str | None]:
+    """(raw samples, note) from a .npy array (one sample or a batch), a .csv table with a
+    header (the columns `reads`, default all, found by name) or an image file.
 
-    Images are read with Pillow (see deploy.images; invert=None detects a light background);
-    the note says what was done to an image, or is None. Images above `max_pixels`
-    (images.pixel_limit) and .npy headers declaring more values than the file holds are
-    refused before anything is allocated.
+    Images are read with Pillow (see deploy.images): one grayscale channel (invert=None detects
+    a light background), or RGB for a model of 3-channel images; the note says what was done to
+    an image, or is None. Images above `max_pixels` (images.pixel_limit) and .npy headers
+    declaring more values than the file holds are refused before anything is allocated.
     """
     path = Path(path)
     if path.is_dir():
@@ -192,7 +203,16 @@ def read_inputs(path: str | os.PathLike, spec: InputSpec, invert: bool | None = 
         if invert:
             raise ValueError(f"{path}: --invert applies to images only")
         return arr, None
+    if path.suffix.lower() == ".csv":
+        if invert:
+            raise ValueError(f"{path}: --invert applies to images only")
+        return read_table(path, spec.features, range(spec.n_features) if reads is None
+                          else reads), None
+    if len(spec.shape) == 3 and spec.shape[0] == 3:  # a model of RGB images
+        rgb = read_rgb(path, tuple(spec.shape[-2:]), max_pixels)
+        return image_sample(255 - rgb if invert else rgb, spec), None
     if len(spec.shape) < 2 or math.prod(spec.shape[:-2]) != 1:
-        raise ValueError(f"{path}: the model's input {list(spec.shape)} is not one grayscale image")
+        raise ValueError(f"{path}: the model's input {list(spec.shape)} is neither one grayscale "
+                         "nor one RGB image")
     gray, note = read_image(path, tuple(spec.shape[-2:]), invert, max_pixels)
     return image_sample(gray, spec), note

@@ -103,6 +103,12 @@ class DeployedNet(SpecNet):
         return math.prod(self.input_shape)
 
     @property
+    def inputs_read(self) -> list[int]:
+        """Indices of the input features the network reads: its select's, else all."""
+        selects = [m for m in self if entry_of(m).role == "inputs"]
+        return selects[0].indices.tolist() if selects else list(range(self.n_inputs))
+
+    @property
     def features_read(self) -> int:
         """Input features the network reads: the length of its select, else all of them."""
         selects = [m for m in self if entry_of(m).role == "inputs"]

@@ -16,13 +16,14 @@ area, then the wider); other images are resized to it (bilinear).
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from iaprune.data.dataset import DatasetError
 from iaprune.data.prepare import RawData
-from iaprune_runtime.images import check_pixels, draft, pixel_limit, shrink
+from iaprune_runtime.images import channels, check_pixels, draft, pixel_limit, shrink
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N"}
@@ -125,13 +126,7 @@ def pixels(path: Path, gray: bool, wide: bool, size: tuple[int, int]) -> np.ndar
                     size, Image.Resampling.BILINEAR)
                 arr = np.clip(np.round(np.asarray(resized)), 0, 65535).astype(np.uint16)
             return arr[None]
-        if image.mode == "P":  # through RGBA: Pillow's way for palettes with transparency
-            image = image.convert("RGBA")
-        image = image.convert("L" if gray else "RGB")  # palettes expanded, alpha dropped
-    if image.size != size:
-        image = image.resize(size, Image.Resampling.BILINEAR)
-    arr = np.asarray(image, dtype=np.uint8)
-    return arr[None] if gray else arr.transpose(2, 0, 1)
+        return channels(image, gray, size)  # as the deploy runtime reads an RGB image
 
 
 def parse_size(image_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -146,24 +141,64 @@ def parse_size(image_size: int | tuple[int, int] | None) -> tuple[int, int] | No
     return size[1], size[0]
 
 
-def read_folder(root: Path, image_size: int | tuple[int, int] | None = None) -> RawData:
-    """Raw uint8/uint16 samples (n, C, H, W) and class-name labels of an image folder."""
+@dataclass(frozen=True)
+class Scan:
+    """What an image folder holds, found from the image headers alone (nothing decoded)."""
+
+    files: dict[str, list[tuple[str, Path]]]  # split -> [(class name, file)]
+    gray: bool  # every image is grayscale: 1 channel, else 3 (RGB)
+    wide: bool  # every image is 16-bit grayscale: uint16 samples, else uint8
+    size: tuple[int, int]  # (width, height) every image is resized to
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one decoded image."""
+        return (1 if self.gray else 3, self.size[1], self.size[0])
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The raw samples' dtype."""
+        return np.dtype(np.uint16 if self.wide else np.uint8)
+
+
+def scan_folder(root: Path, image_size: int | tuple[int, int] | None = None) -> Scan:
+    """The layout, channels, depth and size of an image folder, read from headers only."""
     found = layout(root)
-    files = [(split, name, path) for split, classes in found.items()
-             for name, paths in classes for path in paths]
-    modes, sizes = zip(*headers([path for _, _, path in files]), strict=True)
-    gray = all(mode in GRAY_MODES for mode in modes)
+    files = {split: [(name, path) for name, paths in classes for path in paths]
+             for split, classes in found.items()}
+    modes, sizes = zip(*headers([path for split in files.values() for _, path in split]),
+                       strict=True)
     wide = [mode in WIDE_MODES for mode in modes]
     if any(wide) and not all(wide):
         raise DatasetError(f"{root}: mixes 16-bit and 8-bit images; convert them to one depth")
     size = parse_size(image_size) or common_size(list(sizes))
-    arrays, bad = {split: ([], []) for split in found}, []
-    for split, name, path in files:
-        try:
-            arrays[split][0].append(pixels(path, gray, all(wide), size))
-            arrays[split][1].append(name)
-        except (OSError, SyntaxError, ValueError) as exc:
-            bad.append((path, exc))
+    return Scan(files, all(mode in GRAY_MODES for mode in modes), all(wide), size)
+
+
+def decode(scan: Scan, path: Path) -> np.ndarray:
+    """(C, H, W) raw samples of one image of a scanned folder; a DatasetError naming it when it
+    cannot be decoded."""
+    try:
+        return pixels(path, scan.gray, scan.wide, scan.size)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"unreadable image file: {path}: {exc}") from None
+
+
+def read_folder(root: Path, image_size: int | tuple[int, int] | None = None) -> RawData:
+    """Raw uint8/uint16 samples (n, C, H, W) and class-name labels of an image folder."""
+    return decode_folder(scan_folder(root, image_size))
+
+
+def decode_folder(scan: Scan) -> RawData:
+    """Every image of a scanned folder decoded: raw samples (n, C, H, W) and class names."""
+    arrays, bad = {split: ([], []) for split in scan.files}, []
+    for split, files in scan.files.items():
+        for name, path in files:
+            try:
+                arrays[split][0].append(pixels(path, scan.gray, scan.wide, scan.size))
+                arrays[split][1].append(name)
+            except (OSError, SyntaxError, ValueError) as exc:
+                bad.append((path, exc))
     refuse_unreadable(bad)
     (x, y), (x_test, y_test) = arrays["train"], arrays.get("test", (None, None))
     return RawData(np.stack(x), np.array(y), None if x_test is None else np.stack(x_test),

@@ -137,6 +137,34 @@ def check_numbers(x: np.ndarray, what: str) -> None:
         raise DatasetError(f"{what}: sample {row} holds NaN or infinite values")
 
 
+@dataclass(frozen=True)
+class SplitPlan:
+    """Which samples of a source go to which split, and their class indices."""
+
+    classes: tuple[str, ...]  # sorted distinct labels
+    labels: np.ndarray  # (n,) class index of every training sample of the source
+    pool: np.ndarray  # source samples that are not test samples (train + validation)
+    train: np.ndarray  # the training split: positions in `pool`
+    val: np.ndarray  # the validation split: positions in `pool`
+    test: np.ndarray  # the test split: samples of the source's test split, or carved ones
+    test_labels: np.ndarray  # (len(test),) their class indices
+
+
+def plan_splits(y: np.ndarray, y_test: np.ndarray | None, val_size: int | None, seed: int
+                ) -> SplitPlan:
+    """Labels encoded; the test split given or carved (stratified, TEST_SEED); the validation
+    split carved from the rest (stratified, `seed`)."""
+    labels, test_labels, classes = encode_labels(y, y_test)
+    pool, test = np.arange(len(labels)), np.arange(0 if y_test is None else len(y_test))
+    if y_test is None:
+        pool, test = stratified_split(labels, max(1, round(TEST_FRACTION * len(labels))),
+                                      TEST_SEED, "test")
+        test_labels = labels[test]
+    n_val = max(1, round(VAL_FRACTION * len(pool))) if val_size is None else val_size
+    train, val = stratified_split(labels[pool], n_val, seed, "validation")
+    return SplitPlan(classes, labels, pool, train, val, test, test_labels)
+
+
 def prepare(raw: RawData, name: str, val_size: int | None = None, seed: int = 0,
             record: dict[str, Any] | None = None,
             scaling: dict[str, Any] | None = None) -> Dataset:
@@ -155,14 +183,11 @@ def prepare(raw: RawData, name: str, val_size: int | None = None, seed: int = 0,
     check_numbers(x, "x_train")
     if x_test is not None:
         check_numbers(x_test, "x_test")
-    labels, test_labels, classes = encode_labels(y, y_test)
-    shape = input_shape(x.shape[1:])
-    if x_test is None:
-        rest, carved = stratified_split(labels, max(1, round(TEST_FRACTION * len(labels))),
-                                        TEST_SEED, "test")
-        x, x_test, labels, test_labels = x[rest], x[carved], labels[rest], labels[carved]
-    n_val = max(1, round(VAL_FRACTION * len(labels))) if val_size is None else val_size
-    rest, carved = stratified_split(labels, n_val, seed, "validation")
+    plan = plan_splits(y, y_test, val_size, seed)
+    classes, shape = plan.classes, input_shape(x.shape[1:])
+    x_test = x[plan.test] if x_test is None else x_test[plan.test]
+    x, rest, carved = x[plan.pool], plan.train, plan.val
+    labels, test_labels = plan.labels[plan.pool], plan.test_labels
 
     scale, bounded = UNIT_SCALE.get(x.dtype, 1.0), x.dtype in UNIT_SCALE
     raw_dtype = x.dtype.name if bounded else "float32"

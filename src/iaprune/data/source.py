@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from iaprune.data import arrays, images, table
+from iaprune.data import stream as stream_mod
 from iaprune.data.builtin import DATASETS, load_builtin
 from iaprune.data.dataset import Dataset, DatasetError
 from iaprune.data.prepare import prepare
@@ -100,8 +101,8 @@ def fingerprint_change(saved: dict[str, Any] | None, now: dict[str, Any]) -> str
 def load_dataset(source: Any, root: str | os.PathLike | None = None,
                  val_size: int | None = None, seed: int = 0, *, target: str | None = None,
                  image_size: int | tuple[int, int] | None = None,
-                 scaling: dict[str, Any] | None = None) -> Dataset:
-    """Load a dataset from a built-in name, a path or a Python object into memory.
+                 scaling: dict[str, Any] | None = None, stream: bool | None = None) -> Dataset:
+    """Load a dataset from a built-in name, a path or a Python object.
 
     Built-in sets keep their own splits (see iaprune.data.builtin). Other sources: a given test
     split is used as is, else 20 % is carved (stratified, fixed seed); the validation split is
@@ -122,6 +123,9 @@ def load_dataset(source: Any, root: str | os.PathLike | None = None,
         image_size: an image folder's size, N (square) or (height, width) [the most common].
         scaling: a model's recorded input_info whose scaling is applied instead of computing
             it (to evaluate a model on other data exactly as it was trained).
+        stream: an image folder is read from disk in batches (DataLoader workers) instead of
+            held in memory: True always, False never, None [when its model inputs would take
+            more than half the available memory]. Results are the same either way.
 
     Returns:
         Dataset: `train`, `val`, `test` splits (each `.x` (n, features) and `.y` (n,)),
@@ -136,6 +140,9 @@ def load_dataset(source: Any, root: str | os.PathLike | None = None,
     if not isinstance(source, (str, os.PathLike)) and (target, image_size) != (None, None):
         raise DatasetError("--target and --image-size apply to files and folders, not to data "
                            "given as a Python object")
+    if not isinstance(source, (str, os.PathLike)) and stream:
+        raise DatasetError("streaming reads image folders from disk; data given as a Python "
+                           "object is held in memory (drop stream=True)")
     if isinstance(source, Dataset):
         return source if source.record else replace(source, record={
             "source": PYTHON_OBJECT, "kind": "python", "fingerprint": content_fingerprint(source)})
@@ -144,7 +151,8 @@ def load_dataset(source: Any, root: str | os.PathLike | None = None,
         if source == PYTHON_OBJECT:
             raise DatasetError("this data was a Python object; pass it again with "
                                "run(config, session, data=...)")
-        for given, flag in ((target, "--target"), (image_size, "--image-size")):
+        for given, flag in ((target, "--target"), (image_size, "--image-size"),
+                            (stream or None, "--stream")):
             if given is not None:
                 raise DatasetError(f"{flag} applies to your own data, not to the built-in "
                                    f"{source}")
@@ -156,10 +164,18 @@ def load_dataset(source: Any, root: str | os.PathLike | None = None,
             raise DatasetError(f"--target applies to tables (.csv, .parquet), not to {path}")
         if image_size is not None and kind != "images":
             raise DatasetError(f"--image-size applies to image folders, not to {path}")
-        readers = {"images": lambda: images.read_folder(path, image_size),
+        if stream and kind != "images":
+            raise DatasetError(f"--stream applies to image folders, not to {path} (held in "
+                               "memory)")
+        record = {"source": str(source), "kind": kind, "fingerprint": path_fingerprint(path)}
+        if kind == "images":
+            scan = images.scan_folder(path, image_size)
+            if stream_mod.streams(scan, stream):
+                return stream_mod.stream_folder(scan, str(source), val_size, seed, record,
+                                                scaling)
+        readers = {"images": lambda: images.decode_folder(scan),
                    "arrays": lambda: arrays.read_npz(path),
                    "table": lambda: table.read_table(path, target)}
-        record = {"source": str(source), "kind": kind, "fingerprint": path_fingerprint(path)}
         return prepare(readers[kind](), str(source), val_size, seed, record, scaling)
     data = prepare(arrays.from_python(source), PYTHON_OBJECT, val_size, seed, None, scaling)
     return replace(data, record={"source": PYTHON_OBJECT, "kind": "python",

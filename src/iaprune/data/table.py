@@ -18,8 +18,7 @@ import numpy as np
 
 from iaprune.data.dataset import DatasetError
 from iaprune.data.prepare import RawData
-
-MISSING = {"", "na", "n/a", "nan", "null", "none"}
+from iaprune_runtime.table import MISSING  # the words refused as missing, in deploy too
 
 
 def columns_of_csv(path: Path) -> tuple[dict[str, list[Any]], list[int]]:
