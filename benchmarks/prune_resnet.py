@@ -47,15 +47,16 @@ import iaprune_runtime as deploy
 from iaprune.checkpoint import load_model, save_checkpoint
 from iaprune.config import PruneConfig
 from iaprune.data import Dataset, Split, load_dataset
-from iaprune.engine import run
+from iaprune.engine import read_config, run
 from iaprune.files import atomic_write
 from iaprune.groups import groups, units
 from iaprune.model import layer_table
 from iaprune.prune import keep_indices, shrink
 from iaprune.records import TRAIN_FILE
 from iaprune.retain import geometric_schedule, write_schedule
+from iaprune.session import Session
 from iaprune.significance import ScoreData, data_box, interval_adjoint, score
-from iaprune.spec import PRESETS, build, spec_of
+from iaprune.spec import PRESETS, build
 from iaprune.trainer import train
 from iaprune.validator import evaluate, evaluate_split
 
@@ -171,6 +172,40 @@ def inner_only_floor(spec: dict) -> tuple[int, int]:
     return macs(dense), macs(shrink(dense, keep, "none"))
 
 
+def inner_counts(model, target: int) -> list[int]:
+    """Unit counts that keep every coupled group whole and cut the inner groups by one common
+    fraction, the largest whose MACs are at most `target` (bisection on the fraction)."""
+    found = groups(model)
+
+    def counts(fraction: float) -> list[int]:
+        return [g.size if g.coupled else max(1, round(g.size * fraction)) for g in found]
+
+    lo, hi = 0.0, 1.0
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        small = shrink(model, [torch.arange(n) for n in counts(mid)], "none")
+        lo, hi = (mid, hi) if macs(small) <= target else (lo, mid)
+    return counts(lo)
+
+
+def inner_vs_all(base, rows: list, data: Dataset) -> list[tuple[str, int, float, str, int,
+                                                                  float]]:
+    """One-shot from the base, without retraining, at the MAC count of each schedule row:
+    every group pruned (the row) against only the inner channels pruned (coupled groups whole):
+    (units, MACs, test %) for both."""
+    box = data_box(data.train.x)
+    scores = interval_adjoint(base, box)
+    found = []
+    for row in rows[1:]:
+        every = shrink(base, keep_indices(scores, list(row.units)), data=data.train.x)
+        counts = inner_counts(base, macs(every))
+        inner = shrink(base, keep_indices(scores, counts), data=data.train.x)
+        found.append(("-".join(map(str, row.units)), macs(every),
+                      evaluate_split(every, data.test)[1], "-".join(map(str, counts)),
+                      macs(inner), evaluate_split(inner, data.test)[1]))
+    return found
+
+
 def coupled_rule(base, rows: list, data: Dataset) -> list[tuple[str, float, float]]:
     """Test accuracy without retraining of the base pruned one-shot to each row, coupled
     groups scored by the sum (default) or the max of their members' significances."""
@@ -186,12 +221,13 @@ def coupled_rule(base, rows: list, data: Dataset) -> list[tuple[str, float, floa
     return found
 
 
-def epochs_run(session_dir: Path, i: int) -> int:
-    """Epochs IA-Prune's retraining of iteration i ran (rows of its train_results.txt)."""
-    path = session_dir / "iterative_pruning" / str(i) / "prune_w_retrain" / TRAIN_FILE
+def epochs_run(session: Session, i: int) -> int:
+    """Epochs IA-Prune's retraining of iteration i ran (its train_results.txt rows)."""
+    path = session.final(i) / TRAIN_FILE
     if not path.is_file():
         return 0
-    return max(0, len(path.read_text().splitlines()) - 1)
+    rows = [line.split() for line in path.read_text().splitlines()[1:]]
+    return sum(1 for row in rows if row and int(row[0]) > 0)
 
 
 def deployed(model, folder: Path, name: str, info: dict):
@@ -236,11 +272,8 @@ def main() -> None:
     dense_macs = ours[0]["MACs"]
 
     base, _ = load_model(results.session.checkpoint(0))
-    used = PruneConfig.from_json(__import__("json").loads(
-        (session / "config.json").read_text())["config"] if "config" in __import__("json").loads(
-        (session / "config.json").read_text()) else __import__("json").loads(
-        (session / "config.json").read_text()), str(session / "config.json"))
-    budgets = [epochs_run(session, i) for i in range(1, len(ours))]
+    used = read_config(results.session)  # the settings as the run resolved them
+    budgets = [epochs_run(results.session, i) for i in range(1, len(ours))]
     tp_steps = {name: run_tp(name, base, [r["MACs"] for r in ours[1:]], budgets, used, data, log)
                 for name in tp_variants()}
 
@@ -267,6 +300,7 @@ def main() -> None:
         data.test.x).argmax(1))) for i in range(len(ours))}
     total, floor = inner_only_floor(spec)
     rule = coupled_rule(base, rows, data)
+    inner = inner_vs_all(base, rows, data)
 
     table = []
     for f, i in chosen.items():
@@ -286,8 +320,9 @@ def main() -> None:
                      f"(>= {SPEEDUP[f]}x)")
         table.append(cells)
     ref = median([w for w, _ in reference])
+    cut = f" (training split cut to {args.train_limit})" if args.train_limit else ""
     lines = [
-        f"{args.arch} on Fashion-MNIST{' (training split cut to ' + str(args.train_limit) + ')' if args.train_limit else ''}, "
+        f"{args.arch} on Fashion-MNIST{cut}, "
         f"seed {args.seed}, default settings; dense: {dense_macs:,} MACs, base test "
         f"{ours[0]['Test_Accuracy']:.2f}%.", "",
         "Test accuracy % and CPU speed-up over the dense network at batch 256 (paired median, "
@@ -310,9 +345,14 @@ def main() -> None:
         f"reference epoch (dense {args.arch}, DataLoader, batch 64): median {ref:.1f} s",
         f"IA-Prune's workflow over these {len(ours)} rows: {wall:.0f} s = {wall / ref:.1f} "
         f"reference epochs (budget {REFERENCE_EPOCHS:g}); CPU {cpu:.0f} s",
-        f"coupled channels: pruning only the blocks' inner channels (each to 1) leaves "
-        f"{floor:,} of {total:,} MACs ({total / floor:.2f}x fewer at most), so the stream "
-        "channels are pruned too (by default)",
+        f"pruning only the blocks' inner channels (each to 1) leaves {floor:,} of {total:,} "
+        f"MACs ({total / floor:.2f}x fewer at most)",
+        "", "Every group pruned (default) or only the inner channels, one-shot from the base at "
+        "equal MACs, test % without retraining:", "",
+        markdown_table(["every group: units", "MACs", "test %", "inner only: units", "MACs",
+                        "test %"],
+                       [[a, f"{b:,}", f"{c:.2f}", d, f"{e:,}", f"{f:.2f}"]
+                        for a, b, c, d, e, f in inner]),
         "", "Coupled-group significance, test % without retraining (one-shot from the base):",
         "", markdown_table(["units", "sum of members (default)", "max of members"],
                            [[u, f"{a:.2f}", f"{b:.2f}"] for u, a, b in rule]), "",

@@ -1,13 +1,12 @@
-"""Interval forward sweep and interval reverse (adjoint) sweep over a chain of modules.
+"""Interval forward sweep and interval reverse (adjoint) sweep over a network's modules.
 
-A network is a chain: an nn.Sequential of modules of the registered layer types
-(iaprune_runtime.layers: Linear, Conv2d, BatchNorm1d/2d, ReLU/Sigmoid/Tanh, MaxPool2d, AvgPool2d,
-Flatten, Dropout, and the Select of the input features an input-pruned network reads). The
+A network is an nn.Sequential of modules of the registered layer types (iaprune_runtime.layers),
+run as a chain or, for a graph, as its wiring says (add and concat nodes join values). The
 forward sweep encloses every intermediate value over an input box; the reverse sweep walks the
-list back from a seed on the outputs and encloses the adjoints ∂y/∂v of every intermediate
-value v. Each layer type's registry entry holds its forward map of a value interval and its
-adjoint map (the transposed derivative applied to an adjoint interval), each with its formula
-in the docstring. For an MLP:
+modules back from a seed on the outputs (the logits: the input of a trailing softmax) and
+encloses the adjoints ∂y/∂v of every intermediate value v, summed over every path. Each layer
+type's registry entry holds its forward map of a value interval and its adjoint map (the
+transposed derivative applied to an adjoint interval), each with its formula in the docstring. For an MLP:
 
     [ā_{l-1}] = [z̄_l] W_l               (point matrix, centre/radius form)
     [z̄_l]     = [ā_l] ⊗ φ'([z_l])        (interval product with the derivative range)

@@ -174,7 +174,8 @@ def default_measure(model: Net) -> Measure:
 
 def interval_adjoint(model: Net, box: Interval, seed: Seed = "per_output",
                      measure: Measure | None = None, inputs: bool = False,
-                     aggregate: Aggregate = CHANNEL_AGGREGATE) -> list[Tensor]:
+                     aggregate: Aggregate = CHANNEL_AGGREGATE,
+                     coupled: Aggregate = "sum") -> list[Tensor]:
     """S = width([z]) · max(|lo [z̄]|, |hi [z̄]|) per unit of every group, max over outputs for
     "per_output", summed (or maximised) over a conv channel's positions, mean over boxes for a
     batch of boxes (box shape (batch, n_in)). With measure="post", the post-activation
@@ -184,7 +185,8 @@ def interval_adjoint(model: Net, box: Interval, seed: Seed = "per_output",
     significance is the sum of S over those values (each producer's output, or the first
     activation after it). Removing the channel takes it out of every one of them, and the
     output's change is bounded by the sum of the changes each removal makes (a telescoping sum
-    over the removals, each bounded by its own S): the sum is the bound; a max would not be."""
+    over the removals, each bounded by its own S): the sum is the bound; a max would not be
+    (coupled="max" takes it anyway, for comparison: benchmarks/prune_resnet.py)."""
     if aggregate not in AGGREGATES:
         raise ValueError(f"unknown aggregate {aggregate!r}; choose from {list(AGGREGATES)}")
     found = groups(model, inputs)
@@ -209,7 +211,11 @@ def interval_adjoint(model: Net, box: Interval, seed: Seed = "per_output",
             if product.shape[1] != group.size:  # a flattened map: (batch, units, positions)
                 product = product.reshape(len(product), group.size, -1)
             significance = _per_unit(product, aggregate)  # (batch, units)
-            total = significance if total is None else total + significance
+            if total is None:
+                total = significance
+            else:
+                total = total + significance if coupled == "sum" else torch.maximum(
+                    total, significance)
         scores.append(total.mean(dim=0) if batched else total[0])
     return scores
 

@@ -1,19 +1,21 @@
-"""Architecture specs: a network is an input shape plus an ordered list of layer specs (JSON).
+"""Architecture specs: a network is an input shape plus a list of layer specs (JSON).
 
     {"input": [1, 28, 28],
      "layers": [{"type": "linear", "out": 256}, {"type": "relu"}, {"type": "linear", "out": 10}]}
 
-Layer types and their fields (defaults in brackets; each type's entry in the layer registry,
-iaprune_runtime.layers, holds its fields, checks, shape rule and builder): linear(out, bias [true]),
-conv2d(out, kernel, stride [1], padding [0], bias [true]), batchnorm (1-D or 2-D by its input),
-relu, sigmoid, tanh, maxpool2d(kernel, stride [kernel]), avgpool2d(kernel, stride [kernel]),
-flatten, dropout(p [0.5]), and select(indices): the input features a network reads after
-input pruning. A network whose first shape-changing layer is a Linear reads its input
-flattened (the thesis MLP is [linear 256, relu, linear 64, relu, linear 10] on [1, 28, 28]);
-any other Linear needs a flatten before it.
+Layer types and their fields: each type's entry in the layer registry (iaprune_runtime.layers)
+holds its fields with defaults, checks, shape rule and builder; `iaprune_runtime.layers.names()`
+lists them (linear, conv2d, batchnorm, the activations, pooling, flatten, dropout, add, concat,
+a final softmax/log_softmax, and select: the input features a network reads after input
+pruning). A list of layers is a chain; a graph names layers ("name") and gives a layer that reads
+anything else than the layer before it its "inputs" (iaprune_runtime.spec). A network whose
+first shape-changing layer is a Linear reads its input flattened (the thesis MLP is
+[linear 256, relu, linear 64, relu, linear 10] on [1, 28, 28]); any other Linear needs a
+flatten before it.
 
-`build(spec)` makes a `Net` (an nn.Sequential that knows its input shape); `spec_of(model)`
-reads the spec back and names any unsupported module; `PRESETS` are specs by name.
+`build(spec)` makes a `Net` (an nn.Sequential that knows its input shape and graph);
+`spec_of(model)` reads the spec back and names any unsupported module; `PRESETS` are specs by
+name (mlp, lenet5, cnn3, resnet8, resnet20).
 """
 
 from __future__ import annotations
