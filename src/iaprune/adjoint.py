@@ -6,7 +6,8 @@ forward sweep encloses every intermediate value over an input box; the reverse s
 modules back from a seed on the outputs (the logits: the input of a trailing softmax) and
 encloses the adjoints ∂y/∂v of every intermediate value v, summed over every path. Each layer
 type's registry entry holds its forward map of a value interval and its adjoint map (the
-transposed derivative applied to an adjoint interval), each with its formula in the docstring. For an MLP:
+transposed derivative applied to an adjoint interval), each with its formula in the docstring.
+For an MLP:
 
     [ā_{l-1}] = [z̄_l] W_l               (point matrix, centre/radius form)
     [z̄_l]     = [ā_l] ⊗ φ'([z_l])        (interval product with the derivative range)
