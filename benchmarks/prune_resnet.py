@@ -21,8 +21,9 @@ One run measures:
   pruned (to one channel each), and the accuracy without retraining when a coupled group's
   significance sums its members' (the default) or takes their maximum.
 
-With --train-limit N the training split is cut to N samples (a quick smoke run; its numbers are
-not the benchmark's).
+With --train-limit N the training split is cut to N samples and with --max-epochs N every
+training is capped at N epochs (a quick smoke run, written to prune_<arch>_smoke.md; its numbers
+are not the benchmark's).
 """
 
 from __future__ import annotations
@@ -116,15 +117,21 @@ def tp_prune(model, pruner_cls, importance, ratio: float, data: Dataset) -> None
 
 
 def ratio_for(model, pruner_cls, make_importance, target: int, data: Dataset) -> float:
-    """The step ratio whose pruned copy of `model` has the MACs closest to `target` (bisection;
-    the channel counts of a uniform step do not depend on the importance)."""
-    lo, hi = 0.0, 0.95
+    """The step ratio whose pruned copy of `model` has the MACs closest to `target` (of those a
+    bisection tried; the channel counts of a uniform step do not depend on the importance)."""
+    found: dict[float, int] = {}
+
+    def pruned(ratio: float) -> int:
+        trial = copy.deepcopy(model)
+        tp_prune(trial, pruner_cls, make_importance(), ratio, data)
+        found[ratio] = macs(trial)
+        return found[ratio]
+
+    lo, hi = 0.0, 0.95  # macs(lo) > target >= macs(hi)
     for _ in range(14):
         mid = (lo + hi) / 2
-        trial = copy.deepcopy(model)
-        tp_prune(trial, pruner_cls, make_importance(), mid, data)
-        lo, hi = (mid, hi) if macs(trial) > target else (lo, mid)
-    return hi
+        lo, hi = (mid, hi) if pruned(mid) > target else (lo, mid)
+    return min(found, key=lambda r: (abs(found[r] - target), r))
 
 
 def run_tp(name: str, base, targets: list[int], epochs: list[int], config: PruneConfig,
@@ -244,6 +251,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--keep", action="store_true", help="resume an existing session")
     parser.add_argument("--train-limit", type=int, help="cut the training split (smoke run)")
+    parser.add_argument("--max-epochs", type=int,
+                        help="cap base training and every retraining (smoke run)")
     args = parser.parse_args()
     session = Path(args.session or ROOT / f"benchmarks/results/cache/prune_{args.arch}")
     log = print
@@ -261,6 +270,9 @@ def main() -> None:
     write_schedule(rows, retain)
     started, started_cpu = time.perf_counter(), time.process_time()
     config = PruneConfig(arch=args.arch, dataset="fashion-mnist", seed=args.seed)
+    if args.max_epochs:
+        config = replace(config, training=replace(config.training, epochs=args.max_epochs),
+                         retraining=replace(config.retraining, epochs=args.max_epochs))
     if args.train_limit:  # the session must see the same cut data: pass it as a Dataset
         results = run(config, session, retain=retain, data=data, quiet=True, log=log)
     else:
@@ -361,7 +373,8 @@ def main() -> None:
     ]
     report = "\n".join(lines) + "\n"
     print(report)
-    name = f"prune_{args.arch}{'_smoke' if args.train_limit else ''}.md"
+    smoke = args.train_limit or args.max_epochs
+    name = f"prune_{args.arch}{'_smoke' if smoke else ''}.md"
     atomic_write(Path(args.out) / name, report)
 
 
