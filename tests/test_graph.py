@@ -368,3 +368,41 @@ def test_the_workflow_prunes_a_residual_network_from_its_spec_to_a_checked_bundl
     capsys.readouterr()
     assert deploy_main(["predict", "--bundle", str(bundle), str(sample)]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+class TorchvisionBlock(nn.Module):
+    """torchvision's BasicBlock verbatim in structure: one in-place ReLU module called twice,
+    `identity = x`, a `downsample` branch, `out += identity`."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                            nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+def test_a_torchvision_style_block_with_a_relu_module_called_twice_imports():
+    user = _trained_like(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False),
+                                       nn.BatchNorm2d(4), nn.ReLU(), TorchvisionBlock(4, 4, 1),
+                                       TorchvisionBlock(4, 8, 2), nn.AdaptiveAvgPool2d(1),
+                                       nn.Flatten(), nn.Linear(8, 3)))
+    net = from_module(user, [1, 8, 8])
+    x = torch.rand(5, 1, 8, 8, dtype=D)
+    assert torch.allclose(net(x), user(x), atol=1e-12)
+    assert [(g.size, g.coupled) for g in groups(net)] == [(4, True), (4, False), (8, False),
+                                                         (8, True)]

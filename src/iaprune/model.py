@@ -158,7 +158,8 @@ class _Recorder(TorchFunctionMode):
             if not inputs or self.read(inputs[0]) is None:
                 raise _Unsupported(f"{name} ({type(module).__name__}) does not read a value of "
                                    "the network (its input or a layer's output)")
-            if id(module) in self.seen and not isinstance(module, _IDENTITY):
+            weighted = any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+            if id(module) in self.seen and weighted:  # a ReLU used twice is two ReLUs
                 raise _Unsupported(f"{name} ({type(module).__name__}) is called twice: shared "
                                    "layers cannot be pruned")
             self.seen.add(id(module))
@@ -235,8 +236,10 @@ def _graph_layers(steps: list[tuple[dict[str, Any], nn.Module | None, tuple[int,
         return [layer for layer, _, _, _ in steps]
     names: list[str] = []
     for k, (layer, owner, _, where) in enumerate(steps):
-        if owner is not None:
+        if owner is not None and where not in names:
             names.append(where)
+        elif owner is not None:  # a weightless module called again (a ReLU used twice)
+            names.append(f"{where}.{k}")
         else:  # a functional step: its type, where it ran, and its step number
             parent = where.removeprefix(" in ")
             names.append(f"{parent + '.' if parent else ''}{layer['type']}{k}")
