@@ -60,6 +60,13 @@ class ConfigError(UserError):
     """A setting with a value that is not allowed; the message names the flag."""
 
 
+def is_module(value: Any) -> bool:
+    """Whether `value` is a torch nn.Module (a base model given as your own network)."""
+    import torch.nn
+
+    return isinstance(value, torch.nn.Module)
+
+
 def _check_choices(obj: Any, prefix: str = "") -> None:
     """Every Literal-typed field holds one of its choices; numbers are finite."""
     hints = typing.get_type_hints(type(obj))
@@ -189,8 +196,9 @@ class PruneConfig:
                                   "(DataLoader worker processes) even when they fit in memory, "
                                   "with the same results [automatic when they would take more "
                                   "than half the available memory]")
-    arch: str | None = setting(None, "architecture: a preset (mlp, lenet5, cnn3) or a JSON spec "
-                                     "file [mlp; with only --base-model given, its own]")
+    arch: str | None = setting(None, "architecture: a preset (mlp, lenet5, cnn3, resnet8, "
+                                     "resnet20) or a JSON spec file [mlp; with only --base-model "
+                                     "given, its own]")
     hidden: tuple[int, ...] | None = setting(None, "hidden layer sizes of the mlp architecture "
                                                    "[256 64]")
     activation: Activation = setting("relu", "activation of the mlp architecture")
@@ -233,8 +241,14 @@ class PruneConfig:
             raise ConfigError(f"--image-size must be an integer >= 1, got {self.image_size!r}")
         if not isinstance(self.stream, bool):
             raise ConfigError(f"--stream is true or false, got {self.stream!r}")
-        if self.base_model is not None:  # a file outside the session: any folder finds it
+        if isinstance(self.base_model, str | os.PathLike):  # outside the session: found anywhere
             object.__setattr__(self, "base_model", os.path.abspath(self.base_model))
+        elif self.base_model is not None and not is_module(self.base_model):
+            raise ConfigError(f"base_model must be a checkpoint path or an nn.Module, got "
+                              f"{type(self.base_model).__name__}")
+        if self.arch is not None and not isinstance(self.arch, str) and not is_module(self.arch):
+            raise ConfigError(f"arch must be a preset, a spec file or an nn.Module, got "
+                              f"{type(self.arch).__name__}")
         if self.val_size is None:
             object.__setattr__(self, "val_size", DEFAULT_VAL_SIZE.get(self.dataset))
         for name, defaults in dataset_defaults(self.dataset).items():  # fill unset ones

@@ -14,6 +14,7 @@ resumed run gives the same numbers as an uninterrupted one.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from collections.abc import Callable
@@ -24,9 +25,22 @@ from typing import Any, Literal
 import torch
 
 from iaprune import __version__
-from iaprune.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from iaprune.checkpoint import (
+    load_checkpoint,
+    load_model,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from iaprune.concatenate import READ_ONLY, Concatenation, concatenate
-from iaprune.config import PruneConfig, differences, dumps, flat, iteration_seed, value_of
+from iaprune.config import (
+    PruneConfig,
+    differences,
+    dumps,
+    flat,
+    is_module,
+    iteration_seed,
+    value_of,
+)
 from iaprune.data import Dataset
 from iaprune.data.rows import head
 from iaprune.device import place, torch_device
@@ -34,11 +48,14 @@ from iaprune.errors import UserError
 from iaprune.files import atomic_write, parse_json
 from iaprune.groups import units
 from iaprune.interval import Interval
-from iaprune.model import hidden_label, layer_table
+from iaprune.model import from_module, hidden_label, layer_table
 from iaprune.prune import keep_global, keep_indices, shrink
 from iaprune.records import (
+    ARCH_FILE,
+    BASE_MODEL_FILE,
     CHECKPOINT_FILE,
     COLUMN,
+    CONFIG_FILE,
     FEATURES_FILE,
     RETAIN_FILE,
     SUMMARY_FILE,
@@ -591,6 +608,70 @@ def _run(config: PruneConfig, root: Path, retain: str | Path | None, begin: int 
     """run() while holding the session's lock."""
     check_session_folder(root)  # as found now that no other run can change it
     config = config_for(config, data)
+    staged: list[Path] = []
+    if is_module(config.base_model) or is_module(config.arch):  # your own network, imported
+        data = load_run_data(config, data, data_root)
+        config, staged = stage_modules(config, root, data)
+    try:
+        return _checked_run(config, root, retain, begin, data_root, tracker, quiet, log, data)
+    except BaseException:
+        if staged and not (root / CONFIG_FILE).is_file():  # nothing was run: undo the staging
+            for path in staged:  # (a session folder this run created goes with its lock)
+                path.unlink(missing_ok=True)
+        raise
+
+
+def _imported(module: torch.nn.Module, data: Dataset, what: str) -> Net:
+    try:
+        return from_module(module, data.input_shape)
+    except TypeError as exc:
+        raise UserError(f"{what}: {exc}") from None
+
+
+def stage_modules(config: PruneConfig, root: Path, data: Dataset
+                  ) -> tuple[PruneConfig, list[Path]]:
+    """Networks given as nn.Modules, imported with from_module and saved in the session so that
+    config.json names plain files: `arch` as the spec arch.json (the base is trained from a
+    seeded initialisation), `base_model` as base_model.pth (taken as trained, iteration 0). On
+    resume the module must be the one the session started from. Returns (the config naming
+    the files, the files written now)."""
+    resumed = (root / CONFIG_FILE).is_file()
+    written: list[Path] = []
+    if is_module(config.arch):
+        spec = spec_of(_imported(config.arch, data, "arch"))
+        path = root / ARCH_FILE
+        text = json.dumps(spec, indent=1) + "\n"
+        if resumed and path.is_file():
+            if path.read_text(encoding="utf-8") != text:
+                raise SessionError(f"{path}: this session's architecture differs from the "
+                                   "module given; use a new --session for it")
+        else:
+            root.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, text)
+            written.append(path)
+        config = replace(config, arch=str(path.resolve()))
+    if is_module(config.base_model):
+        net = _imported(config.base_model, data, "base_model")
+        path = root / BASE_MODEL_FILE
+        if resumed and path.is_file():
+            saved = load_model(path)[0].state_dict()
+            mine = net.state_dict()
+            if saved.keys() != mine.keys() or not all(
+                    torch.equal(value, mine[key].to(value.dtype)) for key, value in saved.items()):
+                raise SessionError(f"{path}: this session started from another base model than "
+                                   "the module given; use a new --session for it")
+        else:
+            root.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(path, net, input=data.input_info(), classes=list(data.classes))
+            written.append(path)
+        config = replace(config, base_model=str(path.resolve()))
+    return config, written
+
+
+def _checked_run(config: PruneConfig, root: Path, retain: str | Path | None, begin: int | None,
+                 data_root: str | Path | None, tracker: Tracker | None, quiet: bool,
+                 log: Callable[[str], Any], data: Any) -> Results:
+    """run() once every network it is given is a file."""
     session = Session(root, config.mode)
     retain = Path(retain) if retain is not None else None
     start = resolve(config, session, retain)

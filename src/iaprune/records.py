@@ -35,6 +35,8 @@ from iaprune.files import atomic_write
 MODES = {"iterative": "iterative_pruning", "one-shot": "one_shot_pruning"}  # mode -> its folder
 CONFIG_FILE = "config.json"
 LOCK_FILE = "session.lock"  # held (flock) by the run using the session; names its holder
+BASE_MODEL_FILE = "base_model.pth"  # a base model given as a module, imported and saved here
+ARCH_FILE = "arch.json"  # the spec of an architecture given as a module
 SCHEDULE_DIR = "retain"  # iaprune.retain's output folder, and a session's copy of the schedule
 SCHEDULE_FILE = "retain.txt"
 SCHEDULE_PLOTS = ("pruneNodesIteration.png", "pruneNodesDistribution.png")

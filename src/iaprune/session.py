@@ -19,6 +19,8 @@ from pathlib import Path
 from iaprune.errors import UserError
 from iaprune.files import TEMP_NAME, LockHeld, folder_problem, holding, remove_temp_files
 from iaprune.records import (
+    ARCH_FILE,
+    BASE_MODEL_FILE,
     CHECKPOINT_FILE,
     CONFIG_FILE,
     ITERATION_DIR,
@@ -193,13 +195,14 @@ def holder(line: str) -> str:
 
 
 def check_session_folder(root: Path) -> None:
-    """A session must be a new/empty folder or a session (one with config.json); its lock and
-    the temp file of a run killed while writing its config.json do not count."""
+    """A session must be a new/empty folder or a session (one with config.json); its lock, the
+    temp file of a run killed while writing its config.json and the networks saved from
+    modules by such a run do not count."""
     problem = folder_problem(root, "session folder")  # a file, or a path below one
     if problem:
         raise SessionError(problem)
-    if root.is_dir() and any(p.name != LOCK_FILE and not TEMP_NAME.fullmatch(p.name)
-                             for p in root.iterdir()) and \
+    if root.is_dir() and any(p.name not in (LOCK_FILE, BASE_MODEL_FILE, ARCH_FILE)
+                             and not TEMP_NAME.fullmatch(p.name) for p in root.iterdir()) and \
             not (root / CONFIG_FILE).is_file():
         raise SessionError(f"{root} is not a session folder (no {CONFIG_FILE}) and not empty; "
                            "choose a new --session")
