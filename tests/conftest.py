@@ -55,3 +55,43 @@ def umask():
         yield os.umask
     finally:
         os.umask(old)
+
+
+def rgb_folder(root: Path, train: int, test: int = 4, odd=lambda i: i % 5 == 0) -> Path:
+    """Three classes of RGB PNGs (blue, green, red: the class's channel is bright), 10x10 and,
+    where odd(i), 12x9 (resized when read), in a train/test layout under root/rgb."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for split, count in (("train", train), ("test", test)):
+        for k, name in enumerate(("blue", "green", "red")):
+            folder = root / "rgb" / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                shape = (9, 12, 3) if odd(i) else (10, 10, 3)
+                pixels = rng.integers(0, 90, shape, dtype=np.uint8)
+                pixels[..., 2 - k] += np.uint8(120)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root / "rgb"
+
+
+def spec_workflow(tmp_path: Path, layers: list, rows: list[tuple[int, ...]]):
+    """Run the workflow on digits with an --arch spec file of `layers` and the schedule `rows`
+    (2 epochs of base training, 1 of retraining); returns (Results, the last checkpoint's Net)."""
+    import json
+
+    from iaprune.checkpoint import load_model
+    from iaprune.config import PruneConfig, Retraining, Training
+    from iaprune.engine import run
+    from iaprune.retain import ScheduleRow, write_schedule
+
+    arch = tmp_path / "net.json"
+    arch.write_text(json.dumps({"input": [1, 8, 8], "layers": layers}))
+    retain = tmp_path / "retain.txt"
+    write_schedule([ScheduleRow(t, r, 100 * sum(r) / sum(rows[0])) for t, r in enumerate(rows)],
+                   retain)
+    config = PruneConfig(dataset="digits", arch=str(arch), training=Training(epochs=2),
+                         retraining=Retraining(epochs=1))
+    result = run(config, tmp_path / "s", retain=retain, quiet=True, log=lambda line: None)
+    return result, load_model(result.session.checkpoint(len(rows) - 1))[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import spec_workflow
 from torch import nn
 
 from iaprune.adjoint import sweep
@@ -326,19 +327,12 @@ def test_the_workflow_prunes_a_residual_network_from_its_spec_to_a_checked_bundl
     """--arch of a graph spec (an add, a concat, global pooling): the engine trains, prunes the
     coupled group with the others, validates; summary.txt counts the graph's MACs; the bundle
     verifies with torch alone (ONNX included when installed) and predicts."""
-    import json
-
     import numpy as np
 
-    from iaprune.checkpoint import load_model
-    from iaprune.config import PruneConfig, Retraining, Training
-    from iaprune.engine import run
-    from iaprune.retain import ScheduleRow, write_schedule
     from iaprune.validator import main as validate
     from iaprune_runtime.__main__ import main as deploy_main
 
-    arch = tmp_path / "net.json"
-    arch.write_text(json.dumps({"input": [1, 8, 8], "layers": [
+    result, model = spec_workflow(tmp_path, [
         {"type": "conv2d", "out": 6, "kernel": 3, "padding": 1, "bias": False},
         "batchnorm", {"type": "relu", "name": "stem"},
         {"type": "conv2d", "out": 6, "kernel": 3, "padding": 1, "bias": False},
@@ -347,14 +341,7 @@ def test_the_workflow_prunes_a_residual_network_from_its_spec_to_a_checked_bundl
         {"type": "add", "inputs": ["stem", "branch"]}, {"type": "relu", "name": "sum"},
         {"type": "conv2d", "out": 4, "kernel": 1, "name": "side"},
         {"type": "concat", "inputs": ["sum", "side"]}, "global_avgpool",
-        {"type": "linear", "out": 10}]}))
-    rows = [(6, 6, 4), (4, 3, 2)]
-    retain = tmp_path / "retain.txt"
-    write_schedule([ScheduleRow(t, r, 100 * sum(r) / 16) for t, r in enumerate(rows)], retain)
-    config = PruneConfig(dataset="digits", arch=str(arch), training=Training(epochs=2),
-                         retraining=Retraining(epochs=1))
-    result = run(config, tmp_path / "s", retain=retain, quiet=True, log=lambda line: None)
-    model, _ = load_model(result.session.checkpoint(1))
+        {"type": "linear", "out": 10}], [(6, 6, 4), (4, 3, 2)])
     assert units(model) == [4, 3, 2] and model.wiring is not None
     assert all(r["Test_Accuracy"] > 15 for r in result.rows)  # not a constant predictor
     summary = (result.session.final(1) / "summary.txt").read_text()

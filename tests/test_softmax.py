@@ -9,6 +9,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import spec_workflow
 from torch import nn
 
 import iaprune_runtime as deploy
@@ -194,28 +195,15 @@ def test_the_pytorch_examples_mnist_net_imports_trains_prunes_and_loads_back(tmp
 def test_the_workflow_prunes_a_network_of_the_new_layer_types_ending_in_log_softmax(tmp_path):
     """--arch with gelu, a padded max pool, dropout2d, silu, global average pooling, elu and a
     final log_softmax: the engine trains, prunes per schedule row, validates and bundles it."""
-    import json
-
-    from iaprune.checkpoint import load_model
-    from iaprune.config import PruneConfig, Retraining, Training
-    from iaprune.engine import run
     from iaprune.groups import units
-    from iaprune.retain import ScheduleRow, write_schedule
     from iaprune_runtime.__main__ import main as deploy_main
 
-    arch = tmp_path / "net.json"
-    arch.write_text(json.dumps({"input": [1, 8, 8], "layers": [
+    result, model = spec_workflow(tmp_path, [
         {"type": "conv2d", "out": 6, "kernel": 3, "padding": 1}, "gelu",
         {"type": "maxpool2d", "kernel": 3, "stride": 2, "padding": 1}, "dropout2d",
         {"type": "conv2d", "out": 8, "kernel": 3, "padding": 1}, "silu", "global_avgpool",
-        {"type": "linear", "out": 12}, "elu", {"type": "linear", "out": 10}, "log_softmax"]}))
-    rows = [(6, 8, 12), (4, 6, 8)]
-    retain = tmp_path / "retain.txt"
-    write_schedule([ScheduleRow(t, r, 100 * sum(r) / 26) for t, r in enumerate(rows)], retain)
-    config = PruneConfig(dataset="digits", arch=str(arch), training=Training(epochs=2),
-                         retraining=Retraining(epochs=1))
-    result = run(config, tmp_path / "s", retain=retain, quiet=True, log=lambda line: None)
-    model, _ = load_model(result.session.checkpoint(1))
+        {"type": "linear", "out": 12}, "elu", {"type": "linear", "out": 10}, "log_softmax"],
+        [(6, 8, 12), (4, 6, 8)])
     assert units(model) == [4, 6, 8] and isinstance(model[-1], nn.LogSoftmax)
     assert all(r["Test_Accuracy"] > 10 for r in result.rows)  # better than a constant predictor
     assert deploy_main(["bundle", str(result.session.checkpoint(1)), "--out",

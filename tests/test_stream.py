@@ -6,10 +6,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import rgb_folder
 
 from iaprune import cli
 from iaprune.data import load_dataset
@@ -29,17 +28,7 @@ FAST = ["--hidden", "8", "4", "--epochs", "2", "--retrain-epochs", "1", "--batch
 @pytest.fixture
 def rgb(tmp_path) -> Path:
     """Three classes of RGB PNGs, mostly 10x10, a few 12x9 (resized), a train/test layout."""
-    rng = np.random.default_rng(1)
-    for split, count in (("train", 14), ("test", 4)):
-        for k, name in enumerate(("blue", "green", "red")):
-            folder = tmp_path / "rgb" / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                shape = (9, 12, 3) if i % 5 == 0 else (10, 10, 3)
-                pixels = rng.integers(0, 90, shape, dtype=np.uint8)
-                pixels[..., 2 - k] += np.uint8(120)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return tmp_path / "rgb"
+    return rgb_folder(tmp_path, 14)
 
 
 def both(folder: Path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import rgb_folder
 
 import iaprune_runtime as deploy
 from iaprune.concatenate import concatenate
@@ -163,16 +163,7 @@ def test_a_missing_kept_column_is_one_line_naming_it(session, table, tmp_path, c
 def test_a_colour_bundle_predicts_rgb_files_as_evaluated(tmp_path, capsys):
     """A model trained on a 3-channel folder: `deploy predict` on its RGB test files (one of
     them 12x9, resized as in training) gives the predictions the engine's test split gives."""
-    rng = np.random.default_rng(1)
-    for split, count in (("train", 12), ("test", 4)):
-        for k, name in enumerate(("blue", "green", "red")):
-            folder = tmp_path / "rgb" / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                shape = (9, 12, 3) if i == 1 else (10, 10, 3)
-                pixels = rng.integers(0, 90, shape, dtype=np.uint8)
-                pixels[..., 2 - k] += np.uint8(120)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
+    rgb_folder(tmp_path, 12, odd=lambda i: i == 1)
     retain = tmp_path / "retain.txt"
     write_schedule([ScheduleRow(0, (8, 4), 100.0)], retain)
     run(PruneConfig(dataset=str(tmp_path / "rgb"), **FAST), tmp_path / "s", retain=retain,
