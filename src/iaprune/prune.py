@@ -256,8 +256,12 @@ def shrink(model: Net, keep: Sequence[Tensor], bias_fold: BiasFold = "linear",
         fold_fn = FOLDS[bias_fold]
         estimates: list[Fold | None] = [None] * len(group.readers)
         if fold_fn is not None and removed.any():  # each reader folds the value it reads
-            estimates = [fold_fn(current, group, use, idx, removed, data, box)
-                         for use in group.readers]
+            found: dict[tuple[int, int, int], Fold] = {}  # readers of one value share its fold
+            for use in group.readers:
+                key = (use.value, use.offset, use.units)
+                if key not in found:
+                    found[key] = fold_fn(current, group, use, idx, removed, data, box)
+            estimates = [found[(use.value, use.offset, use.units)] for use in group.readers]
         current = _cut(current, group, idx, removed, estimates)
     return current
 
