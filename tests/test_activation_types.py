@@ -16,17 +16,19 @@ from iaprune.prune import keep_indices, shrink
 from iaprune.significance import interval_adjoint
 from iaprune.spec import SpecError, build, check_spec, spec_of
 from iaprune_runtime.layers import entry
-from iaprune_runtime.layers.smooth import GELU_POINTS, SILU_POINTS
+from iaprune_runtime.layers.smooth import GELU_POINTS, GELU_TANH_POINTS, SILU_POINTS
 
 D = torch.float64
 # (module, the entry's name, torch's function): every setting the rules distinguish
 CASES = [(nn.ReLU6(), "relu6", F.relu6), (nn.ELU(), "elu", F.elu),
          (nn.ELU(0.3), "elu", lambda t: F.elu(t, 0.3)),
          (nn.ELU(2.5), "elu", lambda t: F.elu(t, 2.5)),
-         (nn.GELU(), "gelu", F.gelu), (nn.SiLU(), "silu", F.silu)]
-IDS = ["relu6", "elu", "elu0.3", "elu2.5", "gelu", "silu"]
+         (nn.GELU(), "gelu", F.gelu),
+         (nn.GELU("tanh"), "gelu", lambda t: F.gelu(t, approximate="tanh")),
+         (nn.SiLU(), "silu", F.silu)]
+IDS = ["relu6", "elu", "elu0.3", "elu2.5", "gelu", "gelu_tanh", "silu"]
 # kinks and critical points: boxes start, end and straddle there
-SPECIAL = [0.0, 6.0, *GELU_POINTS, *SILU_POINTS]
+SPECIAL = [0.0, 6.0, *GELU_POINTS, *GELU_TANH_POINTS, *SILU_POINTS]
 
 
 def grads(f, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,8 +75,14 @@ def test_points_inside_a_box_have_values_and_derivatives_inside_its_intervals(mo
         assert bool(d.contains(derivative[None]).all()), name
 
 
-@pytest.mark.parametrize(("f", "points"), [(F.gelu, GELU_POINTS), (F.silu, SILU_POINTS)],
-                         ids=["gelu", "silu"])
+def tanh_gelu(t):
+    return F.gelu(t, approximate="tanh")
+
+
+SHAPES = [(F.gelu, GELU_POINTS), (tanh_gelu, GELU_TANH_POINTS), (F.silu, SILU_POINTS)]
+
+
+@pytest.mark.parametrize(("f", "points"), SHAPES, ids=["gelu", "gelu_tanh", "silu"])
 def test_the_critical_points_are_where_the_derivatives_vanish(f, points):
     """Newton's points: φ' = 0 at the minimiser of φ; φ'' = 0 at the extrema of φ'."""
     z = torch.tensor(points, dtype=D, requires_grad=True)
@@ -82,6 +90,23 @@ def test_the_critical_points_are_where_the_derivatives_vanish(f, points):
     (d2,) = torch.autograd.grad(d1.sum(), z)
     d1 = d1.detach()
     assert abs(float(d1[0])) < 1e-14 and float(d2[1:].abs().max()) < 1e-14
+
+
+@pytest.mark.parametrize(("f", "points"), SHAPES, ids=["gelu", "gelu_tanh", "silu"])
+def test_the_critical_points_are_the_only_sign_changes_on_a_grid(f, points):
+    """The shape the rules assume: on a fine grid over [-8, 8], φ' changes sign only at the
+    minimiser of φ, and φ'' only at the two extrema of φ' (beyond, the tails are monotone)."""
+    z = torch.linspace(-8, 8, 160_001, dtype=D, requires_grad=True)
+    (d1,) = torch.autograd.grad(f(z).sum(), z, create_graph=True)
+    (d2,) = torch.autograd.grad(d1.sum(), z)
+    z = z.detach()
+
+    def changes(d: torch.Tensor) -> list[float]:
+        flips = (torch.sign(d[1:]) * torch.sign(d[:-1]) < 0).nonzero()[:, 0]
+        return z[flips].tolist()
+
+    assert changes(d1.detach()) == pytest.approx([points[0]], abs=1e-4)
+    assert changes(d2) == pytest.approx(list(points[1:]), abs=1e-4)
 
 
 def test_a_box_around_the_minimum_reaches_below_both_endpoints():
@@ -126,6 +151,12 @@ def test_specs_round_trip_and_fill_defaults():
     """'elu' gets alpha 1.0; a built network reads back as the same spec."""
     spec = check_spec({"input": [3], "layers": ["elu", {"type": "linear", "out": 2}]})
     assert spec["layers"][0] == {"type": "elu", "alpha": 1.0}
+    tanh = check_spec({"input": [3], "layers": [{"type": "gelu", "approximate": "tanh"},
+                                                 {"type": "linear", "out": 2}]})
+    assert build(tanh)[0].approximate == "tanh" and spec_of(build(tanh)) == tanh
+    with pytest.raises(SpecError, match="gelu approximate must be one of"):
+        check_spec({"input": [3], "layers": [{"type": "gelu", "approximate": "erf"},
+                                             {"type": "linear", "out": 2}]})
     net = build(SPEC, seed=0)
     assert [type(m) for m in net][1::2] == [nn.GELU, nn.ELU, nn.SiLU, nn.ReLU6]
     assert spec_of(net) == check_spec(SPEC)
@@ -139,10 +170,9 @@ def test_an_elu_alpha_that_is_not_positive_is_a_spec_error(alpha):
                                              {"type": "linear", "out": 2}]})
 
 
-@pytest.mark.parametrize(("module", "match"), [(nn.GELU(approximate="tanh"), "approximate='tanh'"),
-                                              (nn.ELU(-0.5), "alpha=-0.5")])
+@pytest.mark.parametrize(("module", "match"), [(nn.ELU(-0.5), "alpha=-0.5")])
 def test_modules_with_unsupported_settings_are_named(module, match):
-    """The tanh-approximated GELU and a negative ELU alpha are TypeErrors naming the setting."""
+    """A negative ELU alpha is a TypeError naming the setting."""
     with pytest.raises(TypeError, match=match):
         spec_of(nn.Sequential(nn.Linear(3, 2), module, nn.Linear(2, 2)), [3])
 
@@ -159,7 +189,7 @@ class UserActs(nn.Module):
     def forward(self, x):
         for fc, act in zip(self.fc[:4], self.acts, strict=True):
             x = act(fc(x))
-        x = F.gelu(self.fc[4](x))
+        x = F.gelu(self.fc[4](x), approximate="tanh")
         x = F.silu(self.fc[5](x))
         x = F.elu(self.fc[6](x), alpha=2.0)
         return self.fc[7](F.relu6(x))
@@ -172,7 +202,8 @@ def test_from_module_reads_the_modules_and_calls_and_prunes():
     net = from_module(user, [6])
     kinds = [layer for layer in spec_of(net)["layers"] if layer["type"] != "linear"]
     assert kinds == [{"type": "gelu"}, {"type": "silu"}, {"type": "relu6"},
-                     {"type": "elu", "alpha": 0.7}, {"type": "gelu"}, {"type": "silu"},
+                     {"type": "elu", "alpha": 0.7}, {"type": "gelu", "approximate": "tanh"},
+                     {"type": "silu"},
                      {"type": "elu", "alpha": 2.0}, {"type": "relu6"}]
     x = torch.randn(8, 6)
     torch.testing.assert_close(net(x), user(x))

@@ -43,24 +43,29 @@ class FlexibleCNN(TutorialCNN):
         return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
 
 
-def pruned_checkpoint(user: nn.Module, path) -> nn.Module:
-    """The user's network imported, scored and shrunk to 4, 6 and 20 units, saved at path."""
+def pruned_checkpoint(user: nn.Module, path, channels: int = 6) -> nn.Module:
+    """The user's network imported, scored and shrunk to 4, `channels` and 20 units, saved at
+    path."""
     net = from_module(user, [1, 12, 12])
     scores = interval_adjoint(net, Interval(torch.zeros(144), torch.ones(144)))
-    small = shrink(net, keep_indices(scores, [4, 6, 20]), "none")
+    small = shrink(net, keep_indices(scores, [4, channels, 20]), "none")
     save_checkpoint(path, small)
     return small
 
 
-def test_a_fixed_reshape_is_one_error_naming_the_constant_and_the_model_is_unchanged(tmp_path):
-    """x.view(-1, 16*2*2) cannot feed the pruned fc1 (6 channels · 2 · 2 = 24 features): the
-    error names the constant and its new value, and the user's model keeps its sizes and
-    weights."""
+@pytest.mark.parametrize("channels", [6, 8])
+def test_a_fixed_reshape_is_one_error_naming_the_constant_and_the_model_is_unchanged(tmp_path,
+                                                                                      channels):
+    """x.view(-1, 16*2*2) cannot feed the pruned fc1 (channels · 2 · 2 features; with 8 the view
+    itself succeeds on a wrong batch and fc1 fails): the error names the constant and its new
+    value, and the user's model keeps its sizes and weights."""
     user = TutorialCNN()
-    pruned_checkpoint(user, tmp_path / "pruned.pth")
+    pruned_checkpoint(user, tmp_path / "pruned.pth", channels)
     before = copy.deepcopy(user.state_dict())
-    with pytest.raises(ValueError, match=r"reshapes to 64 features; the pruned network's fc1 "
-                                         r"takes 24: change the constant 16\*2\*2 \(=64\) to 24"):
+    new = channels * 4
+    with pytest.raises(ValueError, match=rf"reshapes to 64 features; the pruned network's fc1 "
+                                         rf"takes {new}: change the constant 16\*2\*2 \(=64\) to "
+                                         rf"{new}"):
         deploy.load_pruned_model(user, tmp_path / "pruned.pth")
     assert user.fc1.in_features == 64 and user.conv2.out_channels == 16
     assert all(torch.equal(before[k], v) for k, v in user.state_dict().items())

@@ -98,7 +98,7 @@ class Prediction(NamedTuple):
 
     labels: torch.Tensor  # (n,) predicted class index
     probabilities: torch.Tensor  # (n, n_classes) softmax of the logits
-    logits: torch.Tensor  # (n, n_classes) the model's raw outputs
+    logits: torch.Tensor  # (n, n_classes) the model's raw outputs (before a final softmax)
 
     @property
     def confidence(self) -> torch.Tensor:
