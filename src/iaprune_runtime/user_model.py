@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import copy
 import inspect
+import operator
 import textwrap
 from typing import Literal
 
@@ -147,16 +148,17 @@ FORWARD_SAMPLES = 4  # the random batch the user's forward is checked on
 UNSIZED = "does it assume the unpruned layer sizes?"
 
 
+_ARITHMETIC = {ast.Mult: operator.mul, ast.Add: operator.add, ast.Sub: operator.sub}
+
+
 def _int_value(node: ast.AST) -> int | None:
     """The value of an integer constant expression (16 * 2 * 2), else None."""
     if isinstance(node, ast.Constant) and type(node.value) is int:
         return node.value
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult | ast.Add | ast.Sub):
+    combine = _ARITHMETIC.get(type(node.op)) if isinstance(node, ast.BinOp) else None
+    if combine is not None:
         a, b = _int_value(node.left), _int_value(node.right)
-        if a is None or b is None:
-            return None
-        return a * b if isinstance(node.op, ast.Mult) else a + b if isinstance(
-            node.op, ast.Add) else a - b
+        return None if a is None or b is None else combine(a, b)
     return None
 
 

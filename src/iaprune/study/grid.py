@@ -25,7 +25,7 @@ from iaprune.errors import UserError
 from iaprune.files import atomic_write, first_line
 from iaprune.groups import units
 from iaprune.model import hidden_label
-from iaprune.records import COLUMN, RETAIN_FILE, VALIDATION_FILE, read_validation_results
+from iaprune.records import ARCH_FILE, COLUMN, RETAIN_FILE, VALIDATION_FILE, read_validation_results
 from iaprune.retain import ScheduleRow, geometric_schedule, read_schedule, write_schedule
 from iaprune.session import Session
 from iaprune.significance import default_measure
@@ -58,7 +58,6 @@ RETRAIN_ONLY = ("retrain_patience", "retrain_lr", "retrain_shift", "retrain_labe
                 "retrain_batch_size", "distill", "teacher", "temperature", "retrain_until")
 
 
-ARCH_FILE = "arch.json"  # in the cache folder of a network other than the mlp: its spec
 DEFAULT_HIDDEN = (256, 64)  # the mlp's hidden sizes when --hidden is not given
 
 
