@@ -48,7 +48,7 @@ def test_hostile_documents_end_in_one_line_errors_under_a_1_gb_cap():
 def run_cases() -> dict[str, Counter]:  # noqa: C901 (one strategy per reader, side by side)
     assert resource.getrlimit(resource.RLIMIT_AS)[0] == CAP, "run by the test, under the cap"
     import torch
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, example, given, settings
     from hypothesis import strategies as st
 
     import iaprune_runtime as deploy
@@ -118,6 +118,8 @@ def run_cases() -> dict[str, Counter]:  # noqa: C901 (one strategy per reader, s
     # ---- spec ----------------------------------------------------------------------------------
     @once
     @given(st.one_of(spec.map(json_bytes), nasty_bytes))
+    @example(json_bytes({"input": [64], "layers": [{"type": "linear", "out": 5}, "relu",
+                                                   {"type": "linear", "out": 10}]}))
     def spec_case(data: bytes) -> None:
         path = folder / "arch.json"
         path.write_bytes(data)
@@ -161,6 +163,7 @@ def run_cases() -> dict[str, Counter]:  # noqa: C901 (one strategy per reader, s
 
     @once
     @given(st.one_of(changes.map(lambda c: json_bytes({**manifest, **c})), nasty_bytes))
+    @example(json_bytes(manifest))  # the valid path, whatever the draws
     def manifest_case(data: bytes) -> None:
         (bundle / "manifest.json").write_bytes(data)
         err = io.StringIO()
@@ -195,6 +198,7 @@ def run_cases() -> dict[str, Counter]:  # noqa: C901 (one strategy per reader, s
 
     @once
     @given(payload)
+    @example(good)  # the valid path, whatever the draws
     def checkpoint_case(value: dict) -> None:
         path = folder / "m.pth"
         buffer = io.BytesIO()
