@@ -28,7 +28,15 @@ import torch
 from torch import nn
 
 from iaprune.interval import Interval
-from iaprune_runtime.layers import LayerType, by_module, entry_of, logits_end, lookup, supported
+from iaprune_runtime.layers import (
+    LayerType,
+    by_module,
+    entry_of,
+    logits_end,
+    logits_value,
+    lookup,
+    supported,
+)
 
 Seed = Literal["per_output", "sum"]
 SEEDS: tuple[str, ...] = get_args(Seed)
@@ -180,13 +188,13 @@ def sweep(modules: Sequence[nn.Module], box: Interval, seed: Seed = "per_output"
 
     # the outputs seeded are the logits: the input of a trailing softmax/log_softmax, whose
     # adjoints stay None (iaprune_runtime/layers/softmax.py says why)
-    end = logits_end([entry_of(m) for m in modules])
-    out_shape = values[end if end == len(modules) else links[end][0]].shape[1:]
+    kinds = [entry_of(m) for m in modules]
+    end, seed_at = logits_end(kinds), logits_value(kinds, links)  # seed_at: the logits' value
+    out_shape = values[seed_at].shape[1:]
     n_out = math.prod(out_shape)
     start = (torch.eye(n_out, dtype=x.dtype, device=x.lower.device) if seed == "per_output"
              else torch.ones(1, n_out, dtype=x.dtype, device=x.lower.device))
     adjoints: list[Interval | None] = [None] * len(values)
-    seed_at = end if end == len(modules) else links[end][0]  # the normaliser's input
     adjoints[seed_at] = Interval.point(start.reshape(1, len(start), *out_shape))  # (1, k, *out)
     for i in range(end - 1, lowest - 1, -1):
         kind, reads = entry_of(modules[i]), links[i]

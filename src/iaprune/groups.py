@@ -151,8 +151,8 @@ def _segments(model: Net, kinds: list[LayerType], links: list[tuple[int, ...]],
     return values
 
 
-def _walk_to_activation(model: Net, kinds: list[LayerType], readers: dict[int, list[int]],
-                        start: int) -> int | None:
+def _walk_to_activation(kinds: list[LayerType], readers: dict[int, list[int]], start: int
+                        ) -> int | None:
     """The first activation after value `start` on its single-reader path through BatchNorms,
     element-wise layers, pools, reshapes and adds (a producer, a concat or a fork stops it)."""
     value = start
@@ -226,7 +226,7 @@ def _group(model: Net, kinds: list[LayerType], links: list[tuple[int, ...]],
         block = math.prod(value_shapes[reads[0]]) // total if flat else 1
         uses.append(Use(i, reads[0], offset, total, block))
     spatial = kinds[producers[0]].spatial
-    after = [_walk_to_activation(model, kinds, readers, p + 1) for p in producers]
+    after = [_walk_to_activation(kinds, readers, p + 1) for p in producers]
     pre = tuple(p + 1 for p in producers)
     post = tuple(p + 1 if a is None else a + 1 for p, a in zip(producers, after, strict=True))
     return Group("channel" if spatial else "neuron", size, tuple(producers), tuple(uses),

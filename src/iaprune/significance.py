@@ -33,7 +33,7 @@ from iaprune.groups import Group, Use, groups
 from iaprune.interval import Interval
 from iaprune.prune import unit_view
 from iaprune.spec import Net
-from iaprune_runtime.layers import entry_of, logits_end
+from iaprune_runtime.layers import entry_of, logits_end, logits_value
 
 BoxKind = Literal["data", "quantile", "samples"]
 Aggregate = Literal["sum", "max"]
@@ -275,8 +275,8 @@ def _consumer_inputs(model: Net, x: Tensor, found: list[Group]
     """(per group, the values its readers read = its units after activation etc., the
     logits)."""
     # the logits are the input of a trailing softmax (the loss is taken on them)
-    end = logits_end([entry_of(m) for m in model])
-    logits = model.wiring[end][0] if model.wiring and end < len(model) else end
+    kinds = [entry_of(m) for m in model]
+    end, logits = logits_end(kinds), logits_value(kinds, model.wiring)
     wanted = tuple({use.value for g in found for use in _reads(g)} | {logits})
     values = model.values(_shaped(model, x), keep=wanted, upto=end)
     return [[values[use.value] for use in _reads(g)] for g in found], values[logits]

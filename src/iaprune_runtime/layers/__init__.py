@@ -20,6 +20,7 @@ from .base import (
     entry,
     entry_of,
     logits_end,
+    logits_value,
     lookup,
     names,
     of_call,
@@ -37,5 +38,5 @@ from .pooling import max_pool  # noqa: E402
 from .select import Select  # noqa: E402
 
 __all__ = ["REQUIRED", "Layer", "LayerType", "Select", "SpecError", "by_module", "entries",
-           "entry", "entry_of", "logits_end", "lookup", "max_pool", "names", "of_call", "register",
-           "supported"]
+           "entry", "entry_of", "logits_end", "logits_value", "lookup", "max_pool", "names",
+           "of_call", "register", "supported"]

@@ -292,6 +292,14 @@ def logits_end(kinds: Sequence[LayerType]) -> int:
     return len(kinds) - 1 if kinds and kinds[-1].normaliser else len(kinds)
 
 
+def logits_value(kinds: Sequence[LayerType], wiring: Sequence[Sequence[int]] | None = None
+                 ) -> int:
+    """The value holding the logits (value 0: the input, value i + 1: layer i's output): the
+    last layer's output, or the value a trailing normaliser reads (in a graph, its `wiring`)."""
+    end = logits_end(kinds)
+    return wiring[end][0] if wiring is not None and end < len(kinds) else end
+
+
 def of_call(name: str) -> LayerType | None:
     """The layer type of a functional call by its name (leading/trailing '_' ignored)."""
     return _BY_CALL.get(name.strip("_"))
