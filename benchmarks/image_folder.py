@@ -1,7 +1,7 @@
 """Image-folder benchmark (issue 24): an image folder trains like the built-in dataset it was
 written from, and its deployed model predicts the folder's own PNG files.
 
-Usage: python benchmarks/image_folder.py [--out DIR] [--rows N]
+Usage: python benchmarks/image_folder.py [--out DIR] [--rows N] [--stream] [--only SESSION]
 
 1. Fashion-MNIST's IDX files ($IAPRUNE_DATA/FashionMNIST/raw/) are written as a PNG folder,
    DIR/cache/image_folder/fashion-png/{train,test}/<i>_<class>/<n>.png (8-bit grayscale,
@@ -197,10 +197,17 @@ def main() -> None:
           "recommended)", f"{recorded:.2f}", f"{deployed:.2f} ({correct} of {total})",
           "yes" if same else "NO"]])
     light = light_backgrounds(folder / "test")
-    seconds = [float(line.split()[-1]) for c in (on_folder, builtin)
-               for line in (c.mode_dir / "0" / "prune_w_retrain" / "train_results.txt")
-               .read_text().splitlines()[1:]]
+    def epoch_seconds(session: Path) -> list[float]:
+        table = session / "iterative_pruning" / "0" / "prune_w_retrain" / "train_results.txt"
+        return [float(line.split()[-1]) for line in table.read_text().splitlines()[1:]]
 
+    timed = {"the folder in memory": cache / f"folder{suffix}",
+             "the built-in": cache / f"builtin{suffix}"}
+    if args.stream:
+        timed["the folder streamed"] = cache / f"folder-stream{suffix}"
+    per_epoch = {label: epoch_seconds(path) for label, path in timed.items()}
+    timing = ", ".join(f"{label} {np.median(s):.2f} s ({len(s)} epochs)"
+                       for label, s in per_epoch.items())
     text = "\n\n".join([
         "Fashion-MNIST written as a PNG folder (train/ and test/, one folder per class), "
         f"trained with the default MLP workflow (784-256-64-10, seed 0, {cap}; the folder "
@@ -213,9 +220,8 @@ def main() -> None:
         f"`--no-invert`: {light} of the 10,000 test PNGs have a light border (the runtime's test: "
         "median border pixel), and `iaprune deploy predict` inverts such images unless told not to "
         "(it expects MNIST-like light drawings on black).",
-        f"Base training took {min(seconds):.0f} to {max(seconds):.0f} s per epoch "
-        f"({len(seconds)} epochs in both sessions) on the shared 2-core machine (other "
-        "engineers' runs and this benchmark's two sessions at once).",
+        f"Median seconds per base-training epoch: {timing}, on this 2-core machine "
+        "(the sessions may have run side by side: see --only).",
     ])
     if args.stream:
         equal, complete = same_validation_results(cache / f"folder{suffix}",
