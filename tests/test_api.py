@@ -98,6 +98,9 @@ def test_a_users_module_is_pruned_through_the_api_and_loads_back_into_its_class(
     results = run(config, "session", retain="retain.txt", quiet=True, log=lambda _: None)
     assert [row.neurons for row in results.schedule] == [(32, 16), (22, 11), (16, 8)]
     last = results.session.mode_dir / "2" / "prune_w_retrain" / "best_model.pth"
+    with pytest.raises(TypeError, match=r"load_pruned_model\(model, path\) takes your model "
+                                         r".*; got SimpleNN and PosixPath"):
+        load_pruned_model(SimpleNN, last)  # the class, not a model: one line saying what to give
     pruned = load_pruned_model(SimpleNN(), last)
     assert (pruned.fc1.out_features, pruned.fc2.out_features) == (16, 8)
     network, _ = iaprune.load_model(last)

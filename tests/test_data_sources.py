@@ -361,10 +361,13 @@ def test_torch_dataset_items_that_are_not_pairs_are_refused():
         load_dataset(Dicts())
 
 
-def test_a_non_string_dataset_setting_points_to_run_data():
-    """PruneConfig(dataset=<arrays>) says to pass the data to run(..., data=...)."""
-    with pytest.raises(ConfigError, match=r"run\(config, session, data=\.\.\.\)"):
+def test_a_dataset_setting_that_is_not_data_names_what_it_takes():
+    """PruneConfig(dataset=<a bare array>) lists what the setting takes; a pathlib.Path is a
+    path."""
+    with pytest.raises(ConfigError, match=r"an \(x, y\) pair of arrays or tensors, or a torch "
+                                          r"Dataset; got a ndarray"):
         PruneConfig(dataset=np.zeros((3, 2)))
+    assert PruneConfig(dataset=Path("/data/pets")).dataset == "/data/pets"
 
 
 def test_a_path_dataset_setting_is_stored_absolute(tmp_path, monkeypatch):

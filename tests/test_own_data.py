@@ -15,7 +15,7 @@ import iaprune_runtime as deploy
 from iaprune import cli, validator
 from iaprune.concatenate import read_validation_results
 from iaprune.config import PruneConfig, Retraining, Training
-from iaprune.data import load_dataset
+from iaprune.data import DatasetError, load_dataset
 from iaprune.engine import run
 from iaprune.iterativeprune import main
 from iaprune.retain import ScheduleRow, write_schedule
@@ -120,6 +120,34 @@ def test_run_with_a_tensor_dataset_records_a_python_object(tmp_path, retain):
     saved = json.loads((tmp_path / "s" / "config.json").read_text())
     assert saved["dataset"] == "python object" and saved["val_size"] is None
     assert saved["data"]["fingerprint"] == load_dataset(data).record["fingerprint"]
+
+
+def test_the_data_itself_as_the_dataset_setting_runs_as_run_data(tmp_path, retain):
+    """PruneConfig(dataset=TensorDataset) runs as run(data=...) does, to the same numbers; an
+    (x, y) pair too; the data given both ways at once is one error, before anything is written."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(90) % 3
+    x = torch.rand(90, 6, generator=g) * 0.3 + torch.nn.functional.one_hot(y, 6)
+    data = torch.utils.data.TensorDataset(x, y)
+    quiet = {"retain": retain, "quiet": True, "log": lambda line: None}
+
+    def holding(data):
+        return PruneConfig(dataset=data, hidden=(8, 4), training=CONFIG.training,
+                           retraining=CONFIG.retraining)
+
+    given = run(CONFIG, tmp_path / "given", data=data, **quiet)
+    held = run(holding(data), tmp_path / "held", **quiet)
+    assert held.rows[1]["Test_Accuracy"] == given.rows[1]["Test_Accuracy"]
+    for name in ("config.json", "iterative_pruning/1/prune_w_retrain/validation_results.txt"):
+        assert (tmp_path / "held" / name).read_text() == (tmp_path / "given" / name).read_text()
+    pair = run(holding((x.numpy(), y.numpy())), tmp_path / "pair", **quiet)
+    assert [r["iteration"] for r in pair.rows] == [0, 1]
+    with pytest.raises(DatasetError, match="the data is given twice"):
+        run(holding(data), tmp_path / "twice", data=(x, y), **quiet)
+    assert not (tmp_path / "twice" / "config.json").exists()
+    assert repr(held).startswith(f"<Results {tmp_path / 'held'} (iterative): 2 iterations run "
+                                 "now; recommended: iteration ")
+    assert "\n" not in repr(held)
 
 
 def test_resuming_with_other_tensors_is_refused(tmp_path, retain):

@@ -20,7 +20,14 @@ import typing
 from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any, Literal, get_args, get_origin
 
-from iaprune.data import DEFAULT_VAL_SIZE, DatasetError, check_name, is_path
+from iaprune.data import (
+    DEFAULT_VAL_SIZE,
+    PYTHON_OBJECT,
+    DatasetError,
+    check_name,
+    holds_data,
+    is_path,
+)
 from iaprune.device import Device
 from iaprune.errors import UserError
 from iaprune.trainer import Precision, Schedule, TrainConfig
@@ -179,6 +186,9 @@ class PruneConfig:
     Each field is also a flag of `iaprune iterativeprune` (its name with dashes: `val_size` is
     `--val-size`; the nested `training`, `retraining` and `scoring` settings are
     `--epochs`, `--retrain-epochs`, `--criterion`, ...). Invalid values raise ConfigError.
+    From Python, `dataset` may also be the data itself (an (x, y) pair of arrays or tensors, a
+    torch Dataset of (x, y) items, or a Dataset), and `arch` or `base_model` your own nn.Module:
+    run() reads them and config.json records "python object" with the data's fingerprint.
 
     Example:
         >>> from iaprune import PruneConfig, Retraining, Scoring
@@ -230,12 +240,18 @@ class PruneConfig:
                                       for n in self.hidden):
                 raise ConfigError(f"--hidden sizes must be integers >= 1, got "
                                   f"{' '.join(map(str, self.hidden)) or 'none'}")
+        if isinstance(self.dataset, os.PathLike):
+            object.__setattr__(self, "dataset", os.fspath(self.dataset))
         try:
             check_name(self.dataset)
         except DatasetError as exc:
             raise ConfigError(str(exc)) from None
-        if is_path(self.dataset):  # data outside the session: any folder finds it
-            object.__setattr__(self, "dataset", os.path.abspath(self.dataset))
+        if holds_data(self.dataset):  # the data itself: run() reads it as run(data=...)
+            name = PYTHON_OBJECT
+        else:
+            name = self.dataset
+            if is_path(self.dataset):  # data outside the session: any folder finds it
+                object.__setattr__(self, "dataset", os.path.abspath(self.dataset))
         if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(
                 self.image_size, int) or self.image_size < 1):
             raise ConfigError(f"--image-size must be an integer >= 1, got {self.image_size!r}")
@@ -250,11 +266,11 @@ class PruneConfig:
             raise ConfigError(f"arch must be a preset, a spec file or an nn.Module, got "
                               f"{type(self.arch).__name__}")
         if self.val_size is None:
-            object.__setattr__(self, "val_size", DEFAULT_VAL_SIZE.get(self.dataset))
-        for name, defaults in dataset_defaults(self.dataset).items():  # fill unset ones
-            section = getattr(self, name)
+            object.__setattr__(self, "val_size", DEFAULT_VAL_SIZE.get(name))
+        for section_name, defaults in dataset_defaults(name).items():  # fill unset ones
+            section = getattr(self, section_name)
             unset = {k: v for k, v in defaults.items() if getattr(section, k) is None}
-            object.__setattr__(self, name, replace(section, **unset))
+            object.__setattr__(self, section_name, replace(section, **unset))
         if self.max_accuracy_drop is not None and not self.max_accuracy_drop >= 0:
             raise ConfigError("--max-accuracy-drop must be >= 0 (percentage points)")
         needs = CRITERION_ACTIVATIONS.get(self.scoring.criterion, (self.activation,))

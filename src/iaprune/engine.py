@@ -106,6 +106,22 @@ class Results:
     def recommended(self) -> Path | None:
         return None if self.concatenation is None else self.concatenation.recommended_path
 
+    def __repr__(self) -> str:
+        """One line: the session, what ran now, and the recommended model (the fields hold the
+        rows, the schedule and the settings)."""
+        ran = f"{len(self.rows)} iteration{'' if len(self.rows) == 1 else 's'} run now"
+        if self.resumed:
+            ran += " (resumed)"
+        c = self.concatenation
+        if c is None or c.recommended is None:
+            chosen = "nothing to recommend yet"
+        else:
+            row = c.row(c.recommended)
+            chosen = (f"recommended: iteration {c.recommended} ({row['Hidden']} units, "
+                      f"{row['Params']:,} params, test {row['Test_Accuracy']:.2f} %) at "
+                      f"{c.recommended_path}")
+        return f"<Results {self.session.root} ({self.session.mode}): {ran}; {chosen}>"
+
 
 def read_config(session: Session) -> PruneConfig | None:
     """The settings saved in a session's config.json (None for a new session)."""
@@ -607,7 +623,7 @@ def _run(config: PruneConfig, root: Path, retain: str | Path | None, begin: int 
          log: Callable[[str], Any], data: Any) -> Results:
     """run() while holding the session's lock."""
     check_session_folder(root)  # as found now that no other run can change it
-    config = config_for(config, data)
+    config, data = config_for(config, data)
     staged: list[Path] = []
     if is_module(config.base_model) or is_module(config.arch):  # your own network, imported
         data = load_run_data(config, data, data_root)

@@ -21,6 +21,7 @@ from iaprune.data import (
     Dataset,
     DatasetError,
     fingerprint_change,
+    holds_data,
     load_dataset,
 )
 from iaprune.files import parse_json
@@ -31,16 +32,22 @@ class DataChangedError(DatasetError):
     """A resumed session given other data than it was run on."""
 
 
-def config_for(config: PruneConfig, data: Any) -> PruneConfig:
-    """The config of a run given `data` (None: the config's own dataset). `data` replaces the
-    dataset setting: its path, or "python object"; a val_size equal to the built-in default of
-    the replaced dataset is taken as unset (the new data's default applies)."""
+def config_for(config: PruneConfig, data: Any) -> tuple[PruneConfig, Any]:
+    """(config, data) of a run given `data` (None: the config's own dataset, which may be the
+    data itself: PruneConfig(dataset=(x, y))). `data` replaces the dataset setting: its path, or
+    "python object"; a val_size equal to the built-in default of the replaced dataset is taken as
+    unset (the new data's default applies)."""
+    if holds_data(config.dataset):
+        if data is not None:
+            raise DatasetError("the data is given twice, as PruneConfig(dataset=...) and as "
+                               "run(..., data=...): give it once")
+        data = config.dataset
     if data is None:
-        return config
+        return config, None
     name = str(data) if isinstance(data, (str, os.PathLike)) else PYTHON_OBJECT
-    val_size = None if config.val_size == DEFAULT_VAL_SIZE.get(config.dataset) else \
-        config.val_size
-    return replace(config, dataset=name, val_size=val_size)
+    replaced = PYTHON_OBJECT if holds_data(config.dataset) else config.dataset
+    val_size = None if config.val_size == DEFAULT_VAL_SIZE.get(replaced) else config.val_size
+    return replace(config, dataset=name, val_size=val_size), data
 
 
 def load_run_data(config: PruneConfig, data: Any, data_root: str | Path | None) -> Dataset:

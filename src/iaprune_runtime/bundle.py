@@ -200,6 +200,11 @@ def load_pruned_model(model: nn.Module, path: str | os.PathLike,
         >>> deploy.load_pruned_model(mine, "pruned.pth")[0]  # a checkpoint of 64-8-10
         Linear(in_features=64, out_features=8, bias=True)
     """
+    if not isinstance(model, nn.Module) or not isinstance(path, (str, os.PathLike)):
+        given = model.__name__ if isinstance(model, type) else type(model).__name__
+        raise TypeError(f"load_pruned_model(model, path) takes your model built at its unpruned "
+                        f"size (an nn.Module instance such as MyNet()) and then a bundle folder "
+                        f"or best_model.pth; got {given} and {type(path).__name__}")
     reference = load(path)
     copy_into(model, reference, inputs)
     # your CNN takes images (batch, *shape); an MLP takes them flat, as the engine's does

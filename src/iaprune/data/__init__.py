@@ -36,6 +36,7 @@ from iaprune.data.source import (
     PYTHON_OBJECT,
     check_name,
     fingerprint_change,
+    holds_data,
     is_path,
     load_dataset,
     path_fingerprint,
@@ -44,5 +45,5 @@ from iaprune.data.source import (
 __all__ = ["DATASETS", "DEFAULT_ROOT", "DEFAULT_VAL_SIZE", "DIGITS_CLASSES", "DIGITS_TEST_SIZE",
            "INPUT_SHAPE", "PYTHON_OBJECT", "ROOT_ENV", "SOURCES", "Dataset", "DatasetError",
            "IdxSource", "MissingDataError", "Split", "check_name", "data_root", "dataset_sizes",
-           "fingerprint_change", "is_path", "load_builtin", "load_dataset", "load_idx", "md5",
-           "parse_idx", "path_fingerprint", "read_idx_file", "_split_off"]
+           "fingerprint_change", "holds_data", "is_path", "load_builtin", "load_dataset",
+           "load_idx", "md5", "parse_idx", "path_fingerprint", "read_idx_file", "_split_off"]

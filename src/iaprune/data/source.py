@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from iaprune.data import arrays, images, table
 from iaprune.data import stream as stream_mod
@@ -34,12 +35,22 @@ def is_path(source: str) -> bool:
              Path(source).exists()))
 
 
-def check_name(source: str) -> None:
-    """A dataset setting is a built-in name, the Python-object marker or a path."""
+def holds_data(source: Any) -> bool:
+    """Whether a dataset setting is the data itself, held in Python: a Dataset, a torch Dataset
+    or an (x, y) pair (of arrays or tensors), rather than a name or a path."""
+    return isinstance(source, (Dataset, torch.utils.data.Dataset)) or (
+        isinstance(source, (tuple, list)) and len(source) == 2)
+
+
+def check_name(source: Any) -> None:
+    """A dataset setting is a built-in name, the Python-object marker, a path, or data held in
+    Python (`holds_data`)."""
+    if holds_data(source):
+        return
     if not isinstance(source, str):
-        raise DatasetError(f"the dataset setting takes a built-in name or a path, got a "
-                           f"{type(source).__name__}; pass arrays, tensors or a torch Dataset "
-                           "to run(config, session, data=...)")
+        raise DatasetError(f"the dataset setting takes a built-in name, a path, an (x, y) pair "
+                           f"of arrays or tensors, or a torch Dataset; got a "
+                           f"{type(source).__name__}")
     if source not in DATASETS and source != PYTHON_OBJECT and not is_path(source):
         raise DatasetError(f"unknown dataset {source!r}; choose from {', '.join(DATASETS)}, or "
                            "give a path to an image folder, .npz, .csv or .parquet file")
