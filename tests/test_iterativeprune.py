@@ -18,7 +18,7 @@ import iaprune.concatenate as concatenate_module
 from iaprune import cli, plotting
 from iaprune import data as data_module
 from iaprune.checkpoint import load_model, save_checkpoint
-from iaprune.config import PruneConfig, Scoring, flat
+from iaprune.config import PruneConfig, Scoring, Training, flat
 from iaprune.engine import IterativePruning
 from iaprune.files import holding
 from iaprune.groups import units
@@ -26,7 +26,7 @@ from iaprune.iterativeprune import main
 from iaprune.model import mlp_net
 from iaprune.records import EPOCH_COLUMNS, VALIDATION_COLUMNS, read_validation_results
 from iaprune.retain import ScheduleRow, write_schedule
-from iaprune.trainer import TrainingError
+from iaprune.trainer import TrainingError, auto_batch_size
 
 ROWS = [(16, 8), (12, 6), (8, 4)]
 FAST = ["--dataset", "digits", "--hidden", "16", "8", "--epochs", "3", "--retrain-epochs", "2",
@@ -324,6 +324,20 @@ def test_retraining_has_its_own_batch_size_and_lr():
     assert (mnist.train_config(0).batch_size, mnist.train_config(1).batch_size) == (256, 512)
     assert mnist.train_config(1).lr == 7e-3
     assert digits.train_config(1).batch_size == 32 and digits.train_config(1).lr == 5e-3
+
+
+def test_your_own_data_takes_about_32_batches_an_epoch():
+    """Your own data leaves the batch sizes to the trainer: about 32 batches an epoch, 16 to
+    256 (512 retraining), a rule that gives the built-in sets their own sizes; a table of 150
+    rows is not trained one step an epoch. A size given is kept."""
+    own = PruneConfig(dataset="/data/table.csv")
+    assert own.train_config(0).batch_size is None and own.train_config(1).batch_size is None
+    assert [auto_batch_size(n, own.train_config(0).batch_cap) for n in (150, 1257, 55000)] == \
+        [16, PruneConfig(dataset="digits").training.batch_size, PruneConfig().training.batch_size]
+    assert auto_batch_size(55000, own.train_config(1).batch_cap) == \
+        PruneConfig().retraining.batch_size
+    chosen = PruneConfig(dataset="/data/table.csv", training=Training(batch_size=64))
+    assert chosen.train_config(0).batch_size == 64
 
 
 # ------------------------------------------------------------------ session robustness (issue 13)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from iaprune.records import EPOCH_COLUMNS
 from iaprune.trainer import (
     EpochRecord,
     TrainConfig,
+    auto_batch_size,
     better,
     kept_metrics,
     learning_rate,
@@ -25,6 +28,16 @@ def test_training_learns_a_separable_problem(blobs):
     model = mlp_net([12, 16, 3], seed=0)
     result = train(model, blobs, TrainConfig(epochs=15, batch_size=32, lr=1e-2), quiet=True)
     assert result.best.val_accuracy > 95.0
+
+
+def test_an_unset_batch_size_trains_as_the_automatic_size_given(blobs):
+    """batch_size=None is auto_batch_size of the training split: the same epochs as that size
+    given explicitly."""
+    size = auto_batch_size(len(blobs.train.y), 256)
+    runs = [[replace(r, seconds=0.0) for r in train(
+        mlp_net([12, 16, 3], seed=0), blobs, TrainConfig(epochs=3, batch_size=b),
+        quiet=True).history] for b in (None, size, 4 * size)]
+    assert runs[0] == runs[1] != runs[2]
 
 
 def test_model_holds_best_validation_accuracy_epoch(blobs):

@@ -21,6 +21,7 @@ from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any, Literal, get_args, get_origin
 
 from iaprune.data import (
+    DATASETS,
     DEFAULT_VAL_SIZE,
     PYTHON_OBJECT,
     DatasetError,
@@ -107,7 +108,8 @@ class Training:
     patience: int = setting(TrainConfig.patience, "base training stops after this many epochs "
                                                   "without a better validation accuracy")
     lr: float = setting(3e-3, "peak AdamW learning rate")
-    batch_size: int | None = setting(None, "mini-batch size [256; 32 for digits]")
+    batch_size: int | None = setting(None, "mini-batch size [256; 32 for digits; your own "
+                                           "data: about 32 batches an epoch, 16 to 256]")
     shift: int | None = setting(None, "random image shifts of up to this many pixels "
                                       "[1; 0 for digits]")
     label_smoothing: float = setting(0.1, "cross-entropy label smoothing")
@@ -136,7 +138,9 @@ class Retraining:
     patience: int = setting(3, "retraining stops after this many epochs without a better "
                                "validation accuracy")
     lr: float | None = setting(None, "retraining: peak learning rate [0.007; 0.005 for digits]")
-    batch_size: int | None = setting(None, "retraining: mini-batch size [512; 32 for digits]")
+    batch_size: int | None = setting(None, "retraining: mini-batch size [512; 32 for digits; "
+                                           "your own data: about 32 batches an epoch, 16 to "
+                                           "512]")
     shift: int | None = setting(None, "retraining: random image shifts [1; 0 for digits]")
     label_smoothing: float = setting(0.0, "retraining: label smoothing (the small pruned "
                                           "models underfit with it)")
@@ -289,11 +293,13 @@ class PruneConfig:
         if iteration == 0:
             t = self.training
             return TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
+                               batch_cap=GENERAL_DEFAULTS["training"]["batch_size"],
                                patience=t.patience, seed=seed, shift=t.shift,
                                schedule=t.lr_schedule, precision=t.precision,
                                label_smoothing=t.label_smoothing)
         r, t = self.retraining, self.training
         return TrainConfig(epochs=r.epochs, batch_size=r.batch_size, lr=r.lr,
+                           batch_cap=GENERAL_DEFAULTS["retraining"]["batch_size"],
                            patience=r.patience, seed=seed, shift=r.shift,
                            schedule=t.lr_schedule, precision=t.precision, decay_patience=1,
                            label_smoothing=r.label_smoothing, warmup_epochs=0.0,
@@ -340,9 +346,15 @@ DATASET_DEFAULTS = {"digits": {"training": {"batch_size": 32, "shift": 0},
 def dataset_defaults(dataset: str) -> dict[str, dict[str, Any]]:
     """{section: {field: default}} of the settings whose default depends on the dataset (the
     same for every architecture: LeNet-5 retrained as well and faster with the MLP's settings
-    as with small batches; README, "Convolutional networks")."""
+    as with small batches; README, "Convolutional networks"). Your own data's batch sizes stay
+    unset: the trainer takes about 32 batches an epoch (trainer.auto_batch_size, which gives the
+    built-in sets their own sizes), so a table of a few hundred rows is not trained in one or two
+    steps an epoch."""
     special = DATASET_DEFAULTS.get(dataset, {})
-    return {name: {**values, **special.get(name, {})} for name, values in GENERAL_DEFAULTS.items()}
+    own = dataset not in DATASETS
+    return {name: {k: v for k, v in {**values, **special.get(name, {})}.items()
+                   if not (own and k == "batch_size")}
+            for name, values in GENERAL_DEFAULTS.items()}
 
 
 # Criteria that only make sense for some activations: apoz counts activations that are exactly

@@ -41,7 +41,8 @@ class TrainConfig:
     """How to train; the command lines map their flags onto these fields."""
 
     epochs: int = 100  # safety cap only: training stops on a validation plateau well before it
-    batch_size: int = 256  # mini-batch size
+    batch_size: int | None = 256  # mini-batch size (None: auto_batch_size of the split)
+    batch_cap: int = 256  # the largest batch None may choose
     lr: float = 3e-3  # peak AdamW learning rate
     weight_decay: float = 0.05  # AdamW decoupled weight decay
     # plateau: the peak lr, times lr_decay after every decay_patience epochs without progress
@@ -64,7 +65,8 @@ class TrainConfig:
     precision: Precision = "auto"
 
     def __post_init__(self):
-        if self.epochs < 0 or min(self.batch_size, self.patience, self.decay_patience) < 1:
+        if self.epochs < 0 or min(self.batch_cap if self.batch_size is None else
+                                  self.batch_size, self.patience, self.decay_patience) < 1:
             raise TrainingError("epochs must be >= 0, batch_size, patience and decay_patience >= 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise TrainingError(f"learning rate must be a positive number, got {self.lr}")
@@ -90,6 +92,19 @@ class TrainConfig:
         if unknown:
             raise TrainingError(f"unknown training settings: {sorted(unknown)}")
         return cls(**values)
+
+
+AUTO_BATCHES = 32  # batches per epoch the automatic batch size aims at
+AUTO_MIN_BATCH = 16  # ... and the smallest batch it takes
+
+
+def auto_batch_size(n: int, cap: int) -> int:
+    """The batch size of `n` training samples when none is set: the power of two nearest to
+    n / AUTO_BATCHES, between AUTO_MIN_BATCH and `cap`. It gives the built-in sets' own sizes
+    (digits' 1,257 training samples: 32; MNIST's 55,000: the cap) and a small table (a few hundred
+    rows) about 30 steps an epoch instead of one or two."""
+    nearest = 2 ** round(math.log2(max(n, 1) / AUTO_BATCHES))
+    return int(min(cap, max(AUTO_MIN_BATCH, nearest)))
 
 
 @dataclass(frozen=True)
@@ -239,7 +254,8 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
     """
     x, y = data.train.x, data.train.y  # (n, n_features), (n,)
     n = len(y)
-    steps_per_epoch = math.ceil(n / config.batch_size)
+    batch_size = config.batch_size or auto_batch_size(n, config.batch_cap)
+    steps_per_epoch = math.ceil(n / batch_size)
     total_steps = steps_per_epoch * config.epochs  # only the cosine schedule reads it
     warmup = min(total_steps, round(config.warmup_epochs * steps_per_epoch))
     # fused: one kernel per step for all parameters (~25% faster epochs for these small MLPs)
@@ -276,11 +292,11 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), 
         perm = torch.randperm(n, generator=generator).to(x.device)  # the generator is the CPU's
         loss_sum = torch.zeros((), device=x.device)
         correct = torch.zeros((), dtype=torch.long, device=x.device)
-        for start, xb in zip(range(0, n, config.batch_size),
-                             batches(x, config.batch_size, perm), strict=True):
+        for start, xb in zip(range(0, n, batch_size), batches(x, batch_size, perm),
+                             strict=True):
             for group in optimizer.param_groups:  # set the lr first, as nanoGPT does
                 group["lr"] = learning_rate(step, total_steps, warmup, config, decays)
-            idx = perm[start:start + config.batch_size]
+            idx = perm[start:start + batch_size]
             yb = y.index_select(0, idx)
             if config.shift and len(data.input_shape) >= 2:
                 xb = random_shift(xb, data.input_shape, config.shift, generator)
