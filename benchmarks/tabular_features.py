@@ -21,9 +21,9 @@ the raw table values): IA-Prune and scikit-learn see the same test rows.
   (mean validation accuracy at k = 10 and 5 over the seeds); the test split never chooses.
   At k features the row with exactly k inputs is read (else the nearest row with fewer).
 - scikit-learn, on the same training split (all of it, standardised with its mean and std):
-  `SelectFromModel(LogisticRegression(solver="liblinear", l1_ratio=1.0), max_features=k,
-  threshold=-inf)` and `RFE(LogisticRegression(), n_features_to_select=k)`, each followed by
-  the same classifier, `LogisticRegression()` (C = 1, L2).
+  `SelectFromModel(LogisticRegression(solver="liblinear", l1_ratio=1.0, random_state=0),
+  max_features=k, threshold=-inf)` and `RFE(LogisticRegression(), n_features_to_select=k)`,
+  each followed by the same classifier, `LogisticRegression()` (C = 1, L2).
 - To separate the selection from the classifier: the columns IA-Prune's chosen setting kept at
   k, fed to that same scikit-learn classifier (standardised on the training split).
 
@@ -124,8 +124,9 @@ def sklearn_accuracies(split: Path) -> dict[str, dict[int, float]]:
     out: dict[str, dict[int, float]] = {"l1": {}, "rfe": {}}
     for k in KS:
         selectors = {
-            "l1": SelectFromModel(LogisticRegression(solver="liblinear", l1_ratio=1.0),
-                                  max_features=k, threshold=-np.inf),
+            "l1": SelectFromModel(
+                LogisticRegression(solver="liblinear", l1_ratio=1.0, random_state=0),
+                max_features=k, threshold=-np.inf),
             "rfe": RFE(LogisticRegression(max_iter=5000), n_features_to_select=k),
         }
         for name, selector in selectors.items():
