@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from iaprune import cli
@@ -26,6 +27,7 @@ from iaprune.data import MissingDataError
 from iaprune.records import read_validation_results, write_validation_results
 from iaprune.retain import ScheduleRow, geometric_schedule, write_schedule
 from iaprune.study import cli as study
+from iaprune.study import grid as study_grid
 from iaprune.study import runner as study_runner
 from iaprune.study.grid import StudyConfig, cell_done, check_cached, make_plan
 from iaprune.study.report import aggregate
@@ -464,7 +466,7 @@ def test_missing_dataset_is_one_line_before_any_cell(tmp_path, monkeypatch):
     def missing(*args, **kwargs):
         raise MissingDataError("mnist files not found in nowhere/MNIST/raw")
 
-    monkeypatch.setattr(study, "load_dataset", missing)
+    monkeypatch.setattr(study_grid, "load_dataset", missing)
     code, text = run_main(["--dataset", "mnist", "--workers", "0", "--out", str(tmp_path / "o")])
     assert code == 2 and text.strip() == "error: mnist files not found in nowhere/MNIST/raw"
     assert not (tmp_path / "o").exists()
@@ -680,3 +682,42 @@ def test_bad_arch_is_one_line_and_writes_nothing(extra, message, tmp_path, monke
                            "--workers", "0", "--out", str(tmp_path / "out")])
     assert code == 2 and message in text and text.count("\n") == 1, text
     assert not (tmp_path / "out").exists()
+
+
+def test_a_study_and_a_search_run_on_your_own_table(tmp_path):
+    """--dataset names a CSV table (--target its label column) for the grid and the search as
+    for iterativeprune: every cell's session reads that table, the cache folder is named after
+    it, and the reports name it."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(90) % 3
+    rows = rng.normal(size=(90, 4)) + 2.0 * np.eye(3, 4)[labels]
+    csv = tmp_path / "flowers.csv"
+    csv.write_text("a,b,c,d,kind\n" + "".join(
+        ",".join(f"{v:.4f}" for v in row) + f",k{k}\n"
+        for row, k in zip(rows, labels, strict=True)))
+    out = tmp_path / "o"
+    common = ["--dataset", str(csv), "--target", "kind", "--hidden", "6", "4", "--workers", "0",
+              "--seeds", "0", "--epochs", "2", "--retrain-epochs", "1", "--out", str(out)]
+    code, text = run_main([*common, "--variants", "magnitude", "--rows", "2"])
+    assert code == 0, text
+    (cache,) = (out / "cache").iterdir()
+    assert cache.name.startswith("flowers-") and cache.name.endswith("-6-4")
+    configs = [json.loads(p.read_text()) for p in cache.glob("seed0/**/config.json")]
+    assert len(configs) == 1 + 2 * 2  # the base; 2 variants on 2 curves
+    assert {(c["dataset"], c["target"]) for c in configs} == {(str(csv), "kind")}
+    assert f"Dataset {csv}" in (out / "study_retrain.md").read_text()
+    code, text = run_main([*common, "--search", "--trials", "2"])
+    assert code == 0, text
+    assert f"--dataset {csv}" in (out / "search.md").read_text()
+
+
+def test_own_data_flags_are_checked_before_any_cell(tmp_path):
+    """--target with a built-in set, or a table without --target: one line, nothing written."""
+    csv = tmp_path / "t.csv"
+    csv.write_text("a,kind\n1,x\n2,y\n")
+    for argv, message in (
+            (["--dataset", "mnist", "--target", "kind"], "--target applies to your own data"),
+            (["--dataset", str(csv)], "a table needs its label column named")):
+        code, text = run_main([*argv, "--workers", "0", "--out", str(tmp_path / "o")])
+        assert code == 2 and message in text and len(text.strip().splitlines()) == 1
+        assert not (tmp_path / "o").exists()

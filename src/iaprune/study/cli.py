@@ -37,7 +37,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from iaprune import __version__, cli
-from iaprune.data import DATASETS, data_root, load_dataset
+from iaprune.data import DATASETS, data_root
 from iaprune.files import atomic_write, folder_problem
 from iaprune.records import COLUMN, read_validation_results
 from iaprune.study.grid import (
@@ -188,7 +188,11 @@ def parse_args(argv: list[str] | None
                     "cluster (--address) or sequentially (--workers 0); then tables and plots. "
                     "With --search: Ray Tune and Optuna pick per-layer retention factors q.")
     add = p.add_argument
-    add("--dataset", help=f"{', '.join(DATASETS)} [{d.dataset}]")
+    add("--dataset", help=f"{', '.join(DATASETS)}, or a path to your own data (an image "
+                          f"folder, .npz, .csv or .parquet) [{d.dataset}]")
+    add("--target", metavar="COLUMN", help="label column of a .csv or .parquet table")
+    add("--image-size", type=int, metavar="N",
+        help="image folder: resize every image to N x N [the most common size]")
     add("--arch", metavar="PRESET_OR_FILE",
         help="architecture: a preset (mlp, lenet5, cnn3) or a JSON spec file, as in "
              "iaprune.iterativeprune [mlp]")
@@ -283,8 +287,8 @@ def saved_run_id(settings: Path, plan: Plan) -> str | None:
         grid = StudyConfig.from_json(saved["study"], str(settings))
     except (OSError, json.JSONDecodeError, AttributeError, KeyError, TypeError, StudyError):
         return None
-    same = (grid.dataset, grid.arch, grid.hidden) == (plan.study.dataset, plan.study.arch,
-                                                      plan.study.hidden) \
+    same = (grid.data, grid.arch, grid.hidden) == (plan.study.data, plan.study.arch,
+                                                   plan.study.hidden) \
         and saved.get("spec", plan.network.spec) == plan.network.spec
     return saved.get("mlflow_run_id") if same else None
 
@@ -302,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     check_cache(plan.cells)
     todo = [c for c in plan.cells if not cell_done(c)]
     if todo and runner.address is None:  # a missing dataset: one line now, not one per cell
-        load_dataset(study.dataset, runner.data_root)
+        study.data.load(runner.data_root)
     tracker = None if args.mlflow is None else \
         StudyTracker(args.mlflow, args.mlflow_experiment, args.out, study.name)
     settings = args.out / f"{study.name}.json"

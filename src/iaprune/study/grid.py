@@ -9,6 +9,7 @@ cells).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -20,7 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from iaprune.config import PruneConfig, flat, from_flat
-from iaprune.data import DATASETS, INPUT_SHAPE, dataset_sizes
+from iaprune.data import (
+    DATASETS,
+    INPUT_SHAPE,
+    PYTHON_OBJECT,
+    DatasetError,
+    check_name,
+    dataset_sizes,
+    is_path,
+    load_dataset,
+)
+from iaprune.data.source import kind_of
 from iaprune.errors import UserError
 from iaprune.files import atomic_write, first_line
 from iaprune.groups import units
@@ -49,8 +60,9 @@ TRACK_FOLDERS = {("no-retrain", "iterative"): "no-retrain", ("retrain", "iterati
                  ("no-retrain", "one-shot"): "oneshot-no-retrain",
                  ("retrain", "one-shot"): "oneshot"}
 # Settings a cached base session must share with the study (nothing else affects iteration 0).
-BASE_FIELDS = ("dataset", "arch", "hidden", "activation", "epochs", "patience", "lr", "batch_size",
-               "shift", "label_smoothing", "lr_schedule", "precision", "seed", "val_size")
+BASE_FIELDS = ("dataset", "target", "image_size", "arch", "hidden", "activation", "epochs",
+               "patience", "lr", "batch_size", "shift", "label_smoothing", "lr_schedule",
+               "precision", "seed", "val_size")
 # Settings never compared with a cached session: the base model's path may move with the repo.
 UNCOMPARED = ("base_model", "max_accuracy_drop")
 # Settings that only act while retraining: not compared for a no-retrain cell (retrain_epochs 0).
@@ -151,6 +163,64 @@ def parse_variant(name: str, known: dict[str, Variant], measure: str = "pre") ->
     return variant
 
 
+# ----------------------------------------------------------------------------------- the data
+@dataclass(frozen=True)
+class StudyData:
+    """The data of a study or search: a built-in set, or a path to your own (an image folder,
+    .npz, .csv or .parquet, as in iaprune.iterativeprune) with its --target and --image-size."""
+
+    dataset: str
+    target: str | None = None
+    image_size: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.dataset, str) or self.dataset == PYTHON_OBJECT:
+            raise StudyError(f"--dataset takes a built-in name or a path to your data, got "
+                             f"{self.dataset!r}")
+        try:
+            check_name(self.dataset)
+        except DatasetError as exc:
+            raise StudyError(str(exc)) from None
+        if is_path(self.dataset):  # any folder (and a Ray worker) finds it
+            object.__setattr__(self, "dataset", os.path.abspath(self.dataset))
+        elif (self.target, self.image_size) != (None, None):
+            flag = "--target" if self.target is not None else "--image-size"
+            raise StudyError(f"{flag} applies to your own data, not to the built-in "
+                             f"{self.dataset}")
+
+    @property
+    def builtin(self) -> bool:
+        return self.dataset in DATASETS
+
+    @property
+    def label(self) -> str:
+        """The cache folder's prefix: a built-in set's name, else the path's stem and a short
+        hash of the whole path ('iris-3f2a9c1e'), so that two files of one name never share
+        their sessions."""
+        if self.builtin:
+            return self.dataset
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(self.dataset).stem) or "data"
+        return f"{stem}-{hashlib.sha256(self.dataset.encode()).hexdigest()[:8]}"
+
+    def load(self, root: str | os.PathLike | None = None):
+        """The Dataset (an image folder only scanned: read from disk when trained on)."""
+        stream = True if not self.builtin and kind_of(Path(self.dataset)) == "images" else None
+        return load_dataset(self.dataset, root, target=self.target, image_size=self.image_size,
+                            stream=stream)
+
+    def shape(self) -> tuple[tuple[int, ...], int]:
+        """(input shape, number of classes): a built-in's from its tables, your data's read."""
+        if self.builtin:
+            return INPUT_SHAPE[self.dataset], dataset_sizes(self.dataset)[1]
+        data = self.load()
+        return data.input_shape, data.num_classes
+
+    def settings(self) -> dict[str, Any]:
+        """The engine settings that name this data."""
+        own = {} if self.builtin else {"target": self.target, "image_size": self.image_size}
+        return {"dataset": self.dataset, **{k: v for k, v in own.items() if v is not None}}
+
+
 # ----------------------------------------------------------------------------------- the network
 def network_flags(arch: str, hidden: Sequence[int] | None
                   ) -> tuple[str, tuple[int, ...] | None]:
@@ -224,11 +294,11 @@ class Network:
         return {"arch": self.arch if self.arch in PRESETS else str(cache / ARCH_FILE)}
 
 
-def resolve_network(dataset: str, arch: str, hidden: tuple[int, ...] | None) -> Network:
-    """The network of --arch (and --hidden) for `dataset`: its spec, units and default measure.
-    A spec file that cannot be read or built, or that does not fit the dataset, is one line."""
-    _, classes = dataset_sizes(dataset)
-    spec = resolve_arch(arch, INPUT_SHAPE[dataset], classes, hidden)
+def resolve_network(data: StudyData, arch: str, hidden: tuple[int, ...] | None) -> Network:
+    """The network of --arch (and --hidden) for `data`: its spec, units and default measure.
+    A spec file that cannot be read or built, or that does not fit the data, is one line."""
+    input_shape, classes = data.shape()
+    spec = resolve_arch(arch, input_shape, classes, hidden)
     model = build(spec, seed=0)  # a seed: the global random stream stays untouched
     found = tuple(units(model))
     if not found:
@@ -282,9 +352,11 @@ def write_network(cache: Path, network: Network) -> None:
 class StudyConfig:
     """The grid of a study (saved to OUT/<name>.json); the command line maps onto it."""
 
-    dataset: str = "mnist"  # mnist, fashion-mnist or digits
+    dataset: str = "mnist"  # mnist, fashion-mnist, digits, or a path to your own data
     arch: str = "mlp"  # a preset (mlp, lenet5, cnn3) or a JSON spec file (its absolute path)
     hidden: tuple[int, ...] | None = None  # the mlp's hidden sizes (None: 256 64; others: None)
+    target: str | None = None  # your table's label column
+    image_size: int | None = None  # your image folder: every image resized to N x N
     retain: str | None = None  # schedule file (None: retain/retain.txt if it fits, else q=0.8)
     seeds: tuple[int, ...] = (0, 1, 2)  # one base model per seed
     variants: tuple[str, ...] = ()  # variant names (empty: all); the default is always included
@@ -302,8 +374,7 @@ class StudyConfig:
         arch, hidden = network_flags(self.arch, self.hidden)
         object.__setattr__(self, "arch", arch)
         object.__setattr__(self, "hidden", hidden)
-        if self.dataset not in DATASETS:
-            raise StudyError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}")
+        object.__setattr__(self, "dataset", self.data.dataset)  # a path: absolute
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise StudyError(f"--seeds needs one or more distinct seeds, got {list(self.seeds)}")
         for what, given, allowed in (("curves", self.curves, CURVES), ("modes", self.modes, MODES),
@@ -318,6 +389,10 @@ class StudyConfig:
             raise StudyError("--retrain-epochs must be >= 1 (the no-retrain curve uses 0)")
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
             raise StudyError(f"--name must be letters, digits, - and _, got {self.name!r}")
+
+    @property
+    def data(self) -> StudyData:
+        return StudyData(self.dataset, self.target, self.image_size)
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
@@ -445,8 +520,8 @@ def load_schedule(study: StudyConfig, network: Network) -> list[ScheduleRow]:
 
 def study_network(study: StudyConfig, out: Path) -> tuple[Network, Path]:
     """The study's network and its cache folder (checked to hold that network's sessions)."""
-    network = resolve_network(study.dataset, study.arch, study.hidden)
-    cache = cache_folder(out, study.dataset, network)
+    network = resolve_network(study.data, study.arch, study.hidden)
+    cache = cache_folder(out, study.data, network)
     check_network(cache, network)
     return network, cache
 
@@ -469,7 +544,7 @@ def make_plan(study: StudyConfig, out: Path) -> Plan:
                     last if curve == "no-retrain" else min(RETRAIN_LAST_ROW, last)) + 1
             only = curve in study.default_only or mode in study.default_only
             tracks.append(Track(curve, mode, rows, (default.name,) if only else tuple(variants)))
-    training = training_settings(study.dataset, network, cache, study.epochs)
+    training = training_settings(study.data, network, cache, study.epochs)
     cells = base_cells(training, study.seeds, schedule[0], cache)
     # Retrain cells first: they are the long ones, so that Ray starts them early.
     for track in sorted(tracks, key=lambda t: t.curve != "retrain"):
@@ -486,17 +561,18 @@ def make_plan(study: StudyConfig, out: Path) -> Plan:
                 tuple(cells))
 
 
-def cache_folder(out: Path, dataset: str, network: Network) -> Path:
-    """OUT/cache/<dataset>-<network>/ (absolute; 'mnist-256-64' for the mlp, as in earlier
-    versions, 'mnist-lenet5-20-50-500' for others): the sessions of every study and search of
-    that network in OUT (a search shares the grid's base models)."""
-    return out.resolve() / "cache" / f"{dataset}-{network.folder}"
+def cache_folder(out: Path, data: StudyData, network: Network) -> Path:
+    """OUT/cache/<data>-<network>/ (absolute; 'mnist-256-64' for the mlp, as in earlier
+    versions, 'mnist-lenet5-20-50-500' for others, 'iris-3f2a9c1e-256-64' for your own data):
+    the sessions of every study and search of that network in OUT (a search shares the grid's
+    base models)."""
+    return out.resolve() / "cache" / f"{data.label}-{network.folder}"
 
 
-def training_settings(dataset: str, network: Network, cache: Path, epochs: int | None
+def training_settings(data: StudyData, network: Network, cache: Path, epochs: int | None
                       ) -> dict[str, Any]:
     """The engine settings of the base models (the rest are the engine's defaults)."""
-    return {"dataset": dataset, **network.settings(cache),
+    return {**data.settings(), **network.settings(cache),
             **({} if epochs is None else {"epochs": epochs})}
 
 

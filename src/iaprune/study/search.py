@@ -39,7 +39,6 @@ from typing import Any
 
 from iaprune import __version__
 from iaprune.checkpoint import atomic_write
-from iaprune.data import load_dataset
 from iaprune.records import COLUMN, read_validation_results
 from iaprune.retain import geometric_schedule
 from iaprune.study.grid import (
@@ -47,6 +46,7 @@ from iaprune.study.grid import (
     Cell,
     Network,
     StudyConfig,
+    StudyData,
     StudyError,
     Track,
     Variant,
@@ -89,9 +89,11 @@ METRIC = "objective"  # what a trial reports to Tune: parameters of its smallest
 class SearchConfig:
     """A search (saved to OUT/<name>.json); the command line maps onto it."""
 
-    dataset: str = "mnist"  # mnist, fashion-mnist or digits
+    dataset: str = "mnist"  # mnist, fashion-mnist, digits, or a path to your own data
     arch: str = "mlp"  # a preset (mlp, lenet5, cnn3) or a JSON spec file (its absolute path)
     hidden: tuple[int, ...] | None = None  # the mlp's hidden sizes (None: 256 64; others: None)
+    target: str | None = None  # your table's label column
+    image_size: int | None = None  # your image folder: every image resized to N x N
     seeds: tuple[int, ...] = (0,)  # every trial runs on each seed's base model
     curve: str = "no-retrain"  # no-retrain (prune only) or retrain (retrain after each step)
     trials: int = 16  # completed trials the search runs (the q = 0.8 reference on top)
@@ -109,9 +111,11 @@ class SearchConfig:
         object.__setattr__(self, "arch", arch)
         object.__setattr__(self, "hidden", hidden)
         # the checks the grid makes of the same settings
-        StudyConfig(dataset=self.dataset, arch=self.arch, hidden=self.hidden, seeds=self.seeds,
+        StudyConfig(dataset=self.dataset, arch=self.arch, hidden=self.hidden,
+                    target=self.target, image_size=self.image_size, seeds=self.seeds,
                     curves=(self.curve,), epochs=self.epochs,
                     retrain_epochs=self.retrain_epochs, name=self.name)
+        object.__setattr__(self, "dataset", self.data.dataset)  # a path: absolute
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
             raise StudyError(f"--trials must be an integer >= 1, got {self.trials!r}")
         if not (isinstance(self.max_accuracy_drop, int | float)
@@ -123,6 +127,10 @@ class SearchConfig:
                 any(abs(v / STEP - round(v / STEP)) > 1e-6 for v in self.q_range):
             raise StudyError(f"--q-range needs LOW HIGH with 0 < LOW < HIGH < 1, multiples of "
                              f"{STEP}, got {' '.join(map(str, self.q_range))}")
+
+    @property
+    def data(self) -> StudyData:
+        return StudyData(self.dataset, self.target, self.image_size)
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
@@ -321,13 +329,13 @@ def complete_rows(cell: Cell) -> list[Row]:
 def make_search(config: SearchConfig, out: Path) -> Search:
     """The search of `config`, its sessions under OUT/cache/."""
     c = config
-    network = resolve_network(c.dataset, c.arch, c.hidden)
+    network = resolve_network(c.data, c.arch, c.hidden)
     if all(n == 1 for n in network.units):
         every = "layer" if network.mlp else "group"
         raise StudyError(f"{network.flag}: every {every} has 1 unit already; nothing to prune")
-    cache = cache_folder(out, c.dataset, network)
+    cache = cache_folder(out, c.data, network)
     check_network(cache, network)
-    training = training_settings(c.dataset, network, cache, c.epochs)
+    training = training_settings(c.data, network, cache, c.epochs)
     first = geometric_schedule(list(network.units))[0]
     return Search(c, network, out.resolve(), cache, training,
                   tuple(base_cells(training, c.seeds, first, cache)),
@@ -634,7 +642,7 @@ def run_search(search: Search, runner: Runner, echo: Callable[[str], None] = pri
     check_cache(first)
     todo = [c for c in first if not cell_done(c)]
     if todo and runner.address is None:  # a missing dataset: one line now
-        load_dataset(search.config.dataset, runner.data_root)
+        search.config.data.load(runner.data_root)
     with search_lock(search):
         write_network(search.cache, search.network)
         atomic_write(settings_file(search), json.dumps(
