@@ -991,6 +991,27 @@ def test_bundle_and_verify_commands_work_for_a_cnn(tmp_path, capsys):
     assert "sha256 ok" in out and "accuracy: not checked" in out
 
 
+def test_deploy_verify_reads_digits_through_the_library(tmp_path, capsys):
+    """`iaprune deploy verify` checks a digits bundle (the library reads digits for the runtime,
+    which reads only the IDX sets); a wrong recorded accuracy is a MISMATCH."""
+    from iaprune.deploy import entry
+
+    data = load_dataset("digits")
+    model = mlp_net([64, 16, 10], seed=0)
+    accuracy = evaluate_split(model, data.test)[1]
+    path = save_checkpoint(tmp_path / "m.pth", model, dataset="digits", input=data.input_info(),
+                           val_size=len(data.val), split_seed=0,
+                           metrics={"test_accuracy": accuracy})
+    write_bundle(path, tmp_path / "b", onnx=False)
+    assert entry(["verify", "--bundle", str(tmp_path / "b")]) == 0
+    assert f"digits test split: accuracy {accuracy:.2f}% (" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    manifest["test_accuracy"] = accuracy + 1
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
+    assert entry(["verify", "--bundle", str(tmp_path / "b")]) == 1
+    assert "MISMATCH" in capsys.readouterr().out
+
+
 def test_checkpoint_with_an_unknown_layer_type_is_refused(tmp_path):
     """A spec deploy cannot build is a BundleError naming the file, not a crash."""
     path = tmp_path / "m.pth"

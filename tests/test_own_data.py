@@ -1,5 +1,6 @@
 """Your own data end to end: a PNG folder through the command line, tensors through run(data=),
-the data fingerprint on resume, the validator and a deploy bundle applying the same scaling."""
+the data fingerprint on resume, the validator and a deploy bundle applying the same scaling, and
+`iaprune deploy verify` re-evaluating a bundle on its own data."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from PIL import Image
 
 import iaprune_runtime as deploy
 from iaprune import cli, validator
+from iaprune import deploy as deploy_step
 from iaprune.concatenate import read_validation_results
 from iaprune.config import PruneConfig, Retraining, Training
 from iaprune.data import DatasetError, load_dataset
@@ -20,6 +22,7 @@ from iaprune.engine import run
 from iaprune.iterativeprune import main
 from iaprune.retain import ScheduleRow, write_schedule
 from iaprune.run_data import DataChangedError
+from iaprune_runtime import __main__ as runtime
 from iaprune_runtime.bundle import write_bundle
 
 FAST = ["--hidden", "8", "4", "--epochs", "2", "--retrain-epochs", "1", "--batch-size", "16",
@@ -202,3 +205,135 @@ def test_validator_refuses_a_folder_of_other_classes(tmp_path, pngs, retain, cap
     capsys.readouterr()
     assert cli.run(validator.main, [str(checkpoint), "--dataset", str(pngs)]) == 2
     assert "classes ['dark', 'light'] differ" in last_line(capsys)
+
+
+# ---- iaprune deploy verify on your own data ---------------------------------------------------
+
+
+def table_csv(path: Path, shift: int = 0) -> Path:
+    """A 60-row table of two features and a 3-class label `kind` the features tell apart (labels
+    moved on by `shift`)."""
+    rows = [(i % 3 * 10 + (i * 7) % 5, (i * 7) % 11 + 0.5, i % 3) for i in range(60)]
+    path.write_text("a,b,kind\n" + "".join(f"{a},{b},{(k + shift) % 3}\n" for a, b, k in rows))
+    return path
+
+
+TABLE = ["--target", "kind", "--lr", "0.1"]  # 2 epochs of 3 steps learn the table at this lr
+
+
+def bundled(tmp_path: Path, dataset: Path, retain: Path, *flags, onnx: bool = False) -> Path:
+    """A short session (tiny MLP, 2 epochs, 2 schedule rows) on `dataset`, iteration 1 bundled."""
+    session = tmp_path / "s"
+    assert run_cli("--dataset", dataset, *flags, *FAST, "--retain", retain,
+                   "--session", session) == 0
+    write_bundle(session / "iterative_pruning/1/prune_w_retrain/best_model.pth",
+                 tmp_path / "bundle", onnx=onnx)
+    return tmp_path / "bundle"
+
+
+def verify(bundle: Path, *flags) -> int:
+    """`iaprune deploy verify --bundle BUNDLE FLAGS` (the library's deploy step)."""
+    return deploy_step.entry(["verify", "--bundle", str(bundle), *map(str, flags)])
+
+
+def accuracy_line(out: str) -> str:
+    return next(line for line in out.splitlines() if " test split: accuracy " in line)
+
+
+def test_deploy_verify_rechecks_a_table_bundle_on_its_csv(tmp_path, retain, capsys):
+    """A CSV session's bundle: verify reads the table's carved test split again (the recorded
+    label column, scaling and split seed; no flags) and finds the manifest's accuracy."""
+    csv = table_csv(tmp_path / "t.csv")
+    bundle = bundled(tmp_path, csv, retain, *TABLE)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["target"] == "kind" and manifest["data"]["kind"] == "table"
+    capsys.readouterr()
+    assert verify(bundle) == 0
+    out = capsys.readouterr().out
+    assert accuracy_line(out).startswith(f"{csv} test split: accuracy "
+                                         f"{manifest['test_accuracy']:.2f}% (")
+    assert accuracy_line(out).endswith(": ok") and out.splitlines()[-1] == "verify: ok"
+    assert "note:" not in out  # the same file: its fingerprint is the bundle's
+
+
+def test_deploy_verify_rechecks_a_png_folder_bundle_and_its_onnx(tmp_path, pngs, retain,
+                                                                 capsys):
+    """A PNG-folder session's bundle: verify resizes the folder to the recorded input size,
+    finds the manifest's accuracy and checks model.onnx on the same inputs."""
+    bundle = bundled(tmp_path, pngs, retain, onnx=True)
+    expected = json.loads((bundle / "manifest.json").read_text())["test_accuracy"]
+    capsys.readouterr()
+    assert verify(bundle) == 0
+    out = capsys.readouterr().out
+    assert f"{pngs} test split: accuracy {expected:.2f}% (" in out and "verify: ok" in out
+    if (bundle / "model.onnx").exists():  # onnx and onnxruntime installed
+        assert "model.onnx: matches torch on the test split" in out
+
+
+def test_deploy_verify_reads_a_streamed_folder_alike(tmp_path, pngs, retain, capsys,
+                                                     monkeypatch):
+    """A folder too large for memory is read from disk in batches: the same accuracy."""
+    bundle = bundled(tmp_path, pngs, retain)
+    expected = json.loads((bundle / "manifest.json").read_text())["test_accuracy"]
+    monkeypatch.setattr("iaprune.data.stream.streams", lambda scan, stream: True)
+    capsys.readouterr()
+    assert verify(bundle) == 0
+    assert f"accuracy {expected:.2f}% (" in capsys.readouterr().out
+
+
+def test_deploy_verify_on_relabeled_data_is_a_mismatch(tmp_path, retain, capsys):
+    """--dataset PATH names other data: a copy whose labels moved on is evaluated (with a note
+    that it is not the bundle's data) and fails the comparison, exit EXIT_FAILED."""
+    bundle = bundled(tmp_path, table_csv(tmp_path / "t.csv"), retain, *TABLE)
+    other = table_csv(tmp_path / "relabeled.csv", shift=1)
+    capsys.readouterr()
+    assert verify(bundle, "--dataset", other) == runtime.EXIT_FAILED
+    out = capsys.readouterr().out
+    assert f"note: {other} differs from the data the bundle's model was trained on" in out
+    assert "MISMATCH" in accuracy_line(out) and out.splitlines()[-1] == "verify: FAILED"
+    assert verify(bundle, "--dataset", tmp_path / "t.csv") == 0  # the bundle's own data: ok
+
+
+def test_a_moved_dataset_is_one_line_and_dataset_path_finds_it(tmp_path, retain, capsys):
+    """The recorded table moved: one line naming it and --dataset PATH, exit 2; --dataset with
+    its new place verifies it (a moved file keeps its fingerprint: no note)."""
+    csv = table_csv(tmp_path / "t.csv")
+    bundle = bundled(tmp_path, csv, retain, *TABLE)
+    (tmp_path / "moved").mkdir()
+    moved = csv.rename(tmp_path / "moved" / csv.name)
+    capsys.readouterr()
+    assert verify(bundle) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {csv}: no such file or folder")
+    assert "--dataset PATH" in err
+    assert verify(bundle, "--dataset", moved) == 0
+    out = capsys.readouterr().out
+    assert "verify: ok" in out and "note:" not in out
+
+
+def test_the_runtime_alone_does_not_check_own_data(tmp_path, retain, capsys):
+    """python -m iaprune_runtime verify (no library): sha256 checked, the accuracy not, one line
+    saying `iaprune deploy verify` checks it; exit 0. --dataset takes a path there too."""
+    csv = table_csv(tmp_path / "t.csv")
+    bundle = bundled(tmp_path, csv, retain, *TABLE)
+    capsys.readouterr()
+    for flags in ([], ["--dataset", str(csv)]):
+        assert runtime.run(runtime.main, ["verify", "--bundle", str(bundle), *flags]) == 0
+        out = capsys.readouterr().out
+        assert "sha256 ok" in out and " test split" not in out
+        assert out.splitlines()[-1].startswith("accuracy: not checked (")
+        assert "`iaprune deploy verify` (with the IA-Prune library installed) checks" in out
+
+
+def test_deploy_verify_of_a_python_object_bundle_is_not_checked(tmp_path, retain, capsys):
+    """A model trained on data held in Python: verify cannot read it again; one line saying so,
+    exit 0."""
+    x, y = torch.rand(60, 4), torch.arange(60) % 2
+    run(CONFIG, tmp_path / "s", retain=retain, data=(x, y), quiet=True, log=lambda line: None)
+    write_bundle(tmp_path / "s/iterative_pruning/1/prune_w_retrain/best_model.pth",
+                 tmp_path / "bundle", onnx=False)
+    capsys.readouterr()
+    assert verify(tmp_path / "bundle") == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("accuracy: not checked (the model was trained on data given as a "
+                           "Python object; pass that data to iaprune.validator.evaluate")

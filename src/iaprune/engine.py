@@ -348,7 +348,7 @@ class IterativePruning:
                         features_read=read, percent_retained=percent,
                         metrics=metrics.as_dict(), no_retrain_test_accuracy=no_retrain,
                         params=params, macs=macs, criterion=c.scoring.criterion, mode=c.mode,
-                        version=__version__)
+                        data=d.record, version=__version__)
         atomic_write(folder / SUMMARY_FILE,
                      f"Iteration {i}: units {self.label(kept)} ({percent:.2f}% of the "
                      f"schedule's units)\ninput features read: {read} of {d.n_features}"

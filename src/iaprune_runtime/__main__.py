@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -30,6 +31,20 @@ from .onnx_export import OnnxUnavailable, check_onnx
 DEFAULT_BUNDLE = "deploy/bundle"
 ACCURACY_TOLERANCE = 0.01  # percentage points: 1 image in 10,000
 EXIT_USAGE, EXIT_FAILED = 2, 1
+PYTHON_OBJECT = "python object"  # the dataset recorded for data given to the library in Python
+
+
+class OwnTestSplit(NamedTuple):
+    """A test split the runtime cannot read itself (your own data), prepared by the library."""
+
+    inputs: Any  # (n, n_features) float32 model inputs: a Tensor, or rows with .batches(size)
+    labels: Any  # (n,) class indices in the bundle's class order
+    note: str | None = None  # printed before the accuracy, e.g. the data differs from its record
+
+
+# verify's hook for your own data: (dataset, bundle folder, manifest, --data-root) -> its test
+# split; `iaprune deploy` passes the library's (iaprune.deploy.own_test_split)
+OwnData = Callable[[str, Path, dict[str, Any], str | None], OwnTestSplit]
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
@@ -83,9 +98,55 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def input_batches(inputs: Any, size: int) -> Iterator[Any]:
+    """Rows of `inputs` (an array or tensor, or rows read in batches by their own .batches)
+    `size` at a time, in order."""
+    if hasattr(inputs, "batches"):  # a streamed image folder's rows, read from disk
+        yield from inputs.batches(size)
+        return
+    for start in range(0, len(inputs), size):
+        yield inputs[start:start + size]
+
+
+@torch.no_grad()
+def evaluate(model: Any, inputs: Any, raw: bool | None, onnx_bytes: bytes | None
+             ) -> tuple[torch.Tensor, float | str | None]:
+    """(logits of every input, the ONNX check): the network runs on the inputs in the engine's
+    evaluation batches, as predict runs it; the ONNX check is the largest |ONNX - torch| logit
+    difference, the reason it could not run, or None without a model.onnx."""
+    logits, onnx = [], None if onnx_bytes is None else 0.0
+    for rows in input_batches(inputs, model.inference_batch):
+        logits.append(predict(model, rows, raw=raw).logits)
+        if isinstance(onnx, float):
+            try:
+                onnx = max(onnx, check_onnx(onnx_bytes, model,
+                                            preprocess(rows, model.input_spec, raw)))
+            except OnnxUnavailable as exc:
+                onnx = str(exc)
+    return torch.cat(logits), onnx
+
+
+def not_checked(dataset: str | None, given: bool) -> str | None:
+    """Why the runtime alone does not check the accuracy on `dataset`, or None when it reads it
+    (`given`: named by --dataset)."""
+    if dataset in DATASETS:
+        return None
+    if dataset is None:
+        return "the bundle records no dataset; name one with --dataset"
+    if dataset == PYTHON_OBJECT:
+        return ("the model was trained on data given as a Python object; pass that data to "
+                "iaprune.validator.evaluate from Python, or name a file with --dataset PATH")
+    whose = "" if given else "the bundle's dataset "
+    return (f"python -m iaprune_runtime reads {' and '.join(DATASETS)} itself; "
+            f"`iaprune deploy verify` (with the IA-Prune library installed) checks {whose}"
+            f"{dataset!r}")
+
+
 @torch.no_grad()
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Check the bundle's sha256 sums and re-evaluate it on the dataset's full test split."""
+    """Check the bundle's sha256 sums and re-evaluate it on the dataset's full test split: the
+    runtime reads MNIST and Fashion-MNIST itself; your own data (a path) and the library's
+    other built-in sets come from `args.own_data`, the library's hook, when it is given."""
     bundle = Path(args.bundle)
     if bundle.is_file() and bundle.name != MANIFEST:
         raise ValueError(f"{bundle}: is a file, not a bundle folder; verify checks a bundle "
@@ -101,14 +162,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"{bundle / onnx_entry['file']}: sha256 ok")
 
     dataset = args.dataset or manifest.get("dataset")
-    if dataset is None or (args.dataset is None and dataset not in DATASETS):
-        print(f"accuracy: not checked (deploy reads {list(DATASETS)}; the bundle's dataset is "
-              f"{dataset!r})")
+    own_data: OwnData | None = getattr(args, "own_data", None)
+    reason = not_checked(dataset, args.dataset is not None)
+    if reason is not None and (own_data is None or dataset in (None, PYTHON_OBJECT)):
+        print(f"accuracy: not checked ({reason})")
         return 0
-    images, labels = load_test_split(dataset, args.data_root)
-    batch = model.inference_batch  # the engine's evaluation batches
-    logits = torch.cat([predict(model, images[i:i + batch]).logits
-                        for i in range(0, len(images), batch)])
+    if reason is None:  # MNIST / Fashion-MNIST: raw uint8 images, scaled as in training
+        inputs, labels = load_test_split(dataset, args.data_root)
+        raw = None
+    else:  # the library prepared them as the model's training data was: model inputs
+        split = own_data(dataset, bundle, manifest, args.data_root)
+        if split.note:
+            print(f"note: {split.note}")
+        inputs, labels, raw = split.inputs, np.asarray(split.labels), False
+    logits, onnx = evaluate(model, inputs, raw, onnx_bytes)
     correct = int((logits.argmax(1) == torch.from_numpy(labels.astype(np.int64))).sum())
     accuracy = 100.0 * correct / len(labels)
     failed = False
@@ -121,12 +188,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         print(f"{line}, manifest {expected:.2f}%: MISMATCH (tolerance {ACCURACY_TOLERANCE})")
         failed = True
-    if onnx_bytes is not None:
-        try:
-            diff = check_onnx(onnx_bytes, model, preprocess(images, model.input_spec))
-            print(f"{ONNX_FILE}: matches torch on the test split (max |diff| {diff:.2g})")
-        except OnnxUnavailable as exc:
-            print(f"{ONNX_FILE}: not run ({exc})")
+    if isinstance(onnx, float):
+        print(f"{ONNX_FILE}: matches torch on the test split (max |diff| {onnx:.2g})")
+    elif onnx is not None:
+        print(f"{ONNX_FILE}: not run ({onnx})")
     print("verify: FAILED" if failed else "verify: ok")
     return EXIT_FAILED if failed else 0
 
@@ -166,8 +231,11 @@ def parser() -> argparse.ArgumentParser:
                           help="never invert images")
     v = sub.add_parser("verify", help="check a bundle's checksums and re-evaluate its accuracy")
     v.add_argument("--bundle", default=DEFAULT_BUNDLE, help=f"default {DEFAULT_BUNDLE}")
-    v.add_argument("--dataset", choices=list(DATASETS),
-                   help="dataset to evaluate on (default: the bundle's)")
+    v.add_argument("--dataset", metavar="NAME_OR_PATH",
+                   help=f"dataset to evaluate on (default: the bundle's): {', '.join(DATASETS)} "
+                   "(read by the runtime), or digits or your own data's path (an image folder, "
+                   ".npz, .csv, .parquet), e.g. when it moved (read by `iaprune deploy verify` "
+                   "with the library)")
     v.add_argument("--data-root",
                    help=f"folder holding MNIST/raw/ (default ${ROOT_ENV}, else data/)")
     p.add_argument("--max-pixels", type=positive, metavar="N",
@@ -184,8 +252,11 @@ def positive(text: str) -> int:
     return int(text)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, own_data: OwnData | None = None) -> int:
+    """Run one subcommand; `own_data` is verify's hook for data the runtime does not read
+    itself (see OwnData): the library passes it, the runtime alone has none."""
     args = parser().parse_args(argv)
+    args.own_data = own_data
     with memory_limit(args.max_memory):
         return COMMANDS[args.command](args)
 

@@ -218,6 +218,8 @@ def build_manifest(checkpoint: dict[str, Any], model: DeployedNet, data: bytes,
     metrics = checkpoint.get("metrics") if isinstance(checkpoint.get("metrics"), dict) else {}
     spec = InputSpec.from_dict(checkpoint.get("input"), model.n_inputs)
     classes = checkpoint.get("classes") or model.classes
+    info = checkpoint.get("input") if isinstance(checkpoint.get("input"), dict) else {}
+    record = checkpoint.get("data")
     return {
         "format": BUNDLE_FORMAT,
         "model_file": MODEL_FILE,
@@ -230,6 +232,10 @@ def build_manifest(checkpoint: dict[str, Any], model: DeployedNet, data: bytes,
         "dataset": checkpoint.get("dataset"),
         "val_size": checkpoint.get("val_size"),
         "split_seed": checkpoint.get("split_seed"),
+        # your own data: its table's label column, and its source and fingerprint (what
+        # `iaprune deploy verify` reads again and compares)
+        "target": info.get("target"),
+        "data": record if isinstance(record, dict) else None,
         "input": spec.as_dict(),
         "classes": [str(c) for c in classes],
         "iteration": checkpoint.get("iteration"),
