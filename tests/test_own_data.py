@@ -139,6 +139,7 @@ def test_the_data_itself_as_the_dataset_setting_runs_as_run_data(tmp_path, retai
                            retraining=CONFIG.retraining)
 
     given = run(CONFIG, tmp_path / "given", data=data, **quiet)
+    assert "dataset=<TensorDataset of 90 samples>, " in repr(holding(data))  # not the tensors
     held = run(holding(data), tmp_path / "held", **quiet)
     assert held.rows[1]["Test_Accuracy"] == given.rows[1]["Test_Accuracy"]
     for name in ("config.json", "iterative_pruning/1/prune_w_retrain/validation_results.txt"):
