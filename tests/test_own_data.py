@@ -5,6 +5,7 @@ the data fingerprint on resume, the validator and a deploy bundle applying the s
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -139,7 +140,8 @@ def test_the_data_itself_as_the_dataset_setting_runs_as_run_data(tmp_path, retai
                            retraining=CONFIG.retraining)
 
     given = run(CONFIG, tmp_path / "given", data=data, **quiet)
-    assert "dataset=<TensorDataset of 90 samples>, " in repr(holding(data))  # not the tensors
+    shown = repr(holding(data))
+    assert "dataset=<TensorDataset of 90 samples>, " in shown and "hidden=(8, 4)" in shown
     held = run(holding(data), tmp_path / "held", **quiet)
     assert held.rows[1]["Test_Accuracy"] == given.rows[1]["Test_Accuracy"]
     for name in ("config.json", "iterative_pruning/1/prune_w_retrain/validation_results.txt"):
@@ -152,6 +154,23 @@ def test_the_data_itself_as_the_dataset_setting_runs_as_run_data(tmp_path, retai
     assert repr(held).startswith(f"<Results {tmp_path / 'held'} (iterative): 2 iterations run "
                                  "now; recommended: iteration ")
     assert "\n" not in repr(held)
+
+
+def test_a_session_that_recorded_batch_sizes_resumes_with_them_left_unset(tmp_path, retain):
+    """Your own data's batch sizes are left to the trainer; a session whose config.json records
+    numbers for them (as sessions run before did) resumes from a config that leaves them unset,
+    with the recorded sizes: the same numbers as the uninterrupted run."""
+    x, y = torch.rand(60, 4), torch.arange(60) % 2
+    quiet = {"retain": retain, "quiet": True, "log": lambda line: None}
+    run(CONFIG, tmp_path / "s", data=(x, y), **quiet)  # batch 16 recorded
+    last = tmp_path / "s/iterative_pruning/1/prune_w_retrain/validation_results.txt"
+    before = last.read_text()
+    shutil.rmtree(last.parent.parent)
+    unset = PruneConfig(dataset=(x, y), hidden=(8, 4), training=Training(epochs=2),
+                        retraining=Retraining(epochs=1))
+    assert unset.training.batch_size is None
+    resumed = run(unset, tmp_path / "s", **quiet)
+    assert [r["iteration"] for r in resumed.rows] == [1] and last.read_text() == before
 
 
 def test_resuming_with_other_tensors_is_refused(tmp_path, retain):

@@ -309,17 +309,18 @@ class PruneConfig:
     def __repr__(self) -> str:
         """The settings; a network or data given as a Python object by its type and size (a
         module's repr is its whole structure, an array's its numbers)."""
-        def shown(value: Any) -> str:
+        def shown(name: str, value: Any) -> str:
             if is_module(value):
                 return f"<{type(value).__name__} module>"
-            if not isinstance(value, str) and holds_data(value):
+            if name == "dataset" and holds_data(value):
                 try:
                     n = len(value[0] if isinstance(value, (tuple, list)) else value)
                 except TypeError:
                     return f"<{type(value).__name__}>"
                 return f"<{type(value).__name__} of {n} samples>"
             return repr(value)
-        settings = ", ".join(f"{f.name}={shown(getattr(self, f.name))}" for f in fields(self))
+        settings = ", ".join(f"{f.name}={shown(f.name, getattr(self, f.name))}"
+                             for f in fields(self))
         return f"PruneConfig({settings})"
 
     def to_json(self) -> dict[str, Any]:

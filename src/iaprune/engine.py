@@ -18,7 +18,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +33,7 @@ from iaprune.checkpoint import (
 )
 from iaprune.concatenate import READ_ONLY, Concatenation, concatenate
 from iaprune.config import (
+    SECTIONS,
     PruneConfig,
     differences,
     dumps,
@@ -452,6 +453,23 @@ def _changes(config: PruneConfig, saved: PruneConfig, changeable: set[str] = fro
             for flag in differences(config, saved) if flag not in changeable]
 
 
+def unset_from_session(config: PruneConfig, session: Session) -> PruneConfig:
+    """`config` with the settings it leaves unset (None: decided when training starts, as your
+    own data's batch sizes) taken from the session's config.json, which may hold numbers for
+    them (sessions run before they were left to the trainer resume as they ran)."""
+    saved = read_config(session)
+    if saved is None:
+        return config
+    filled = {}
+    for name in SECTIONS:
+        mine, theirs = getattr(config, name), getattr(saved, name)
+        unset = {f.name: getattr(theirs, f.name) for f in fields(mine)
+                 if getattr(mine, f.name) is None and getattr(theirs, f.name) is not None}
+        if unset:
+            filled[name] = replace(mine, **unset)
+    return replace(config, **filled) if filled else config
+
+
 def resolve(config: PruneConfig, session: Session, retain: Path | None) -> Start:
     """How the run starts. A session that holds a complete iteration resumes: its settings stay
     (a real difference, or a --retain keeping other units, is an error naming each); one that
@@ -690,6 +708,7 @@ def _checked_run(config: PruneConfig, root: Path, retain: str | Path | None, beg
     """run() once every network it is given is a file."""
     session = Session(root, config.mode)
     retain = Path(retain) if retain is not None else None
+    config = unset_from_session(config, session)
     start = resolve(config, session, retain)
     torch_device(config.device)  # a GPU asked for but not usable: an error before any write
     tracker = tracker or NullTracker()
