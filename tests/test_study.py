@@ -705,6 +705,8 @@ def test_a_study_and_a_search_run_on_your_own_table(tmp_path):
     configs = [json.loads(p.read_text()) for p in cache.glob("seed0/**/config.json")]
     assert len(configs) == 1 + 2 * 2  # the base; 2 variants on 2 curves
     assert {(c["dataset"], c["target"]) for c in configs} == {(str(csv), "kind")}
+    # a cell's own tables and plots are left to `iaprune concatenate`: the study writes reports
+    assert not list(cache.glob("seed0/**/prune_w_retrain_results"))
     assert f"Dataset {csv}" in (out / "study_retrain.md").read_text()
     code, text = run_main([*common, "--search", "--trials", "2"])
     assert code == 0, text

@@ -115,7 +115,7 @@ class Results:
             ran += " (resumed)"
         c = self.concatenation
         if c is None or c.recommended is None:
-            chosen = "nothing to recommend yet"
+            chosen = "results not gathered"
         else:
             row = c.row(c.recommended)
             chosen = (f"recommended: iteration {c.recommended} ({row['Hidden']} units, "
@@ -593,7 +593,8 @@ def gather_results(session: Session, quiet: bool, log) -> Concatenation | None:
 def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None = None,
         begin: int | None = None, data_root: str | Path | None = None,
         tracker: Tracker | None = None, quiet: bool = False,
-        log: Callable[[str], Any] = print, data: Any = None, wait: bool = False) -> Results:
+        log: Callable[[str], Any] = print, data: Any = None, wait: bool = False,
+        gather: bool = True) -> Results:
     """Run or resume a pruning session: train (or take) the base model, then per schedule row
     score, shrink, fold and retrain, writing one iteration folder each.
 
@@ -618,6 +619,9 @@ def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None =
             resumed session must be given the same data.
         wait: when another process runs this session, wait for it to finish (default: refuse,
             naming that process).
+        gather: gather the session's tables, plots and recommendation at the end (its
+            prune_w_retrain_results/, as `iaprune concatenate` does); a study's cells leave
+            it to the study's own reports (results.concatenation is then None).
 
     Returns:
         Results: the rows of the iterations run now, the schedule, and the gathered results;
@@ -633,12 +637,12 @@ def run(config: PruneConfig, session: str | Path, *, retain: str | Path | None =
     root = Path(session)
     check_session_folder(root)
     with locked(root, wait):  # one run per session; a killed run's lock is free
-        return _run(config, root, retain, begin, data_root, tracker, quiet, log, data)
+        return _run(config, root, retain, begin, data_root, tracker, quiet, log, data, gather)
 
 
 def _run(config: PruneConfig, root: Path, retain: str | Path | None, begin: int | None,
          data_root: str | Path | None, tracker: Tracker | None, quiet: bool,
-         log: Callable[[str], Any], data: Any) -> Results:
+         log: Callable[[str], Any], data: Any, gather: bool) -> Results:
     """run() while holding the session's lock."""
     check_session_folder(root)  # as found now that no other run can change it
     config, data = config_for(config, data)
@@ -647,7 +651,8 @@ def _run(config: PruneConfig, root: Path, retain: str | Path | None, begin: int 
         data = load_run_data(config, data, data_root)
         config, staged = stage_modules(config, root, data)
     try:
-        return _checked_run(config, root, retain, begin, data_root, tracker, quiet, log, data)
+        return _checked_run(config, root, retain, begin, data_root, tracker, quiet, log, data,
+                            gather)
     except BaseException:
         if staged and not (root / CONFIG_FILE).is_file():  # nothing was run: undo the staging
             for path in staged:  # (a session folder this run created goes with its lock)
@@ -704,7 +709,7 @@ def stage_modules(config: PruneConfig, root: Path, data: Dataset
 
 def _checked_run(config: PruneConfig, root: Path, retain: str | Path | None, begin: int | None,
                  data_root: str | Path | None, tracker: Tracker | None, quiet: bool,
-                 log: Callable[[str], Any], data: Any) -> Results:
+                 log: Callable[[str], Any], data: Any, gather: bool) -> Results:
     """run() once every network it is given is a file."""
     session = Session(root, config.mode)
     retain = Path(retain) if retain is not None else None
@@ -720,8 +725,8 @@ def _checked_run(config: PruneConfig, root: Path, retain: str | Path | None, beg
                 "use --begin-itr K to redo from K")
             session.remove_temp_files()  # a killed run's leftovers
             tracker.start(session.config, flat(config), len(schedule))  # tracking catches up
-            result = gather_results(session, quiet, log)
-            tracker.finish(session.results_dir)
+            result = gather_results(session, quiet, log) if gather else None
+            tracker.finish(session.results_dir if gather else None)
             return Results(session, config, schedule, [], True, result)
     data = load_run_data(config, data, data_root)
     if start == "resume":
@@ -758,6 +763,6 @@ def _checked_run(config: PruneConfig, root: Path, retain: str | Path | None, beg
     except BaseException:
         tracker.finish(None, status="FAILED")
         raise
-    result = gather_results(session, True, log)
-    tracker.finish(session.results_dir)
+    result = gather_results(session, True, log) if gather else None
+    tracker.finish(session.results_dir if gather else None)
     return Results(session, config, schedule, rows, start == "resume", result)

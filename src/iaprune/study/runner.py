@@ -47,7 +47,9 @@ def run_cell(cell: Cell, data_root: str | None, log: Callable[[str], None]) -> N
     # stop rule is the cell's (a search asks for another accuracy drop than an earlier one).
     saved = replace(read_config(cell.session),
                     max_accuracy_drop=cell.config.max_accuracy_drop)
-    run(saved, cell.root, data_root=data_root, quiet=True, log=log)
+    # gather=False: the study reads the iterations' results; each cell's tables and plots
+    # would cost more than a small cell's pruning (iaprune concatenate writes them later)
+    run(saved, cell.root, data_root=data_root, quiet=True, log=log, gather=False)
 
 
 def start_session(cell: Cell) -> None:
