@@ -453,11 +453,10 @@ def _changes(config: PruneConfig, saved: PruneConfig, changeable: set[str] = fro
             for flag in differences(config, saved) if flag not in changeable]
 
 
-def unset_from_session(config: PruneConfig, session: Session) -> PruneConfig:
+def unset_from_session(config: PruneConfig, saved: PruneConfig | None) -> PruneConfig:
     """`config` with the settings it leaves unset (None: decided when training starts, as your
-    own data's batch sizes) taken from the session's config.json, which may hold numbers for
+    own data's batch sizes) taken from the session's saved settings, which may hold numbers for
     them (sessions run before they were left to the trainer resume as they ran)."""
-    saved = read_config(session)
     if saved is None:
         return config
     filled = {}
@@ -470,11 +469,12 @@ def unset_from_session(config: PruneConfig, session: Session) -> PruneConfig:
     return replace(config, **filled) if filled else config
 
 
-def resolve(config: PruneConfig, session: Session, retain: Path | None) -> Start:
-    """How the run starts. A session that holds a complete iteration resumes: its settings stay
-    (a real difference, or a --retain keeping other units, is an error naming each); one that
-    holds none may be started again with other settings (a failed start never locks it)."""
-    saved = read_config(session)
+def resolve(config: PruneConfig, session: Session, saved: PruneConfig | None,
+            retain: Path | None) -> Start:
+    """How the run starts, given the session's saved settings (read_config). A session that
+    holds a complete iteration resumes: its settings stay (a real difference, or a --retain
+    keeping other units, is an error naming each); one that holds none may be started again
+    with other settings (a failed start never locks it)."""
     if saved is None:
         return "new"
     if not holds_results(session.root):
@@ -713,8 +713,9 @@ def _checked_run(config: PruneConfig, root: Path, retain: str | Path | None, beg
     """run() once every network it is given is a file."""
     session = Session(root, config.mode)
     retain = Path(retain) if retain is not None else None
-    config = unset_from_session(config, session)
-    start = resolve(config, session, retain)
+    saved = read_config(session)
+    config = unset_from_session(config, saved)
+    start = resolve(config, session, saved, retain)
     torch_device(config.device)  # a GPU asked for but not usable: an error before any write
     tracker = tracker or NullTracker()
     if start == "resume":
