@@ -26,7 +26,7 @@ from .idx import DATASETS, ROOT_ENV, load_test_split
 from .images import MAX_PIXELS, PIXELS_ENV, ImageSupportMissing
 from .inputs import InputRangeError, InputSpec, predict, preprocess, read_inputs
 from .model import describe
-from .onnx_export import OnnxUnavailable, check_onnx
+from .onnx_export import OnnxUnavailable, check_onnx, onnx_runner
 
 DEFAULT_BUNDLE = "deploy/bundle"
 ACCURACY_TOLERANCE = 0.01  # percentage points: 1 image in 10,000
@@ -114,15 +114,16 @@ def evaluate(model: Any, inputs: Any, raw: bool | None, onnx_bytes: bytes | None
     """(logits of every input, the ONNX check): the network runs on the inputs in the engine's
     evaluation batches, as predict runs it; the ONNX check is the largest |ONNX - torch| logit
     difference, the reason it could not run, or None without a model.onnx."""
-    logits, onnx = [], None if onnx_bytes is None else 0.0
+    logits, onnx, run_onnx = [], None, None
+    if onnx_bytes is not None:
+        try:
+            run_onnx, onnx = onnx_runner(onnx_bytes), 0.0  # one session for every batch
+        except OnnxUnavailable as exc:
+            onnx = str(exc)
     for rows in input_batches(inputs, model.inference_batch):
         logits.append(predict(model, rows, raw=raw).logits)
-        if isinstance(onnx, float):
-            try:
-                onnx = max(onnx, check_onnx(onnx_bytes, model,
-                                            preprocess(rows, model.input_spec, raw)))
-            except OnnxUnavailable as exc:
-                onnx = str(exc)
+        if run_onnx is not None:
+            onnx = max(onnx, check_onnx(run_onnx, model, preprocess(rows, model.input_spec, raw)))
     return torch.cat(logits), onnx
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -53,22 +54,35 @@ def export_onnx(model: nn.Module, n_features: int) -> bytes:
     return data
 
 
-def onnx_logits(data: bytes, x: torch.Tensor) -> torch.Tensor:
-    """Run ONNX bytes with onnxruntime on CPU: (n, n_features) float32 -> (n, n_classes)."""
+def onnx_runner(data: bytes) -> Callable[[torch.Tensor], torch.Tensor]:
+    """ONNX bytes loaded once into an onnxruntime CPU session, as a function (n, n_features)
+    float32 -> (n, n_classes) (a session per call would cost more than the batches it runs)."""
     reason = onnx_missing()
     if reason:
         raise OnnxUnavailable(reason)
     import onnxruntime
 
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
-    (out,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy().astype(np.float32)})
-    return torch.from_numpy(out)
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        (out,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy().astype(np.float32)})
+        return torch.from_numpy(out)
+
+    return logits
+
+
+def onnx_logits(data: bytes, x: torch.Tensor) -> torch.Tensor:
+    """Run ONNX bytes with onnxruntime on CPU: (n, n_features) float32 -> (n, n_classes)."""
+    return onnx_runner(data)(x)
 
 
 @torch.no_grad()
-def check_onnx(data: bytes, model: nn.Module, x: torch.Tensor) -> float:
-    """Largest |ONNX - torch| logit difference on x; ValueError if above ATOL."""
-    diff = float((model.eval()(x) - onnx_logits(data, x)).abs().max())
+def check_onnx(onnx: bytes | Callable[[torch.Tensor], torch.Tensor], model: nn.Module,
+               x: torch.Tensor) -> float:
+    """Largest |ONNX - torch| logit difference on x; ValueError if above ATOL. `onnx`: the ONNX
+    bytes, or an onnx_runner of them (to check many batches with one session)."""
+    run_onnx = onnx if callable(onnx) else onnx_runner(onnx)
+    diff = float((model.eval()(x) - run_onnx(x)).abs().max())
     if not diff <= ATOL:  # also catches NaN
         raise ValueError(f"ONNX model disagrees with torch (max |logit diff| {diff:.3g} > {ATOL})")
     return diff
